@@ -1,0 +1,45 @@
+"""The ``fedsplit`` command: the front door of the framework.
+
+Each sub-command lives in the module that owns its room and registers itself here through a
+``register(subparsers)`` function, so that this file stays a thin dispatcher. A sub-command's
+handler takes the parsed :class:`argparse.Namespace` and returns a process exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Modules that contribute sub-commands, in the order they appear in ``fedsplit --help``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "fedsplit.simulation.cli",
+    "fedsplit.inference.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="fedsplit",
+        description="Federated and split training over emulated edge devices, "
+        "and the edge-inference scheduler fed by its models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in COMMAND_MODULES:
+        module = importlib.import_module(module_name)
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fedsplit`` command and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
