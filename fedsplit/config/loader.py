@@ -1,0 +1,208 @@
+"""Loading a :class:`~fedsplit.config.schema.RunConfig` from TOML files and ``--set`` overrides.
+
+Every problem is reported as one :class:`ConfigError` line that names the field, the bad value
+and what is allowed; nothing is run with a configuration that did not validate.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+import typing
+from dataclasses import asdict, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import tomli_w
+
+from fedsplit.config.schema import STRATEGY_NAMES, RunConfig
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message is one line naming the field."""
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value``; the value is read as a TOML value, else taken as a plain string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set rounds=30")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_override(tree: dict[str, Any], path: Sequence[str], value: Any) -> None:
+    """Set ``tree[path[0]][path[1]]... = value``, creating intermediate tables."""
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        return f"table of {_type_name(val_tp)}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config: {name} = {value!r}: expected a table ({_type_name(tp)})")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _coerce(f"{name}.{k}", v, val_tp) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config: {name} = {value!r}: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config: {name} = {value!r}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config: {name} = {value!r}: expected a number")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"config: {name} = {value!r}: expected a finite number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config: {name} = {value!r}: expected a string")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {name}")  # pragma: no cover
+
+
+def _check_rules(name: str, value: Any, meta: Mapping[str, Any]) -> None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"config: {name} = {value!r}: unknown (allowed: {', '.join(map(str, choices))})")
+    checks = (
+        ("gt", lambda v, b: v > b, "> {}"),
+        ("ge", lambda v, b: v >= b, ">= {}"),
+        ("lt", lambda v, b: v < b, "< {}"),
+        ("le", lambda v, b: v <= b, "<= {}"),
+    )
+    for rule, ok, text in checks:
+        if rule in meta and not ok(value, meta[rule]):
+            bounds = [text.format(meta[r]) for r, _, text in checks if r in meta]
+            raise ConfigError(f"config: {name} = {value!r}: must be {' and '.join(bounds)}")
+
+
+def _build(cls: type, tree: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    unknown = [k for k in tree if k not in known]
+    if unknown:
+        raise ConfigError(
+            f"config: unknown key '{prefix}{unknown[0]}' (allowed under "
+            f"{prefix.rstrip('.') or 'the top level'}: {', '.join(known)})"
+        )
+    kwargs: dict[str, Any] = {}
+    for key, value in tree.items():
+        f = known[key]
+        name = prefix + key
+        tp = hints[key]
+        if is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config: {name} = {value!r}: expected a table")
+            kwargs[key] = _build(tp, value, name + ".")
+            continue
+        value = _coerce(name, value, tp)
+        _check_rules(name, value, f.metadata)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Cross-field checks that a single field's rules cannot express."""
+    from fedsplit.devices.profile import resolve_profiles
+
+    try:
+        profiles = resolve_profiles(cfg.profiles)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
+    for device, count in cfg.devices.items():
+        if device not in profiles:
+            raise ConfigError(
+                f"config: devices.{device}: unknown device profile (known: {', '.join(sorted(profiles))}; "
+                "add your own under [profiles.<name>])"
+            )
+        if count < 0:
+            raise ConfigError(f"config: devices.{device} = {count}: must be >= 0")
+    if cfg.num_terminals < 1:
+        raise ConfigError(f"config: devices = {cfg.devices}: the population needs at least 1 terminal")
+    name = cfg.strategy.name
+    if name.lower() not in STRATEGY_NAMES and ":" not in name:
+        raise ConfigError(
+            f"config: strategy.name = {name!r}: unknown strategy (allowed: {', '.join(STRATEGY_NAMES)}, "
+            "or package.module:Class for your own flwr Strategy)"
+        )
+    if cfg.strategy.min_train_nodes > cfg.num_terminals:
+        raise ConfigError(
+            f"config: strategy.min_train_nodes = {cfg.strategy.min_train_nodes}: more than the "
+            f"{cfg.num_terminals} terminals of the population"
+        )
+    if cfg.compression:
+        from fedsplit.compression import CompressionConfig
+
+        try:
+            CompressionConfig.from_dict(cfg.compression)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"config: compression: {exc}") from None
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a run configuration.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A TOML file; omitted keys keep their defaults.
+    overrides : sequence of str
+        ``KEY=VALUE`` strings applied after the file (``--set strategy.name=fedprox``).
+
+    Raises
+    ------
+    ConfigError
+        With one line naming the field, the value and what is allowed.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config: file {str(path)!r} not found")
+        try:
+            tree = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {path}: not valid TOML ({exc})") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(tree, keys, value)
+    return validate(_build(RunConfig, tree, ""))
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The configuration as nested plain dicts (TOML-serialisable)."""
+    return asdict(cfg)
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved configuration as TOML."""
+    Path(path).write_text(tomli_w.dumps(config_to_dict(cfg)), encoding="utf-8")

@@ -1,0 +1,141 @@
+"""The typed configuration of a fedsplit run.
+
+Every field carries a one-line description (``fedsplit simulate --help`` lists them) and, where
+it has one, its unit. Values are validated by :mod:`fedsplit.config.loader`; cross-field rules
+(profiles that exist, a population that is not empty, ...) live in :func:`validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+
+def doc(text: str, **rules: Any) -> dict[str, Any]:
+    """Field metadata: a description plus optional rules (``gt``, ``ge``, ``le``, ``choices``)."""
+    return {"doc": text, **rules}
+
+
+DEFAULT_POPULATION: dict[str, int] = {
+    "raspberry-pi-4": 4,
+    "smartphone-mid": 3,
+    "jetson-nano": 2,
+    "laptop": 1,
+}
+
+STRATEGY_NAMES: tuple[str, ...] = (
+    "fedavg",
+    "fedprox",
+    "fedavgm",
+    "fedadam",
+    "fedyogi",
+    "fedadagrad",
+    "fedmedian",
+    "fedtrimmedavg",
+    "krum",
+    "bulyan",
+)
+
+ENGINES: tuple[str, ...] = ("fedsplit", "flower")
+
+
+@dataclass
+class DataConfig:
+    """Dataset and how it is split over the terminals."""
+
+    name: str = field(default="digits", metadata=doc("dataset", choices=("digits", "synthetic", "mnist", "fashion-mnist", "cifar10")))
+    root: str = field(default="", metadata=doc("directory of on-disk datasets (torchvision layout); empty = ./data"))
+    download: bool = field(default=False, metadata=doc("download a torchvision dataset into root if missing"))
+    partitioner: str = field(default="iid", metadata=doc("how data is split", choices=("iid", "dirichlet", "shards", "quantity")))
+    alpha: float = field(default=0.5, metadata=doc("Dirichlet concentration for partitioner=dirichlet (smaller = more skew)", gt=0))
+    shards_per_client: int = field(default=2, metadata=doc("classes per client for partitioner=shards", ge=1))
+    val_fraction: float = field(default=0.1, metadata=doc("fraction of each client's data kept for client-side evaluation", ge=0, lt=1))
+    resolution: int = field(default=0, metadata=doc("resize inputs to resolution x resolution pixels (0 = native)", ge=0))
+    samples_per_client: int = field(default=0, metadata=doc("synthetic only: generate this many samples per client lazily (0 = one shared pool)", ge=0))
+
+
+@dataclass
+class ModelConfig:
+    """The model trained by the federation."""
+
+    name: str = field(default="cnn", metadata=doc("mlp | cnn (compact residual) | fedavg-cnn | mobilenet | tv:<torchvision constructor>"))
+    hidden: int = field(default=64, metadata=doc("hidden width of the MLP (units)", ge=1))
+    width: float = field(default=1.0, metadata=doc("width multiplier of cnn / mobilenet", gt=0))
+
+
+@dataclass
+class TrainConfig:
+    """Local training on each terminal."""
+
+    local_epochs: int = field(default=2, metadata=doc("local epochs per round", ge=1))
+    batch_size: int = field(default=32, metadata=doc("local mini-batch size (samples)", ge=1))
+    lr: float = field(default=0.05, metadata=doc("local SGD learning rate", gt=0))
+    momentum: float = field(default=0.9, metadata=doc("local SGD momentum", ge=0, lt=1))
+    weight_decay: float = field(default=0.0, metadata=doc("local SGD weight decay", ge=0))
+
+
+@dataclass
+class StrategyConfig:
+    """Aggregation: a Flower strategy by name, or a user's by import path."""
+
+    name: str = field(default="fedavg", metadata=doc(f"{' | '.join(STRATEGY_NAMES)} | package.module:Class (a flwr Strategy subclass)"))
+    fraction_train: float = field(default=1.0, metadata=doc("fraction of online terminals sampled for training each round", gt=0, le=1))
+    fraction_evaluate: float = field(default=0.0, metadata=doc("fraction of online terminals sampled for client-side evaluation (0 = off)", ge=0, le=1))
+    min_train_nodes: int = field(default=1, metadata=doc("minimum terminals sampled for training", ge=1))
+    params: dict[str, Any] = field(default_factory=dict, metadata=doc("extra keyword arguments of the strategy, e.g. {proximal_mu = 0.1}"))
+
+
+@dataclass
+class ClockConfig:
+    """Simulated time of the synchronous protocol."""
+
+    round_deadline_s: float = field(default=0.0, metadata=doc("round deadline in simulated seconds; slower clients are stragglers, dropped from aggregation (0 = none)", ge=0))
+    server_flops_per_s: float = field(default=1.0e11, metadata=doc("server aggregation throughput (FLOP/s) for the server's share of the round time", gt=0))
+
+
+@dataclass
+class EngineConfig:
+    """Where ClientApps run."""
+
+    name: str = field(default="fedsplit", metadata=doc("fedsplit (Ray actors with per-device budgets) | flower (Flower's simulation engine)", choices=ENGINES))
+    ray_address: str = field(default="", metadata=doc("attach to an existing Ray cluster at this address (empty = start a local one)"))
+    num_cpus: int = field(default=0, metadata=doc("CPUs given to a local Ray (0 = all of the machine)", ge=0))
+    actors_per_device: int = field(default=0, metadata=doc("actors per device class (0 = as many as its budget fits)", ge=0))
+
+
+@dataclass
+class RunConfig:
+    """A fedsplit simulation."""
+
+    seed: int = field(default=0, metadata=doc("seed of data, model init, sampling and availability"))
+    rounds: int = field(default=10, metadata=doc("federated rounds", ge=1))
+    out_dir: str = field(default="runs", metadata=doc("parent directory of run folders"))
+    run_name: str = field(default="", metadata=doc("run folder name (empty = timestamp)"))
+    devices: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_POPULATION), metadata=doc("population: device profile -> number of terminals"))
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=doc("user device profiles: name -> fields (optionally base = '<builtin>')"))
+    data: DataConfig = field(default_factory=DataConfig, metadata=doc("dataset and partitioning"))
+    model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("model"))
+    train: TrainConfig = field(default_factory=TrainConfig, metadata=doc("local training"))
+    strategy: StrategyConfig = field(default_factory=StrategyConfig, metadata=doc("aggregation strategy"))
+    clock: ClockConfig = field(default_factory=ClockConfig, metadata=doc("simulated clock"))
+    engine: EngineConfig = field(default_factory=EngineConfig, metadata=doc("execution engine"))
+    compression: dict[str, Any] = field(default_factory=dict, metadata=doc("update compression, e.g. {uplink = 'topk', density = 0.01, error_feedback = true}"))
+    progress: bool = field(default=True, metadata=doc("show a progress bar and the closing table"))
+
+    @property
+    def num_terminals(self) -> int:
+        """Total number of emulated terminals in the population."""
+        return sum(self.devices.values())
+
+
+def iter_fields(cls: type, prefix: str = "") -> list[tuple[str, Any, dict[str, Any]]]:
+    """Flatten a config dataclass into ``(dotted_name, default, metadata)`` rows."""
+    rows: list[tuple[str, Any, dict[str, Any]]] = []
+    instance = cls()
+    for f in fields(cls):
+        value = getattr(instance, f.name)
+        if is_dataclass(value):
+            rows.extend(iter_fields(type(value), prefix + f.name + "."))
+        else:
+            rows.append((prefix + f.name, value, dict(f.metadata)))
+    return rows

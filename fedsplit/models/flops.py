@@ -1,0 +1,69 @@
+"""Exact FLOP counts of training and inference, measured with ``torch.utils.flop_counter``.
+
+Counting under :class:`~torch.utils.flop_counter.FlopCounterMode` is slow, so a count is taken
+once per (architecture, input shape, batch size) on a copy of the model and cached; the training
+loop then adds up the cached count of every batch it really ran.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def architecture_key(model: nn.Module) -> tuple:
+    """A hashable key that identifies a model's architecture (class and tensor shapes)."""
+    return (type(model).__qualname__, tuple((k, tuple(v.shape)) for k, v in model.state_dict().items()))
+
+
+_CACHE: dict[tuple, int] = {}
+
+
+def _measure(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, train: bool) -> int:
+    probe = copy.deepcopy(model)
+    probe.train(train)
+    x = torch.zeros((batch_size, *input_shape))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        if train:
+            out = probe(x)
+            target = torch.zeros(batch_size, dtype=torch.long)
+            loss = nn.functional.cross_entropy(out, target)
+            loss.backward()
+        else:
+            with torch.no_grad():
+                probe(x)
+    return int(counter.get_total_flops())
+
+
+def step_flops(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, train: bool = True) -> int:
+    """FLOPs of one forward (and, if ``train``, backward) pass on a batch of ``batch_size`` inputs.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (not modified: a copy is measured).
+    input_shape : tuple of int
+        Shape of one input, ``(C, H, W)``.
+    batch_size : int
+        Samples in the batch.
+    train : bool
+        Count forward + backward (True) or forward only (False).
+
+    Returns
+    -------
+    int
+        Floating-point operations (multiply and add counted separately, as torch does).
+    """
+    key = (architecture_key(model), tuple(input_shape), int(batch_size), bool(train))
+    if key not in _CACHE:
+        _CACHE[key] = _measure(model, tuple(input_shape), int(batch_size), train)
+    return _CACHE[key]
+
+
+def inference_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs of one inference on one input (forward pass, batch of 1)."""
+    return step_flops(model, input_shape, 1, train=False)
