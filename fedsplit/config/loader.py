@@ -198,6 +198,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     return validate(_build(RunConfig, tree, ""))
 
 
+def config_from_dict(tree: Mapping[str, Any]) -> RunConfig:
+    """Build and validate a configuration from nested dicts (the inverse of :func:`config_to_dict`)."""
+    return validate(_build(RunConfig, tree, ""))
+
+
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The configuration as nested plain dicts (TOML-serialisable)."""
     return asdict(cfg)

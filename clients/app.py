@@ -1,0 +1,153 @@
+"""fedsplit's ClientApp: one emulated (or real) terminal's train / evaluate / query handlers.
+
+The same ClientApp runs on fedsplit's engine, on Flower's simulation engine and under Flower's
+deployment engine. It learns the run's configuration from the simulation that built it
+(:func:`make_client_app`), else from the run config (``context.run_config["config-file"]`` and
+``["overrides"]``, ``;``-separated, the ``flwr run`` path), and its own terminal from
+``context.node_config["partition-id"]``.
+
+Replies follow Flower's conventions: ``"arrays"`` (weights), ``"metrics"`` with ``"num-examples"``,
+plus ``"flops"`` (FLOPs executed, for the simulated clock) and ``"partition-id"``.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedsplit.config import load_config
+from fedsplit.learning import Task, config_to_json, evaluate, task_for, train_local
+
+def _config_json(context: Context) -> str:
+    if _APP_CONFIG_JSON:
+        return _APP_CONFIG_JSON[0]
+    run_config = context.run_config
+    path = str(run_config.get("config-file", "")) or None
+    overrides = [o for o in str(run_config.get("overrides", "")).split(";") if o.strip()]
+    cache_key = f"{path}|{overrides}"
+    cached = _RUN_CONFIG_JSON.get(cache_key)
+    if cached is None:
+        cached = config_to_json(load_config(path, overrides))
+        _RUN_CONFIG_JSON[cache_key] = cached
+    return cached
+
+
+_RUN_CONFIG_JSON: dict[str, str] = {}
+#: The configuration a simulation built its ClientApp with (see :func:`make_client_app`).
+_APP_CONFIG_JSON: list[str] = []
+
+
+def _partition_id(context: Context) -> int:
+    return int(context.node_config["partition-id"])
+
+
+def _round_seed(seed: int, partition_id: int, server_round: int) -> int:
+    """A per-(run, terminal, round) seed, stable across processes (no Python hash randomisation)."""
+    return zlib.crc32(f"{seed}:{partition_id}:{server_round}".encode())
+
+
+def _load_global(task: Task, msg: Message) -> None:
+    task.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict(), strict=True)
+
+
+def handle_train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this terminal's partition."""
+    task = task_for(_config_json(context))
+    pid = _partition_id(context)
+    config = msg.content.config_records.get("config", ConfigRecord())
+    server_round = int(config.get("server-round", 0))
+    train_set, _ = task.data.partition(pid)
+    _load_global(task, msg)
+    t = task.cfg.train
+    result = train_local(
+        task.model,
+        train_set.x,
+        train_set.y,
+        epochs=int(config.get("local-epochs", t.local_epochs)),
+        batch_size=int(config.get("batch-size", t.batch_size)),
+        lr=float(config.get("lr", t.lr)),
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        seed=_round_seed(task.cfg.seed, pid, server_round),
+    )
+    metrics = MetricRecord(
+        {
+            "num-examples": result.num_examples,
+            "flops": result.flops,
+            "train-loss": result.loss if result.num_examples else 0.0,
+            "partition-id": pid,
+        }
+    )
+    arrays = ArrayRecord(task.model.state_dict())
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on this terminal's validation split."""
+    task = task_for(_config_json(context))
+    pid = _partition_id(context)
+    _, val_set = task.data.partition(pid)
+    _load_global(task, msg)
+    result = evaluate(task.model, val_set.x, val_set.y)
+    metrics = MetricRecord(
+        {
+            "num-examples": result.num_examples,
+            "flops": result.flops,
+            "eval-loss": result.loss if result.num_examples else 0.0,
+            "eval-acc": result.accuracy if result.num_examples else 0.0,
+            "partition-id": pid,
+        }
+    )
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def handle_query(msg: Message, context: Context) -> Message:
+    """Tell the server which terminal this node emulates (used to map node ids to terminals)."""
+    metrics = MetricRecord({"partition-id": _partition_id(context)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def make_client_app(mods: list | None = None, config_json: str | None = None) -> ClientApp:
+    """Build fedsplit's ClientApp.
+
+    Parameters
+    ----------
+    mods : list, optional
+        Flower mods, outermost first (default: :func:`default_mods`).
+    config_json : str, optional
+        The run's resolved configuration (:func:`fedsplit.learning.config_to_json`). Simulations
+        pass it here; deployed ClientApps read ``config-file``/``overrides`` from the run config.
+    """
+    app = ClientApp(mods=list(default_mods() if mods is None else mods))
+
+    def bind_config() -> None:
+        if config_json is not None and _APP_CONFIG_JSON[:1] != [config_json]:
+            _APP_CONFIG_JSON[:] = [config_json]
+
+    def train(msg: Message, context: Context) -> Message:
+        bind_config()
+        return handle_train(msg, context)
+
+    def evaluate_(msg: Message, context: Context) -> Message:
+        bind_config()
+        return handle_evaluate(msg, context)
+
+    app.train()(train)
+    app.evaluate()(evaluate_)
+    app.query()(handle_query)
+    return app
+
+
+def default_mods() -> list:
+    """The mods installed by default: update compression (a no-op unless the server asks for it)."""
+    try:
+        from fedsplit.clients.compression_mod import compression_mod
+    except ImportError:  # compression glue not installed
+        return []
+    return [compression_mod]
+
+
+client_app = make_client_app()

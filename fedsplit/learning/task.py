@@ -1,0 +1,104 @@
+"""The learning task of a run: federated data and the model, built once per process from the config.
+
+Both the server (initial model, held-out test set) and every ClientApp (its partition, a model to
+train) build the same :class:`Task` from the same :class:`~fedsplit.config.RunConfig`; a process
+keeps one per configuration so actors reuse data and model across clients and rounds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedsplit.config import RunConfig, config_from_dict, config_to_dict
+from fedsplit.models import build_model
+
+
+def config_to_json(cfg: RunConfig) -> str:
+    """Serialise a resolved configuration (the form ClientApps receive it in)."""
+    return json.dumps(config_to_dict(cfg), sort_keys=True)
+
+
+def config_from_json(text: str) -> RunConfig:
+    """Inverse of :func:`config_to_json`."""
+    return config_from_dict(json.loads(text))
+
+
+def build_federated_data(cfg: RunConfig) -> Any:
+    """The :class:`fedsplit.data.FederatedData` of a run (one partition per terminal)."""
+    from fedsplit.data import FederatedData, load_dataset
+
+    d = cfg.data
+    options: dict[str, Any] = {}
+    if d.name == "synthetic" and d.samples_per_client > 0:
+        options["samples_per_client"] = d.samples_per_client
+    bundle = load_dataset(
+        d.name,
+        root=d.root or None,
+        download=d.download,
+        seed=cfg.seed,
+        resolution=d.resolution or None,
+        **options,
+    )
+    partitioner_options: dict[str, Any] = {}
+    if d.partitioner == "dirichlet":
+        partitioner_options["alpha"] = d.alpha
+    elif d.partitioner == "shards":
+        partitioner_options["shards_per_client"] = d.shards_per_client
+    return FederatedData(
+        bundle,
+        num_partitions=cfg.num_terminals,
+        partitioner=d.partitioner,
+        seed=cfg.seed,
+        val_fraction=d.val_fraction,
+        **partitioner_options,
+    )
+
+
+@dataclass
+class Task:
+    """Data and model of a run, shared by all terminals emulated in one process."""
+
+    cfg: RunConfig
+    data: Any
+    model: nn.Module
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> "Task":
+        """Build the task (data partitions are materialised lazily, on first use)."""
+        data = build_federated_data(cfg)
+        model = build_model(
+            cfg.model.name,
+            tuple(data.input_shape),
+            data.num_classes,
+            hidden=cfg.model.hidden,
+            width=cfg.model.width,
+            seed=cfg.seed,
+        )
+        return cls(cfg=cfg, data=data, model=model)
+
+    def initial_state(self) -> "OrderedDict[str, torch.Tensor]":
+        """The seeded initial global weights."""
+        return OrderedDict((k, v.detach().clone()) for k, v in self.model.state_dict().items())
+
+
+_TASKS: "OrderedDict[str, Task]" = OrderedDict()
+_MAX_TASKS = 4
+
+
+def task_for(config_json: str) -> Task:
+    """The process-wide :class:`Task` of a configuration (built on first use, then reused)."""
+    task = _TASKS.get(config_json)
+    if task is None:
+        task = Task.from_config(config_from_json(config_json))
+        _TASKS[config_json] = task
+        while len(_TASKS) > _MAX_TASKS:
+            _TASKS.popitem(last=False)
+    else:
+        _TASKS.move_to_end(config_json)
+    return task

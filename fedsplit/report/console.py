@@ -1,0 +1,82 @@
+"""Terminal output with ``rich``: a progress bar per round and a closing summary table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedsplit.ledger import RoundRecord
+
+
+class RoundProgress:
+    """A rich progress bar advanced once per finished round (silent when ``enabled`` is False)."""
+
+    def __init__(self, total_rounds: int, enabled: bool = True, console: Console | None = None) -> None:
+        self.enabled = enabled
+        self.console = console or Console(stderr=True)
+        self._progress = Progress(
+            TextColumn("[bold]round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task("rounds", total=total_rounds, status="")
+
+    def __enter__(self) -> "RoundProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._progress.stop()
+
+    def on_round(self, record: RoundRecord, sim_elapsed_s: float) -> None:
+        """Advance the bar with the round's accuracy and simulated time."""
+        acc = record.metrics.get("accuracy", float("nan"))
+        status = (
+            f"acc={acc:.4f} sim={record.sim_s:.2f}s (total {sim_elapsed_s:.1f}s) "
+            f"up={record.bytes_up / 1e6:.2f}MB E={record.energy_j:.2f}J "
+            f"agg={record.aggregated}/{record.selected}"
+        )
+        self._progress.update(self._task, advance=1, status=status)
+        if self.enabled and not self.console.is_terminal:
+            self.console.print(f"round {record.round}: {status}")
+
+
+def print_summary(summary: dict[str, Any], run_dir: str, console: Console | None = None) -> None:
+    """Print the closing table of a run."""
+    console = console or Console()
+    table = Table(title=f"fedsplit run: {run_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary["final_metrics"].items():
+        table.add_row(f"final {key}", f"{value:.4f}")
+    table.add_row("rounds", str(summary["rounds"]))
+    table.add_row("simulated time (s)", f"{summary['sim_time_s']:.2f}")
+    table.add_row("mean simulated round (s)", f"{summary['mean_round_sim_s']:.3f}")
+    table.add_row("wall time (s)", f"{summary['wall_time_s']:.2f}")
+    table.add_row("mean wall round (s)", f"{summary['mean_round_wall_s']:.3f}")
+    table.add_row("bytes up / down (MB)", f"{summary['bytes_up'] / 1e6:.2f} / {summary['bytes_down'] / 1e6:.2f}")
+    if "compression_ratio" in summary:
+        table.add_row("uplink compression ratio vs fp32", f"{summary['compression_ratio']:.1f}")
+    table.add_row("energy (J)", f"{summary['energy_j']:.2f}")
+    table.add_row("stragglers / failed / rejected", f"{summary['stragglers']} / {summary['failed']} / {summary['rejected']}")
+    console.print(table)
+    devices = Table(title="per device class (train exchanges)")
+    for col in ("device", "exchanges", "compute s", "comm s", "energy J", "stragglers"):
+        devices.add_column(col, justify="right")
+    for name, d in summary["devices"].items():
+        devices.add_row(
+            name,
+            str(d["exchanges"]),
+            f"{d['mean_compute_s']:.4f}",
+            f"{d['mean_comm_s']:.4f}",
+            f"{d['mean_energy_j']:.4f}",
+            str(d["stragglers"]),
+        )
+    console.print(devices)

@@ -1,0 +1,97 @@
+"""The run folder: resolved config, per-round and per-client CSVs, ``summary.json``, plots.
+
+Layout::
+
+    <out_dir>/<run_name>/
+        config.toml      resolved configuration
+        rounds.csv       one line per round (RoundRecord + cumulative simulated time + metrics)
+        clients.csv      one line per (round, phase, terminal) exchange (LedgerRow)
+        summary.json     totals, per-device-class means, final metrics, wall time
+        plots/*.png
+        checkpoints/     final global weights (``final.pt``)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedsplit.config import RunConfig, dump_config
+from fedsplit.ledger import Ledger
+from fedsplit.report.plots import plot_run
+
+
+def make_run_dir(cfg: RunConfig) -> Path:
+    """Create (and return) a fresh run folder for ``cfg``."""
+    name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S")
+    path = Path(cfg.out_dir) / name
+    suffix = 1
+    while path.exists() and any(path.iterdir()):
+        path = Path(cfg.out_dir) / f"{name}-{suffix}"
+        suffix += 1
+    (path / "plots").mkdir(parents=True, exist_ok=True)
+    (path / "checkpoints").mkdir(exist_ok=True)
+    return path
+
+
+def summarize(ledger: Ledger, wall_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Totals and per-device-class means derived from the ledger."""
+    rounds = [ledger.rounds[r] for r in sorted(ledger.rounds)]
+    by_device: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for row in ledger.rows:
+        if row.phase != "train":
+            continue
+        d = by_device[row.device]
+        d["exchanges"] += 1
+        d["compute_s"] += row.compute_s
+        d["comm_s"] += row.comm_s
+        d["energy_j"] += row.energy_j
+        d["bytes_up"] += row.bytes_up
+        d["bytes_down"] += row.bytes_down
+        d["stragglers"] += row.status == "straggler"
+    device_means = {
+        name: {
+            "exchanges": int(v["exchanges"]),
+            "mean_compute_s": v["compute_s"] / v["exchanges"],
+            "mean_comm_s": v["comm_s"] / v["exchanges"],
+            "mean_energy_j": v["energy_j"] / v["exchanges"],
+            "mean_bytes_up": v["bytes_up"] / v["exchanges"],
+            "stragglers": int(v["stragglers"]),
+        }
+        for name, v in sorted(by_device.items())
+    }
+    final_metrics = rounds[-1].metrics if rounds else {}
+    summary = {
+        "rounds": len(rounds),
+        "final_metrics": final_metrics,
+        "sim_time_s": sum(r.sim_s for r in rounds),
+        "mean_round_sim_s": sum(r.sim_s for r in rounds) / max(len(rounds), 1),
+        "wall_time_s": wall_s,
+        "mean_round_wall_s": wall_s / max(len(rounds), 1),
+        "bytes_up": sum(r.bytes_up for r in rounds),
+        "bytes_down": sum(r.bytes_down for r in rounds),
+        "energy_j": sum(r.energy_j for r in rounds),
+        "flops": sum(r.flops for r in rounds),
+        "stragglers": sum(r.stragglers for r in rounds),
+        "failed": sum(r.failed for r in rounds),
+        "rejected": sum(r.rejected for r in rounds),
+        "devices": device_means,
+    }
+    summary.update(extra or {})
+    return summary
+
+
+def write_run_folder(path: Path, cfg: RunConfig, ledger: Ledger, summary: dict[str, Any], state_dict: dict | None) -> None:
+    """Write everything a finished run leaves behind into ``path``."""
+    dump_config(cfg, path / "config.toml")
+    ledger.write_rounds_csv(path / "rounds.csv")
+    ledger.write_clients_csv(path / "clients.csv")
+    (path / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True), encoding="utf-8")
+    plot_run(ledger, path / "plots")
+    if state_dict is not None:
+        torch.save(state_dict, path / "checkpoints" / "final.pt")

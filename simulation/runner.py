@@ -1,0 +1,97 @@
+"""Run a configured simulation end to end: engine, training, ledgers, run folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedsplit.config import RunConfig
+from fedsplit.learning import config_to_json
+from fedsplit.report import RoundProgress, make_run_dir, print_summary, summarize, write_run_folder
+from fedsplit.simulation.server_app import RunSession, make_server_app, run_server
+
+log = logging.getLogger("fedsplit")
+
+
+@dataclass
+class RunOutcome:
+    """A finished run: its folder, summary and session (ledger, final weights)."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    session: RunSession
+
+
+def quiet_flower() -> None:
+    """Keep Flower's per-round INFO logs out of the progress display (warnings still show)."""
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+
+
+def run_on_flower_engine(session: RunSession) -> None:
+    """Run on Flower's own simulation engine (Ray backend; one budget for every client)."""
+    from flwr.simulation import run_simulation
+
+    from fedsplit.clients.app import make_client_app
+
+    cfg = session.cfg
+    init_args: dict[str, Any] = {"include_dashboard": False}
+    if cfg.engine.ray_address:
+        init_args["address"] = cfg.engine.ray_address
+    elif cfg.engine.num_cpus:
+        init_args["num_cpus"] = cfg.engine.num_cpus
+    run_simulation(
+        server_app=make_server_app(session),
+        client_app=make_client_app(config_json=config_to_json(cfg)),
+        num_supernodes=cfg.num_terminals,
+        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args},
+    )
+
+
+def run_on_fedsplit_engine(session: RunSession) -> None:
+    """Run on fedsplit's engine (Ray actors with per-device budgets)."""
+    from fedsplit.clients.app import make_client_app
+    from fedsplit.simulation.engine import RayEngine
+
+    cfg = session.cfg
+    with RayEngine.from_run_config(cfg, make_client_app(config_json=config_to_json(cfg))) as engine:
+        run_server(engine.grid(), session)
+
+
+ENGINES = {"flower": run_on_flower_engine, "fedsplit": run_on_fedsplit_engine}
+
+
+def simulate(cfg: RunConfig, *, write: bool = True) -> RunOutcome:
+    """Train ``cfg`` on its engine and write the run folder.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        A validated configuration.
+    write : bool
+        Write the run folder (``cfg.out_dir/<run_name>``) and print the closing table.
+    """
+    quiet_flower()
+    session = RunSession.from_config(cfg)
+    run_dir = make_run_dir(cfg) if write else Path(cfg.out_dir)
+    start = time.perf_counter()
+    with RoundProgress(cfg.rounds, enabled=cfg.progress) as progress:
+        session.on_round = progress.on_round
+        ENGINES[cfg.engine.name](session)
+    wall_s = time.perf_counter() - start
+    if len(session.ledger.rounds) != cfg.rounds:
+        raise RuntimeError(
+            f"the run stopped after {len(session.ledger.rounds)} of {cfg.rounds} rounds (see the log above)"
+        )
+    extra: dict[str, Any] = {"engine": cfg.engine.name, "terminals": cfg.num_terminals}
+    ratio = getattr(session.strategy, "compression_ratio", None)
+    if callable(ratio):
+        extra["compression_ratio"] = ratio()
+    summary = summarize(session.ledger, wall_s, extra)
+    if write:
+        write_run_folder(run_dir, cfg, session.ledger, summary, session.final_state)
+        if cfg.progress:
+            print_summary(summary, str(run_dir))
+    return RunOutcome(run_dir=run_dir, summary=summary, session=session)

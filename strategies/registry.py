@@ -1,0 +1,98 @@
+"""Build a Flower strategy by name, or a user's own by import path.
+
+Flower's own strategies are used as they are; fedsplit only maps names to classes and passes the
+configured keyword arguments. ``package.module:Class`` loads any subclass of
+:class:`flwr.serverapp.strategy.Strategy`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Mapping
+
+from flwr.serverapp import strategy as flwr_strategy
+from flwr.serverapp.strategy import Strategy
+
+BUILTIN_STRATEGIES: dict[str, type[Strategy]] = {
+    "fedavg": flwr_strategy.FedAvg,
+    "fedprox": flwr_strategy.FedProx,
+    "fedavgm": flwr_strategy.FedAvgM,
+    "fedadam": flwr_strategy.FedAdam,
+    "fedyogi": flwr_strategy.FedYogi,
+    "fedadagrad": flwr_strategy.FedAdagrad,
+    "fedmedian": flwr_strategy.FedMedian,
+    "fedtrimmedavg": flwr_strategy.FedTrimmedAvg,
+    "krum": flwr_strategy.Krum,
+    "bulyan": flwr_strategy.Bulyan,
+}
+
+
+class StrategyLoadError(ValueError):
+    """A strategy that cannot be built; the message names the strategy and the reason."""
+
+
+def load_strategy_class(name: str) -> type[Strategy]:
+    """Resolve a built-in name or ``package.module:Class`` to a Strategy subclass."""
+    if name.lower() in BUILTIN_STRATEGIES:
+        return BUILTIN_STRATEGIES[name.lower()]
+    if ":" not in name:
+        raise StrategyLoadError(
+            f"strategy.name = {name!r}: unknown strategy (allowed: {', '.join(BUILTIN_STRATEGIES)}, "
+            "or package.module:Class)"
+        )
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is reported the same way
+        raise StrategyLoadError(f"strategy.name = {name!r}: cannot import module {module_name!r} ({exc})") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise StrategyLoadError(f"strategy.name = {name!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not (inspect.isclass(obj) and issubclass(obj, Strategy)):
+        raise StrategyLoadError(
+            f"strategy.name = {name!r}: {attr!r} is not a subclass of flwr.serverapp.strategy.Strategy"
+        )
+    return obj
+
+
+def build_strategy(
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    *,
+    fraction_train: float = 1.0,
+    fraction_evaluate: float = 0.0,
+    min_train_nodes: int = 1,
+) -> Strategy:
+    """Instantiate a strategy.
+
+    The sampling arguments (``fraction_train``, ``fraction_evaluate``, ``min_*_nodes``) are passed
+    only where the class accepts them; ``params`` are passed as they are, and an argument the class
+    does not take is reported by name.
+    """
+    cls = load_strategy_class(name)
+    signature = inspect.signature(cls.__init__)
+    accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    accepted = set(signature.parameters) - {"self"}
+    params = dict(params or {})
+    unknown = [k for k in params if k not in accepted and not accepts_kwargs]
+    if unknown:
+        raise StrategyLoadError(
+            f"strategy.params.{unknown[0]}: {cls.__name__} takes no such argument "
+            f"(accepted: {', '.join(sorted(accepted)) or 'none'})"
+        )
+    sampling = {
+        "fraction_train": fraction_train,
+        "fraction_evaluate": fraction_evaluate,
+        "min_train_nodes": min_train_nodes,
+        "min_evaluate_nodes": 1,
+        "min_available_nodes": min_train_nodes,
+    }
+    kwargs = {k: v for k, v in sampling.items() if k in accepted or accepts_kwargs}
+    kwargs.update(params)
+    try:
+        return cls(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - constructor errors are the user's to see
+        raise StrategyLoadError(f"strategy.name = {name!r}: constructor failed ({type(exc).__name__}: {exc})") from None
