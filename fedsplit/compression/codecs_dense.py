@@ -1,0 +1,82 @@
+"""Dense codecs: fp32 identity, fp16, and uniform int8 with a per-tensor scale."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from fedsplit.compression.bitpack import BodyReader
+from fedsplit.compression.codec import Codec, EncodeContext
+
+__all__ = ["IdentityCodec", "Float16Codec", "Int8Codec"]
+
+FP16_MAX = float(np.finfo(np.float16).max)  # 65504
+_SCALE = struct.Struct("<f")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class IdentityCodec(Codec):
+    """Lossless fp32: body is the ``4 * n`` bytes of the little-endian array."""
+
+    name = "identity"
+
+    def encode(self, name: str, x: np.ndarray, ctx: EncodeContext) -> bytes:
+        return np.ascontiguousarray(x, dtype="<f4").tobytes()
+
+    def decode(self, body: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+        reader = BodyReader(body, "identity body")
+        out = reader.array("<f4", _numel(shape)).reshape(shape).astype(np.float32)
+        reader.finish()
+        return out
+
+
+class Float16Codec(Codec):
+    """IEEE half precision: ``2 * n`` bytes; values are clipped to +-65504 first.
+
+    Lossless for data that is exactly representable in fp16.
+    """
+
+    name = "fp16"
+
+    def encode(self, name: str, x: np.ndarray, ctx: EncodeContext) -> bytes:
+        if x.size and (float(x.max()) > FP16_MAX or float(x.min()) < -FP16_MAX):
+            x = np.clip(x, -FP16_MAX, FP16_MAX)
+        return x.astype("<f2").tobytes()
+
+    def decode(self, body: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+        reader = BodyReader(body, "fp16 body")
+        out = reader.array("<f2", _numel(shape)).reshape(shape).astype(np.float32)
+        reader.finish()
+        return out
+
+
+class Int8Codec(Codec):
+    """Uniform symmetric int8: ``f32 scale | n x int8``, value = ``q * scale``.
+
+    ``scale = max|x| / 127``, ``q = round(x / scale)``; size ``4 + n`` bytes.
+    """
+
+    name = "int8"
+
+    def encode(self, name: str, x: np.ndarray, ctx: EncodeContext) -> bytes:
+        amax = float(np.max(np.abs(x))) if x.size else 0.0
+        scale = amax / 127.0 if amax > 0 else 0.0
+        if scale > 0 and np.isfinite(scale):
+            q = np.clip(np.rint(x / np.float32(scale)), -127, 127).astype(np.int8)
+        else:
+            q = np.zeros(x.size, dtype=np.int8)
+        return np.array([scale], dtype="<f4").tobytes() + q.tobytes()
+
+    def decode(self, body: memoryview, shape: tuple[int, ...]) -> np.ndarray:
+        reader = BodyReader(body, "int8 body")
+        (scale,) = reader.unpack(_SCALE)
+        q = reader.array("i1", _numel(shape))
+        reader.finish()
+        return (q.astype(np.float32) * np.float32(scale)).reshape(shape)
