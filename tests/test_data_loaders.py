@@ -82,12 +82,17 @@ def _softmax_regression_accuracy(train: ArrayDataset, test: ArrayDataset, num_cl
     model = torch.nn.Linear(train.x[0].numel(), num_classes)
     optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
     x, y = train.x.flatten(1), train.y
-    for _ in range(steps):
-        optimiser.zero_grad()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
-        optimiser.step()
-    with torch.no_grad():
-        return float((model(test.x.flatten(1)).argmax(1) == test.y).float().mean())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: a thread pool only adds contention on a shared 2-core box
+    try:
+        for _ in range(steps):
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimiser.step()
+        with torch.no_grad():
+            return float((model(test.x.flatten(1)).argmax(1) == test.y).float().mean())
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_synthetic_is_learnable_well_above_chance() -> None:

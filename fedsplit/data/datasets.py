@@ -122,18 +122,27 @@ def load_synthetic_bundle(
     *, seed: int = 0, resolution: tuple[int, int] | None = None, normalize: bool = True,
     **options: Any,
 ) -> DataBundle:
-    """A pooled synthetic training set plus test set (see :mod:`fedsplit.data.synthetic`).
+    """A synthetic task (see :mod:`fedsplit.data.synthetic`) as a bundle.
 
     ``options`` are :class:`SyntheticSpec` fields (``num_classes``, ``channels``,
-    ``num_train``, ``num_test``, ``noise``, ...); ``resolution`` sets the generated image size
-    (default 28 x 28). ``normalize`` is accepted for symmetry and has no effect: the generated
-    pixels are already centred with a scale of order one.
+    ``num_train``, ``num_test``, ``noise``, ``samples_per_client``, ...); ``resolution`` sets
+    the generated image size (default 28 x 28). Without ``samples_per_client`` (or with 0) the
+    bundle holds a pooled training set of ``num_train`` samples. With ``samples_per_client=n``
+    the bundle's ``train`` is empty and ``bundle.synthetic`` carries the spec:
+    :class:`fedsplit.data.FederatedData` then generates each client's ``n`` samples on demand,
+    so nothing O(population) is built. ``normalize`` has no effect: generated pixels are
+    already centred with a scale of order one.
     """
     del normalize
-    options.pop("samples_per_client", None)
+    if not options.get("samples_per_client"):
+        options.pop("samples_per_client", None)
     spec = synthetic_spec(seed=seed, resolution=resolution, **options)
     task = SyntheticTask(spec)
-    return DataBundle(task.train_pool(), task.test_set(), spec.num_classes, spec.input_shape, "synthetic")
+    if spec.samples_per_client is not None:
+        train = ArrayDataset(np.zeros((0, *spec.input_shape), dtype=np.float32), np.zeros(0, dtype=np.int64))
+    else:
+        train = task.train_pool()
+    return DataBundle(train, task.test_set(), spec.num_classes, spec.input_shape, "synthetic", synthetic=spec)
 
 
 def load_dataset(
@@ -167,7 +176,8 @@ def load_dataset(
         Standardise pixels with the dataset's per-channel mean/std (not for ``synthetic``).
     **options
         Dataset-specific: ``test_fraction`` for digits; :class:`SyntheticSpec` fields for
-        synthetic.
+        synthetic (``samples_per_client=n`` selects per-client generation, see
+        :func:`load_synthetic_bundle`).
 
     Raises
     ------

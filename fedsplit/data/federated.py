@@ -52,8 +52,9 @@ class FederatedData:
     ----------
     dataset : DataBundle | SyntheticSpec
         A finite pool (from :func:`fedsplit.data.load_dataset`), or a synthetic task. A
-        :class:`SyntheticSpec` with ``samples_per_client`` set is generated per client on demand
-        (see :mod:`fedsplit.data.generated`); without it, its pooled training set is partitioned.
+        :class:`SyntheticSpec` with ``samples_per_client`` set, or a bundle from
+        ``load_dataset("synthetic", samples_per_client=n)``, is generated per client on demand
+        (see :mod:`fedsplit.data.generated`); otherwise the pooled training set is partitioned.
     num_partitions : int
         Number of clients (>= 1).
     partitioner : str
@@ -123,13 +124,16 @@ class FederatedData:
         self._generated: GeneratedClients | None = None
         self._pool: ArrayDataset | None = None
         self._pool_partitioner: PoolPartitioner | None = None
-        if isinstance(dataset, SyntheticSpec) and dataset.samples_per_client is not None:
-            self._generated = GeneratedClients(dataset, self.num_partitions, scheme, options, self.seed)
-            self.server_test = self._generated.task.test_set()
+        spec = dataset if isinstance(dataset, SyntheticSpec) else dataset.synthetic
+        if spec is not None and spec.samples_per_client is not None:
+            self._generated = GeneratedClients(spec, self.num_partitions, scheme, options, self.seed)
+            self.server_test = dataset.test if isinstance(dataset, DataBundle) else self._generated.task.test_set()
         else:
             if isinstance(dataset, SyntheticSpec):
                 task = SyntheticTask(dataset)
-                dataset = DataBundle(task.train_pool(), task.test_set(), num_classes, dataset.input_shape, name)
+                dataset = DataBundle(
+                    task.train_pool(), task.test_set(), num_classes, dataset.input_shape, name, synthetic=dataset
+                )
             self._pool = dataset.train
             self.server_test = dataset.test
             self._pool_partitioner = PoolPartitioner(
@@ -248,7 +252,7 @@ def make_federated_data(
         ``num_partitions`` is not given and cannot be read from the config, or
         ``samples_per_client`` is set for a dataset other than ``synthetic``.
     """
-    from fedsplit.data.datasets import canonical_dataset_name, load_dataset, synthetic_spec
+    from fedsplit.data.datasets import canonical_dataset_name, load_dataset
 
     data_cfg = cfg
     if not isinstance(cfg, Mapping) and hasattr(cfg, "data") and hasattr(cfg, "num_terminals"):
@@ -270,14 +274,11 @@ def make_federated_data(
             f"samples_per_client={samples_per_client} is not valid for dataset={name!r}; "
             "allowed: 0 (per-client generation is synthetic only)"
         )
-    dataset: DataBundle | SyntheticSpec
-    if name == "synthetic" and samples_per_client:
-        dataset = synthetic_spec(seed=seed, resolution=resolution, samples_per_client=samples_per_client)
-    else:
-        dataset = load_dataset(
-            name, root=_read(data_cfg, "root", None) or None, download=bool(_read(data_cfg, "download", False)),
-            seed=seed, resolution=resolution,
-        )
+    extra = {"samples_per_client": samples_per_client} if samples_per_client else {}
+    dataset = load_dataset(
+        name, root=_read(data_cfg, "root", None) or None, download=bool(_read(data_cfg, "download", False)),
+        seed=seed, resolution=resolution, **extra,
+    )
     return FederatedData(
         dataset,
         num_partitions=int(num_partitions),

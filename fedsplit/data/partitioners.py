@@ -191,7 +191,7 @@ class PoolPartitioner:
         if self.scheme == "iid" and self._iid_is_empty(partition_id):
             return np.empty(0, dtype=np.int64)
         part = self._flwr.load_partition(int(partition_id))
-        return np.array(part.with_format("arrow")["index"], dtype=np.int64)  # writable copy
+        return np.asarray(part.with_format("arrow")["index"], dtype=np.int64).copy()  # writable
 
     def _iid_is_empty(self, partition_id: int) -> bool:
         return self.pool_size // self.num_partitions == 0 and partition_id >= self.pool_size % self.num_partitions
