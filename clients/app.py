@@ -20,9 +20,9 @@ from flwr.clientapp import ClientApp
 from fedsplit.config import load_config
 from fedsplit.learning import Task, config_to_json, evaluate, task_for, train_local
 
-def _config_json(context: Context) -> str:
-    if _APP_CONFIG_JSON:
-        return _APP_CONFIG_JSON[0]
+def _config_json(context: Context, config_json: str | None) -> str:
+    if config_json is not None:
+        return config_json
     run_config = context.run_config
     path = str(run_config.get("config-file", "")) or None
     overrides = [o for o in str(run_config.get("overrides", "")).split(";") if o.strip()]
@@ -35,8 +35,6 @@ def _config_json(context: Context) -> str:
 
 
 _RUN_CONFIG_JSON: dict[str, str] = {}
-#: The configuration a simulation built its ClientApp with (see :func:`make_client_app`).
-_APP_CONFIG_JSON: list[str] = []
 
 
 def _partition_id(context: Context) -> int:
@@ -52,9 +50,9 @@ def _load_global(task: Task, msg: Message) -> None:
     task.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict(), strict=True)
 
 
-def handle_train(msg: Message, context: Context) -> Message:
+def handle_train(msg: Message, context: Context, config_json: str | None = None) -> Message:
     """Train the received global model on this terminal's partition."""
-    task = task_for(_config_json(context))
+    task = task_for(_config_json(context, config_json))
     pid = _partition_id(context)
     config = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(config.get("server-round", 0))
@@ -85,9 +83,9 @@ def handle_train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
-def handle_evaluate(msg: Message, context: Context) -> Message:
+def handle_evaluate(msg: Message, context: Context, config_json: str | None = None) -> Message:
     """Evaluate the received global model on this terminal's validation split."""
-    task = task_for(_config_json(context))
+    task = task_for(_config_json(context, config_json))
     pid = _partition_id(context)
     _, val_set = task.data.partition(pid)
     _load_global(task, msg)
@@ -123,17 +121,11 @@ def make_client_app(mods: list | None = None, config_json: str | None = None) ->
     """
     app = ClientApp(mods=list(default_mods() if mods is None else mods))
 
-    def bind_config() -> None:
-        if config_json is not None and _APP_CONFIG_JSON[:1] != [config_json]:
-            _APP_CONFIG_JSON[:] = [config_json]
-
     def train(msg: Message, context: Context) -> Message:
-        bind_config()
-        return handle_train(msg, context)
+        return handle_train(msg, context, config_json)
 
     def evaluate_(msg: Message, context: Context) -> Message:
-        bind_config()
-        return handle_evaluate(msg, context)
+        return handle_evaluate(msg, context, config_json)
 
     app.train()(train)
     app.evaluate()(evaluate_)

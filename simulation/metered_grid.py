@@ -157,19 +157,14 @@ class MeteredGrid(Grid):
         if not messages:
             return []
         sent = {m.metadata.dst_node_id: (m, payload_bytes(m.content)) for m in messages}
-        replies = list(self.inner.send_and_receive(messages, timeout=timeout))
+        replies = {r.metadata.src_node_id: r for r in self.inner.send_and_receive(messages, timeout=timeout)}
         kept: list[Message] = []
-        answered = set()
-        for reply in replies:
-            node = reply.metadata.src_node_id
-            answered.add(node)
-            out, bytes_down = sent[node]
-            kept_reply = self._record(out, reply, bytes_down)
-            if kept_reply:
-                kept.append(reply)
+        # Rows are written in the order the strategy sent its messages, whatever order replies
+        # arrived in, so the ledger of a seed is the same on every engine.
         for node, (out, bytes_down) in sent.items():
-            if node not in answered:
-                self._record(out, None, bytes_down)
+            reply = replies.get(node)
+            if self._record(out, reply, bytes_down) and reply is not None:
+                kept.append(reply)
         return kept
 
     def _record(self, out: Message, reply: Message | None, bytes_down: int) -> bool:

@@ -1,0 +1,38 @@
+"""The simulated clock: exact FLOP counts and their conversion through the device profiles."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedsplit.devices import builtin_profiles, exchange_cost
+from fedsplit.models import build_model, step_flops
+
+
+def mlp_train_flops(batch: int, inputs: int = 64, hidden: int = 64, classes: int = 10) -> int:
+    """Forward 2*B*(in*h + h*c); backward: weight grads of both layers + input grad of layer 2."""
+    forward = 2 * batch * (inputs * hidden + hidden * classes)
+    backward = 2 * batch * (inputs * hidden + hidden * classes) + 2 * batch * hidden * classes
+    return forward + backward
+
+
+def test_step_flops_matches_hand_count():
+    model = build_model("mlp", (1, 8, 8), 10, hidden=64)
+    assert step_flops(model, (1, 8, 8), 32) == mlp_train_flops(32)
+    assert step_flops(model, (1, 8, 8), 5) == mlp_train_flops(5)
+    assert step_flops(model, (1, 8, 8), 1, train=False) == 2 * (64 * 64 + 64 * 10)
+
+
+def test_exchange_cost_arithmetic():
+    pi = builtin_profiles()["raspberry-pi-4"]
+    cost = exchange_cost(pi, flops=8e9, bytes_up=1_000_000, bytes_down=2_000_000)
+    assert cost.compute_s == pytest.approx(8e9 / pi.flops_per_s)
+    up_s = 8e6 / pi.uplink_bps
+    assert cost.comm_s == pytest.approx(up_s + 16e6 / pi.downlink_bps + 2 * pi.link_latency_s)
+    energy = pi.kappa * pi.cpu_hz**2 * (cost.compute_s * pi.cpu_hz) + pi.tx_power_w * up_s
+    assert cost.energy_j == pytest.approx(energy)
+
+
+def test_fedavg_cnn_has_the_paper_parameter_count():
+    from fedsplit.models import count_parameters
+
+    assert count_parameters(build_model("fedavg-cnn", (1, 28, 28), 10)) == 1_663_370

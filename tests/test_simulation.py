@@ -1,0 +1,137 @@
+"""End-to-end simulations on both engines: outputs, the per-device clock, determinism, plug-ins."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import textwrap
+
+import pytest
+
+from fedsplit.config import load_config
+from fedsplit.devices import builtin_profiles
+from fedsplit.learning import config_to_json, task_for
+from fedsplit.simulation.runner import simulate
+from tests.conftest import fedsplit_cmd, small_overrides
+from tests.test_clock import mlp_train_flops
+
+ENGINES = ["fedsplit", "flower"]
+
+
+def read_rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cli_simulate_writes_run_folder(tmp_path, engine):
+    args = ["simulate", "--engine", engine]
+    for item in small_overrides(tmp_path):
+        args += ["--set", item]
+    proc = subprocess.run(fedsplit_cmd(*args), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    for name in ("config.toml", "rounds.csv", "clients.csv", "summary.json", "plots/accuracy.png", "plots/bytes_energy_by_device.png", "checkpoints/final.pt"):
+        assert (run / name).is_file(), name
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rounds"] == 2
+    assert summary["engine"] == engine
+    assert 0.5 < summary["final_metrics"]["accuracy"] <= 1.0
+    rounds = read_rows(run / "rounds.csv")
+    assert [int(r["round"]) for r in rounds] == [1, 2]
+    assert "final_accuracy=" in proc.stdout
+
+
+def test_device_classes_differ_as_profiles_say(tmp_path, ray_session):
+    """Compute time = exact FLOPs / profile FLOP/s; a slower class is proportionally slower."""
+    cfg = load_config(None, small_overrides(tmp_path, rounds=2, **{"train.batch_size": 16}))
+    outcome = simulate(cfg)
+    profiles = builtin_profiles()
+    task = task_for(config_to_json(cfg))
+    rows = [r for r in read_rows(outcome.run_dir / "clients.csv") if r["phase"] == "train"]
+    assert rows and all(r["status"] == "ok" for r in rows)
+    per_flop_s = {}
+    for row in rows:
+        pid = int(row["client_id"])
+        n = len(task.data.partition(pid)[0])
+        batches = [16] * (n // 16) + ([n % 16] if n % 16 else [])
+        expected_flops = cfg.train.local_epochs * sum(mlp_train_flops(b) for b in batches)
+        assert int(row["flops"]) == expected_flops
+        profile = profiles[row["device"]]
+        assert float(row["compute_s"]) == pytest.approx(expected_flops / profile.flops_per_s, rel=1e-12)
+        per_flop_s[row["device"]] = float(row["compute_s"]) / expected_flops
+        assert int(row["bytes_up"]) > 4810 * 4  # the MLP's fp32 weights are in the payload
+    ratio = per_flop_s["raspberry-pi-4"] / per_flop_s["laptop"]
+    assert ratio == pytest.approx(profiles["laptop"].flops_per_s / profiles["raspberry-pi-4"].flops_per_s)
+    summary = outcome.summary
+    assert summary["devices"]["raspberry-pi-4"]["mean_compute_s"] > summary["devices"]["laptop"]["mean_compute_s"]
+
+
+def test_deadline_drops_stragglers(tmp_path, ray_session):
+    overrides = small_overrides(tmp_path, **{"devices": "{smartphone-low = 2, laptop = 2}", "clock.round_deadline_s": 0.2})
+    outcome = simulate(load_config(None, overrides))
+    rows = outcome.session.ledger.rows
+    stragglers = [r for r in rows if r.status == "straggler"]
+    assert stragglers and all(r.device == "smartphone-low" and r.total_s > 0.2 for r in stragglers)
+    assert all(r.total_s <= 0.2 for r in rows if r.status == "ok")
+    for record in outcome.session.ledger.rounds.values():
+        assert record.stragglers >= 1
+        assert record.sim_s == pytest.approx(0.2 + record.server_s)
+
+
+def test_same_seed_same_metrics_and_identical_ledgers_across_engines(tmp_path, ray_session):
+    outcomes = []
+    for i, engine in enumerate(["fedsplit", "fedsplit", "flower"]):
+        overrides = small_overrides(tmp_path, run_name=f"r{i}", **{"engine.name": engine, "devices": "{raspberry-pi-4 = 3, smartphone-mid = 3}", "strategy.fraction_train": 0.5})
+        outcomes.append(simulate(load_config(None, overrides)))
+    key = lambda o: [(r.round, r.phase, r.client_id, r.device, r.status, r.flops, r.bytes_up, r.bytes_down, r.compute_s, r.comm_s, r.energy_j) for r in o.session.ledger.rows]
+    assert key(outcomes[0]) == key(outcomes[1]) == key(outcomes[2])
+    metrics = [o.summary["final_metrics"] for o in outcomes]
+    assert metrics[0] == metrics[1] == metrics[2]
+    assert len({r.client_id for r in outcomes[0].session.ledger.rows_of(1)}) == 3  # half of 6 sampled
+
+
+def test_user_strategy_plugs_in_by_import_path(tmp_path, monkeypatch, ray_session):
+    module = tmp_path / "my_strategies.py"
+    module.write_text(textwrap.dedent(
+        """
+        from flwr.serverapp.strategy import FedAvg
+
+        CALLS = []
+
+        class CountingFedAvg(FedAvg):
+            def __init__(self, tag="x", **kwargs):
+                super().__init__(**kwargs)
+                self.tag = tag
+
+            def aggregate_train(self, server_round, replies):
+                replies = list(replies)
+                CALLS.append((self.tag, server_round, len(replies)))
+                return super().aggregate_train(server_round, replies)
+
+        class NotAStrategy:
+            pass
+        """
+    ))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_strategies
+
+    overrides = small_overrides(tmp_path, **{"strategy.name": "my_strategies:CountingFedAvg", "strategy.params": "{tag = 'mine'}"})
+    simulate(load_config(None, overrides))
+    assert [c[:2] for c in my_strategies.CALLS] == [("mine", 1), ("mine", 2)]
+    assert all(c[2] >= 1 for c in my_strategies.CALLS)
+
+    from fedsplit.strategies import StrategyLoadError, load_strategy_class
+
+    with pytest.raises(StrategyLoadError, match="is not a subclass of flwr.serverapp.strategy.Strategy"):
+        load_strategy_class("my_strategies:NotAStrategy")
+    with pytest.raises(StrategyLoadError, match="cannot import module 'no_such_module'"):
+        load_strategy_class("no_such_module:X")
+
+
+def test_cli_reports_unimportable_strategy(tmp_path):
+    args = ["simulate"] + [x for item in small_overrides(tmp_path, **{"strategy.name": "nope.mod:Strat"}) for x in ("--set", item)]
+    proc = subprocess.run(fedsplit_cmd(*args), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "strategy.name = 'nope.mod:Strat': cannot import module 'nope.mod'" in proc.stderr
