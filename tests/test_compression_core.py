@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -43,6 +44,12 @@ from fedsplit.compression.bitpack import (
     packed_nbytes,
     unpack_uint,
 )
+
+def reseal(payload: bytes | bytearray) -> bytes:
+    """Recompute the CRC-32 trailer, so a deliberate corruption reaches the structural checks."""
+    body = bytes(payload[:-4])
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
 
 BUILTINS = ("identity", "fp16", "int8", "qsgd", "topk", "randk", "sign", "powersgd")
 CNN_SHAPES = {
@@ -113,7 +120,7 @@ def test_exact_byte_counts_for_a_known_tensor_set() -> None:
     w = np.zeros((4, 8), dtype=np.float32)
     w.flat[[3, 10, 11, 30]] = [5.0, -6.0, 7.0, 8.0]
     tensors = {"w": w, "b": np.arange(8, dtype=np.float32), "n": np.array(3, dtype=np.int64)}
-    framing = {c: 12 + len(c) + (8 + 1 + 8) + (8 + 1 + 4) + (8 + 1 + 0) for c in BUILTINS}
+    framing = {c: 12 + len(c) + (8 + 1 + 8) + (8 + 1 + 4) + (8 + 1 + 0) + 4 for c in BUILTINS}  # + CRC
     raw_n = 1 + 8
     expected = {
         "identity": 32 * 4 + 8 * 4,
@@ -238,6 +245,16 @@ def test_non_finite_update_never_enters_the_residual() -> None:
         decode_update(step.payload)
 
 
+def test_every_single_bit_flip_is_rejected() -> None:
+    payload = encode_update(small_set(), make_codec("topk", density=0.2))
+    for pos in range(0, len(payload), 3):
+        for bit in (0, 5):
+            bad = bytearray(payload)
+            bad[pos] ^= 1 << bit
+            with pytest.raises(PayloadError):
+                decode_update(bytes(bad), expected=specs_of(small_set()))
+
+
 def test_mismatched_residual_is_ignored() -> None:
     step = compress_with_feedback({"w": np.ones(4, np.float32)}, make_codec("identity"),
                                   residual={"w": np.ones(5, np.float32), "gone": np.ones(2, np.float32)})
@@ -301,9 +318,11 @@ def test_structural_corruptions_are_rejected_with_reasons() -> None:
     specs = specs_of(tensors)
     payload = encode_update(tensors, make_codec("topk", density=0.1))
     cases = {
-        "trailing": (payload + b"\0", "trailing"),
-        "magic": (b"XXXX" + payload[4:], "magic"),
-        "version": (payload[:4] + b"\x09" + payload[5:], "version"),
+        "trailing": (reseal(payload[:-4] + b"\0" + payload[-4:]), "trailing"),
+        "magic": (reseal(b"XXXX" + payload[4:]), "magic"),
+        "version": (reseal(payload[:4] + b"\x09" + payload[5:]), "version"),
+        "flipped value byte": (payload[:-8] + bytes([payload[-8] ^ 1]) + payload[-7:], "checksum"),
+        "appended byte": (payload + b"\0", "checksum"),
     }
     for _, (bad, reason) in cases.items():
         with pytest.raises(PayloadError, match=reason):
@@ -328,7 +347,7 @@ def test_huge_declared_shape_is_rejected_without_allocating() -> None:
     dim_at = 12 + 4 + 4 + 1
     payload[dim_at : dim_at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
     with pytest.raises(PayloadError, match="elements"):
-        decode_update(bytes(payload))
+        decode_update(reseal(payload))
 
 
 def test_check_arrays_reasons() -> None:

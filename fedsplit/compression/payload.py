@@ -6,6 +6,7 @@ Layout (all integers little-endian)::
              | u32 tensor count T | L bytes ASCII codec name          -> 12 + L bytes
     T times  u16 name length N | u8 kind | u8 ndim D | N bytes UTF-8 name
              | D x u32 dims | u32 body length B | B bytes body          -> 8 + N + 4 D + B bytes
+    trailer  u32 CRC-32 (zlib) of all preceding bytes                   -> 4 bytes
 
 Kind 0 (``coded``): a floating tensor, body written by the codec named in the
 header; it decodes to ``float32``. Kind 1 (``raw``): any other tensor (integer
@@ -16,7 +17,8 @@ is not codec body.
 
 Decoding checks every declared count against the bytes actually left (and
 against :class:`DecodeLimits`) before allocating anything, rejects trailing
-bytes, duplicate or unexpected names, shapes that differ from the expected
+bytes, checksum mismatches (so corrupted values are caught too), duplicate or
+unexpected names, shapes that differ from the expected
 ones, and tensors that decode to NaN or Inf; every failure is a
 :class:`~fedsplit.compression.errors.PayloadError` with a one-line reason.
 """
@@ -24,6 +26,7 @@ ones, and tensors that decode to NaN or Inf; every failure is a
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -53,6 +56,7 @@ _HEADER = struct.Struct("<4sBBHI")
 _TENSOR = struct.Struct("<HBB")
 _BODY_LEN = struct.Struct("<I")
 _MIN_RECORD = _TENSOR.size + _BODY_LEN.size
+_CRC = struct.Struct("<I")
 KIND_CODED, KIND_RAW = 0, 1
 
 _RAW_DTYPES: dict[int, np.dtype] = {
@@ -149,8 +153,8 @@ class DecodedUpdate:
 
 
 def framing_overhead(specs: Mapping[str, TensorSpec] | Mapping[str, np.ndarray], codec_name: str) -> int:
-    """Bytes of a payload that are not codec/raw bodies (header + per-tensor records)."""
-    total = _HEADER.size + len(codec_name.encode("ascii"))
+    """Bytes of a payload that are not codec/raw bodies (header, per-tensor records, CRC)."""
+    total = _HEADER.size + len(codec_name.encode("ascii")) + _CRC.size
     for name, spec in specs.items():
         ndim = len(spec.shape)
         total += _TENSOR.size + len(name.encode("utf-8")) + 4 * ndim + _BODY_LEN.size
@@ -205,7 +209,8 @@ def encode_update(
             _BODY_LEN.pack(len(body)),
             body,
         ]
-    return b"".join(parts)
+    joined = b"".join(parts)
+    return joined + _CRC.pack(zlib.crc32(joined))
 
 
 def _decode_raw(body: memoryview, shape: tuple[int, ...], numel: int) -> np.ndarray:
@@ -269,7 +274,13 @@ def decode_update(
     size = len(memoryview(payload).cast("B")) if isinstance(payload, memoryview) else len(payload)
     if size > limits.max_payload_bytes:
         raise PayloadError(f"payload of {size} bytes exceeds the limit of {limits.max_payload_bytes} bytes")
-    reader = BodyReader(payload, "payload")
+    if size < _HEADER.size + _CRC.size:
+        raise PayloadError(f"payload truncated: {size} bytes is shorter than a header")
+    view = memoryview(payload).cast("B")
+    (crc,) = _CRC.unpack(view[size - _CRC.size :])
+    if zlib.crc32(view[: size - _CRC.size]) != crc:
+        raise PayloadError("checksum mismatch (payload corrupted or truncated)")
+    reader = BodyReader(view[: size - _CRC.size], "payload")
     magic, version, name_len, flags, count = reader.unpack(_HEADER)
     if magic != MAGIC:
         raise PayloadError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
