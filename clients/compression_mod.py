@@ -24,6 +24,10 @@ On a compressed train message the mod
    ``context.state["fedsplit.codec-state"]``;
 4. adds ``"fedsplit.payload-bytes"`` (``len(payload)``) and
    ``"fedsplit.dense-bytes"`` (fp32 size of the same tensors) to the reply metrics.
+
+Like Flower's own mods it owns the delivered message: it replaces that message's
+content (by a shallow copy, so records shared with other messages are never
+modified) before calling the app.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """Ordered dict of NumPy arrays to an ArrayRecord (same keys and order)."""
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
 def _single_key(content: RecordDict, preferred: str, records: dict) -> str | None:

@@ -28,7 +28,7 @@ class IdentityCodec(Codec):
     name = "identity"
 
     def encode(self, name: str, x: np.ndarray, ctx: EncodeContext) -> bytes:
-        return np.ascontiguousarray(x, dtype="<f4").tobytes()
+        return np.asarray(x, dtype="<f4", order="C").tobytes()
 
     def decode(self, body: memoryview, shape: tuple[int, ...]) -> np.ndarray:
         reader = BodyReader(body, "identity body")

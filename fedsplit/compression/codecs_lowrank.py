@@ -60,12 +60,12 @@ class PowerSGDCodec(Codec):
     def encode(self, name: str, x: np.ndarray, ctx: EncodeContext) -> bytes:
         n = x.size
         if x.ndim < 2 or n == 0:
-            return _MODE.pack(_DENSE) + np.ascontiguousarray(x, dtype="<f4").tobytes()
+            return _MODE.pack(_DENSE) + np.asarray(x, dtype="<f4", order="C").tobytes()
         m = x.shape[0]
         cols = n // m
         r = min(self.rank, m, cols)
         if (m + cols) * r >= m * cols:
-            return _MODE.pack(_DENSE) + np.ascontiguousarray(x, dtype="<f4").tobytes()
+            return _MODE.pack(_DENSE) + np.asarray(x, dtype="<f4", order="C").tobytes()
         mat = x.reshape(m, cols)
         q = ctx.state.get(name)
         if (

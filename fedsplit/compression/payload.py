@@ -193,13 +193,13 @@ def encode_update(
             raise ValueError(f"tensor {name!r} cannot be framed (name length, ndim or dims too large)")
         if is_coded(arr.dtype):
             kind = KIND_CODED
-            body = codec.encode(name, np.ascontiguousarray(arr, dtype=np.float32), ctx)
+            body = codec.encode(name, np.asarray(arr, dtype=np.float32, order="C"), ctx)
         else:
             kind = KIND_RAW
             code = _RAW_CODES.get(arr.dtype.newbyteorder("="))
             if code is None:
                 raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot travel raw")
-            body = bytes([code]) + np.ascontiguousarray(arr, dtype=_RAW_DTYPES[code]).tobytes()
+            body = bytes([code]) + np.asarray(arr, dtype=_RAW_DTYPES[code], order="C").tobytes()
         if len(body) > 0xFFFFFFFF:
             raise ValueError(f"tensor {name!r}: body of {len(body)} bytes exceeds 4 GiB")
         parts += [
