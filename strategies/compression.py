@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from logging import INFO
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log as flwr_log
 
 from fedsplit.clients.compression_mod import to_array_record, to_numpy
 from fedsplit.compression import (
@@ -243,14 +245,16 @@ class CompressedStrategy(_DelegatingStrategy):
     def summary(self) -> None:
         self.inner.summary()
         c = self.compression
-        log.info(
-            "compression: uplink=%s params=%s error_feedback=%s warmup_rounds=%d downlink=%s",
+        flwr_log(
+            INFO,
+            "\t├──> Compression: uplink=%s %s | error feedback: %s | warm-up rounds: %d | downlink: %s",
             c.uplink, c.uplink_params(c.warmup_rounds + 1), c.error_feedback, c.warmup_rounds, c.downlink,
         )
         if self.traffic:
             s = self.traffic_summary()
-            log.info(
-                "compression: up %d bytes (ratio %.1f vs fp32), down %d bytes (ratio %.1f vs fp32)",
+            flwr_log(
+                INFO,
+                "\t└──> Traffic so far: up %d bytes (%.1fx smaller than fp32), down %d bytes (%.1fx)",
                 s["up-bytes"], s["up-ratio"], s["down-bytes"], s["down-ratio"],
             )
 

@@ -395,3 +395,33 @@ def test_wrapper_composes_with_other_strategies(inner) -> None:
         assert arrays is not None and metrics["fedsplit.rejected"] == 0
         glob = to_numpy(arrays)
     assert strategy.fraction_train == 1.0  # attributes reach the inner strategy
+
+
+class LoopbackGrid(StubGrid):
+    """Delivers messages straight to an in-process ClientApp (one Context per node)."""
+
+    def __init__(self, node_ids: list[int], app: ClientApp) -> None:
+        super().__init__(node_ids)
+        self.app = app
+        self.contexts = {n: context(n) for n in node_ids}
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return [self.app(m, self.contexts[m.metadata.dst_node_id]) for m in messages]
+
+
+def test_flower_start_loop_runs_with_uplink_and_downlink_compression() -> None:
+    grid = LoopbackGrid([1, 2, 3], make_app())
+    traffic = []
+    strategy = CompressedStrategy(
+        FedAvg(min_available_nodes=3, min_train_nodes=3, min_evaluate_nodes=3),
+        CompressionConfig.from_dict({"uplink": "topk", "density": 0.1, "error_feedback": True,
+                                     "warmup_rounds": 2, "downlink": "qsgd"}),
+        on_traffic=traffic.append,
+    )
+    result = strategy.start(grid, record(global_model()), num_rounds=3)
+    assert set(result.train_metrics_clientapp) == {1, 2, 3}
+    sizes = [result.train_metrics_clientapp[r][PAYLOAD_BYTES_METRIC] for r in (1, 2, 3)]
+    assert sizes[0] > sizes[1] > sizes[2]  # warm-up: density 0.25 -> 0.158 -> 0.1
+    assert set(result.evaluate_metrics_clientapp) == {1, 2, 3}
+    assert len(traffic) == 3 * 3 * 2 and traffic == strategy.traffic
+    assert result.arrays is not None and set(result.arrays) == set(global_model())
