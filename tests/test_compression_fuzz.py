@@ -7,6 +7,7 @@ peak), whatever the declared sizes say.
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 import zlib
 
@@ -29,7 +30,8 @@ from fedsplit.compression.payload import MAGIC
 
 CODECS = ("identity", "fp16", "int8", "qsgd", "topk", "randk", "sign", "powersgd")
 PARAMS = {"topk": {"density": 0.2}, "randk": {"density": 0.2}, "qsgd": {"levels": 5, "bucket_size": 8}}
-FUZZ = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.too_slow], database=None)
+# 60 examples per test keeps the file at a few seconds; FEDSPLIT_FUZZ_EXAMPLES=1000 for a deep run.
+FUZZ = settings(max_examples=int(os.environ.get("FEDSPLIT_FUZZ_EXAMPLES", "60")), deadline=2000, suppress_health_check=[HealthCheck.too_slow], database=None)
 SMALL_LIMITS = DecodeLimits(max_payload_bytes=1 << 16, max_tensors=8, max_elements=4096)
 MEMORY_BOUND = 4 << 20  # bytes: far above what 4096 elements need, far below an unchecked allocation
 

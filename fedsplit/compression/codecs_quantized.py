@@ -63,9 +63,9 @@ class QSGDCodec(Codec):
         level += ctx.rng.random(level.shape, dtype=np.float32)
         np.floor(level, out=level)
         np.minimum(level, s, out=level)  # guards float round-up at |x| == max
-        signed = np.copysign(level, padded.reshape(nb, bucket)).ravel()[:n]
-        signed += np.float32(s)
-        codes = np.nan_to_num(signed, nan=0.0).astype(np.uint8)
+        np.copysign(level, padded.reshape(nb, bucket), out=level)
+        level += np.float32(s)
+        codes = level.ravel()[:n].astype(np.uint8)  # NaN input: NaN scale, decodes to NaN anyway
         header = _QSGD_HEADER.pack(s, bucket)
         return header + scale.astype("<f4").tobytes() + pack_uint(codes, qsgd_code_width(s))
 
