@@ -122,6 +122,11 @@ def test_generated_shards_and_quantity() -> None:
     linear = FederatedData(spec, num_partitions=1_000, partitioner="quantity", size_scheme="linear")
     first, last = (sum(len(part) for part in linear.partition(p)) for p in (0, 999))
     assert first == 1 and last == round(50 * 1000 / 500.5)
+    with pytest.raises(ValueError, match="size_scheme='exponential'"):
+        FederatedData(spec, num_partitions=POPULATION, partitioner="quantity", size_scheme="exponential")
+    small_exponential = FederatedData(spec, num_partitions=5, partitioner="quantity", size_scheme="exponential")
+    sizes = [sum(len(part) for part in small_exponential.partition(p)) for p in range(5)]
+    assert sizes == sorted(sizes) and sizes[-1] > 2.5 * sizes[-2]
 
 
 def test_generated_population_is_learnable_by_the_server() -> None:

@@ -74,7 +74,7 @@ def load_digits_bundle(
     The server's test set is a stratified ``test_fraction`` (default 20 %, i.e. 360 images)
     split drawn with ``seed``; the other 1437 images are the pool the clients share.
     Pixels (0..16) are scaled to [0, 1]; with ``normalize`` they are standardised with the mean
-    and standard deviation of all 1797 images (about 0.305 and 0.381), which do not depend on
+    and standard deviation of all 1797 images (about 0.305 and 0.376), which do not depend on
     the seed.
     """
     from sklearn.datasets import load_digits

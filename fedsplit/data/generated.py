@@ -18,7 +18,10 @@ scheme         client ``p`` (``n = samples_per_client``, ``K`` classes)
                per-coordinate law of ``P * Dirichlet(alpha * 1_P)`` as ``P`` grows, so it matches
                the finite scheme without normalising over the population); ``"linear"``,
                ``"square"``, ``"exponential"`` use ``w_p`` proportional to ``p + 1``,
-               ``(p + 1)^2``, ``e^(p + 1)``, normalised in closed form over the population.
+               ``(p + 1)^2``, ``e^(p + 1)``, normalised in closed form over the population
+               (a scheme that would give one client more than 100x ``n``, i.e. exponential
+               beyond ~150 clients, is refused: that client alone would be O(population)).
+               Gamma sizes are not capped: with a tiny ``alpha`` a rare client can be large.
 =============  ==================================================================================
 """
 
@@ -31,6 +34,11 @@ import numpy as np
 from fedsplit.data.arrays import ArrayDataset
 from fedsplit.data.partitioners import PartitionOptions
 from fedsplit.data.synthetic import STREAM_CLIENT, SyntheticSpec, SyntheticTask, stream
+
+
+#: Largest size weight ``w_p`` a fixed size scheme may give one client (else ValueError): with
+#: ``exponential`` the last client holds ~63 % of all data, i.e. O(population) samples.
+MAX_SIZE_WEIGHT = 100.0
 
 
 class GeneratedClients:
@@ -61,6 +69,14 @@ class GeneratedClients:
         self.scheme = scheme
         self.options = options
         self.seed = int(seed)
+        if scheme == "quantity" and options.size_scheme != "dirichlet":
+            largest = math.exp(self._log_weight(self.num_partitions - 1, options.size_scheme))
+            if largest > MAX_SIZE_WEIGHT:
+                raise ValueError(
+                    f"num_partitions={self.num_partitions} is too many for size_scheme={options.size_scheme!r} "
+                    f"with per-client generation (the last client would hold {largest:.0f}x samples_per_client); "
+                    f"allowed: a population whose largest client is <= {MAX_SIZE_WEIGHT}x, or size_scheme='dirichlet'"
+                )
 
     def partition_data(self, partition_id: int) -> ArrayDataset:
         """All samples of client ``partition_id`` (same result on every call)."""
