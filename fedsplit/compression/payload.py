@@ -226,7 +226,8 @@ def _decode_raw(body: memoryview, shape: tuple[int, ...], numel: int) -> np.ndar
 
 def _decode_coded(codec: Codec, body: memoryview, shape: tuple[int, ...]) -> np.ndarray:
     try:
-        arr = codec.decode(body, shape)
+        with np.errstate(all="ignore"):  # overflow to Inf is caught by the finiteness check
+            arr = codec.decode(body, shape)
     except PayloadError:
         raise
     except Exception as exc:  # a user codec may raise anything: still a bad payload
