@@ -118,6 +118,7 @@ def allocate(
     respect_deadlines: bool = True,
     respect_energy: bool = True,
     cutoff_s: float = np.inf,
+    price_guess: float | None = None,
 ) -> Allocation:
     """Optimal allocation of the problem's band and edge server for fixed models.
 
@@ -128,17 +129,24 @@ def allocate(
         Model index of each terminal.
     respect_deadlines, respect_energy : bool
         Keep (default) or drop the per-terminal deadline / energy constraints.
-    cutoff_s : float
+    cutoff_s, price_guess : float
         See :func:`allocate_demand`.
     """
     demand = demand_for_models(
         problem, models, respect_deadlines=respect_deadlines, respect_energy=respect_energy
     )
-    return allocate_demand(demand, problem.bandwidth_hz, problem.edge_cycles_per_s, cutoff_s=cutoff_s)
+    return allocate_demand(
+        demand, problem.bandwidth_hz, problem.edge_cycles_per_s, cutoff_s=cutoff_s, price_guess=price_guess
+    )
 
 
 def allocate_demand(
-    demand: Demand, bandwidth_hz: float, edge_cycles_per_s: float, *, cutoff_s: float = np.inf
+    demand: Demand,
+    bandwidth_hz: float,
+    edge_cycles_per_s: float,
+    *,
+    cutoff_s: float = np.inf,
+    price_guess: float | None = None,
 ) -> Allocation:
     """Optimal allocation for a :class:`Demand` (see the module docstring for the method).
 
@@ -152,6 +160,8 @@ def allocate_demand(
     cutoff_s : float
         Stop early (``pruned=True``) once the deadline-free relaxation's total latency [s] is at
         least this (branch and bound passes its incumbent).
+    price_guess : float, optional
+        A guess of the bandwidth price [s/Hz] (e.g. a similar allocation's) to shorten the search.
     """
     B, F = float(bandwidth_hz), float(edge_cycles_per_s)
     n = len(demand)
@@ -164,7 +174,7 @@ def allocate_demand(
 
     nu = float(np.sum(np.sqrt(demand.edge_cycles)) / F) ** 2
     f = np.minimum(F, np.sqrt(demand.edge_cycles / nu))
-    lam = _bandwidth_price(demand, B)
+    lam = _bandwidth_price(demand, B, price_guess)
     if not np.isfinite(lam):
         return _compute_only(demand, demand.min_bandwidth_hz.copy(), B, F)
     b = slack_bandwidth(demand, lam, B)
@@ -212,7 +222,7 @@ def _necessary_conditions(demand: Demand, B: float, F: float) -> list[str]:
     return reasons
 
 
-def _bandwidth_price(demand: Demand, B: float) -> float:
+def _bandwidth_price(demand: Demand, B: float, guess: float | None = None) -> float:
     """Price ``lam`` [s/Hz] at which the deadline-free responses use exactly ``B`` Hz."""
     total_min = float(np.sum(demand.min_bandwidth_hz))
     if total_min >= B * (1 - 1e-12):
@@ -221,6 +231,8 @@ def _bandwidth_price(demand: Demand, B: float) -> float:
     def excess(log_lam: float) -> float:
         return float(np.sum(slack_bandwidth(demand, float(np.exp(log_lam)), B))) / B - 1.0
 
+    if guess is not None and np.isfinite(guess) and guess > 0:
+        return float(np.exp(_bracketed_root(excess, np.log(guess), step=0.05)))
     s = demand.snr_hz
     share = B / len(demand)
     guess = float(np.median(demand.bits / (s * s) * psi(share / s)))
@@ -228,7 +240,11 @@ def _bandwidth_price(demand: Demand, B: float) -> float:
 
 
 def _bracketed_root(func, start: float, step: float = 2.3) -> float:
-    """Root of a decreasing function of one variable, bracketing outward from ``start``."""
+    """Root of a decreasing function of one variable, bracketing outward from ``start``.
+
+    The bracket grows by ``step``, then geometrically (doubling), so a good guess costs little and
+    a bad one is still found; :class:`_NoRoot` when ``func`` never changes sign.
+    """
     lo = hi = start
     f_lo = f_hi = func(start)
     if f_lo == 0:
@@ -238,6 +254,7 @@ def _bracketed_root(func, start: float, step: float = 2.3) -> float:
         while f_hi > 0:
             lo, f_lo = hi, f_hi
             hi += step
+            step = min(step * 2.0, 8.0)
             f_hi = func(hi)
             expansions += 1
             if expansions > _MAX_EXPANSIONS:
@@ -246,6 +263,7 @@ def _bracketed_root(func, start: float, step: float = 2.3) -> float:
         while f_lo < 0:
             hi, f_hi = lo, f_lo
             lo -= step
+            step = min(step * 2.0, 8.0)
             f_lo = func(lo)
             expansions += 1
             if expansions > _MAX_EXPANSIONS:

@@ -83,3 +83,41 @@ def random_problem(
         terminals=terminals,
         models=models,
     )
+
+
+def benchmark_problem(
+    n_terminals: int,
+    n_models: int = 5,
+    seed: int = 0,
+    *,
+    terminals_per_cell: float = 6.0,
+    accuracy_target: float = 0.7,
+) -> Problem:
+    """The case study scaled to many terminals, for the speed and gap benchmarks.
+
+    The band and the edge server grow with the number of terminals (the paper's 20 MHz and 14 GHz
+    per ``terminals_per_cell`` terminals), models are ``n_models`` input sizes from 100x100 to
+    600x600 with accuracy rising from 0.60 to 0.88, and terminals that could use no model at all
+    (deep fades) are not admitted: they are redrawn, as admission control would refuse them.
+    """
+    from fedsplit.inference.feasibility import pair_table
+    from fedsplit.inference.paper_scenario import PaperModels, generate_paper_scenario
+
+    config = PaperScenarioConfig()
+    sides = tuple(int(round(x)) for x in np.linspace(100, 600, n_models))
+    accuracies = tuple(float(a) for a in np.linspace(0.60, 0.88, n_models))
+    models = PaperModels(input_sides=sides, accuracies=accuracies).specs()
+    scale = n_terminals / terminals_per_cell
+    from dataclasses import replace
+
+    config = replace(
+        config,
+        bandwidth_hz=config.bandwidth_hz * scale,
+        edge_cycles_per_s=config.edge_cycles_per_s * scale,
+        accuracy_target=accuracy_target,
+    )
+    draw = generate_paper_scenario(int(n_terminals * 1.3) + 8, seed, config, models)
+    usable = np.nonzero(np.any(pair_table(draw).feasible, axis=1))[0]
+    if usable.size < n_terminals:  # pragma: no cover - needs an absurd configuration
+        raise ValueError("too few admissible terminals; loosen the configuration")
+    return draw.subset(usable[:n_terminals])

@@ -27,7 +27,12 @@ import numpy as np
 
 from fedsplit.inference.allocation import Allocation, allocate
 from fedsplit.inference.feasibility import pair_table
-from fedsplit.inference.model_choice import ACCURACY_TOL, accuracy_lagrangian, exact_choice
+from fedsplit.inference.model_choice import (
+    ACCURACY_TOL,
+    accuracy_floor,
+    accuracy_lagrangian,
+    exact_choice,
+)
 from fedsplit.inference.pricing import Demand, best_response
 from fedsplit.inference.schedule import Schedule, infeasible_schedule, make_schedule, problem_level_reasons
 from fedsplit.inference.system_model import FloatArray, Problem
@@ -102,11 +107,14 @@ class _Search:
         self.best: tuple[float, np.ndarray, Allocation] | None = None
         self.bound = -np.inf
         self.tried: dict[bytes, Allocation] = {}
+        required = problem.accuracy_target * problem.n_terminals
+        self.bound_requirement = accuracy_floor(problem.accuracy, problem.n_terminals, required)
 
     def evaluate(self, models: np.ndarray) -> Allocation:
         key = models.tobytes()
         if key not in self.tried:
-            alloc = allocate(self.problem, models)
+            guess = self.best[2].bandwidth_price if self.best is not None else None
+            alloc = allocate(self.problem, models, price_guess=guess)
             self.tried[key] = alloc
             if alloc.feasible and (self.best is None or alloc.objective_s < self.best[0]):
                 self.best = (alloc.objective_s, models.copy(), alloc)
@@ -120,7 +128,10 @@ class _Search:
         lp = accuracy_lagrangian(h, p.accuracy, required)
         if lp is None:
             return []
-        self.bound = max(self.bound, lp.dual_value - lam * p.bandwidth_hz - nu * p.edge_cycles_per_s)
+        tight = lp
+        if self.bound_requirement > required:
+            tight = accuracy_lagrangian(h, p.accuracy, self.bound_requirement) or lp
+        self.bound = max(self.bound, tight.dual_value - lam * p.bandwidth_hz - nu * p.edge_cycles_per_s)
         out = [lp.choice]
         if p.n_terminals <= EXACT_CHOICE_MAX_TERMINALS:
             try:
@@ -243,7 +254,7 @@ def _polish(problem: Problem, search: _Search, max_moves: int | None) -> None:
                 trial[i] = k
             if float(np.sum(acc[trial])) < required or trial.tobytes() in search.tried:
                 continue
-            cand = allocate(problem, trial, cutoff_s=value)
+            cand = allocate(problem, trial, cutoff_s=value, price_guess=prices[0])
             search.tried[trial.tobytes()] = cand
             if cand.feasible and cand.objective_s < value * (1 - 1e-12):
                 search.best = (cand.objective_s, trial, cand)
@@ -253,22 +264,29 @@ def _polish(problem: Problem, search: _Search, max_moves: int | None) -> None:
 
 
 def _swap_candidates(
-    delta: FloatArray, h: FloatArray, acc: FloatArray, models: np.ndarray, slack: float
+    delta: FloatArray, h: FloatArray, acc: FloatArray, models: np.ndarray, slack: float, keep: int = 12
 ) -> list[list[tuple[int, int]]]:
     """Pairs (upgrade one terminal, downgrade another) that keep the accuracy target, cheapest first."""
+    m = h.shape[1]
     gain = acc[None, :] - acc[models][:, None]
-    ups = [(float(delta[i, k]), int(i), int(k), float(gain[i, k]))
-           for i, k in zip(*np.nonzero(np.isfinite(h) & (gain > 0)))]
-    downs = [(float(delta[i, k]), int(i), int(k), float(gain[i, k]))
-             for i, k in zip(*np.nonzero(np.isfinite(h) & (gain < 0)))]
-    ups.sort()
-    downs.sort()
-    ups, downs = ups[:12], downs[:12]
+
+    def cheapest(mask: np.ndarray) -> np.ndarray:
+        flat = np.where(mask, delta, np.inf).ravel()
+        count = min(keep, int(np.sum(np.isfinite(flat))))
+        if count == 0:
+            return np.array([], dtype=np.intp)
+        idx = np.argpartition(flat, count - 1)[:count]
+        return idx[np.argsort(flat[idx])]
+
+    finite = np.isfinite(h)
+    ups, downs = cheapest(finite & (gain > 0)), cheapest(finite & (gain < 0))
     out = []
-    for du, i, k, gu in ups:
-        for dd, j, l, gd in downs:
-            if i == j or gu + gd < -slack:
+    for u in ups:
+        i, k = divmod(int(u), m)
+        for d in downs:
+            j, l = divmod(int(d), m)
+            if i == j or gain[i, k] + gain[j, l] < -slack:
                 continue
-            out.append((du + dd, [(i, k), (j, l)]))
+            out.append((float(delta[i, k] + delta[j, l]), [(i, k), (j, l)]))
     out.sort(key=lambda c: c[0])
     return [c[1] for c in out]
