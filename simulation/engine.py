@@ -300,7 +300,7 @@ class RayEngine:
                 actor = self._replace(actor, budget)
                 if retry or len(batch) == 1:
                     for msg in batch:
-                        replies.append(_error_reply(msg, ErrorCode.CLIENT_APP_CRASHED, f"actor process died: {type(exc).__name__}"))
+                        replies.append(_error_reply(msg, ErrorCode.CLIENT_APP_CRASHED, f"actor process died: {type(exc).__name__}: {str(exc)[-1500:]}"))
                 else:
                     queue.extend((budget, [m], True) for m in batch)
             else:

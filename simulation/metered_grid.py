@@ -54,6 +54,12 @@ class MeteredGrid(Grid):
     min_online : int
         If fewer terminals are online, seeded extra terminals are brought online (the server waits
         for them): a strategy needs at least its minimum number of nodes to sample from.
+    rounds_from_train_calls : bool
+        Number rounds by the strategy's train calls (for ServerApps that do not tell the grid
+        when a round ends; fedsplit's own ServerApp sets ``current_round`` itself).
+    emulate_availability : bool
+        Draw who is online each round from the profiles' availability (off: everyone is online;
+        used for third-party ServerApps, whose round boundaries fedsplit does not see).
     """
 
     def __init__(
@@ -66,6 +72,8 @@ class MeteredGrid(Grid):
         round_deadline_s: float = 0.0,
         partition_of: Callable[[int], int] | None = None,
         min_online: int = 1,
+        emulate_availability: bool = True,
+        rounds_from_train_calls: bool = False,
     ) -> None:
         self.inner = inner
         self.population = population
@@ -73,6 +81,9 @@ class MeteredGrid(Grid):
         self.seed = seed
         self.round_deadline_s = round_deadline_s
         self.min_online = min_online
+        self.emulate_availability = emulate_availability
+        self.rounds_from_train_calls = rounds_from_train_calls
+        self._train_calls = 0
         self._partition_of = partition_of
         self._node_of_partition: dict[int, int] | None = None
         self._partition_of_node: dict[int, int] | None = None
@@ -136,6 +147,10 @@ class MeteredGrid(Grid):
         """Terminals online in ``server_round`` (at least ``min_online`` of them)."""
         if self._online_cache is not None and self._online_cache[0] == server_round:
             return self._online_cache[1]
+        if not self.emulate_availability:
+            online = list(range(self.population.size))
+            self.ledger.online[server_round] = len(online)
+            return online
         online = self.population.online(server_round, self.seed).tolist()
         if len(online) < self.min_online:
             offline = sorted(set(range(self.population.size)) - set(online))
@@ -156,6 +171,9 @@ class MeteredGrid(Grid):
         messages = list(messages)
         if not messages:
             return []
+        if self.rounds_from_train_calls and messages[0].metadata.message_type == "train":
+            self._train_calls += 1
+            self.current_round = self._train_calls
         sent = {m.metadata.dst_node_id: (m, payload_bytes(m.content)) for m in messages}
         replies = {r.metadata.src_node_id: r for r in self.inner.send_and_receive(messages, timeout=timeout)}
         kept: list[Message] = []

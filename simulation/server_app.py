@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -38,6 +39,7 @@ class RunSession:
     sim_elapsed_s: float = 0.0
     strategy: Strategy | None = None
     grid: MeteredGrid | None = None
+    strategy_wall_s: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: RunConfig, **kwargs: Any) -> "RunSession":
@@ -91,6 +93,7 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
     )
     strategy = wrap_strategy(strategy, cfg, metered.reject)
     session.strategy = strategy
+    metered.get_node_ids()  # learn the node <-> terminal mapping before the clock starts
     model = task.model
     num_params = sum(v.numel() for v in model.state_dict().values())
     test_set = task.data.server_test
@@ -111,6 +114,7 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
         metered.current_round = server_round + 1
         return MetricRecord(metrics)
 
+    started = time.perf_counter()
     result = strategy.start(
         grid=metered,
         initial_arrays=ArrayRecord(task.initial_state()),
@@ -118,6 +122,7 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
         train_config=train_config(cfg),
         evaluate_fn=evaluate_fn,
     )
+    session.strategy_wall_s = time.perf_counter() - started
     session.final_state = {k: v.clone() for k, v in result.arrays.to_torch_state_dict().items()}
 
 

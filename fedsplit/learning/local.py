@@ -85,6 +85,7 @@ def train_local(
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     generator = torch.Generator().manual_seed(seed)
     input_shape = tuple(x.shape[1:])
+    batch_flops = {b: step_flops(model, input_shape, b, train=True) for b in {min(batch_size, n), n % batch_size} if b}
     steps = flops = 0
     epoch_loss = 0.0
     for _ in range(epochs):
@@ -93,14 +94,14 @@ def train_local(
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            loss = nn.functional.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
             if global_params is not None:
                 prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
                 loss = loss + 0.5 * proximal_mu * prox
             loss.backward()
             optimizer.step()
             steps += 1
-            flops += step_flops(model, input_shape, len(idx), train=True)
+            flops += batch_flops[len(idx)]
             epoch_loss += float(loss.detach()) * len(idx)
             seen += len(idx)
         epoch_loss /= max(seen, 1)

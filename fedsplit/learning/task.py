@@ -67,6 +67,7 @@ class Task:
     cfg: RunConfig
     data: Any
     model: nn.Module
+    initial: "OrderedDict[str, torch.Tensor]"
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "Task":
@@ -80,11 +81,12 @@ class Task:
             width=cfg.model.width,
             seed=cfg.seed,
         )
-        return cls(cfg=cfg, data=data, model=model)
+        initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+        return cls(cfg=cfg, data=data, model=model, initial=initial)
 
     def initial_state(self) -> "OrderedDict[str, torch.Tensor]":
-        """The seeded initial global weights."""
-        return OrderedDict((k, v.detach().clone()) for k, v in self.model.state_dict().items())
+        """The seeded initial global weights (a copy; ``model`` itself is reused for training)."""
+        return OrderedDict((k, v.clone()) for k, v in self.initial.items())
 
 
 _TASKS: "OrderedDict[str, Task]" = OrderedDict()

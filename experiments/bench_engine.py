@@ -1,0 +1,174 @@
+"""Benchmark: fedsplit's engine against a plain PyTorch loop and Flower's simulation engine.
+
+The same training work (same terminals, partitions, rounds, epochs, seeds, FedAvg, server-side
+evaluation after every round) runs four ways in one process:
+
+- ``pure``: a sequential PyTorch loop with FedAvg averaging, torch threads = 1 (the limit);
+- ``fedsplit1``: fedsplit's engine with one actor of 1 CPU (torch threads = 1);
+- ``fedsplit``: fedsplit's engine with one 1-CPU actor per core of the machine;
+- ``flower``: Flower's simulation engine with 1 CPU per client on all cores.
+
+Each way is run once untimed (warm-up) and then timed three times; the best time is reported.
+Times are the strategy's wall time (``Strategy.start``), as Flower itself reports it; Ray start-up
+is excluded for both engines. The final global weights of pure, fedsplit1 and fedsplit must agree.
+
+Run::
+
+    python experiments/bench_engine.py            # both workloads (~6 minutes on 2 cores)
+    python experiments/bench_engine.py --smoke    # seconds: tiny settings, checks only agreement
+
+It prints one line per workload::
+
+    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=..
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections import OrderedDict
+
+import torch
+
+from fedsplit.config import RunConfig, load_config
+from fedsplit.learning import config_to_json, evaluate, task_for, train_local
+
+WORKLOADS = {
+    # overhead-bound: the 64-64-10 MLP on digits, 10 clients x 10 rounds x 5 local epochs
+    "mlp": ["model.name=mlp", "model.hidden=64", "rounds=10", "train.local_epochs=5", "devices={laptop=10}"],
+    # compute-bound: the FedAvg CNN on 28x28 inputs (digits resized), 10 clients
+    "cnn": ["model.name=fedavg-cnn", "data.resolution=28", "rounds=2", "train.local_epochs=1", "devices={laptop=10}"],
+}
+SMOKE = {
+    "mlp": ["model.name=mlp", "rounds=2", "train.local_epochs=1", "devices={laptop=4}"],
+}
+COMMON = [
+    "seed=0",
+    "strategy.name=fedavg",
+    "strategy.fraction_train=1.0",
+    "train.momentum=0.0",
+    "profiles.laptop={base='laptop', availability=1.0}",
+    "progress=false",
+]
+
+
+def client_seed(cfg: RunConfig, pid: int, server_round: int) -> int:
+    from fedsplit.clients.app import _round_seed
+
+    return _round_seed(cfg.seed, pid, server_round)
+
+
+def run_pure(cfg: RunConfig) -> tuple[float, dict[str, torch.Tensor]]:
+    """The limit: FedAvg in a sequential loop (one thread), with the same server evaluation."""
+    torch.set_num_threads(1)
+    task = task_for(config_to_json(cfg))
+    model = task.model
+    global_state = task.initial_state()
+    test = task.data.server_test
+    t = cfg.train
+    start = time.perf_counter()
+    for server_round in range(1, cfg.rounds + 1):
+        total = 0
+        acc: OrderedDict[str, torch.Tensor] = OrderedDict((k, torch.zeros_like(v, dtype=torch.float64)) for k, v in global_state.items())
+        for pid in range(cfg.num_terminals):
+            model.load_state_dict(global_state)
+            train_set, _ = task.data.partition(pid)
+            result = train_local(
+                model, train_set.x, train_set.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+                momentum=t.momentum, weight_decay=t.weight_decay, seed=client_seed(cfg, pid, server_round),
+            )
+            for k, v in model.state_dict().items():
+                acc[k] += v.double() * result.num_examples
+            total += result.num_examples
+        global_state = OrderedDict((k, (v / total).to(global_state[k].dtype)) for k, v in acc.items())
+        model.load_state_dict(global_state)
+        evaluate(model, test.x, test.y)
+    return time.perf_counter() - start, global_state
+
+
+def run_fedsplit(cfg: RunConfig, engine) -> tuple[float, dict[str, torch.Tensor]]:  # noqa: ANN001
+    from fedsplit.simulation.server_app import RunSession, run_server
+
+    session = RunSession.from_config(cfg)
+    run_server(engine.grid(), session)
+    return session.strategy_wall_s, session.final_state
+
+
+def run_flower(cfg: RunConfig) -> tuple[float, dict[str, torch.Tensor]]:
+    from fedsplit.simulation.runner import run_on_flower_engine
+    from fedsplit.simulation.server_app import RunSession
+
+    session = RunSession.from_config(cfg)
+    run_on_flower_engine(session)
+    return session.strategy_wall_s, session.final_state
+
+
+def best_of(fn, passes: int) -> tuple[float, dict]:  # noqa: ANN001
+    fn()  # warm-up, untimed
+    results = [fn() for _ in range(passes)]
+    best = min(r[0] for r in results)
+    return best, results[-1][1]
+
+
+def max_diff(a: dict, b: dict) -> float:
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+def bench(name: str, overrides: list[str], passes: int, with_flower: bool) -> dict[str, float]:
+    import ray
+
+    from fedsplit.clients.app import make_client_app
+    from fedsplit.devices import Population, resolve_profiles
+    from fedsplit.simulation.engine import RayEngine
+
+    cfg = load_config(None, COMMON + overrides)
+    pure_s, pure_w = best_of(lambda: run_pure(cfg), passes)
+    cpus = os.cpu_count() or 1
+    times = {"pure": pure_s}
+    weights = {"pure": pure_w}
+    for way, actors in (("fedsplit1", 1), ("fedsplit", cpus)):
+        if not ray.is_initialized():
+            ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+        population = Population(cfg.devices, resolve_profiles(cfg.profiles))
+        app = make_client_app(config_json=config_to_json(cfg))
+        with RayEngine(app, population, num_actors=actors, cpus_per_actor=1.0) as engine:
+            times[way], weights[way] = best_of(lambda: run_fedsplit(cfg, engine), passes)
+    if with_flower:
+        ray.shutdown()
+        times["flower"], weights["flower"] = best_of(lambda: run_flower(cfg), passes)
+    else:
+        times["flower"] = float("nan")
+    for way in ("fedsplit1", "fedsplit"):
+        diff = max_diff(weights["pure"], weights[way])
+        print(f"workload={name} check weights_{way}_vs_pure max_abs_diff={diff:.2e} {'PASS' if diff <= 1e-5 else 'FAIL'}")
+    line = (
+        f"workload={name} pure_s={times['pure']:.3f} fedsplit1_s={times['fedsplit1']:.3f} "
+        f"fedsplit_s={times['fedsplit']:.3f} flower_s={times['flower']:.3f} "
+        f"overhead={times['fedsplit1'] / times['pure']:.3f} speedup={times['fedsplit1'] / times['fedsplit']:.3f} "
+        f"flower_over_fedsplit={times['flower'] / times['fedsplit']:.3f}"
+    )
+    print(line, flush=True)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny settings, one pass, no Flower engine")
+    parser.add_argument("--workloads", default="mlp,cnn", help="comma-separated: mlp,cnn")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes per way (best is reported)")
+    args = parser.parse_args(argv)
+    from fedsplit.simulation.runner import quiet_flower
+
+    quiet_flower()
+    table = SMOKE if args.smoke else WORKLOADS
+    names = list(table) if args.smoke else args.workloads.split(",")
+    for name in names:
+        bench(name, table[name], 1 if args.smoke else args.passes, with_flower=not args.smoke)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

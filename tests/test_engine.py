@@ -1,0 +1,171 @@
+"""fedsplit's engine: Flower apps on Ray actors, failures, Context state, third-party apps, clusters."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+
+from fedsplit.devices import Population, builtin_profiles
+from fedsplit.simulation.engine import RayEngine, plan_pools
+from tests.conftest import REPO, fedsplit_cmd
+
+
+def make_flaky_app() -> ClientApp:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        server_round = int(msg.content["config"]["server-round"])
+        if pid == 1 and server_round == 1:
+            raise ValueError("boom in client 1")
+        if pid == 2 and server_round == 1:
+            os._exit(1)  # the actor process dies
+        record = context.state.config_records.get("counter", ConfigRecord({"n": 0}))
+        record["n"] = int(record["n"]) + 1
+        context.state["counter"] = record
+        return Message(RecordDict({"metrics": MetricRecord({"n": record["n"], "pid": pid, "num-examples": 1})}), reply_to=msg)
+
+    return app
+
+
+def send_round(grid, server_round: int, nodes):
+    msgs = [Message(RecordDict({"config": ConfigRecord({"server-round": server_round})}), dst_node_id=n, message_type="train", group_id=str(server_round)) for n in nodes]
+    return {r.metadata.src_node_id: r for r in grid.send_and_receive(msgs)}
+
+
+def test_failures_stay_with_their_client_and_state_persists(ray_session):
+    population = Population({"raspberry-pi-4": 3, "laptop": 3}, builtin_profiles())
+    with RayEngine(make_flaky_app(), population) as engine:
+        grid = engine.grid()
+        nodes = list(grid.get_node_ids())
+        assert len(nodes) == 6
+        first = send_round(grid, 1, nodes)
+        assert set(first) == set(nodes)
+        assert first[engine.node_id_of(1)].error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+        assert "boom in client 1" in first[engine.node_id_of(1)].error.reason
+        assert first[engine.node_id_of(2)].error.code == ErrorCode.CLIENT_APP_CRASHED
+        ok = [n for n in nodes if n not in (engine.node_id_of(1), engine.node_id_of(2))]
+        assert all(not first[n].has_error() for n in ok)
+        assert engine.actor_restarts >= 1
+        second = send_round(grid, 2, nodes)
+        assert all(not r.has_error() for r in second.values())
+        counts = {engine.partition_of(n): int(r.content["metrics"]["n"]) for n, r in second.items()}
+        # Context.state survived round 1 wherever each terminal ran; failed terminals kept none of it.
+        assert counts == {0: 2, 1: 1, 2: 1, 3: 2, 4: 2, 5: 2}
+
+
+def test_pools_fit_the_cluster():
+    assert plan_pools([(1.0, 0.0)], 2, 0) == {(1.0, 0.0): 2}
+    assert plan_pools([(1.0, 0.0), (2.0, 0.0)], 4, 0) == {(1.0, 0.0): 2, (2.0, 0.0): 1}
+    with pytest.raises(ValueError, match="num_cpus = 8.0 but the Ray cluster has 2"):
+        plan_pools([(8.0, 0.0)], 2, 0)
+
+
+QUICKSTART = '''
+"""A Flower app written the way Flower's PyTorch quickstart is (ServerApp + ClientApp, Message API)."""
+import torch
+from sklearn.datasets import load_digits
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+RESULTS = {}
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(64, 32)
+        self.fc2 = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def load_data(partition_id, num_partitions):
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32)[partition_id::num_partitions]
+    y = torch.tensor(y)[partition_id::num_partitions]
+    return x, y
+
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, context: Context):
+    model = Net()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    x, y = load_data(context.node_config["partition-id"], context.node_config["num-partitions"])
+    opt = torch.optim.SGD(model.parameters(), lr=msg.content["config"]["lr"])
+    for _ in range(5):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"train_loss": loss.item(), "num-examples": len(x)})})
+    return Message(content=content, reply_to=msg)
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    rounds = context.run_config["num-server-rounds"]
+    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0)
+    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), train_config=ConfigRecord({"lr": 0.5}), num_rounds=rounds)
+    RESULTS["arrays"] = result.arrays
+'''
+
+
+def test_third_party_quickstart_app_runs_unchanged(tmp_path, monkeypatch, ray_session):
+    (tmp_path / "quickstart_app.py").write_text(QUICKSTART)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import quickstart_app
+
+    from fedsplit.simulation.run_app import run_app
+
+    ledger = run_app("quickstart_app:server_app", "quickstart_app:app", nodes=4, devices="raspberry-pi-4=2,laptop=2", run_config={"num-server-rounds": 2})
+    assert "arrays" in quickstart_app.RESULTS
+    assert sorted(ledger.rounds) == [1, 2]
+    assert all(r.status == "ok" and r.bytes_up > 0 and r.bytes_down > 0 for r in ledger.rows)
+    assert len(ledger.rows) == 8
+
+
+def test_run_app_rejects_bad_references():
+    proc = subprocess.run(fedsplit_cmd("run-app", "nope_mod:app", "x:y", "--nodes", "2"), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "cannot import 'nope_mod'" in proc.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_attach_to_ray_cluster_on_loopback(tmp_path):
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    port = free_port()
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, timeout=180, env=env)
+    try:
+        args = ["simulate", "--set", f"engine.ray_address=127.0.0.1:{port}", "--set", f"out_dir={tmp_path}", "--set", "run_name=r", "--set", "rounds=1", "--set", "devices={laptop=2}", "--set", "model.name=mlp", "--set", "progress=false"]
+        proc = subprocess.run(fedsplit_cmd(*args), capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (tmp_path / "r" / "summary.json").is_file()
+        status = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+        assert "CPU" in status.stdout
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
