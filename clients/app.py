@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import zlib
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -46,8 +47,20 @@ def _round_seed(seed: int, partition_id: int, server_round: int) -> int:
     return zlib.crc32(f"{seed}:{partition_id}:{server_round}".encode())
 
 
-def _load_global(task: Task, msg: Message) -> None:
+def _device() -> torch.device:
+    """The accelerator this process was given (Ray sets CUDA_VISIBLE_DEVICES per actor), else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_global(task: Task, msg: Message) -> torch.device:
+    device = _device()
+    task.model.to(device)
     task.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict(), strict=True)
+    return device
+
+
+def _cpu_state(task: Task) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in task.model.state_dict().items()}
 
 
 def handle_train(msg: Message, context: Context, config_json: str | None = None) -> Message:
@@ -57,12 +70,12 @@ def handle_train(msg: Message, context: Context, config_json: str | None = None)
     config = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(config.get("server-round", 0))
     train_set, _ = task.data.partition(pid)
-    _load_global(task, msg)
+    device = _load_global(task, msg)
     t = task.cfg.train
     result = train_local(
         task.model,
-        train_set.x,
-        train_set.y,
+        train_set.x.to(device),
+        train_set.y.to(device),
         epochs=int(config.get("local-epochs", t.local_epochs)),
         batch_size=int(config.get("batch-size", t.batch_size)),
         lr=float(config.get("lr", t.lr)),
@@ -79,7 +92,7 @@ def handle_train(msg: Message, context: Context, config_json: str | None = None)
             "partition-id": pid,
         }
     )
-    arrays = ArrayRecord(task.model.state_dict())
+    arrays = ArrayRecord(_cpu_state(task))
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
@@ -88,8 +101,8 @@ def handle_evaluate(msg: Message, context: Context, config_json: str | None = No
     task = task_for(_config_json(context, config_json))
     pid = _partition_id(context)
     _, val_set = task.data.partition(pid)
-    _load_global(task, msg)
-    result = evaluate(task.model, val_set.x, val_set.y)
+    device = _load_global(task, msg)
+    result = evaluate(task.model, val_set.x.to(device), val_set.y.to(device))
     metrics = MetricRecord(
         {
             "num-examples": result.num_examples,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable
 
 from flwr.app import Message, RecordDict
@@ -112,7 +113,7 @@ class MeteredGrid(Grid):
         """Learn node id <-> partition id, by the engine's mapping or by asking every node once."""
         if self._node_of_partition is not None:
             return
-        node_ids = list(self.inner.get_node_ids())
+        node_ids = self._wait_for_nodes()
         if self._partition_of is not None:
             mapping = {n: int(self._partition_of(n)) for n in node_ids}
         else:
@@ -128,6 +129,17 @@ class MeteredGrid(Grid):
             raise RuntimeError(f"engine has {len(mapping)} nodes but the population has {self.population.size} terminals")
         self._partition_of_node = mapping
         self._node_of_partition = {p: n for n, p in mapping.items()}
+
+    def _wait_for_nodes(self, timeout_s: float = 300.0) -> list[int]:
+        """All of the engine's nodes; an engine may still be registering them when the ServerApp starts."""
+        deadline = time.monotonic() + timeout_s
+        while len(node_ids := list(self.inner.get_node_ids())) < self.population.size:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"only {len(node_ids)} of {self.population.size} nodes connected within {timeout_s:.0f} s"
+                )
+            time.sleep(0.2)
+        return node_ids
 
     def partition_of(self, node_id: int) -> int:
         """Terminal (partition) id of a node."""

@@ -89,7 +89,7 @@ def train_local(
     steps = flops = 0
     epoch_loss = 0.0
     for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator).to(x.device)
         epoch_loss, seen = 0.0, 0
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]

@@ -1,0 +1,115 @@
+"""Benchmark: a population of 100,000 emulated terminals, 100 sampled per round.
+
+Runs the same per-round work (100 sampled terminals, synthetic data generated per terminal on
+demand, same model and local epochs) with a population of 100 and of 100,000 terminals on
+fedsplit's engine, and reports the per-round wall time of each and the peak resident memory of
+the whole run (driver plus every Ray worker process), sampled every 50 ms.
+
+Run::
+
+    python experiments/bench_scale.py              # 100 vs 100,000 terminals
+    python experiments/bench_scale.py --smoke      # 100 vs 2,000 terminals, 2 rounds
+
+Prints ``population=<n> rounds=<r> round_s=<mean wall s per round> peak_rss_gb=<GB>`` per size, then
+``check ...`` lines for the acceptance bars (RSS < 4 GB; per-round time at the large size within 10 %
+of the small size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+
+import psutil
+
+
+class PeakRss:
+    """Peak resident memory (bytes) of this process and all its descendants, sampled in a thread."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _total(self) -> int:
+        me = psutil.Process(os.getpid())
+        total = me.memory_info().rss
+        for child in me.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._total())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> "PeakRss":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_population(size: int, sampled: int, rounds: int) -> tuple[float, float]:
+    """Mean wall seconds per round and peak RSS (GB) for one population size."""
+    import ray
+
+    from fedsplit.config import load_config
+    from fedsplit.simulation.runner import simulate
+
+    overrides = [
+        "data.name=synthetic",
+        "data.samples_per_client=32",
+        "data.resolution=8",
+        "model.name=mlp",
+        "train.local_epochs=2",
+        f"rounds={rounds}",
+        f"devices={{pi={size}}}",
+        "profiles.pi={base='raspberry-pi-4', availability=1.0}",
+        f"strategy.fraction_train={sampled / size}",
+        f"strategy.min_train_nodes={sampled}",
+        "progress=false",
+        "out_dir=/tmp/fedsplit-bench-scale",
+    ]
+    cfg = load_config(None, overrides)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        with PeakRss() as rss:
+            outcome = simulate(cfg, write=False)
+        selected = {r.selected for r in outcome.session.ledger.rounds.values()}
+        assert selected == {sampled}, f"sampled {selected} terminals per round, wanted {sampled}"
+        round_s = outcome.session.strategy_wall_s / rounds
+    finally:
+        ray.shutdown()
+    return round_s, rss.peak / 1e9
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    small, large, rounds = (100, 2_000, 2) if args.smoke else (100, 100_000, args.rounds)
+    results = {}
+    for size in (small, large):
+        round_s, peak = run_population(size, 100, rounds)
+        results[size] = (round_s, peak)
+        print(f"population={size} rounds={rounds} round_s={round_s:.3f} peak_rss_gb={peak:.2f}", flush=True)
+    ratio = results[large][0] / results[small][0]
+    print(f"check peak_rss_below_4gb: {'PASS' if results[large][1] < 4.0 else 'FAIL'} ({results[large][1]:.2f} GB)")
+    print(f"check round_time_ratio_within_10pct: {'PASS' if ratio <= 1.10 else 'FAIL'} (ratio={ratio:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
