@@ -1,0 +1,73 @@
+"""End to end through the ``fedsplit`` command: scenario generation, scheduling, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def fedsplit(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fedsplit.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def scenario_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sched") / "scenario.json"
+    done = fedsplit("scenario", "--terminals", "5", "--seed", "3", "--out", str(path))
+    assert done.returncode == 0, done.stderr
+    data = json.loads(path.read_text())
+    assert len(data["terminals"]) == 5 and len(data["models"]) == 3
+    return path
+
+
+def test_schedule_json_end_to_end(scenario_file):
+    done = fedsplit("schedule", "--scenario", str(scenario_file), "--solver", "exact", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["feasible"] is True and out["gap"] == 0.0
+    scenario = json.loads(scenario_file.read_text())
+    names = {m["name"] for m in scenario["models"]}
+    assert [a["terminal"] for a in out["assignments"]] == list(range(5))
+    assert all(a["model"] in names for a in out["assignments"])
+    assert sum(a["bandwidth_hz"] for a in out["assignments"]) <= scenario["bandwidth_hz"] * (1 + 1e-9)
+    assert sum(a["edge_cycles_per_s"] for a in out["assignments"]) <= scenario["edge_cycles_per_s"] * (1 + 1e-9)
+    assert out["total_latency_s"] == pytest.approx(sum(a["latency_s"] for a in out["assignments"]))
+    assert out["accuracy"] >= scenario["accuracy_target"] - 1e-9
+    for key in ("total_energy_j", "infeasible_pairs", "reasons"):
+        assert key in out
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda d: d["terminals"][0].pop("tx_power_w"), "terminals[0].tx_power_w"),
+        (lambda d: d.update(bandwidth_hz=-2e7), "bandwidth_hz"),
+        (lambda d: d.update(bandwidth_hz=0.0), "bandwidth_hz"),
+        (lambda d: d["models"][0].update(accuracy=1.7), "models[0].accuracy"),
+        (lambda d: d.update(models=[]), "models"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_line(scenario_file, tmp_path, mutate, field):
+    data = json.loads(scenario_file.read_text())
+    mutate(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    done = fedsplit("schedule", "--scenario", str(bad), "--json")
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{field}:" in lines[0] and "expected" in lines[0]
+    assert done.stdout == ""
+
+
+def test_infeasible_scenario_answers_feasible_false_with_reasons(scenario_file, tmp_path):
+    data = json.loads(scenario_file.read_text())
+    data["accuracy_target"] = 0.99
+    path = tmp_path / "hard.json"
+    path.write_text(json.dumps(data))
+    done = fedsplit("schedule", "--scenario", str(path), "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["feasible"] is False and out["total_latency_s"] is None
+    assert any("accuracy" in r for r in out["reasons"])
