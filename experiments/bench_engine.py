@@ -71,8 +71,7 @@ def run_pure(cfg: RunConfig) -> tuple[float, dict[str, torch.Tensor]]:
     t = cfg.train
     start = time.perf_counter()
     for server_round in range(1, cfg.rounds + 1):
-        total = 0
-        acc: OrderedDict[str, torch.Tensor] = OrderedDict((k, torch.zeros_like(v, dtype=torch.float64)) for k, v in global_state.items())
+        states, sizes = [], []
         for pid in range(cfg.num_terminals):
             model.load_state_dict(global_state)
             train_set, _ = task.data.partition(pid)
@@ -80,10 +79,15 @@ def run_pure(cfg: RunConfig) -> tuple[float, dict[str, torch.Tensor]]:
                 model, train_set.x, train_set.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
                 momentum=t.momentum, weight_decay=t.weight_decay, seed=client_seed(cfg, pid, server_round),
             )
-            for k, v in model.state_dict().items():
-                acc[k] += v.double() * result.num_examples
-            total += result.num_examples
-        global_state = OrderedDict((k, (v / total).to(global_state[k].dtype)) for k, v in acc.items())
+            states.append({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+            sizes.append(result.num_examples)
+        # FedAvg in float32, accumulating in terminal order (the arithmetic Flower's FedAvg does).
+        factors = [n / sum(sizes) for n in sizes]
+        averaged = {k: states[0][k] * factors[0] for k in states[0]}
+        for state, factor in zip(states[1:], factors[1:]):
+            for k in averaged:
+                averaged[k] += state[k] * factor
+        global_state = OrderedDict((k, torch.from_numpy(v)) for k, v in averaged.items())
         model.load_state_dict(global_state)
         evaluate(model, test.x, test.y)
     return time.perf_counter() - start, global_state

@@ -189,9 +189,10 @@ class MeteredGrid(Grid):
         sent = {m.metadata.dst_node_id: (m, payload_bytes(m.content)) for m in messages}
         replies = {r.metadata.src_node_id: r for r in self.inner.send_and_receive(messages, timeout=timeout)}
         kept: list[Message] = []
-        # Rows are written in the order the strategy sent its messages, whatever order replies
-        # arrived in, so the ledger of a seed is the same on every engine.
-        for node, (out, bytes_down) in sent.items():
+        # Rows are written, and replies handed to the strategy, in terminal order whatever order
+        # the replies arrived in: the ledger and the aggregate's float arithmetic of a seed are
+        # then the same on every engine.
+        for node, (out, bytes_down) in sorted(sent.items(), key=lambda item: self.partition_of(item[0])):
             reply = replies.get(node)
             if self._record(out, reply, bytes_down) and reply is not None:
                 kept.append(reply)
