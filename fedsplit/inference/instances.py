@@ -7,9 +7,17 @@ deadlines, scarce bandwidth or compute, and infeasible corners.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from fedsplit.inference.paper_scenario import PaperScenarioConfig, pathloss_gain
+from fedsplit.inference.feasibility import pair_table
+from fedsplit.inference.paper_scenario import (
+    PaperModels,
+    PaperScenarioConfig,
+    generate_paper_scenario,
+    pathloss_gain,
+)
 from fedsplit.inference.system_model import ModelSpec, Problem, TerminalSpec
 
 
@@ -100,16 +108,11 @@ def benchmark_problem(
     600x600 with accuracy rising from 0.60 to 0.88, and terminals that could use no model at all
     (deep fades) are not admitted: they are redrawn, as admission control would refuse them.
     """
-    from fedsplit.inference.feasibility import pair_table
-    from fedsplit.inference.paper_scenario import PaperModels, generate_paper_scenario
-
     config = PaperScenarioConfig()
     sides = tuple(int(round(x)) for x in np.linspace(100, 600, n_models))
     accuracies = tuple(float(a) for a in np.linspace(0.60, 0.88, n_models))
     models = PaperModels(input_sides=sides, accuracies=accuracies).specs()
     scale = n_terminals / terminals_per_cell
-    from dataclasses import replace
-
     config = replace(
         config,
         bandwidth_hz=config.bandwidth_hz * scale,
