@@ -1,7 +1,8 @@
 """``fedsplit schedule`` and ``fedsplit scenario``: the scheduler's sub-commands.
 
 Exit codes: 0 on success (an infeasible scenario is a successful answer: ``feasible: false`` with
-reasons), 2 on bad input (one line on stderr naming the field, the bad value and what is allowed).
+reasons), 2 on bad input (one line on stderr naming the field, the bad value and what is allowed),
+3 when ``--solver exact`` gives up on an instance too large for branch and bound.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from dataclasses import replace
 
 from fedsplit.inference.catalog import CatalogCosts, load_catalog
 from fedsplit.inference.errors import ScenarioError
+from fedsplit.inference.exact import SearchLimitReached
 from fedsplit.inference.feasibility import infeasible_pairs
 from fedsplit.inference.paper_scenario import PaperScenarioConfig, generate_paper_scenario
 from fedsplit.inference.scenario import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, load_scenario, number_field, problem_to_dict
 from fedsplit.inference.solve import SOLVERS, solve
 
 EXIT_BAD_INPUT = 2
+EXIT_SEARCH_LIMIT = 3
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -76,7 +79,12 @@ def run_schedule(args: argparse.Namespace) -> int:
         problem = load_scenario(args.scenario)
     except ScenarioError as error:
         return _fail("schedule", error)
-    schedule = solve(problem, args.solver, seed=args.seed)
+    try:
+        schedule = solve(problem, args.solver, seed=args.seed)
+    except SearchLimitReached as error:
+        print(f"fedsplit schedule: error: --solver exact: {error}; use --solver fast for this size",
+              file=sys.stderr)
+        return EXIT_SEARCH_LIMIT
     result = schedule.to_dict(problem)
     result["infeasible_pairs"] = [
         {"terminal": i, "model": problem.model_names[m], "reason": reason}

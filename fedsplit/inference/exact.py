@@ -11,7 +11,8 @@ Terminals are fixed one at a time (depth-first). A node is pruned when
   ``D``, ``c_loc`` and ``c_edge`` and the relaxation's feasible set contains every completion's.
 
 Leaves are solved to optimality by :func:`.allocation.allocate`. The incumbent starts from the fast
-solver, so the search mostly certifies it.
+solver, so the search mostly certifies it; when the fast solver's Lagrangian bound already equals
+the incumbent, that is a proof of optimality and no search is needed.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def solve_exact(
     problem: Problem,
     *,
     incumbent: Schedule | None = None,
-    node_limit: int = 2_000_000,
+    node_limit: int = 200_000,
+    time_limit_s: float = 120.0,
 ) -> Schedule:
     """Optimal schedule by branch and bound (gap 0), or the proven reason there is none.
 
@@ -52,6 +54,8 @@ def solve_exact(
         A feasible schedule to start from (default: the fast solver's).
     node_limit : int
         Maximum number of nodes before :class:`SearchLimitReached` is raised.
+    time_limit_s : float
+        Wall-clock limit [s] of the search, likewise.
     """
     start = time.perf_counter()
     reasons = problem_level_reasons(problem)
@@ -61,7 +65,15 @@ def solve_exact(
         from fedsplit.inference.lagrangian import solve_fast
 
         incumbent = solve_fast(problem, polish=False)
-    search = _BranchAndBound(problem, incumbent, node_limit)
+    if incumbent.feasible and incumbent.lower_bound_s >= incumbent.total_latency_s * (1 - 1e-12):
+        # The Lagrangian bound already proves the incumbent optimal: nothing left to search.
+        proven = make_schedule(
+            problem, "exact", incumbent.models, incumbent.bandwidth_hz, incumbent.edge_cycles_per_s,
+            lower_bound_s=incumbent.total_latency_s, solve_s=time.perf_counter() - start,
+        )
+        proven.gap = 0.0
+        return proven
+    search = _BranchAndBound(problem, incumbent, node_limit, start + time_limit_s)
     search.run()
     elapsed = time.perf_counter() - start
     if search.best_models is None:
@@ -84,9 +96,10 @@ def solve_exact(
 
 
 class _BranchAndBound:
-    def __init__(self, problem: Problem, incumbent: Schedule | None, node_limit: int) -> None:
+    def __init__(self, problem: Problem, incumbent: Schedule | None, node_limit: int, deadline: float) -> None:
         self.problem = problem
         self.node_limit = node_limit
+        self.deadline = deadline
         self.nodes = 0
         table = pair_table(problem)
         self.feasible = table.feasible
@@ -161,6 +174,8 @@ class _BranchAndBound:
         self.nodes += 1
         if self.nodes > self.node_limit:
             raise SearchLimitReached(f"branch and bound exceeded {self.node_limit} nodes")
+        if self.nodes % 256 == 0 and time.perf_counter() > self.deadline:
+            raise SearchLimitReached("branch and bound exceeded its time limit")
         n = self.problem.n_terminals
         if depth == n:
             alloc = allocate(self.problem, models, cutoff_s=self.incumbent_value)
