@@ -12,11 +12,15 @@ solved in closed form or by one vectorised Newton solve (:mod:`.pricing`). For *
 is a lower bound on the optimal total latency (weak duality); ``eta`` is optimised exactly for given
 ``(lam, nu)`` by :func:`.model_choice.accuracy_lagrangian`.
 
-The solver alternates: models -> optimal allocation for those models (whose multipliers are the
-next prices) -> every pair's cost at those prices -> the accuracy-Lagrangian model choice (rounded
-to meet chi) -> ... keeping the best feasible schedule and the best bound. A cheap pass then tries
-single-terminal model changes suggested by the prices. Every answer carries
-``gap = (total - bound) / total``, an upper bound on its distance from the optimum.
+The solver alternates: prices -> every pair's cost -> model choices (the accuracy-Lagrangian
+choice rounded to meet chi, and for N <= 40 also the exact priced multiple-choice knapsack) ->
+optimal allocation for those models, whose multipliers are the next prices -> ... keeping the best
+feasible schedule and the best bound. A polish pass then tries the single-terminal changes and
+up/down swaps that look cheapest at the incumbent's prices. The bound uses, instead of ``N chi``,
+the least accuracy sum that model counts can actually reach above it
+(:func:`.model_choice.accuracy_floor`), which removes the rounding slack of the accuracy
+constraint. Every answer carries ``gap = (total - bound) / total``, an upper bound on its distance
+from the optimum.
 """
 
 from __future__ import annotations
