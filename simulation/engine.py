@@ -201,6 +201,14 @@ class RayEngine:
             self.pools[budget] = pool
         return self
 
+    def describe(self) -> dict[str, object]:
+        """Where the engine runs: Ray cluster address, nodes, and actors per budget."""
+        return {
+            "ray_address": ray.get_runtime_context().gcs_address,
+            "ray_nodes": sum(1 for n in ray.nodes() if n.get("Alive")),
+            "actors": {f"cpus={b[0]:g},gpus={b[1]:g}": p.size for b, p in self.pools.items()},
+        }
+
     def budget_of(self, profile: DeviceProfile, cluster_gpus: float) -> Budget:
         """The Ray budget of a device class on this cluster (GPU only where one exists)."""
         cpus = self.cpus_per_actor if self.cpus_per_actor is not None else profile.num_cpus

@@ -15,10 +15,10 @@ fedsplit's Ray engine, or a deployment grid) and sits between a strategy and the
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable
 
+import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
@@ -87,6 +87,7 @@ class MeteredGrid(Grid):
         self._train_calls = 0
         self._partition_of = partition_of
         self._node_of_partition: dict[int, int] | None = None
+        self._node_array = np.zeros(0, dtype=np.int64)
         self._partition_of_node: dict[int, int] | None = None
         self.current_round = 1
         self._online_cache: tuple[int, list[int]] | None = None
@@ -129,6 +130,7 @@ class MeteredGrid(Grid):
             raise RuntimeError(f"engine has {len(mapping)} nodes but the population has {self.population.size} terminals")
         self._partition_of_node = mapping
         self._node_of_partition = {p: n for n, p in mapping.items()}
+        self._node_array = np.array([self._node_of_partition[p] for p in range(self.population.size)], dtype=np.int64)
 
     def _wait_for_nodes(self, timeout_s: float = 300.0) -> list[int]:
         """All of the engine's nodes; an engine may still be registering them when the ServerApp starts."""
@@ -155,19 +157,21 @@ class MeteredGrid(Grid):
         assert self._node_of_partition is not None
         return self._node_of_partition[partition_id]
 
-    def online_partitions(self, server_round: int) -> list[int]:
+    def online_partitions(self, server_round: int) -> np.ndarray:
         """Terminals online in ``server_round`` (at least ``min_online`` of them)."""
         if self._online_cache is not None and self._online_cache[0] == server_round:
             return self._online_cache[1]
         if not self.emulate_availability:
-            online = list(range(self.population.size))
+            online = np.arange(self.population.size)
             self.ledger.online[server_round] = len(online)
             return online
-        online = self.population.online(server_round, self.seed).tolist()
+        online = self.population.online(server_round, self.seed)
         if len(online) < self.min_online:
-            offline = sorted(set(range(self.population.size)) - set(online))
-            extra = random.Random(hash((self.seed, server_round))).sample(offline, self.min_online - len(online))
-            online = sorted(online + extra)
+            offline = np.setdiff1d(np.arange(self.population.size), online)
+            extra = np.random.default_rng([self.seed, server_round, 0x0FF]).choice(
+                offline, self.min_online - len(online), replace=False
+            )
+            online = np.sort(np.concatenate([online, extra]))
         self._online_cache = (server_round, online)
         self.ledger.online[server_round] = len(online)
         return online
@@ -175,7 +179,7 @@ class MeteredGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         """Nodes of the terminals online this round, in terminal order."""
         self._discover()
-        return [self.node_of(p) for p in self.online_partitions(self.current_round)]
+        return self._node_array[self.online_partitions(self.current_round)].tolist()
 
     # --- metered exchange ----------------------------------------------------------------------
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:

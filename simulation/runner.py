@@ -57,6 +57,7 @@ def run_on_fedsplit_engine(session: RunSession) -> None:
 
     cfg = session.cfg
     with RayEngine.from_run_config(cfg, make_client_app(config_json=config_to_json(cfg))) as engine:
+        session.engine_info = engine.describe()
         run_server(engine.grid(), session)
 
 
@@ -85,7 +86,7 @@ def simulate(cfg: RunConfig, *, write: bool = True) -> RunOutcome:
         raise RuntimeError(
             f"the run stopped after {len(session.ledger.rounds)} of {cfg.rounds} rounds (see the log above)"
         )
-    extra: dict[str, Any] = {"engine": cfg.engine.name, "terminals": cfg.num_terminals}
+    extra: dict[str, Any] = {"engine": cfg.engine.name, "terminals": cfg.num_terminals, **session.engine_info}
     ratio = getattr(session.strategy, "compression_ratio", None)
     if callable(ratio):
         extra["compression_ratio"] = ratio()

@@ -40,6 +40,7 @@ class RunSession:
     strategy: Strategy | None = None
     grid: MeteredGrid | None = None
     strategy_wall_s: float = 0.0
+    engine_info: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, **kwargs: Any) -> "RunSession":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -156,16 +159,36 @@ def free_port() -> int:
 
 
 def test_attach_to_ray_cluster_on_loopback(tmp_path):
+    """A head started on loopback by the test; the run's actors live in that cluster.
+
+    The head runs with ``--block`` in its own process group so that stopping it kills only its
+    processes (``ray stop`` would also kill the Ray instance other tests use).
+    """
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     port = free_port()
     env = {**os.environ, "RAY_ADDRESS": ""}
-    subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"], check=True, capture_output=True, timeout=180, env=env)
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir=/tmp/fsray-{port}"],  # short: Unix socket paths are limited to 107 bytes
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )
     try:
-        args = ["simulate", "--set", f"engine.ray_address=127.0.0.1:{port}", "--set", f"out_dir={tmp_path}", "--set", "run_name=r", "--set", "rounds=1", "--set", "devices={laptop=2}", "--set", "model.name=mlp", "--set", "progress=false"]
+        address = f"127.0.0.1:{port}"
+        for _ in range(120):
+            if subprocess.run([ray_bin, "status", f"--address={address}"], capture_output=True, timeout=60).returncode == 0:
+                break
+            time.sleep(1)
+        args = ["simulate", "--set", f"engine.ray_address={address}", "--set", f"out_dir={tmp_path}", "--set", "run_name=r",
+                "--set", "rounds=1", "--set", "devices={laptop=2}", "--set", "model.name=mlp", "--set", "progress=false"]
         proc = subprocess.run(fedsplit_cmd(*args), capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert (tmp_path / "r" / "summary.json").is_file()
-        status = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
-        assert "CPU" in status.stdout
+        summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+        assert summary["rounds"] == 1 and summary["terminals"] == 2
+        assert summary["ray_address"].endswith(f":{port}")  # the actors lived in the test's cluster
+        assert summary["actors"] == {"cpus=1,gpus=0": 2}
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
