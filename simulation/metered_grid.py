@@ -87,7 +87,7 @@ class MeteredGrid(Grid):
         self._train_calls = 0
         self._partition_of = partition_of
         self._node_of_partition: dict[int, int] | None = None
-        self._node_array = np.zeros(0, dtype=np.int64)
+        self._node_array = np.zeros(0, dtype=np.uint64)
         self._partition_of_node: dict[int, int] | None = None
         self.current_round = 1
         self._online_cache: tuple[int, list[int]] | None = None
@@ -130,7 +130,7 @@ class MeteredGrid(Grid):
             raise RuntimeError(f"engine has {len(mapping)} nodes but the population has {self.population.size} terminals")
         self._partition_of_node = mapping
         self._node_of_partition = {p: n for n, p in mapping.items()}
-        self._node_array = np.array([self._node_of_partition[p] for p in range(self.population.size)], dtype=np.int64)
+        self._node_array = np.array([self._node_of_partition[p] for p in range(self.population.size)], dtype=np.uint64)  # Flower ids are 64-bit unsigned
 
     def _wait_for_nodes(self, timeout_s: float = 300.0) -> list[int]:
         """All of the engine's nodes; an engine may still be registering them when the ServerApp starts."""
