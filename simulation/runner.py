@@ -64,6 +64,32 @@ def run_on_fedsplit_engine(session: RunSession) -> None:
 ENGINES = {"flower": run_on_flower_engine, "fedsplit": run_on_fedsplit_engine}
 
 
+def compression_extra(strategy: Any) -> dict[str, Any]:
+    """Uplink compression totals of a run, for ``summary.json``; empty without compression.
+
+    Reads :meth:`~fedsplit.strategies.compression.CompressedStrategy.traffic_summary`, i.e. the
+    ``fedsplit.payload-bytes`` / ``fedsplit.dense-bytes`` accounting of every accepted or rejected
+    train reply: ``compression_ratio`` is the fp32 size of the uplink updates over the bytes of
+    their compressed payloads (whole rounds, all clients).
+
+    Parameters
+    ----------
+    strategy : Any
+        The run's (wrapped) strategy, ``RunSession.strategy``.
+    """
+    traffic_summary = getattr(strategy, "traffic_summary", None)
+    if not callable(traffic_summary):
+        return {}
+    traffic = traffic_summary()
+    if not traffic.get("up-bytes"):
+        return {}
+    return {
+        "compression_ratio": float(traffic["up-ratio"]),
+        "uplink_payload_bytes": int(traffic["up-bytes"]),
+        "uplink_dense_bytes": int(traffic["up-dense-bytes"]),
+    }
+
+
 def simulate(cfg: RunConfig, *, write: bool = True) -> RunOutcome:
     """Train ``cfg`` on its engine and write the run folder.
 
@@ -87,9 +113,7 @@ def simulate(cfg: RunConfig, *, write: bool = True) -> RunOutcome:
             f"the run stopped after {len(session.ledger.rounds)} of {cfg.rounds} rounds (see the log above)"
         )
     extra: dict[str, Any] = {"engine": cfg.engine.name, "terminals": cfg.num_terminals, **session.engine_info}
-    ratio = getattr(session.strategy, "compression_ratio", None)
-    if callable(ratio):
-        extra["compression_ratio"] = ratio()
+    extra.update(compression_extra(session.strategy))
     summary = summarize(session.ledger, wall_s, extra)
     if write:
         write_run_folder(run_dir, cfg, session.ledger, summary, session.final_state)
