@@ -46,6 +46,10 @@ class Codec(ABC):
     """
 
     name: ClassVar[str] = ""
+    error_feedback_params: ClassVar[dict[str, Any]] = {}
+    """Parameters :class:`~fedsplit.compression.config.CompressionConfig` applies when the codec
+    runs under error feedback, unless the user sets them: error feedback needs a contractive
+    compressor (``||x - C(x)|| < ||x||``), e.g. random-k without its ``n / k`` scaling."""
 
     @abstractmethod
     def encode(self, name: str, x: np.ndarray, ctx: EncodeContext) -> bytes:

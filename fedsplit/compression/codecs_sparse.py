@@ -94,22 +94,37 @@ def _random_indices(seed: int, n: int, k: int) -> np.ndarray:
 
 
 class RandomKCodec(Codec):
-    """Random-k sparsification, unbiased: keep ``k`` uniformly random elements x ``n / k``.
+    """Random-k sparsification: keep ``k`` uniformly random elements (x ``n / k`` if unbiased).
 
     Indices are not sent: the body carries the 64-bit seed from which both sides
     draw them (NumPy PCG64, ``Generator.choice`` without replacement), so the
     size is ``13 + k * value bytes``. Values are fp32 by default (exactly
     unbiased); fp16 adds round-to-nearest error of at most 2**-11 relative.
+
+    With ``unbiased=True`` (the default) the kept values are scaled by ``n / k``
+    so that ``E[decode(encode(x))] = x``; that is the right codec *without* error
+    feedback, but not with it: the residual ``x - C(x)`` then holds ``(1 - n/k) x``
+    on the kept elements, so every element is multiplied by about ``-n / k`` each
+    time it is picked and the residual grows geometrically until it overflows
+    (in a run: every update rejected as NaN/Inf). Under error feedback random-k is used unscaled (``unbiased=False``,
+    "memory" random-k of Stich et al., 2018): ``||x - C(x)||^2 = ||x||^2 - ||x_kept||^2``.
+    :class:`~fedsplit.compression.config.CompressionConfig` picks that
+    automatically (:attr:`error_feedback_params`). The flag only changes the
+    encoder's values; the body format is the same.
     """
 
     name = "randk"
+    error_feedback_params = {"unbiased": False}
 
-    def __init__(self, density: float = 0.01, value_dtype: str = "float32") -> None:
+    def __init__(self, density: float = 0.01, value_dtype: str = "float32", unbiased: bool = True) -> None:
         self.density = check_float_range("density", density, 0.0, 1.0)
         self.value_dtype = check_choice("value_dtype", value_dtype, VALUE_DTYPES)
+        if not isinstance(unbiased, bool):
+            raise ValueError(f"unbiased: got {unbiased!r}; allowed: true or false")
+        self.unbiased = unbiased
 
     def params(self) -> dict[str, object]:
-        return {"density": self.density, "value_dtype": self.value_dtype}
+        return {"density": self.density, "value_dtype": self.value_dtype, "unbiased": self.unbiased}
 
     def encode(self, name: str, x: np.ndarray, ctx: EncodeContext) -> bytes:
         flat = x.ravel()
@@ -117,7 +132,8 @@ class RandomKCodec(Codec):
         k = kept_count(n, self.density)
         seed = int(ctx.rng.integers(0, 2**63))
         idx = _random_indices(seed, n, k)
-        values = flat[idx].astype(np.float64) * (n / k) if k else np.zeros(0)
+        scale = n / k if self.unbiased and k else 1.0
+        values = flat[idx].astype(np.float64) * scale if k else np.zeros(0)
         return _RANDK_HEADER.pack(_VALUE_CODES[self.value_dtype], seed, k) + _encode_values(values, self.value_dtype)
 
     def decode(self, body: memoryview, shape: tuple[int, ...]) -> np.ndarray:

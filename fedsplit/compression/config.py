@@ -10,7 +10,7 @@ from fedsplit.compression.codec import Codec, check_choice, check_float_range, c
 from fedsplit.compression.codecs_lowrank import MAX_RANK
 from fedsplit.compression.codecs_quantized import MAX_BUCKET, MAX_LEVELS
 from fedsplit.compression.codecs_sparse import VALUE_DTYPES
-from fedsplit.compression.registry import available_codecs, codec_parameters, make_codec
+from fedsplit.compression.registry import available_codecs, codec_parameters, decoder_for, make_codec
 from fedsplit.compression.warmup import warmup_density
 
 __all__ = ["CompressionConfig", "STANDARD_CODEC_FIELDS"]
@@ -62,6 +62,9 @@ class CompressionConfig:
         Extra parameters for the uplink codec (for user-registered codecs).
     error_feedback : bool
         Keep a per-client residual of what compression dropped (on by default).
+        Codecs that need other settings to be safe under error feedback get them
+        (:attr:`~fedsplit.compression.codec.Codec.error_feedback_params`: random-k
+        is sent unscaled, ``unbiased=false``) unless ``codec_options`` sets them.
     warmup_rounds : int
         Rounds of density warm-up (density codecs only); 0 disables it.
     warmup_start_density : float
@@ -149,13 +152,24 @@ class CompressionConfig:
             out.pop("value_dtype", None)
         return out
 
+    @staticmethod
+    def _feedback_params(codec: str, error_feedback: bool) -> dict[str, Any]:
+        """The codec's :attr:`~fedsplit.compression.codec.Codec.error_feedback_params` when EF is on."""
+        if not error_feedback:
+            return {}
+        wanted = getattr(decoder_for(codec), "error_feedback_params", None) or {}
+        accepted = codec_parameters(codec)
+        return {k: v for k, v in dict(wanted).items() if k in accepted}
+
     def uplink_params(self, server_round: int) -> dict[str, Any]:
-        """Uplink codec parameters for ``server_round`` (density after warm-up)."""
+        """Uplink codec parameters for ``server_round`` (density after warm-up; with error
+        feedback, the codec's EF-safe settings unless ``codec_options`` sets them)."""
         params = self._standard_params(self.uplink)
         if "density" in params:
             params["density"] = warmup_density(
                 server_round, self.density, self.warmup_rounds, self.warmup_start_density
             )
+        params.update(self._feedback_params(self.uplink, self.error_feedback))
         params.update(self.codec_options)
         return params
 
@@ -164,6 +178,7 @@ class CompressionConfig:
         if self.downlink is None:
             return None
         params = self._standard_params(self.downlink)
+        params.update(self._feedback_params(self.downlink, self.downlink_error_feedback))
         params.update(self.downlink_options)
         return params
 
