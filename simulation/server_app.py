@@ -99,6 +99,8 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
     num_params = sum(v.numel() for v in model.state_dict().values())
     test_set = task.data.server_test
 
+    round_started = [time.perf_counter()]
+
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
         result = evaluate(model, test_set.x, test_set.y)
@@ -108,7 +110,11 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
                 r.status == "ok" for r in session.ledger.rows_of(server_round) if r.phase == "train"
             )
             server_s = 2.0 * num_params * aggregated / cfg.clock.server_flops_per_s
-            record = session.ledger.close_round(server_round, cfg.clock.round_deadline_s, server_s, metrics)
+            now = time.perf_counter()
+            record = session.ledger.close_round(
+                server_round, cfg.clock.round_deadline_s, server_s, metrics, wall_s=now - round_started[0]
+            )
+            round_started[0] = now
             session.sim_elapsed_s += record.sim_s
             if session.on_round is not None:
                 session.on_round(record, session.sim_elapsed_s)
@@ -116,6 +122,7 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
         return MetricRecord(metrics)
 
     started = time.perf_counter()
+    round_started[0] = started
     result = strategy.start(
         grid=metered,
         initial_arrays=ArrayRecord(task.initial_state()),

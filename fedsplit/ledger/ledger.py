@@ -70,7 +70,8 @@ class RoundRecord:
     """Summary of one round, derived from its ledger rows.
 
     ``sim_s`` follows the synchronous protocol: the slowest kept client of each phase (or the
-    deadline, when a straggler was cut), plus the server's aggregation time.
+    deadline, when a straggler was cut), plus the server's aggregation time. ``wall_s`` is the real
+    time the round took on this machine (seconds), for benchmarking the emulation itself.
     """
 
     round: int
@@ -86,6 +87,7 @@ class RoundRecord:
     energy_j: float
     server_s: float
     sim_s: float
+    wall_s: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -126,7 +128,14 @@ class Ledger:
         """Rows of one round."""
         return [r for r in self.rows if r.round == server_round]
 
-    def close_round(self, server_round: int, deadline_s: float, server_s: float, metrics: dict[str, float] | None = None) -> RoundRecord:
+    def close_round(
+        self,
+        server_round: int,
+        deadline_s: float,
+        server_s: float,
+        metrics: dict[str, float] | None = None,
+        wall_s: float = 0.0,
+    ) -> RoundRecord:
         """Derive and store the :class:`RoundRecord` of ``server_round`` from its rows."""
         rows = self.rows_of(server_round)
         by_phase: dict[str, list[LedgerRow]] = defaultdict(list)
@@ -148,6 +157,7 @@ class Ledger:
             energy_j=sum(r.energy_j for r in rows),
             server_s=server_s,
             sim_s=sim_s,
+            wall_s=wall_s,
             metrics=dict(metrics or {}),
         )
         self.rounds[server_round] = record
