@@ -17,12 +17,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
+from fedsplit.compression import CompressionConfig
 from fedsplit.config import RunConfig
 from fedsplit.devices import Population, resolve_profiles
 from fedsplit.learning import config_to_json, evaluate, task_for
 from fedsplit.ledger import Ledger, RoundRecord
 from fedsplit.simulation.metered_grid import MeteredGrid
 from fedsplit.strategies import build_strategy
+from fedsplit.strategies.compression import CompressedStrategy, GuardedStrategy
 
 log = logging.getLogger("fedsplit")
 
@@ -51,14 +53,7 @@ class RunSession:
 def wrap_strategy(strategy: Strategy, cfg: RunConfig, on_reject: Callable[[int, int, str], None]) -> Strategy:
     """Wrap a strategy with update validation, and decompression when compression is configured."""
     if cfg.compression:
-        from fedsplit.compression import CompressionConfig
-        from fedsplit.strategies.compression import CompressedStrategy
-
         return CompressedStrategy(strategy, CompressionConfig.from_dict(cfg.compression), on_reject=on_reject)
-    try:
-        from fedsplit.strategies.compression import GuardedStrategy
-    except ImportError:  # pragma: no cover - transitional
-        return strategy
     return GuardedStrategy(strategy, on_reject=on_reject)
 
 

@@ -135,3 +135,16 @@ def test_cli_reports_unimportable_strategy(tmp_path):
     proc = subprocess.run(fedsplit_cmd(*args), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "strategy.name = 'nope.mod:Strat': cannot import module 'nope.mod'" in proc.stderr
+
+
+def test_nan_updates_are_rejected_and_the_run_goes_on(tmp_path, ray_session):
+    """A diverging terminal's NaN/Inf update is refused before aggregation and counted."""
+    overrides = small_overrides(tmp_path, **{"train.lr": 1e30, "train.momentum": 0.0})
+    outcome = simulate(load_config(None, overrides))
+    train_rows = [r for r in outcome.session.ledger.rows if r.phase == "train"]
+    assert train_rows and all(r.status == "rejected" for r in train_rows)
+    assert all("finite" in r.reason.lower() or "nan" in r.reason.lower() or "inf" in r.reason.lower() for r in train_rows)
+    assert outcome.summary["rejected"] == len(train_rows)
+    import torch
+
+    assert all(torch.isfinite(v).all() for v in outcome.session.final_state.values())
