@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log as flwr_log
@@ -121,6 +121,28 @@ class _DelegatingStrategy(Strategy):
             self.on_reject(server_round, node_id, reason)
 
 
+def keep_dtypes(arrays: ArrayRecord | None, specs: dict[str, TensorSpec] | None) -> ArrayRecord | None:
+    """Cast an aggregate back to the dtypes of the model that was sent.
+
+    Averaging strategies turn integer buffers (BatchNorm's ``num_batches_tracked``) into float64;
+    left so, the next round's replies (cast back to int64 by the model) would no longer match the
+    global model, and the global model would drift in type.
+    """
+    if arrays is None or not specs:
+        return arrays
+    fixed = {}
+    changed = False
+    for key, array in arrays.items():
+        value = array.numpy()
+        spec = specs.get(key)
+        if spec is not None and value.dtype != np.dtype(spec.dtype):
+            target = np.dtype(spec.dtype)
+            value = np.asarray(np.rint(value) if target.kind in "iu" else value).astype(target)
+            changed = True
+        fixed[key] = value
+    return ArrayRecord({k: Array(np.ascontiguousarray(v).reshape(np.shape(v))) for k, v in fixed.items()}) if changed else arrays
+
+
 class GuardedStrategy(_DelegatingStrategy):
     """Reject train replies whose ``"arrays"`` do not match what was sent, or hold NaN/Inf.
 
@@ -162,7 +184,9 @@ class GuardedStrategy(_DelegatingStrategy):
                 clean.append(msg)
             else:
                 self._reject(server_round, node, reason)
-        return self.inner.aggregate_train(server_round, clean)
+        arrays, metrics = self.inner.aggregate_train(server_round, clean)
+        specs = next(iter(self._expected.values()), (None, None))[1]
+        return keep_dtypes(arrays, specs), metrics
 
     def _check(self, node: int, msg: Message) -> str | None:
         expected = self._expected.get(node)
@@ -343,9 +367,11 @@ class CompressedStrategy(_DelegatingStrategy):
                 self._reject(server_round, node, reason)
         for node in set(self._sent) - replied:
             self._replica_round.pop(node, None)
+        sent_specs = next(iter(self._sent.values())).specs if self._sent else None
         self._sent = {}
 
         arrays, metrics = self.inner.aggregate_train(server_round, clean)
+        arrays = keep_dtypes(arrays, sent_specs)
         if metrics is not None:
             down = [r for r in self.traffic if r.server_round == server_round and r.direction == "down"]
             metrics[PAYLOAD_BYTES_METRIC] = up_bytes

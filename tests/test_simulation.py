@@ -148,3 +148,12 @@ def test_nan_updates_are_rejected_and_the_run_goes_on(tmp_path, ray_session):
     import torch
 
     assert all(torch.isfinite(v).all() for v in outcome.session.final_state.values())
+
+
+def test_batchnorm_integer_buffers_survive_averaging(tmp_path, ray_session):
+    """The default model has BatchNorm: its int64 counters must not make later updates 'invalid'."""
+    overrides = small_overrides(tmp_path, **{"model.name": "cnn", "rounds": 3})
+    outcome = simulate(load_config(None, overrides))
+    assert all(r.status == "ok" for r in outcome.session.ledger.rows)
+    assert outcome.session.final_state["stem.1.num_batches_tracked"].dtype.is_floating_point is False
+    assert outcome.summary["final_metrics"]["accuracy"] > 0.8
