@@ -1,0 +1,590 @@
+"""Update-compression sweep: accuracy vs uplink bytes of every codec, FedAvg CNN on digits.
+
+Every codec trains the same federation (same seed, rounds, data split and initial weights) with
+``compression = {uplink = <codec>, ...}``, once on an IID split and once on a Dirichlet
+(alpha = 0.5) split of scikit-learn's digits (1437 training images over the terminals, 360 for the
+server's test set), with the FedAvg CNN at digits' native 8x8 resolution (188,810 parameters; at
+28x28 it has 1.66 M and a run costs ~10x more on 2 cores, too slow for 18 runs here). Defaults:
+10 always-online terminals (all sampled every round), 30 rounds of 1 local epoch of SGD (lr 0.05,
+momentum 0.9, batch 16). The compressed runs need those rounds: top-k and PowerSGD lag the fp32
+run by ~10 rounds early on and reach its plateau (~0.97) only after ~25 rounds.
+
+Codecs (``CODECS``): identity (fp32, the baseline), fp16, int8, QSGD 16 levels, top-k 1 % with and
+without error feedback, random-k 1 % (error feedback on: sent unscaled, see
+:class:`~fedsplit.compression.RandomKCodec`), scaled sign with error feedback, PowerSGD rank 2.
+
+Prints, per (partition, codec)::
+
+    codec=<name> partition=<iid|dirichlet> ratio=<x> ledger_ratio=<x> final_acc=<x> delta_acc_pp=<x> ...
+
+``ratio`` is the fp32 size of the uplink updates over their compressed payloads, summed over all
+rounds and clients, as accounted by :class:`~fedsplit.strategies.compression.CompressedStrategy`
+(``fedsplit.dense-bytes`` / ``fedsplit.payload-bytes``, the same totals as ``compression_ratio`` in
+``summary.json``); ``ledger_ratio`` is the mean whole-message uplink size (protobuf,
+``LedgerRow.bytes_up``) of the identity run over this codec's, i.e. it also counts the reply's
+metrics and record framing; ``final_acc`` is the server-side test accuracy after the last round and
+``delta_acc_pp`` its difference to the identity run, in percentage points (one test image is
+0.28 pp); ``last5_acc`` is the mean of the last 5 rounds. Then, per codec and cost setting::
+
+    codec=<name> codec_cost_share=<(encode + decode) / local training time> ... setting=<s>
+
+with the client's ``compress_with_feedback`` (encode + its decode) plus the server's decode, on one
+core, against one core's local training: ``fedavg-cnn-28x28`` is the FedAvg CNN and FedAvg MNIST
+client of ``experiments/bench_codecs.py --train`` (the acceptance bar), ``as-swept`` the model and
+local job of this sweep. Last, the acceptance checks (IID) as ``check ...: PASS|FAIL (numbers)``.
+
+All runs share one Ray instance and, per partition, one set of client actors (:class:`SharedEngine`):
+starting the actors (imports, data, FLOP counts) costs ~15 s, as much as a whole run. Each run gets
+fresh client contexts (no error-feedback residual or codec state carries over), and its messages go
+through the same ServerApp (:func:`~fedsplit.simulation.server_app.run_server`), metered grid,
+ClientApp and compression mod as ``fedsplit simulate``; ``--fresh-engines`` runs each codec
+through :func:`~fedsplit.simulation.runner.simulate` instead (same numbers, slower).
+
+Run:  python experiments/compression_sweep.py [--smoke] [--out DIR] [--rounds 30] [--fresh-engines]
+Writes ``curves.csv`` (per round), ``summary.csv`` (per codec) and ``accuracy_vs_uplink.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+from fedsplit.compression import CompressionConfig, EncodeContext, compress_with_feedback, decode_update, specs_of  # noqa: E402
+from fedsplit.config import RunConfig, load_config  # noqa: E402
+from fedsplit.inference.experiment_io import Checks, plt, write_csv  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_codecs  # noqa: E402
+
+#: Codec settings of the sweep: label -> ``compression`` table.
+CODECS: dict[str, dict[str, Any]] = {
+    "identity": {"uplink": "identity"},
+    "fp16": {"uplink": "fp16"},
+    "int8": {"uplink": "int8"},
+    "qsgd16": {"uplink": "qsgd", "levels": 16},
+    "topk-ef": {"uplink": "topk", "density": 0.01, "error_feedback": True},
+    "topk-noef": {"uplink": "topk", "density": 0.01, "error_feedback": False},
+    "randk-ef": {"uplink": "randk", "density": 0.01, "error_feedback": True},
+    "sign-ef": {"uplink": "sign", "error_feedback": True},
+    "powersgd2": {"uplink": "powersgd", "rank": 2, "error_feedback": True},
+}
+BASELINE = "identity"
+SMOKE_CODECS = ("identity", "topk-ef")
+PARTITIONS: dict[str, list[str]] = {
+    "iid": ["data.partitioner=iid"],
+    "dirichlet": ["data.partitioner=dirichlet", "data.alpha=0.5"],
+}
+#: The acceptance bar on a codec's compute cost, as a fraction of local training time.
+MAX_COST_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The federation every codec trains (identical for all codecs of a sweep)."""
+
+    rounds: int = 30
+    local_epochs: int = 1
+    lr: float = 0.05
+    momentum: float = 0.9
+    batch_size: int = 16
+    terminals: int = 10
+    resolution: int = 0
+    seed: int = 0
+
+    def overrides(self, partition: str, out_dir: Path) -> list[str]:
+        """``--set`` overrides of the run (without compression)."""
+        return [
+            f"seed={self.seed}",
+            f"rounds={self.rounds}",
+            "model.name=fedavg-cnn",
+            "data.name=digits",
+            f"data.resolution={self.resolution}",
+            *PARTITIONS[partition],
+            # one always-online device class: every terminal trains every round
+            f"devices={{edge-node = {self.terminals}}}",
+            "profiles={edge-node = {base = 'raspberry-pi-4', availability = 1.0}}",
+            "strategy.name=fedavg",
+            "strategy.fraction_train=1.0",
+            f"strategy.min_train_nodes={self.terminals}",
+            f"train.local_epochs={self.local_epochs}",
+            f"train.lr={self.lr}",
+            f"train.momentum={self.momentum}",
+            f"train.batch_size={self.batch_size}",
+            "engine.name=fedsplit",
+            "progress=false",
+            f"out_dir={out_dir}",
+        ]
+
+
+def run_config(settings: Settings, partition: str, compression: Mapping[str, Any], out_dir: Path) -> RunConfig:
+    """The validated configuration of one (partition, codec) run."""
+    cfg = load_config(None, settings.overrides(partition, out_dir))
+    cfg.compression = dict(compression)
+    CompressionConfig.from_dict(cfg.compression)  # validate now, not inside the run
+    return cfg
+
+
+# -- running ------------------------------------------------------------------------------------
+class SharedEngine:
+    """One set of client actors reused by every codec of a partition (see the module docstring).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        Any run of the partition: the actors' ClientApp is built from it without its
+        ``compression`` table (the client learns the codec from each train message).
+    """
+
+    def __init__(self, cfg: RunConfig) -> None:
+        from fedsplit.clients.app import make_client_app
+        from fedsplit.learning import config_to_json
+        from fedsplit.simulation.engine import RayEngine
+
+        base = replace(cfg, compression={})
+        self.engine = RayEngine.from_run_config(base, make_client_app(config_json=config_to_json(base)))
+
+    def __enter__(self) -> SharedEngine:
+        self.engine.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.engine.shutdown()
+
+    def simulate(self, cfg: RunConfig):  # noqa: ANN201 - RunOutcome
+        """Run ``cfg`` like :func:`~fedsplit.simulation.runner.simulate` (``write=False``) on these actors."""
+        from fedsplit.report import summarize
+        from fedsplit.simulation.runner import RunOutcome, compression_extra, quiet_flower
+        from fedsplit.simulation.server_app import RunSession, run_server
+
+        quiet_flower()
+        self.engine.contexts.clear()  # fresh Context.state: no residual from the previous codec
+        session = RunSession.from_config(cfg)
+        session.engine_info = self.engine.describe()
+        start = time.perf_counter()
+        run_server(self.engine.grid(), session)
+        wall_s = time.perf_counter() - start
+        if len(session.ledger.rounds) != cfg.rounds:
+            raise RuntimeError(f"the run stopped after {len(session.ledger.rounds)} of {cfg.rounds} rounds")
+        extra = {"engine": cfg.engine.name, "terminals": cfg.num_terminals, **session.engine_info}
+        extra.update(compression_extra(session.strategy))
+        return RunOutcome(run_dir=Path(cfg.out_dir), summary=summarize(session.ledger, wall_s, extra), session=session)
+
+
+@dataclass
+class CodecRun:
+    """What one (partition, codec) run measured."""
+
+    partition: str
+    codec: str
+    accuracy: list[float]
+    loss: list[float]
+    payload_up: list[int]
+    dense_up: list[int]
+    ledger_up: list[int]
+    ledger_replies: int
+    rejected: int
+    wall_s: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def final_acc(self) -> float:
+        """Server-side test accuracy after the last round."""
+        return self.accuracy[-1]
+
+    @property
+    def last5_acc(self) -> float:
+        """Mean accuracy over the last 5 rounds (the plateau; the test set has only 360 images)."""
+        return float(np.mean(self.accuracy[-5:]))
+
+    @property
+    def ratio(self) -> float:
+        """fp32 bytes of all uplink updates over their compressed payload bytes."""
+        return sum(self.dense_up) / sum(self.payload_up)
+
+    @property
+    def ledger_bytes_per_reply(self) -> float:
+        """Mean whole-message uplink bytes of a train reply (protobuf size, from the ledger)."""
+        return sum(self.ledger_up) / max(self.ledger_replies, 1)
+
+
+def measure(partition: str, codec: str, outcome: Any) -> CodecRun:
+    """Per-round accuracy and uplink bytes (payload, fp32, whole message) of a finished run."""
+    session = outcome.session
+    rounds = sorted(session.ledger.rounds)
+    payload: dict[int, int] = defaultdict(int)
+    dense: dict[int, int] = defaultdict(int)
+    for rec in session.strategy.traffic:
+        if rec.direction == "up":
+            payload[rec.server_round] += rec.payload_bytes
+            dense[rec.server_round] += rec.dense_bytes
+    ledger: dict[int, int] = defaultdict(int)
+    replies = 0
+    for row in session.ledger.rows:
+        if row.phase == "train" and row.status in ("ok", "rejected"):
+            ledger[row.round] += row.bytes_up
+            replies += 1
+    summary_ratio = outcome.summary.get("compression_ratio", float("nan"))
+    return CodecRun(
+        partition=partition,
+        codec=codec,
+        accuracy=[float(session.ledger.rounds[r].metrics["accuracy"]) for r in rounds],
+        loss=[float(session.ledger.rounds[r].metrics["loss"]) for r in rounds],
+        payload_up=[payload[r] for r in rounds],
+        dense_up=[dense[r] for r in rounds],
+        ledger_up=[ledger[r] for r in rounds],
+        ledger_replies=replies,
+        rejected=int(outcome.summary["rejected"]),
+        wall_s=float(outcome.summary["wall_time_s"]),
+        extra={"summary_ratio": float(summary_ratio)},
+    )
+
+
+@contextmanager
+def ray_session(num_cpus: int) -> Iterator[None]:
+    """A local Ray for the whole sweep (reused if one is already running in this process)."""
+    import logging
+
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        started = True
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_partition(settings: Settings, partition: str, codecs: list[str], out_dir: Path, fresh: bool) -> list[CodecRun]:
+    """Train every codec on one partition; print one line per codec as it finishes."""
+    from fedsplit.simulation.runner import simulate
+
+    cfgs = {c: run_config(settings, partition, CODECS[c], out_dir / "runs") for c in codecs}
+    runs: list[CodecRun] = []
+
+    def finish(codec: str, outcome: Any) -> None:
+        run = measure(partition, codec, outcome)
+        runs.append(run)
+        print_codec_line(run, runs[0] if runs[0].codec == BASELINE else None)
+
+    if fresh:
+        for codec in codecs:
+            finish(codec, simulate(cfgs[codec], write=False))
+        return runs
+    with SharedEngine(cfgs[codecs[0]]) as engine:
+        for codec in codecs:
+            finish(codec, engine.simulate(cfgs[codec]))
+    return runs
+
+
+def print_codec_line(run: CodecRun, baseline: CodecRun | None) -> None:
+    """``codec=... partition=... ratio=... ledger_ratio=... final_acc=... delta_acc_pp=...``."""
+    ledger_ratio = baseline.ledger_bytes_per_reply / run.ledger_bytes_per_reply if baseline else float("nan")
+    delta = 100.0 * (run.final_acc - baseline.final_acc) if baseline else float("nan")
+    run.extra.update({"ledger_ratio": ledger_ratio, "delta_acc_pp": delta})
+    print(
+        f"codec={run.codec} partition={run.partition} ratio={run.ratio:.2f} ledger_ratio={ledger_ratio:.2f} "
+        f"final_acc={run.final_acc:.4f} delta_acc_pp={delta:+.2f} last5_acc={run.last5_acc:.4f} "
+        f"uplink_payload_bytes={sum(run.payload_up)} uplink_ledger_bytes={sum(run.ledger_up)} "
+        f"rejected={run.rejected} wall_s={run.wall_s:.1f}",
+        flush=True,
+    )
+
+
+# -- codec cost ---------------------------------------------------------------------------------
+#: Cost settings: the FedAvg CNN and client of ``bench_codecs.py --train`` (the acceptance bar), and
+#: the model and local job this sweep actually trains (for information).
+BENCH_SETTING = "fedavg-cnn-28x28"
+SWEPT_SETTING = "as-swept"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A codec's compute per round and client against that client's local training."""
+
+    setting: str
+    codec: str
+    encode_ms: float
+    decode_ms: float
+    train_ms: float
+
+    @property
+    def share(self) -> float:
+        """(client encode, incl. its decode for the residual, + server decode) / local training."""
+        return (self.encode_ms + self.decode_ms) / self.train_ms
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (a terminal's actor has one CPU; codecs use one core)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def codec_cost(setting: str, codec: str, update: dict[str, np.ndarray], train_ms: float, reps: int) -> Cost:
+    """Median time of the client's ``compress_with_feedback`` and the server's ``decode_update``.
+
+    ``compress_with_feedback`` is what :mod:`~fedsplit.clients.compression_mod` runs: it adds
+    the residual, encodes, and decodes once (the residual, and the finiteness check).
+    """
+    cfg = CompressionConfig.from_dict(CODECS[codec])
+    codec_obj = cfg.make_uplink_codec(server_round=1)
+    specs = specs_of(update)
+    rng = np.random.default_rng(0)
+    residual = {k: (rng.standard_normal(v.shape) * 1e-4).astype(np.float32) for k, v in update.items()}
+    state: dict[str, np.ndarray] = {}
+
+    def client() -> bytes:
+        ctx = EncodeContext(rng=np.random.default_rng(1), state=state)
+        return compress_with_feedback(update, codec_obj, residual=residual, error_feedback=cfg.error_feedback, ctx=ctx).payload
+
+    payload = client()
+    encode_ms = bench_codecs._median_ms(client, reps)
+    decode_ms = bench_codecs._median_ms(lambda: decode_update(payload, expected=specs), reps)
+    return Cost(setting, codec, encode_ms, decode_ms, train_ms)
+
+
+def swept_client(cfg: RunConfig, reps: int) -> tuple[dict[str, np.ndarray], float]:
+    """A synthetic update with the swept model's shapes, and the median wall time (ms) of one
+    terminal's local training in the sweep (terminal 0, the run's epochs, batch and lr)."""
+    from fedsplit.learning import config_to_json, task_for, train_local
+
+    task = task_for(config_to_json(replace(cfg, compression={})))
+    train_set, _ = task.data.partition(0)
+    t = cfg.train
+    initial = task.initial_state()
+
+    def train() -> None:
+        task.model.load_state_dict(initial)
+        train_local(task.model, train_set.x, train_set.y, epochs=t.local_epochs, batch_size=t.batch_size,
+                    lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+    train_ms = bench_codecs._median_ms(train, max(reps, 3))
+    rng = np.random.default_rng(0)
+    update = {k: (rng.standard_normal(tuple(v.shape)) * 1e-3).astype(np.float32) for k, v in initial.items()}
+    return update, train_ms
+
+
+def measure_costs(codecs: list[str], reps: int, swept_cfg: RunConfig) -> list[Cost]:
+    """Codec cost on one core against one core's local training, for two clients.
+
+    ``fedavg-cnn-28x28``: the FedAvg CNN at 28x28 (1,663,370 parameters) against one local epoch
+    of a FedAvg MNIST client (600 samples, batch 10), as in ``bench_codecs.py --train``.
+    ``as-swept``: the model and local job of this sweep (terminal 0's partition).
+    """
+    costs = []
+    with torch_threads(1):
+        clients = {
+            BENCH_SETTING: (bench_codecs.cnn_update(), statistics.median(
+                bench_codecs.local_train_ms() for _ in range(max(1, min(reps, 3))))),
+            SWEPT_SETTING: swept_client(swept_cfg, reps),
+        }
+        for setting, (update, train_ms) in clients.items():
+            params = sum(a.size for a in update.values())
+            for codec in codecs:
+                cost = codec_cost(setting, codec, update, train_ms, reps)
+                costs.append(cost)
+                print(
+                    f"codec={codec} codec_cost_share={cost.share:.4f} encode_ms={cost.encode_ms:.2f} "
+                    f"decode_ms={cost.decode_ms:.2f} local_train_ms={cost.train_ms:.1f} setting={setting} params={params}",
+                    flush=True,
+                )
+    return costs
+
+
+# -- outputs ------------------------------------------------------------------------------------
+def curve_rows(runs: list[CodecRun]) -> list[dict[str, Any]]:
+    """One CSV row per (partition, codec, round), with cumulative uplink bytes."""
+    rows = []
+    for run in runs:
+        cum_payload = cum_dense = cum_ledger = 0
+        for i, acc in enumerate(run.accuracy):
+            cum_payload += run.payload_up[i]
+            cum_dense += run.dense_up[i]
+            cum_ledger += run.ledger_up[i]
+            rows.append(
+                {
+                    "partition": run.partition,
+                    "codec": run.codec,
+                    "round": i + 1,
+                    "accuracy": acc,
+                    "loss": run.loss[i],
+                    "uplink_payload_bytes": run.payload_up[i],
+                    "uplink_dense_bytes": run.dense_up[i],
+                    "uplink_ledger_bytes": run.ledger_up[i],
+                    "cum_uplink_payload_bytes": cum_payload,
+                    "cum_uplink_dense_bytes": cum_dense,
+                    "cum_uplink_ledger_bytes": cum_ledger,
+                }
+            )
+    return rows
+
+
+def summary_rows(runs: list[CodecRun], costs: list[Cost]) -> list[dict[str, Any]]:
+    """One CSV row per (partition, codec)."""
+    bench = {c.codec: c.share for c in costs if c.setting == BENCH_SETTING}
+    swept = {c.codec: c.share for c in costs if c.setting == SWEPT_SETTING}
+    return [
+        {
+            "partition": r.partition,
+            "codec": r.codec,
+            "compression": " ".join(f"{k}={v}" for k, v in CODECS[r.codec].items()),
+            "ratio": r.ratio,
+            "ledger_ratio": r.extra["ledger_ratio"],
+            "final_acc": r.final_acc,
+            "delta_acc_pp": r.extra["delta_acc_pp"],
+            "last5_acc": r.last5_acc,
+            "best_acc": max(r.accuracy),
+            "uplink_payload_bytes": sum(r.payload_up),
+            "uplink_dense_bytes": sum(r.dense_up),
+            "uplink_ledger_bytes": sum(r.ledger_up),
+            "rejected": r.rejected,
+            "codec_cost_share": bench.get(r.codec, float("nan")),
+            "codec_cost_share_as_swept": swept.get(r.codec, float("nan")),
+            "wall_s": r.wall_s,
+        }
+        for r in runs
+    ]
+
+
+def plot(runs: list[CodecRun], path: Path) -> None:
+    """Accuracy vs cumulative uplink bytes (whole messages), one panel per partition."""
+    pyplot = plt()
+    partitions = list(dict.fromkeys(r.partition for r in runs))
+    fig, axes = pyplot.subplots(1, len(partitions), figsize=(6.5 * len(partitions), 4.6), squeeze=False)
+    for ax, partition in zip(axes[0], partitions):
+        for run in (r for r in runs if r.partition == partition):
+            x = np.cumsum(run.ledger_up)
+            style = "--" if run.codec == "topk-noef" else "-"
+            ax.plot(x, run.accuracy, style, marker=".", label=f"{run.codec} ({run.ratio:.0f}x)")
+        ax.set_xscale("log")
+        ax.set_xlabel("cumulative uplink bytes (whole messages, all clients)")
+        ax.set_ylabel("server test accuracy")
+        ax.set_title(f"FedAvg CNN on digits, {partition}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot.close(fig)
+
+
+# -- acceptance ---------------------------------------------------------------------------------
+def check_acceptance(runs: list[CodecRun], costs: list[Cost]) -> Checks:
+    """The issue's acceptance criteria, on the IID runs."""
+    checks = Checks()
+    iid = {r.codec: r for r in runs if r.partition == "iid"}
+    base = iid.get(BASELINE)
+    if base is None:
+        return checks
+    checks.check("baseline converges (identity final accuracy > 0.9)", base.final_acc > 0.9, f"final_acc={base.final_acc:.4f}")
+
+    def within(codec: str, pp: float) -> None:
+        if codec in iid:
+            d = 100.0 * (iid[codec].final_acc - base.final_acc)
+            checks.check(f"{codec} within {pp} pp of fp32", abs(d) <= pp + 1e-9,
+                         f"final_acc={iid[codec].final_acc:.4f} vs {base.final_acc:.4f}, delta={d:+.2f} pp")
+
+    def ratio_at_least(codec: str, bar: float) -> None:
+        if codec in iid:
+            checks.check(f"{codec} ratio >= {bar:g}", iid[codec].ratio >= bar, f"ratio={iid[codec].ratio:.1f}")
+
+    ratio_at_least("topk-ef", 100)
+    within("topk-ef", 1.0)
+    if "topk-ef" in iid and "topk-noef" in iid:
+        ef, noef = iid["topk-ef"], iid["topk-noef"]
+        checks.check("topk without error feedback is worse than with it", noef.final_acc < ef.final_acc,
+                     f"final_acc {noef.final_acc:.4f} (no EF) vs {ef.final_acc:.4f} (EF)")
+    within("qsgd16", 0.5)
+    ratio_at_least("powersgd2", 20)
+    within("powersgd2", 1.0)
+    labels = {
+        BENCH_SETTING: "FedAvg CNN 28x28, FedAvg MNIST client: 600 samples x 1 epoch, batch 10",
+        SWEPT_SETTING: "as swept, informational: the small local job of this sweep",
+    }
+    for setting, label in labels.items():
+        mine = [c for c in costs if c.setting == setting]
+        if mine:
+            worst = max(mine, key=lambda c: c.share)
+            checks.check(f"codec cost < {MAX_COST_SHARE:.0%} of local training ({label})", worst.share < MAX_COST_SHARE,
+                         f"worst {worst.codec}: {worst.share:.4f} = {worst.encode_ms + worst.decode_ms:.2f} ms "
+                         f"/ {worst.train_ms:.1f} ms")
+    return checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="seconds: IID only, 2 rounds, identity and topk-ef")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compression_sweep")
+    parser.add_argument("--rounds", type=int, default=Settings.rounds)
+    parser.add_argument("--local-epochs", type=int, default=Settings.local_epochs)
+    parser.add_argument("--lr", type=float, default=Settings.lr)
+    parser.add_argument("--momentum", type=float, default=Settings.momentum)
+    parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
+    parser.add_argument("--resolution", type=int, default=Settings.resolution, help="0 = native 8x8")
+    parser.add_argument("--codecs", default=",".join(CODECS), help="comma-separated labels (identity first)")
+    parser.add_argument("--partitions", default=",".join(PARTITIONS))
+    parser.add_argument("--cost-reps", type=int, default=5, help="timed repetitions of each codec")
+    parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
+    parser.add_argument("--fresh-engines", action="store_true", help="run each codec through simulate()")
+    args = parser.parse_args(argv)
+
+    settings = Settings(rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr, momentum=args.momentum,
+                        batch_size=args.batch_size, resolution=args.resolution)
+    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    partitions = [p.strip() for p in args.partitions.split(",") if p.strip()]
+    if args.smoke:
+        settings = replace(settings, rounds=2)
+        codecs, partitions = list(SMOKE_CODECS), ["iid"]
+    unknown = [c for c in codecs if c not in CODECS] + [p for p in partitions if p not in PARTITIONS]
+    if unknown:
+        parser.error(f"unknown codec/partition {unknown[0]!r}; allowed: {', '.join([*CODECS, *PARTITIONS])}")
+    if codecs[0] != BASELINE:
+        codecs = [BASELINE] + [c for c in codecs if c != BASELINE]
+    print(
+        f"settings: digits {settings.resolution or 8}x{settings.resolution or 8} fedavg-cnn, {settings.terminals} terminals "
+        f"(all sampled), rounds={settings.rounds} local_epochs={settings.local_epochs} lr={settings.lr} "
+        f"momentum={settings.momentum} batch={settings.batch_size} seed={settings.seed}",
+        flush=True,
+    )
+
+    start = time.perf_counter()
+    runs: list[CodecRun] = []
+    with ray_session(args.num_cpus):
+        for partition in partitions:
+            runs += run_partition(settings, partition, codecs, args.out, args.fresh_engines)
+    swept_cfg = run_config(settings, partitions[0], {}, args.out / "runs")
+    costs = measure_costs(codecs, 1 if args.smoke else args.cost_reps, swept_cfg)
+    write_csv(curve_rows(runs), args.out / "curves.csv")
+    write_csv(summary_rows(runs, costs), args.out / "summary.csv")
+    plot(runs, args.out / "accuracy_vs_uplink.png")
+    print(f"wrote {args.out / 'curves.csv'}, {args.out / 'summary.csv'} and {args.out / 'accuracy_vs_uplink.png'} "
+          f"in {time.perf_counter() - start:.1f} s", flush=True)
+    check_acceptance(runs, costs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
