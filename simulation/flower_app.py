@@ -1,0 +1,34 @@
+"""The ServerApp object named in ``pyproject.toml``'s ``[tool.flwr.app.components]`` (``flwr run .``).
+
+The run configuration comes from Flower's run config: ``config-file`` (a fedsplit TOML file, may be
+empty) and ``overrides`` (``;``-separated ``KEY=VALUE``, as with ``--set``). The ClientApp reads the
+same two keys, so both sides build the same task. The run folder is written as by ``fedsplit simulate``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsplit.config import load_config
+from fedsplit.report import make_run_dir, summarize, write_run_folder
+from fedsplit.simulation.server_app import RunSession, run_server
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the configured federation on whatever Grid Flower provides."""
+    path = str(context.run_config.get("config-file", "")) or None
+    overrides = [o for o in str(context.run_config.get("overrides", "")).split(";") if o.strip()]
+    cfg = load_config(path, overrides)
+    session = RunSession.from_config(cfg)
+    run_dir = make_run_dir(cfg)
+    started = time.perf_counter()
+    run_server(grid, session)
+    summary = summarize(session.ledger, time.perf_counter() - started, {"engine": "flwr-run", "terminals": cfg.num_terminals})
+    write_run_folder(run_dir, cfg, session.ledger, summary, session.final_state)
+    print(f"run_dir={run_dir} final_accuracy={summary['final_metrics'].get('accuracy', float('nan')):.4f}")
