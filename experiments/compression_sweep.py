@@ -33,8 +33,8 @@ core, against one core's local training: ``fedavg-cnn-28x28`` is the FedAvg CNN 
 client of ``experiments/bench_codecs.py --train`` (the acceptance bar), ``as-swept`` the model and
 local job of this sweep. Last, the acceptance checks (IID) as ``check ...: PASS|FAIL (numbers)``.
 
-All runs share one Ray instance and, per partition, one set of client actors (:class:`SharedEngine`):
-starting the actors (imports, data, FLOP counts) costs ~15 s, as much as a whole run. Each run gets
+All runs share one Ray instance and one set of client actors (:class:`SharedEngine`): starting the
+actors (imports, data, FLOP counts) costs ~15-40 s, as much as a whole run. Each run gets
 fresh client contexts (no error-feedback residual or codec state carries over), and its messages go
 through the same ServerApp (:func:`~fedsplit.simulation.server_app.run_server`), metered grid,
 ClientApp and compression mod as ``fedsplit simulate``; ``--fresh-engines`` runs each codec
@@ -50,6 +50,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -140,22 +141,27 @@ def run_config(settings: Settings, partition: str, compression: Mapping[str, Any
 
 # -- running ------------------------------------------------------------------------------------
 class SharedEngine:
-    """One set of client actors reused by every codec of a partition (see the module docstring).
+    """One set of client actors reused by every run of the sweep (see the module docstring).
+
+    The actors' ClientApp reads each run's configuration the way a deployed ClientApp does, from
+    its Context's run config (``config-file``): :meth:`simulate` writes the run's configuration,
+    without its ``compression`` table (the client learns the codec from each train message), to
+    ``workdir`` and hands its path to the terminals' fresh Contexts.
 
     Parameters
     ----------
     cfg : RunConfig
-        Any run of the partition: the actors' ClientApp is built from it without its
-        ``compression`` table (the client learns the codec from each train message).
+        Any run of the sweep (they all have the same population).
+    workdir : Path
+        Where the clients' configuration files are written.
     """
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, workdir: Path) -> None:
         from fedsplit.clients.app import make_client_app
-        from fedsplit.learning import config_to_json
         from fedsplit.simulation.engine import RayEngine
 
-        base = replace(cfg, compression={})
-        self.engine = RayEngine.from_run_config(base, make_client_app(config_json=config_to_json(base)))
+        self.workdir = Path(workdir)
+        self.engine = RayEngine.from_run_config(cfg, make_client_app())
 
     def __enter__(self) -> SharedEngine:
         self.engine.start()
@@ -164,6 +170,19 @@ class SharedEngine:
     def __exit__(self, *exc: object) -> None:
         self.engine.shutdown()
 
+    def _client_config_file(self, cfg: RunConfig) -> Path:
+        import zlib
+
+        from fedsplit.config.loader import dump_config
+        from fedsplit.learning import config_to_json
+
+        base = replace(cfg, compression={})
+        path = self.workdir / f"client-{zlib.crc32(config_to_json(base).encode()):08x}.toml"
+        if not path.is_file():
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            dump_config(base, path)
+        return path
+
     def simulate(self, cfg: RunConfig):  # noqa: ANN201 - RunOutcome
         """Run ``cfg`` like :func:`~fedsplit.simulation.runner.simulate` (``write=False``) on these actors."""
         from fedsplit.report import summarize
@@ -171,7 +190,8 @@ class SharedEngine:
         from fedsplit.simulation.server_app import RunSession, run_server
 
         quiet_flower()
-        self.engine.contexts.clear()  # fresh Context.state: no residual from the previous codec
+        self.engine.run_config = {"config-file": str(self._client_config_file(cfg)), "overrides": ""}
+        self.engine.contexts.clear()  # fresh Contexts: no residual or codec state from the previous run
         session = RunSession.from_config(cfg)
         session.engine_info = self.engine.describe()
         start = time.perf_counter()
@@ -271,25 +291,20 @@ def ray_session(num_cpus: int) -> Iterator[None]:
             ray.shutdown()
 
 
-def run_partition(settings: Settings, partition: str, codecs: list[str], out_dir: Path, fresh: bool) -> list[CodecRun]:
-    """Train every codec on one partition; print one line per codec as it finishes."""
+def run_partition(
+    settings: Settings, partition: str, codecs: list[str], out_dir: Path, engine: SharedEngine | None
+) -> list[CodecRun]:
+    """Train every codec on one partition (on ``engine``, or through ``simulate()`` when it is
+    ``None``); print one line per codec as it finishes."""
     from fedsplit.simulation.runner import simulate
 
-    cfgs = {c: run_config(settings, partition, CODECS[c], out_dir / "runs") for c in codecs}
     runs: list[CodecRun] = []
-
-    def finish(codec: str, outcome: Any) -> None:
+    for codec in codecs:
+        cfg = run_config(settings, partition, CODECS[codec], out_dir)
+        outcome = simulate(cfg, write=False) if engine is None else engine.simulate(cfg)
         run = measure(partition, codec, outcome)
         runs.append(run)
         print_codec_line(run, runs[0] if runs[0].codec == BASELINE else None)
-
-    if fresh:
-        for codec in codecs:
-            finish(codec, simulate(cfgs[codec], write=False))
-        return runs
-    with SharedEngine(cfgs[codecs[0]]) as engine:
-        for codec in codecs:
-            finish(codec, engine.simulate(cfgs[codec]))
     return runs
 
 
@@ -572,10 +587,15 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     runs: list[CodecRun] = []
-    with ray_session(args.num_cpus):
-        for partition in partitions:
-            runs += run_partition(settings, partition, codecs, args.out, args.fresh_engines)
-    swept_cfg = run_config(settings, partitions[0], {}, args.out / "runs")
+    with ray_session(args.num_cpus), tempfile.TemporaryDirectory(prefix="compression-sweep-") as workdir:
+        if args.fresh_engines:
+            for partition in partitions:
+                runs += run_partition(settings, partition, codecs, Path(workdir), None)
+        else:
+            with SharedEngine(run_config(settings, partitions[0], {}, Path(workdir)), Path(workdir)) as engine:
+                for partition in partitions:
+                    runs += run_partition(settings, partition, codecs, Path(workdir), engine)
+    swept_cfg = run_config(settings, partitions[0], {}, args.out)
     costs = measure_costs(codecs, 1 if args.smoke else args.cost_reps, swept_cfg)
     write_csv(curve_rows(runs), args.out / "curves.csv")
     write_csv(summary_rows(runs, costs), args.out / "summary.csv")

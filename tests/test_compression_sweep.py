@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from fedsplit.compression import CompressionConfig, TrafficRecord
+from fedsplit.compression import TrafficRecord, summarize_traffic
 from fedsplit.config import load_config
 from fedsplit.simulation.runner import compression_extra, simulate
 from tests.conftest import REPO, fedsplit_cmd, small_overrides
@@ -92,12 +92,9 @@ def test_compression_extra_reads_the_strategy_traffic():
         ]
 
         def traffic_summary(self):
-            from fedsplit.compression import summarize_traffic
-
             return summarize_traffic(self.traffic)
 
     extra = compression_extra(Wrapped())
     assert extra == {"compression_ratio": 50.0, "uplink_payload_bytes": 400, "uplink_dense_bytes": 20_000}
     assert compression_extra(None) == {}
     assert compression_extra(object()) == {}
-    CompressionConfig.from_dict({"uplink": "topk"})  # the config the wrapper is built from
