@@ -20,18 +20,21 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 from flwr.app import Message, RecordDict
-from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid
 
 from fedsplit.devices import Population, exchange_cost
 from fedsplit.ledger import Ledger, LedgerRow
+from fedsplit.simulation.wire_size import recorddict_wire_bytes
 
 log = logging.getLogger("fedsplit")
 
 
 def payload_bytes(content: RecordDict) -> int:
-    """Bytes of a message's content as serialised for the wire (protobuf ``RecordDict``)."""
-    return int(recorddict_to_proto(content).ByteSize())
+    """Bytes of a message's content as serialised for the wire (protobuf ``RecordDict``).
+
+    Computed without serialising the arrays (:mod:`fedsplit.simulation.wire_size`).
+    """
+    return recorddict_wire_bytes(content)
 
 
 class MeteredGrid(Grid):
