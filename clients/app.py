@@ -15,9 +15,10 @@ from __future__ import annotations
 import zlib
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedsplit.clients.arrays import array_record_from_state
 from fedsplit.config import load_config
 from fedsplit.learning import Task, config_to_json, evaluate, task_for, train_local
 
@@ -59,10 +60,6 @@ def _load_global(task: Task, msg: Message) -> torch.device:
     return device
 
 
-def _cpu_state(task: Task) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in task.model.state_dict().items()}
-
-
 def handle_train(msg: Message, context: Context, config_json: str | None = None) -> Message:
     """Train the received global model on this terminal's partition."""
     task = task_for(_config_json(context, config_json))
@@ -92,7 +89,7 @@ def handle_train(msg: Message, context: Context, config_json: str | None = None)
             "partition-id": pid,
         }
     )
-    arrays = ArrayRecord(_cpu_state(task))
+    arrays = array_record_from_state(task.model.state_dict())
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 

@@ -35,10 +35,11 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
+from fedsplit.clients.arrays import array_record_from_state
 from fedsplit.compression import (
     EncodeContext,
     PayloadError,
@@ -83,7 +84,7 @@ def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """Ordered dict of NumPy arrays to an ArrayRecord (same keys and order)."""
-    return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
+    return array_record_from_state(arrays)
 
 
 def _single_key(content: RecordDict, preferred: str, records: dict) -> str | None:
