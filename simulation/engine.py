@@ -76,6 +76,22 @@ class ClientAppActor:
         return os.getpid()
 
 
+def split_evenly(items: Sequence, parts: int) -> list[list]:
+    """``items`` in at most ``parts`` consecutive batches whose sizes differ by at most one.
+
+    Equal-sized batches keep the actors of a pool busy for the same time (10 clients on 2 actors
+    in 4 batches are 3+2 per actor, not 3+3 and 3+1).
+    """
+    parts = max(1, min(parts, len(items)))
+    base, extra = divmod(len(items), parts)
+    batches, start = [], 0
+    for i in range(parts):
+        end = start + base + (1 if i < extra else 0)
+        batches.append(list(items[start:end]))
+        start = end
+    return [b for b in batches if b]
+
+
 @dataclass
 class ActorPool:
     """The actors of one device budget."""
@@ -275,9 +291,7 @@ class RayEngine:
         queue: deque[tuple[Budget, list[Message], bool]] = deque()
         for budget, msgs in by_pool.items():
             pool = self.pools[budget]
-            size = max(1, math.ceil(len(msgs) / (pool.size * self.batch_factor)))
-            for i in range(0, len(msgs), size):
-                queue.append((budget, msgs[i : i + size], False))
+            queue.extend((budget, batch, False) for batch in split_evenly(msgs, pool.size * self.batch_factor))
         idle = {b: list(p.actors) for b, p in self.pools.items()}
         running: dict = {}
         replies: list[Message] = []

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedsplit.devices import Population, builtin_profiles
-from fedsplit.simulation.engine import RayEngine, plan_pools
+from fedsplit.simulation.engine import RayEngine, plan_pools, split_evenly
 from tests.conftest import REPO, fedsplit_cmd
 
 
@@ -64,6 +64,14 @@ def test_failures_stay_with_their_client_and_state_persists(ray_session):
         counts = {engine.partition_of(n): int(r.content["metrics"]["n"]) for n, r in second.items()}
         # Context.state survived round 1 wherever each terminal ran; failed terminals kept none of it.
         assert counts == {0: 2, 1: 1, 2: 1, 3: 2, 4: 2, 5: 2}
+
+
+def test_batches_are_even_so_actors_finish_together():
+    sizes = lambda n, parts: [len(b) for b in split_evenly(list(range(n)), parts)]  # noqa: E731
+    assert sizes(10, 4) == [3, 3, 2, 2]  # 2 actors: 3+2 each, not 3+3 against 3+1
+    assert sizes(3, 8) == [1, 1, 1]
+    assert sizes(0, 4) == []
+    assert [x for b in split_evenly(list(range(17)), 5) for x in b] == list(range(17))  # order kept
 
 
 def test_pools_fit_the_cluster():
