@@ -81,7 +81,8 @@ def train_local(
     if n == 0:
         return TrainResult(0, 0, 0, float("nan"))
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    # foreach: one fused update per step instead of a Python loop over the parameters.
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     generator = torch.Generator().manual_seed(seed)
     input_shape = tuple(x.shape[1:])
@@ -90,20 +91,22 @@ def train_local(
     epoch_loss = 0.0
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator).to(x.device)
+        # One gather per epoch; the mini-batches are then views (same values as gathering each).
+        x_epoch, y_epoch = x.index_select(0, order), y.index_select(0, order)
         epoch_loss, seen = 0.0, 0
         for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+            xb, yb = x_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x.index_select(0, idx)), y.index_select(0, idx))
+            loss = nn.functional.cross_entropy(model(xb), yb)
             if global_params is not None:
                 prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
                 loss = loss + 0.5 * proximal_mu * prox
             loss.backward()
             optimizer.step()
             steps += 1
-            flops += batch_flops[len(idx)]
-            epoch_loss += float(loss.detach()) * len(idx)
-            seen += len(idx)
+            flops += batch_flops[len(yb)]
+            epoch_loss += float(loss.detach()) * len(yb)
+            seen += len(yb)
         epoch_loss /= max(seen, 1)
     return TrainResult(num_examples=n, steps=steps, flops=flops, loss=epoch_loss)
 
