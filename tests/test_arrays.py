@@ -7,7 +7,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedsplit.clients.arrays import array_from_numpy, array_record_from_state
+from fedsplit.clients.arrays import array_from_numpy, array_record_from_state, array_view
 
 rng = np.random.default_rng(0)
 ARRAYS = {
@@ -42,3 +42,24 @@ def test_array_record_from_state_round_trips_a_torch_state_dict() -> None:
     for key, value in record.to_torch_state_dict().items():
         assert value.dtype == state[key].dtype
         assert torch.equal(value, state[key])
+
+
+@pytest.mark.parametrize("name", sorted(ARRAYS))
+def test_array_view_equals_flower_numpy_without_copying(name: str) -> None:
+    flowers = Array(ARRAYS[name])  # Flower's own encoding, Fortran order included
+    view, expected = array_view(flowers), flowers.numpy()
+    assert view.dtype == expected.dtype and view.shape == expected.shape
+    np.testing.assert_array_equal(view, expected)
+    assert not view.flags.writeable
+    if view.size:
+        assert np.shares_memory(view, np.frombuffer(flowers.data, dtype=np.uint8))
+
+
+def test_array_view_rejects_truncated_or_foreign_data() -> None:
+    good = Array(np.arange(10, dtype=np.float32))
+    with pytest.raises(ValueError, match="header says 40"):
+        array_view(Array(dtype=good.dtype, shape=good.shape, stype=good.stype, data=good.data[:-4]))
+    with pytest.raises(ValueError, match="too few"):
+        array_view(Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=b"\x93NUMPY"))
+    with pytest.raises(TypeError, match="torch.tensor"):
+        array_view(Array(dtype="float32", shape=(1,), stype="torch.tensor", data=good.data))
