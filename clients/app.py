@@ -12,13 +12,14 @@ plus ``"flops"`` (FLOPs executed, for the simulated clock) and ``"partition-id"`
 
 from __future__ import annotations
 
+import warnings
 import zlib
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedsplit.clients.arrays import array_record_from_state
+from fedsplit.clients.arrays import array_record_from_state, record_views
 from fedsplit.config import load_config
 from fedsplit.learning import Task, config_to_json, evaluate, task_for, train_local
 
@@ -56,7 +57,11 @@ def _device() -> torch.device:
 def _load_global(task: Task, msg: Message) -> torch.device:
     device = _device()
     task.model.to(device)
-    task.model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict(), strict=True)
+    views = record_views(msg.content.array_records["arrays"])
+    with warnings.catch_warnings():  # read-only views: load_state_dict copies them into the model
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        state = {key: torch.from_numpy(view) for key, view in views.items()}
+    task.model.load_state_dict(state, strict=True)
     return device
 
 

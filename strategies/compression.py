@@ -27,11 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log as flwr_log
 
+from fedsplit.clients.arrays import array_record_from_state, array_view, record_views
 from fedsplit.clients.compression_mod import to_array_record, to_numpy
 from fedsplit.compression import (
     BroadcastReference,
@@ -133,14 +134,14 @@ def keep_dtypes(arrays: ArrayRecord | None, specs: dict[str, TensorSpec] | None)
     fixed = {}
     changed = False
     for key, array in arrays.items():
-        value = array.numpy()
+        value = array_view(array)
         spec = specs.get(key)
         if spec is not None and value.dtype != np.dtype(spec.dtype):
             target = np.dtype(spec.dtype)
             value = np.asarray(np.rint(value) if target.kind in "iu" else value).astype(target)
             changed = True
         fixed[key] = value
-    return ArrayRecord({k: Array(np.ascontiguousarray(v).reshape(np.shape(v))) for k, v in fixed.items()}) if changed else arrays
+    return array_record_from_state(fixed) if changed else arrays
 
 
 class GuardedStrategy(_DelegatingStrategy):
@@ -197,7 +198,7 @@ class GuardedStrategy(_DelegatingStrategy):
         if not isinstance(record, ArrayRecord):
             return f"reply carries no ArrayRecord {key!r}"
         try:
-            arrays = to_numpy(record)
+            arrays = record_views(record)  # read-only views: no copy of the update
         except Exception as exc:  # malformed Array bytes
             return f"arrays cannot be read: {type(exc).__name__}: {exc}"
         return check_arrays(arrays, specs)
