@@ -306,7 +306,7 @@ def least_compute_split(
     equation with target ``sigma s^2 / (c D)``. Terminals without a deadline take ``b_min`` and no
     compute.
     """
-    s, B = demand.snr_hz, float(bandwidth_hz)
+    B = float(bandwidth_hz)
     n = len(demand)
     b = demand.min_bandwidth_hz.copy()
     f = np.zeros(n)
