@@ -11,8 +11,8 @@ a terminal's :class:`~flwr.app.Context` is created the first time it is sampled 
 driver (so ``Context.state`` persists across rounds whichever actor runs the terminal next).
 
 Failures: an exception inside the ClientApp becomes an error reply for that client only; an actor
-process that dies is replaced, and the messages of its batch are retried one by one on the new
-actor, so only the client that kills its process loses its reply.
+process that dies is replaced, and the messages of the batches it held are retried one by one, each
+alone on an actor, so only the client that kills its process loses its reply.
 """
 
 from __future__ import annotations
@@ -150,6 +150,11 @@ class RayEngine:
         Force this many actors per budget (0 = as many as fit).
     cpus_per_actor : float, optional
         Override every device's CPU budget (benchmarks: one actor of 1 CPU).
+    batch_factor : int
+        A round's messages go out in ``actors x batch_factor`` even batches per pool: fewer Ray
+        calls than one per message, yet enough batches to balance uneven clients.
+    inflight_per_actor : int
+        Batches queued at an actor at once (2: the next one starts without a round trip).
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class RayEngine:
         num_actors: int = 0,
         cpus_per_actor: float | None = None,
         batch_factor: int = 2,
+        inflight_per_actor: int = 2,
     ) -> None:
         self.client_app = client_app
         self.population = population
@@ -172,6 +178,7 @@ class RayEngine:
         self.num_actors = num_actors
         self.cpus_per_actor = cpus_per_actor
         self.batch_factor = batch_factor
+        self.inflight_per_actor = max(1, inflight_per_actor)
         self.run_id = int.from_bytes(os.urandom(6), "big")
         self.contexts: dict[int, Context] = {}
         self.pools: dict[Budget, ActorPool] = {}
@@ -292,18 +299,36 @@ class RayEngine:
         for budget, msgs in by_pool.items():
             pool = self.pools[budget]
             queue.extend((budget, batch, False) for batch in split_evenly(msgs, pool.size * self.batch_factor))
-        idle = {b: list(p.actors) for b, p in self.pools.items()}
+        # Each actor takes up to ``inflight_per_actor`` batches at once: the next batch is already
+        # queued at the actor when the current one ends, so no round trip is spent idle. A retry
+        # (a message whose actor died) runs alone on its actor, so that if it kills the process
+        # again no other message is lost with it.
+        inflight: dict[int, int] = {}  # id(actor) -> batches queued at it
+        exclusive: set[int] = set()  # actors running a retry
+        replaced: dict[int, object] = {}  # id -> dead actor (kept referenced: ids stay unique)
         running: dict = {}
         replies: list[Message] = []
         deadline = None if timeout is None else time.monotonic() + timeout
 
+        def pick(budget: Budget, retry: bool):  # noqa: ANN202
+            candidates = [
+                a for a in self.pools[budget].actors
+                if id(a) not in exclusive and inflight.get(id(a), 0) < (1 if retry else self.inflight_per_actor)
+            ]
+            if retry:
+                candidates = [a for a in candidates if inflight.get(id(a), 0) == 0]
+            return min(candidates, key=lambda a: inflight.get(id(a), 0), default=None)
+
         def dispatch() -> None:
             for _ in range(len(queue)):
                 budget, batch, retry = queue.popleft()
-                if not idle[budget]:
+                actor = pick(budget, retry)
+                if actor is None:
                     queue.append((budget, batch, retry))
                     continue
-                actor = idle[budget].pop()
+                inflight[id(actor)] = inflight.get(id(actor), 0) + 1
+                if retry:
+                    exclusive.add(id(actor))
                 items = [(m, self.context_of(m.metadata.dst_node_id)) for m in batch]
                 running[actor.run_batch.remote(items)] = (actor, budget, batch, retry)
 
@@ -316,11 +341,15 @@ class RayEngine:
                 break
             ref = done[0]
             actor, budget, batch, retry = running.pop(ref)
+            inflight[id(actor)] -= 1
+            exclusive.discard(id(actor))
             try:
                 results = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
-                actor = self._replace(actor, budget)
-                if retry or len(batch) == 1:
+                if id(actor) not in replaced:  # the first of its batches to fail replaces it
+                    replaced[id(actor)] = actor
+                    self._replace(actor, budget)
+                if retry:  # it died alone on its actor: this message killed it
                     for msg in batch:
                         replies.append(_error_reply(msg, ErrorCode.CLIENT_APP_CRASHED, f"actor process died: {type(exc).__name__}: {str(exc)[-1500:]}"))
                 else:
@@ -329,7 +358,6 @@ class RayEngine:
                 for reply, ctx in results:
                     self.contexts[ctx.node_id] = ctx
                     replies.append(reply)
-            idle[budget].append(actor)
             dispatch()
         return replies
 

@@ -20,16 +20,16 @@ from fedsplit.simulation.engine import RayEngine, plan_pools, split_evenly
 from tests.conftest import REPO, fedsplit_cmd
 
 
-def make_flaky_app() -> ClientApp:
+def make_flaky_app(raise_pid: int = 1, crash_pid: int = 2) -> ClientApp:
     app = ClientApp()
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
         server_round = int(msg.content["config"]["server-round"])
-        if pid == 1 and server_round == 1:
-            raise ValueError("boom in client 1")
-        if pid == 2 and server_round == 1:
+        if pid == raise_pid and server_round == 1:
+            raise ValueError(f"boom in client {pid}")
+        if pid == crash_pid and server_round == 1:
             os._exit(1)  # the actor process dies
         record = context.state.config_records.get("counter", ConfigRecord({"n": 0}))
         record["n"] = int(record["n"]) + 1
@@ -63,6 +63,23 @@ def test_failures_stay_with_their_client_and_state_persists(ray_session):
         counts = {engine.partition_of(n): int(r.content["metrics"]["n"]) for n, r in second.items()}
         # Context.state survived round 1 wherever each terminal ran; failed terminals kept none of it.
         assert counts == {0: 2, 1: 1, 2: 1, 3: 2, 4: 2, 5: 2}
+
+
+def test_a_crash_loses_only_its_client_when_other_batches_are_queued_behind_it(ray_session):
+    # One actor, two batches queued at it at once ([0, 1] then [2, 3]); client 0 kills the process
+    # while [2, 3] waits behind it. Each message is retried alone, so only client 0 fails, and its
+    # own retry (which kills the fresh actor again) takes nobody with it.
+    population = Population({"laptop": 4}, builtin_profiles())
+    with RayEngine(make_flaky_app(raise_pid=-1, crash_pid=0), population, num_actors=1) as engine:
+        grid = engine.grid()
+        nodes = list(grid.get_node_ids())
+        first = send_round(grid, 1, nodes)
+        assert set(first) == set(nodes)
+        assert first[engine.node_id_of(0)].error.code == ErrorCode.CLIENT_APP_CRASHED
+        assert all(not first[engine.node_id_of(p)].has_error() for p in (1, 2, 3))
+        assert engine.actor_restarts == 2
+        second = send_round(grid, 2, nodes)
+        assert {engine.partition_of(n): int(r.content["metrics"]["n"]) for n, r in second.items()} == {0: 1, 1: 2, 2: 2, 3: 2}
 
 
 def test_batches_are_even_so_actors_finish_together():
