@@ -8,7 +8,9 @@ evaluation after every round) runs four ways in one process:
 - ``fedsplit``: fedsplit's engine with one 1-CPU actor per core of the machine;
 - ``flower``: Flower's simulation engine with 1 CPU per client on all cores.
 
-Each way is run once untimed (warm-up) and then timed three times; the best time is reported.
+Each way is run once untimed (warm-up) and then timed three times, the three ways on fedsplit's
+side interleaved pass by pass (Flower's engine, which starts its own Ray, runs after them); the
+best time of each way is reported.
 Times are the strategy's wall time (``Strategy.start``), as Flower itself reports it; Ray start-up
 is excluded for both engines. The final global weights of pure, fedsplit1 and fedsplit must agree.
 
@@ -110,11 +112,21 @@ def run_flower(cfg: RunConfig) -> tuple[float, dict[str, torch.Tensor]]:
     return session.strategy_wall_s, session.final_state
 
 
-def best_of(fn, passes: int) -> tuple[float, dict]:  # noqa: ANN001
-    fn()  # warm-up, untimed
-    results = [fn() for _ in range(passes)]
-    best = min(r[0] for r in results)
-    return best, results[-1][1]
+def best_interleaved(ways: dict, passes: int) -> tuple[dict[str, float], dict[str, dict]]:
+    """Warm every way up once (untimed), then time ``passes`` rounds of all ways in turn.
+
+    Interleaving (pure, fedsplit1, fedsplit, pure, ...) spreads the machine's slow spells over
+    all ways instead of charging them to whichever happened to run then. Best time per way.
+    """
+    for fn in ways.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    weights: dict[str, dict] = {}
+    for _ in range(passes):
+        for name, fn in ways.items():
+            seconds, weights[name] = fn()
+            times[name].append(seconds)
+    return {name: min(t) for name, t in times.items()}, weights
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -129,20 +141,25 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool) -> di
     from fedsplit.simulation.engine import RayEngine
 
     cfg = load_config(None, COMMON + overrides)
-    pure_s, pure_w = best_of(lambda: run_pure(cfg), passes)
     cpus = os.cpu_count() or 1
-    times = {"pure": pure_s}
-    weights = {"pure": pure_w}
-    for way, actors in (("fedsplit1", 1), ("fedsplit", cpus)):
-        if not ray.is_initialized():
-            ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
-        population = Population(cfg.devices, resolve_profiles(cfg.profiles))
-        app = make_client_app(config_json=config_to_json(cfg))
-        with RayEngine(app, population, num_actors=actors, cpus_per_actor=1.0) as engine:
-            times[way], weights[way] = best_of(lambda: run_fedsplit(cfg, engine), passes)
+    # Both engines' actors exist at once so that the ways can be interleaved; only one engine
+    # works at a time, so Ray is given one logical CPU more than the machine has for the idle one.
+    ray.init(num_cpus=cpus + 1, include_dashboard=False, logging_level=logging.WARNING)
+    population = Population(cfg.devices, resolve_profiles(cfg.profiles))
+    app = make_client_app(config_json=config_to_json(cfg))
+    with (
+        RayEngine(app, population, num_actors=1, cpus_per_actor=1.0) as one,
+        RayEngine(app, population, num_actors=cpus, cpus_per_actor=1.0) as every,
+    ):
+        times, weights = best_interleaved(
+            {"pure": lambda: run_pure(cfg), "fedsplit1": lambda: run_fedsplit(cfg, one), "fedsplit": lambda: run_fedsplit(cfg, every)},
+            passes,
+        )
+    ray.shutdown()
     if with_flower:
-        ray.shutdown()
-        times["flower"], weights["flower"] = best_of(lambda: run_flower(cfg), passes)
+        flower_times, flower_weights = best_interleaved({"flower": lambda: run_flower(cfg)}, passes)
+        times.update(flower_times)
+        weights.update(flower_weights)
     else:
         times["flower"] = float("nan")
     for way in ("fedsplit1", "fedsplit"):

@@ -216,3 +216,19 @@ def test_attach_to_ray_cluster_on_loopback(tmp_path):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+
+
+def test_engine_benchmark_smoke_runs_and_models_agree():
+    """``experiments/bench_engine.py --smoke``: all ways train the same model, the line parses."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "bench_engine.py"), "--smoke"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("workload=mlp")]
+    assert [line.split()[-1] for line in lines[:2]] == ["PASS", "PASS"], lines
+    fields = dict(item.split("=", 1) for item in lines[-1].split())
+    assert set(fields) == {"workload", "pure_s", "fedsplit1_s", "fedsplit_s", "flower_s", "overhead", "speedup", "flower_over_fedsplit"}
+    assert float(fields["fedsplit_s"]) > 0 and float(fields["overhead"]) == pytest.approx(
+        float(fields["fedsplit1_s"]) / float(fields["pure_s"]), rel=0.01
+    )
