@@ -20,7 +20,7 @@ is excluded for both engines. The final global weights of pure, fedsplit1 and fe
 
 Run::
 
-    python experiments/bench_engine.py            # mlp and cnn (~10 minutes on 2 cores)
+    python experiments/bench_engine.py            # mlp and cnn (~9 minutes on 2 cores)
     python experiments/bench_engine.py --smoke    # seconds: tiny settings, checks only agreement
 
 It prints one line per workload::
