@@ -67,6 +67,7 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 from fedsplit.compression import CompressionConfig, EncodeContext, compress_with_feedback, decode_update, specs_of  # noqa: E402
 from fedsplit.config import RunConfig, load_config  # noqa: E402
 from fedsplit.inference.experiment_io import Checks, plt, write_csv  # noqa: E402
+from fedsplit.report import shown_path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_codecs  # noqa: E402
@@ -600,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(curve_rows(runs), args.out / "curves.csv")
     write_csv(summary_rows(runs, costs), args.out / "summary.csv")
     plot(runs, args.out / "accuracy_vs_uplink.png")
-    print(f"wrote {args.out / 'curves.csv'}, {args.out / 'summary.csv'} and {args.out / 'accuracy_vs_uplink.png'} "
+    written = [shown_path(args.out / name) for name in ("curves.csv", "summary.csv", "accuracy_vs_uplink.png")]
+    print(f"wrote {written[0]}, {written[1]} and {written[2]} "
           f"in {time.perf_counter() - start:.1f} s", flush=True)
     check_acceptance(runs, costs)
     return 0

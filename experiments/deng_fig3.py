@@ -24,6 +24,7 @@ import numpy as np
 from fedsplit.inference.experiment_io import Checks, plt, print_row, write_csv
 from fedsplit.inference.paper_scenario import PaperScenarioConfig, generate_paper_scenario
 from fedsplit.inference.solve import solve
+from fedsplit.report import shown_path
 
 SCHEMES = ("proposed", "greedy-latency", "greedy-accuracy", "random", "equal-resource")
 #: Up to this N the exact solver also runs, to report how often the fast answer is optimal.
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     target = PaperScenarioConfig().accuracy_target
     write_csv(rows, args.out / "fig3.csv")
     plot(rows, target, args.out / "fig3.png")
-    print(f"wrote {args.out / 'fig3.csv'} and {args.out / 'fig3.png'} in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {shown_path(args.out / 'fig3.csv')} and {shown_path(args.out / 'fig3.png')} in {time.perf_counter() - start:.1f} s")
     check_claims(rows, target)
     return 0
 

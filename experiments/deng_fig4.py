@@ -22,6 +22,7 @@ import numpy as np
 from fedsplit.inference.experiment_io import Checks, plt, print_row, write_csv
 from fedsplit.inference.paper_scenario import PaperScenarioConfig, generate_paper_scenario
 from fedsplit.inference.solve import solve
+from fedsplit.report import shown_path
 
 INPUT_SETS = {"phi1": (100, 300, 600), "phi2": (90, 280, 570)}
 TARGETS = (0.67, 0.75)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(compute, seeds)
     write_csv(rows, args.out / "fig4.csv")
     plot(rows, args.out / "fig4.png")
-    print(f"wrote {args.out / 'fig4.csv'} and {args.out / 'fig4.png'} in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {shown_path(args.out / 'fig4.csv')} and {shown_path(args.out / 'fig4.png')} in {time.perf_counter() - start:.1f} s")
     check_claims(rows)
     return 0
 

@@ -26,6 +26,15 @@ from fedsplit.ledger import Ledger
 from fedsplit.report.plots import plot_run
 
 
+def shown_path(path: Path) -> str:
+    """``path`` as printed to users: relative to the working directory when it lies below it."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def make_run_dir(cfg: RunConfig) -> Path:
     """Create (and return) a fresh run folder for ``cfg``."""
     name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S")
