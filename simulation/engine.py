@@ -310,13 +310,9 @@ class RayEngine:
         replies: list[Message] = []
         deadline = None if timeout is None else time.monotonic() + timeout
 
-        def pick(budget: Budget, retry: bool):  # noqa: ANN202
-            candidates = [
-                a for a in self.pools[budget].actors
-                if id(a) not in exclusive and inflight.get(id(a), 0) < (1 if retry else self.inflight_per_actor)
-            ]
-            if retry:
-                candidates = [a for a in candidates if inflight.get(id(a), 0) == 0]
+        def pick(budget: Budget, retry: bool):  # noqa: ANN202 - the least busy actor with room
+            limit = 1 if retry else self.inflight_per_actor
+            candidates = [a for a in self.pools[budget].actors if id(a) not in exclusive and inflight.get(id(a), 0) < limit]
             return min(candidates, key=lambda a: inflight.get(id(a), 0), default=None)
 
         def dispatch() -> None:
