@@ -13,7 +13,8 @@ Importing this package pulls in NumPy and PyTorch only; scikit-learn, torchvisio
 ``datasets`` and flwr-datasets are imported when first needed.
 """
 
-from fedsplit.data.arrays import ArrayDataset, DataBundle
+from fedsplit.data.arrays import ArrayDataset
+from fedsplit.data.bundle import DataBundle
 from fedsplit.data.datasets import DATASETS, load_dataset
 from fedsplit.data.federated import FederatedData, make_federated_data
 from fedsplit.data.partitioners import PARTITIONERS, SIZE_SCHEMES, PartitionOptions

@@ -8,16 +8,11 @@ all see one shape convention whatever the source of the data.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-
-if TYPE_CHECKING:
-    from fedsplit.data.synthetic import SyntheticSpec
 
 #: Images resized per call of :func:`torch.nn.functional.interpolate` (bounds peak memory).
 _RESIZE_CHUNK = 4096
@@ -72,41 +67,6 @@ class ArrayDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"ArrayDataset(n={len(self)}, input_shape={self.input_shape})"
-
-
-@dataclass(frozen=True)
-class DataBundle:
-    """A dataset ready for federation: the pool clients are drawn from and the server's test set.
-
-    Attributes
-    ----------
-    train : ArrayDataset
-        The pool partitioned over clients (each client splits its share into train/val).
-    test : ArrayDataset
-        Held-out test set, kept on the server and never given to a client.
-    num_classes : int
-        Number of classes; labels are ``0 .. num_classes - 1``.
-    input_shape : tuple[int, int, int]
-        Shape ``(C, H, W)`` of one image after any resize.
-    name : str
-        Dataset name, one of :data:`fedsplit.data.DATASETS`.
-    synthetic : SyntheticSpec | None
-        For ``synthetic`` only, the task description. When its ``samples_per_client`` is set
-        the bundle describes per-client generation: there is no shared pool (``train`` is
-        empty) and :class:`fedsplit.data.FederatedData` generates each client on demand.
-    """
-
-    train: ArrayDataset
-    test: ArrayDataset
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    name: str
-    synthetic: SyntheticSpec | None = None
-
-    @property
-    def generated_per_client(self) -> bool:
-        """True when clients' data is generated on demand rather than drawn from ``train``."""
-        return self.synthetic is not None and self.synthetic.samples_per_client is not None
 
 
 def parse_resolution(resolution: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -179,3 +139,25 @@ def normalize_images(
     if mean_t.shape[1] not in (1, images.shape[1]):
         raise ValueError(f"mean has {mean_t.shape[1]} channels; images have {images.shape[1]}")
     return images.sub_(mean_t).div_(std_t)
+
+
+def finish_images(
+    images: np.ndarray | torch.Tensor,
+    *,
+    max_value: float,
+    resolution: tuple[int, int] | None,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> torch.Tensor:
+    """Raw pixels -> float ``[N, C, H, W]`` in ``[0, 1]`` -> resized -> standardised.
+
+    The one path every loader's pixels take (:func:`to_float_images`, then
+    :func:`resize_images` if ``resolution`` is given, then :func:`normalize_images` if ``mean``
+    and ``std`` are given).
+    """
+    x = to_float_images(images, max_value=max_value)
+    if resolution is not None:
+        x = resize_images(x, resolution)
+    if mean is not None and std is not None:
+        x = normalize_images(x, mean, std)
+    return x

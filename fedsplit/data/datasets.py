@@ -15,14 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from fedsplit.data.arrays import (
-    ArrayDataset,
-    DataBundle,
-    normalize_images,
-    parse_resolution,
-    resize_images,
-    to_float_images,
-)
+from fedsplit.data.arrays import ArrayDataset, finish_images, parse_resolution
+from fedsplit.data.bundle import DataBundle
 from fedsplit.data.synthetic import SyntheticSpec, SyntheticTask
 
 #: Dataset names accepted by :func:`load_dataset`.
@@ -46,23 +40,6 @@ def canonical_dataset_name(name: str) -> str:
     if key not in DATASETS:
         raise ValueError(f"dataset={name!r} is not known; allowed: {', '.join(DATASETS)}")
     return key
-
-
-def finish_images(
-    images: Any,
-    *,
-    max_value: float,
-    resolution: tuple[int, int] | None,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-) -> Any:
-    """Raw pixels -> float ``[N, C, H, W]`` in ``[0, 1]`` -> resized -> standardised."""
-    x = to_float_images(images, max_value=max_value)
-    if resolution is not None:
-        x = resize_images(x, resolution)
-    if mean is not None and std is not None:
-        x = normalize_images(x, mean, std)
-    return x
 
 
 def load_digits_bundle(

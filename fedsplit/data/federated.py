@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from fedsplit.data.arrays import ArrayDataset, DataBundle, parse_resolution
+from fedsplit.data.arrays import ArrayDataset, parse_resolution
+from fedsplit.data.bundle import DataBundle
 from fedsplit.data.generated import GeneratedClients
 from fedsplit.data.partitioners import PoolPartitioner, resolve_partition_options, seeded_generator
 from fedsplit.data.synthetic import SyntheticSpec, SyntheticTask

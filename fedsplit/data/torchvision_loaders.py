@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsplit.data.arrays import ArrayDataset, DataBundle
-from fedsplit.data.datasets import finish_images
+from fedsplit.data.arrays import ArrayDataset, finish_images
+from fedsplit.data.bundle import DataBundle
 
 #: Environment variable naming the default data root (else ``./data``).
 DATA_ROOT_ENV = "FEDSPLIT_DATA_ROOT"
