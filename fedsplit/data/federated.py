@@ -5,6 +5,9 @@
 client partitions, each split into local train / local validation, plus the server's held-out
 test set. Partitions are materialised only when asked for and kept in a small LRU cache, so a
 round touching 100 clients of a population of 100,000 costs the same as one of 1,000.
+
+:func:`make_federated_data` is the one builder of a run's data from its configuration: the server
+and every ClientApp (through :class:`fedsplit.learning.Task`) and the tests all go through it.
 """
 
 from __future__ import annotations
@@ -19,8 +22,14 @@ import numpy as np
 
 from fedsplit.data.arrays import ArrayDataset, parse_resolution
 from fedsplit.data.bundle import DataBundle
+from fedsplit.data.datasets import canonical_dataset_name, load_dataset
 from fedsplit.data.generated import GeneratedClients
-from fedsplit.data.partitioners import PoolPartitioner, resolve_partition_options, seeded_generator
+from fedsplit.data.partitioners import (
+    PoolPartitioner,
+    canonical_partitioner_name,
+    resolve_partition_options,
+    seeded_generator,
+)
 from fedsplit.data.synthetic import SyntheticSpec, SyntheticTask
 
 #: Stream tag of the per-client train/validation split (``(seed, tag, p)``).
@@ -231,6 +240,21 @@ def _read(cfg: Any, key: str, default: Any) -> Any:
     return getattr(cfg, key, default)
 
 
+def partitioner_options(data_cfg: Any) -> dict[str, Any]:
+    """The partitioner options a data config gives its scheme: each scheme only its own knob.
+
+    ``dirichlet`` gets ``alpha``, ``shards`` gets ``shards_per_client``; ``iid`` and ``quantity``
+    get none (``quantity`` keeps :class:`~fedsplit.data.partitioners.PartitionOptions`' defaults,
+    as every run has so far: the config documents ``data.alpha`` as the ``dirichlet`` knob).
+    """
+    scheme = canonical_partitioner_name(_read(data_cfg, "partitioner", "iid"))
+    if scheme == "dirichlet":
+        return {"alpha": _read(data_cfg, "alpha", 0.5)}
+    if scheme == "shards":
+        return {"shards_per_client": _read(data_cfg, "shards_per_client", 2)}
+    return {}
+
+
 def make_federated_data(
     cfg: Any,
     *,
@@ -238,13 +262,28 @@ def make_federated_data(
     seed: int | None = None,
     cache_size: int = 256,
 ) -> FederatedData:
-    """Build :class:`FederatedData` from a config: a ``RunConfig``-like object (with ``.data``,
-    ``.seed`` and ``.num_terminals``), or a ``DataConfig``-like object / mapping.
+    """Build :class:`FederatedData` from a config: the one builder of a run's data.
 
+    Parameters
+    ----------
+    cfg : RunConfig | DataConfig | Mapping
+        A ``RunConfig``-like object (with ``.data``, ``.seed`` and ``.num_terminals``; what every
+        run passes, through :meth:`fedsplit.learning.Task.from_config`), or a ``DataConfig``-like
+        object or mapping.
+    num_partitions : int, optional
+        Number of clients; default ``cfg.num_terminals`` for a ``RunConfig``.
+    seed : int, optional
+        Seed of the dataset, the partitioning and the local splits; default ``cfg.seed`` for a
+        ``RunConfig``, else 0.
+    cache_size : int
+        Materialised partitions kept (see :class:`FederatedData`).
+
+    Notes
+    -----
     Fields read (all optional): ``name`` (dataset, default ``"digits"``), ``root`` (``""`` =
-    default), ``download``, ``partitioner``, ``alpha``, ``shards_per_client``, ``val_fraction``,
-    ``resolution`` (0 = native), ``samples_per_client`` (synthetic only; 0 = pooled), and, for a
-    ``RunConfig``, ``seed`` and ``num_terminals`` (the defaults of ``seed``/``num_partitions``).
+    default), ``download``, ``partitioner``, ``alpha`` and ``shards_per_client`` (see
+    :func:`partitioner_options`), ``val_fraction``, ``resolution`` (0 = native),
+    ``samples_per_client`` (synthetic only; 0 = pooled).
 
     Raises
     ------
@@ -253,8 +292,6 @@ def make_federated_data(
         ``num_partitions`` is not given and cannot be read from the config, or
         ``samples_per_client`` is set for a dataset other than ``synthetic``.
     """
-    from fedsplit.data.datasets import canonical_dataset_name, load_dataset
-
     data_cfg = cfg
     if not isinstance(cfg, Mapping) and hasattr(cfg, "data") and hasattr(cfg, "num_terminals"):
         data_cfg = cfg.data
@@ -266,10 +303,6 @@ def make_federated_data(
     name = canonical_dataset_name(_read(data_cfg, "name", "digits"))
     resolution = parse_resolution(_read(data_cfg, "resolution", 0) or None)
     samples_per_client = int(_read(data_cfg, "samples_per_client", 0) or 0)
-    options = {
-        "alpha": _read(data_cfg, "alpha", 0.5),
-        "shards_per_client": _read(data_cfg, "shards_per_client", 2),
-    }
     if samples_per_client and name != "synthetic":
         raise ValueError(
             f"samples_per_client={samples_per_client} is not valid for dataset={name!r}; "
@@ -287,5 +320,5 @@ def make_federated_data(
         seed=seed,
         val_fraction=float(_read(data_cfg, "val_fraction", 0.1)),
         cache_size=cache_size,
-        **options,
+        **partitioner_options(data_cfg),
     )

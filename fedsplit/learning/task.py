@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from fedsplit.config import RunConfig, config_from_dict, config_to_dict
+from fedsplit.data import FederatedData, make_federated_data
 from fedsplit.models import build_model
 
 
@@ -29,50 +29,19 @@ def config_from_json(text: str) -> RunConfig:
     return config_from_dict(json.loads(text))
 
 
-def build_federated_data(cfg: RunConfig) -> Any:
-    """The :class:`fedsplit.data.FederatedData` of a run (one partition per terminal)."""
-    from fedsplit.data import FederatedData, load_dataset
-
-    d = cfg.data
-    options: dict[str, Any] = {}
-    if d.name == "synthetic" and d.samples_per_client > 0:
-        options["samples_per_client"] = d.samples_per_client
-    bundle = load_dataset(
-        d.name,
-        root=d.root or None,
-        download=d.download,
-        seed=cfg.seed,
-        resolution=d.resolution or None,
-        **options,
-    )
-    partitioner_options: dict[str, Any] = {}
-    if d.partitioner == "dirichlet":
-        partitioner_options["alpha"] = d.alpha
-    elif d.partitioner == "shards":
-        partitioner_options["shards_per_client"] = d.shards_per_client
-    return FederatedData(
-        bundle,
-        num_partitions=cfg.num_terminals,
-        partitioner=d.partitioner,
-        seed=cfg.seed,
-        val_fraction=d.val_fraction,
-        **partitioner_options,
-    )
-
-
 @dataclass
 class Task:
     """Data and model of a run, shared by all terminals emulated in one process."""
 
     cfg: RunConfig
-    data: Any
+    data: FederatedData
     model: nn.Module
     initial: "OrderedDict[str, torch.Tensor]"
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "Task":
         """Build the task (data partitions are materialised lazily, on first use)."""
-        data = build_federated_data(cfg)
+        data = make_federated_data(cfg)
         model = build_model(
             cfg.model.name,
             tuple(data.input_shape),
