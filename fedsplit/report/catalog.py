@@ -9,6 +9,10 @@ Accuracy is measured on the run's held-out server test set with the run's final 
 are counted for one inference (batch of one) with ``torch.utils.flop_counter``; ``input_bits`` is
 the raw input a terminal would upload (``C * H * W * bits_per_value``); latency is
 ``flops / flops_per_s`` on every known device profile.
+
+The catalog measures trained runs, so it comes after :mod:`fedsplit.learning` in the data flow
+(config -> data/models -> learning -> report); it lives with the other readers and writers of run
+folders rather than in :mod:`fedsplit.models`, which training itself imports.
 """
 
 from __future__ import annotations
