@@ -42,8 +42,10 @@ from fedsplit.compression.bitpack import (
     encode_sorted_indices,
     pack_uint,
     packed_nbytes,
+    sorted_indices_nbytes,
     unpack_uint,
 )
+from fedsplit.compression.payload import MAGIC
 
 def reseal(payload: bytes | bytearray) -> bytes:
     """Recompute the CRC-32 trailer, so a deliberate corruption reaches the structural checks."""
@@ -348,6 +350,58 @@ def test_huge_declared_shape_is_rejected_without_allocating() -> None:
     payload[dim_at : dim_at + 4] = (0xFFFFFFFF).to_bytes(4, "little")
     with pytest.raises(PayloadError, match="elements"):
         decode_update(reseal(payload))
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_body_length_must_match_the_claimed_shape_exactly(name: str) -> None:
+    """One byte more or less than the shape and the body's header imply: refused, with both lengths named."""
+    x = small_set()["w"]
+    body = make_codec(name).encode("w", x, EncodeContext())
+    for bad in (body + b"\0", body[:-1]):
+        with pytest.raises(PayloadError, match=r"has \d+ bytes after its header, expected \d+ for "):
+            make_codec(name).decode(memoryview(bad), x.shape)
+
+
+@pytest.mark.parametrize(("n", "bucket"), [(20, 8), (16, 8), (5, 512), (1, 1)])
+def test_qsgd_decode_scales_every_bucket_including_a_partial_last_one(n: int, bucket: int) -> None:
+    x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    codec = make_codec("qsgd", levels=4, bucket_size=bucket)
+    body = codec.encode("x", x, EncodeContext())
+    nb = -(-n // bucket)
+    scale = np.frombuffer(body[5 : 5 + 4 * nb], "<f4")
+    codes = unpack_uint(body[5 + 4 * nb :], n, 4).astype(np.float32)  # 4 levels: 4-bit codes
+    reference = (codes - 4) * (scale[np.arange(n) // bucket] / np.float32(4))
+    np.testing.assert_array_equal(codec.decode(memoryview(body), (n,)), reference)
+
+
+def test_raw_body_must_match_the_expected_spec() -> None:
+    """A floating tensor must travel coded where the receiver expects one; a raw body is exactly 1 + itemsize * n bytes."""
+    x = np.arange(7, dtype=np.float32)
+
+    def raw_payload(body: bytes, n: int = 7) -> bytes:
+        record = (4).to_bytes(2, "little") + bytes([1, 1]) + b"fc.b" + n.to_bytes(4, "little")
+        header = MAGIC + bytes([1, 8]) + b"\0\0" + (1).to_bytes(4, "little") + b"identity"
+        return reseal(header + record + len(body).to_bytes(4, "little") + body + b"\0" * 4)
+
+    as_raw = raw_payload(bytes([11]) + x.tobytes())  # dtype code 11: <f4
+    assert decode_update(as_raw).raw == {"fc.b"}  # without a spec, a raw float32 is well-formed
+    with pytest.raises(PayloadError, match="expected coded float32"):
+        decode_update(as_raw, expected={"fc.b": TensorSpec((7,), "<f4")})
+    with pytest.raises(PayloadError, match="expected 28 for 7 values of 4 bytes"):
+        decode_update(raw_payload(bytes([11]) + x.tobytes() + b"\0"))
+
+
+def test_index_stream_length_is_known_from_its_header() -> None:
+    idx = np.array([3, 10, 11, 30])
+    stream = encode_sorted_indices(idx)
+    b, unary_bits = stream[0], int.from_bytes(stream[1:5], "little")
+    assert len(stream) == sorted_indices_nbytes(4, b, unary_bits)
+    # 4 gaps below 32 have Rice quotients summing to at most (32 - 4) >> b: one unary bit more is refused
+    # before the stream is read, even with enough bytes after it.
+    too_many = 4 + ((32 - 4) >> b) + 1
+    bad = stream[:1] + too_many.to_bytes(4, "little") + stream[5:] + b"\xff" * 8
+    with pytest.raises(PayloadError, match="unary index stream"):
+        decode_sorted_indices(BodyReader(bad), 4, 32)
 
 
 def test_check_arrays_reasons() -> None:

@@ -5,6 +5,12 @@ fixed-width stream occupies bits ``[i * width, (i + 1) * width)`` counted from t
 least significant bit of the first byte. Unpacking functions take the exact
 number of elements and check the buffer length first, so they never trust a
 length that the buffer cannot hold.
+
+The body-size arithmetic that every codec's decoder shares lives here too:
+:func:`numel`, :func:`packed_nbytes`, :func:`sorted_indices_nbytes` and
+:meth:`BodyReader.expect_remaining`, which a decoder calls once it has read its
+header, with the exact number of bytes that the claimed shape and the header's
+parameters imply, *before* it allocates anything.
 """
 
 from __future__ import annotations
@@ -16,7 +22,11 @@ import numpy as np
 from fedsplit.compression.errors import PayloadError
 
 __all__ = [
+    "numel",
     "packed_nbytes",
+    "sorted_indices_nbytes",
+    "RICE_HEADER_NBYTES",
+    "peek_index_header",
     "pack_bits",
     "unpack_bits",
     "pack_uint",
@@ -27,6 +37,14 @@ __all__ = [
 ]
 
 MAX_UINT_WIDTH = 32  # bits
+
+
+def numel(shape: tuple[int, ...]) -> int:
+    """Number of elements of an array of ``shape`` (1 for ``()``), as an exact Python int."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
 
 
 def packed_nbytes(count: int, width: int) -> int:
@@ -148,6 +166,30 @@ class BodyReader:
         """Read one struct."""
         return fmt.unpack(self.take(fmt.size))
 
+    def peek(self, fmt: struct.Struct) -> tuple:
+        """Read one struct without consuming it."""
+        if fmt.size > self.remaining:
+            raise PayloadError(f"{self._what} truncated: need {fmt.size} bytes, {self.remaining} left")
+        return fmt.unpack(self._view[self._pos : self._pos + fmt.size])
+
+    def expect_remaining(self, nbytes: int, layout: str) -> None:
+        """Require exactly ``nbytes`` unread bytes: what the header read so far implies.
+
+        Decoders call this before allocating, so that every later allocation is
+        sized by bytes that are actually present rather than by a claimed count.
+
+        Parameters
+        ----------
+        nbytes : int
+            Exact length in bytes of the rest of the body.
+        layout : str
+            What those bytes should hold (e.g. ``"24 codes of 4 bits"``), for the message.
+        """
+        if self.remaining != nbytes:
+            raise PayloadError(
+                f"{self._what} has {self.remaining} bytes after its header, expected {nbytes} for {layout}"
+            )
+
     def array(self, dtype: str | np.dtype, count: int) -> np.ndarray:
         """Read ``count`` items of a fixed-size little-endian ``dtype`` (read-only view)."""
         dt = np.dtype(dtype)
@@ -157,6 +199,16 @@ class BodyReader:
             )
         return np.frombuffer(self.take(count * dt.itemsize), dtype=dt, count=count)
 
+    def rest_array(self, dtype: str | np.dtype, count: int) -> np.ndarray:
+        """The rest of the buffer as ``count`` items of ``dtype``, which must fill it exactly.
+
+        The length is checked (:meth:`expect_remaining`) before anything is read;
+        the result is a read-only view, so nothing is allocated here either.
+        """
+        dt = np.dtype(dtype)
+        self.expect_remaining(count * dt.itemsize, f"{count} values of {dt.itemsize} bytes")
+        return self.array(dt, count)
+
     def finish(self) -> None:
         """Require that the whole buffer has been consumed."""
         if self.remaining:
@@ -164,6 +216,22 @@ class BodyReader:
 
 
 _RICE_HEADER = struct.Struct("<BI")  # rice parameter (bits), unary stream length (bits)
+RICE_HEADER_NBYTES = _RICE_HEADER.size
+
+
+def sorted_indices_nbytes(count: int, b: int, unary_bits: int) -> int:
+    """Bytes of an index stream written by :func:`encode_sorted_indices`.
+
+    ``count`` indices with Rice parameter ``b`` (bits) and a unary stream of
+    ``unary_bits`` bits take ``5 + ceil(unary_bits / 8) + ceil(count * b / 8)`` bytes.
+    """
+    return RICE_HEADER_NBYTES + packed_nbytes(unary_bits, 1) + packed_nbytes(count, b)
+
+
+def peek_index_header(reader: BodyReader) -> tuple[int, int]:
+    """The Rice parameter ``b`` (bits) and unary stream length (bits) of the next index stream."""
+    b, unary_bits = reader.peek(_RICE_HEADER)
+    return int(b), int(unary_bits)
 
 
 def _rice_cost(gaps: np.ndarray, b: int) -> int:
@@ -203,7 +271,10 @@ def decode_sorted_indices(reader: BodyReader, count: int, limit: int) -> np.ndar
     """Read ``count`` indices written by :func:`encode_sorted_indices`.
 
     Raises :class:`PayloadError` unless the streams hold exactly ``count``
-    strictly increasing indices, all ``< limit``.
+    strictly increasing indices, all ``< limit``. The stream lengths are checked
+    against ``count``, ``limit`` and the bytes left before anything is allocated:
+    ``count`` gaps summing to at most ``limit - count`` have unary quotients
+    summing to at most ``(limit - count) >> b``.
     """
     b, unary_bits = reader.unpack(_RICE_HEADER)
     if count == 0:
@@ -212,8 +283,14 @@ def decode_sorted_indices(reader: BodyReader, count: int, limit: int) -> np.ndar
         return np.zeros(0, dtype=np.int64)
     if b > MAX_UINT_WIDTH:
         raise PayloadError(f"rice parameter {b} bits is outside [0, {MAX_UINT_WIDTH}]")
-    if unary_bits < count or packed_nbytes(unary_bits, 1) > reader.remaining:
-        raise PayloadError(f"unary index stream of {unary_bits} bits is inconsistent with {count} indices")
+    if count > limit:
+        raise PayloadError(f"index stream declares {count} indices, more than the {limit} elements")
+    most_bits = count + ((limit - count) >> b)
+    if not count <= unary_bits <= most_bits or packed_nbytes(unary_bits, 1) > reader.remaining:
+        raise PayloadError(
+            f"unary index stream of {unary_bits} bits is inconsistent with {count} indices below {limit}"
+            f" (allowed: {count} to {most_bits} bits)"
+        )
     unary = unpack_bits(reader.take(packed_nbytes(unary_bits, 1)), unary_bits)
     stops = np.flatnonzero(~unary)
     if stops.size != count or stops[-1] != unary_bits - 1:

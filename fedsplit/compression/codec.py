@@ -60,8 +60,13 @@ class Codec(ABC):
         """Decode a body into a ``float32`` array of ``shape``.
 
         Must raise :class:`~fedsplit.compression.errors.PayloadError` for any
-        malformed body, check every length against ``len(body)`` before
-        allocating, and allocate at most ``O(prod(shape) + len(body))``.
+        malformed body. Once it has read the body's own header, a decoder
+        checks that the rest of the body has exactly the length in bytes that
+        ``shape`` and the header's parameters imply
+        (:meth:`~fedsplit.compression.bitpack.BodyReader.expect_remaining`),
+        before allocating anything; it then allocates the ``float32`` result
+        (``4 * prod(shape)`` bytes) and scratch space bounded by
+        ``O(prod(shape) + len(body))``, never by a parameter read from the body.
         """
 
     def params(self) -> dict[str, Any]:

@@ -6,9 +6,8 @@ import struct
 
 import numpy as np
 
-from fedsplit.compression.bitpack import BodyReader
+from fedsplit.compression.bitpack import BodyReader, numel
 from fedsplit.compression.codec import Codec, EncodeContext, check_int_range
-from fedsplit.compression.codecs_dense import _numel
 from fedsplit.compression.errors import PayloadError
 
 __all__ = ["PowerSGDCodec"]
@@ -89,17 +88,15 @@ class PowerSGDCodec(Codec):
     def decode(self, body: memoryview, shape: tuple[int, ...]) -> np.ndarray:
         reader = BodyReader(body, "powersgd body")
         (mode,) = reader.unpack(_MODE)
-        n = _numel(shape)
+        n = numel(shape)
         if mode == _DENSE:
-            out = reader.array("<f4", n).astype(np.float32)
-            reader.finish()
-            return out.reshape(shape)
+            return reader.rest_array("<f4", n).astype(np.float32).reshape(shape)
         if mode != _LOWRANK:
             raise PayloadError(f"unknown powersgd mode {mode}")
         m, cols, r = reader.unpack(_LOWRANK_HEADER)
         if m * cols != n or r < 1 or r > min(m, cols):
             raise PayloadError(f"powersgd factors {m}x{cols} rank {r} do not fit shape {shape}")
-        p = reader.array("<f4", m * r).reshape(m, r).astype(np.float32)
-        q = reader.array("<f4", cols * r).reshape(cols, r).astype(np.float32)
-        reader.finish()
+        factors = reader.rest_array("<f4", (m + cols) * r)
+        p = factors[: m * r].reshape(m, r).astype(np.float32)
+        q = factors[m * r :].reshape(cols, r).astype(np.float32)
         return _low_rank_product(p, q).reshape(shape)

@@ -6,9 +6,16 @@ import struct
 
 import numpy as np
 
-from fedsplit.compression.bitpack import BodyReader, pack_bits, pack_uint, packed_nbytes, unpack_bits, unpack_uint
+from fedsplit.compression.bitpack import (
+    BodyReader,
+    numel,
+    pack_bits,
+    pack_uint,
+    packed_nbytes,
+    unpack_bits,
+    unpack_uint,
+)
 from fedsplit.compression.codec import Codec, EncodeContext, check_int_range
-from fedsplit.compression.codecs_dense import _numel
 from fedsplit.compression.errors import PayloadError
 
 __all__ = ["QSGDCodec", "ScaledSignCodec", "qsgd_code_width"]
@@ -22,6 +29,24 @@ _SCALE = struct.Struct("<f")
 def qsgd_code_width(levels: int) -> int:
     """Bits per element for QSGD with ``levels`` levels: codes cover ``-s..s``."""
     return int(2 * levels).bit_length()
+
+
+def _dequantize(codes: np.ndarray, scale: np.ndarray, levels: int, bucket: int) -> np.ndarray:
+    """``(code - s) * scale[i // bucket] / s`` for every element ``i``.
+
+    Works on the ``n`` codes in place (full buckets as a 2-D view, then the
+    partial last one), so it allocates ``4 n`` bytes whatever the bucket size:
+    a bucket size claimed by the body must not size a buffer.
+    """
+    values = codes.astype(np.float32)
+    values -= np.float32(levels)
+    step = scale.astype(np.float32) / np.float32(levels)
+    full = values.size // bucket
+    whole_buckets = values[: full * bucket].reshape(full, bucket)  # a view: scaled in place
+    whole_buckets *= step[:full, None]
+    if full * bucket < values.size:
+        values[full * bucket :] *= step[full]
+    return values
 
 
 class QSGDCodec(Codec):
@@ -74,20 +99,16 @@ class QSGDCodec(Codec):
         s, bucket = reader.unpack(_QSGD_HEADER)
         if not 1 <= s <= MAX_LEVELS or not 1 <= bucket <= MAX_BUCKET:
             raise PayloadError(f"qsgd levels {s} or bucket size {bucket} out of range")
-        n = _numel(shape)
+        n = numel(shape)
         nb = -(-n // bucket)
-        scale = reader.array("<f4", nb)
         width = qsgd_code_width(s)
-        codes = unpack_uint(reader.take(packed_nbytes(n, width)), n, width)
-        reader.finish()
+        code_nbytes = packed_nbytes(n, width)
+        reader.expect_remaining(4 * nb + code_nbytes, f"{nb} bucket scales and {n} codes of {width} bits")
+        scale = reader.array("<f4", nb)
+        codes = unpack_uint(reader.take(code_nbytes), n, width)
         if n and int(codes.max()) > 2 * s:
             raise PayloadError(f"qsgd code {int(codes.max())} exceeds 2 * levels = {2 * s}")
-        values = np.zeros(nb * bucket, dtype=np.float32)
-        values[:n] = codes
-        values -= np.float32(s)
-        values = values.reshape(nb, bucket)
-        values *= (scale.astype(np.float32) / np.float32(s))[:, None]
-        return values.ravel()[:n].reshape(shape)
+        return _dequantize(codes, scale, s, bucket).reshape(shape)
 
 
 class ScaledSignCodec(Codec):
@@ -106,9 +127,8 @@ class ScaledSignCodec(Codec):
     def decode(self, body: memoryview, shape: tuple[int, ...]) -> np.ndarray:
         reader = BodyReader(body, "sign body")
         (scale,) = reader.unpack(_SCALE)
-        n = _numel(shape)
-        if reader.remaining != packed_nbytes(n, 1):
-            raise PayloadError(f"sign body holds {reader.remaining} bytes of signs, expected {packed_nbytes(n, 1)}")
+        n = numel(shape)
+        reader.expect_remaining(packed_nbytes(n, 1), f"{n} sign bits")
         negative = unpack_bits(reader.take(reader.remaining), n)
         scale32 = np.float32(scale)
         return np.where(negative, -scale32, scale32).astype(np.float32, copy=False).reshape(shape)

@@ -7,9 +7,16 @@ import struct
 
 import numpy as np
 
-from fedsplit.compression.bitpack import BodyReader, decode_sorted_indices, encode_sorted_indices
+from fedsplit.compression.bitpack import (
+    BodyReader,
+    decode_sorted_indices,
+    encode_sorted_indices,
+    numel,
+    peek_index_header,
+    sorted_indices_nbytes,
+)
 from fedsplit.compression.codec import Codec, EncodeContext, check_choice, check_float_range
-from fedsplit.compression.codecs_dense import FP16_MAX, _numel
+from fedsplit.compression.codecs_dense import FP16_MAX
 from fedsplit.compression.errors import PayloadError
 
 __all__ = ["TopKCodec", "RandomKCodec", "kept_count", "VALUE_DTYPES"]
@@ -34,10 +41,16 @@ def _encode_values(values: np.ndarray, value_dtype: str) -> bytes:
     return values.astype(_VALUE_WIRE[_VALUE_CODES[value_dtype]]).tobytes()
 
 
-def _read_values(reader: BodyReader, code: int, k: int) -> np.ndarray:
+def _value_dtype(code: int) -> np.dtype:
+    """Wire dtype of the kept values for a body's value dtype ``code``."""
     if code not in _VALUE_WIRE:
         raise PayloadError(f"unknown value dtype code {code}")
-    return reader.array(_VALUE_WIRE[code], k).astype(np.float32)
+    return _VALUE_WIRE[code]
+
+
+def _check_kept(what: str, k: int, n: int) -> None:
+    if k > n:
+        raise PayloadError(f"{what} keeps {k} elements of a tensor with {n}")
 
 
 class TopKCodec(Codec):
@@ -77,12 +90,16 @@ class TopKCodec(Codec):
     def decode(self, body: memoryview, shape: tuple[int, ...]) -> np.ndarray:
         reader = BodyReader(body, "topk body")
         code, k = reader.unpack(_TOPK_HEADER)
-        n = _numel(shape)
-        if k > n:
-            raise PayloadError(f"topk keeps {k} elements of a tensor with {n}")
+        n = numel(shape)
+        _check_kept("topk", k, n)
+        dtype = _value_dtype(code)
+        b, unary_bits = peek_index_header(reader)
+        reader.expect_remaining(
+            sorted_indices_nbytes(k, b, unary_bits) + k * dtype.itemsize,
+            f"{k} indices (Rice b={b}, {unary_bits} unary bits) and {k} values of {dtype.itemsize} bytes",
+        )
         idx = decode_sorted_indices(reader, k, n)
-        values = _read_values(reader, code, k)
-        reader.finish()
+        values = reader.rest_array(dtype, k).astype(np.float32)
         out = np.zeros(n, dtype=np.float32)
         out[idx] = values
         return out.reshape(shape)
@@ -139,11 +156,9 @@ class RandomKCodec(Codec):
     def decode(self, body: memoryview, shape: tuple[int, ...]) -> np.ndarray:
         reader = BodyReader(body, "randk body")
         code, seed, k = reader.unpack(_RANDK_HEADER)
-        n = _numel(shape)
-        if k > n:
-            raise PayloadError(f"randk keeps {k} elements of a tensor with {n}")
-        values = _read_values(reader, code, k)
-        reader.finish()
+        n = numel(shape)
+        _check_kept("randk", k, n)
+        values = reader.rest_array(_value_dtype(code), k).astype(np.float32)
         out = np.zeros(n, dtype=np.float32)
         if k:
             out[_random_indices(seed, n, k)] = values

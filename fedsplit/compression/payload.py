@@ -18,9 +18,18 @@ is not codec body.
 Decoding checks every declared count against the bytes actually left (and
 against :class:`DecodeLimits`) before allocating anything, rejects trailing
 bytes, checksum mismatches (so corrupted values are caught too), duplicate or
-unexpected names, shapes that differ from the expected
+unexpected names, shapes and dtypes that differ from the expected
 ones, and tensors that decode to NaN or Inf; every failure is a
 :class:`~fedsplit.compression.errors.PayloadError` with a one-line reason.
+
+Sizing by evidence: a tensor's claimed shape is checked against the expected
+spec (when the receiver has one) and the limits; then its body, once the codec
+has read the body's own header, must have exactly the length that the shape,
+dtype and codec parameters imply (raw: ``1 + itemsize * n`` bytes), before any
+array is allocated. So every allocation is the decoded tensor itself
+(``4 * n`` bytes for a coded one) or is bounded by the length of the body; a
+parameter in the body (a QSGD bucket size, a top-k count) never sizes a buffer
+on its own.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsplit.compression.bitpack import BodyReader
+from fedsplit.compression.bitpack import BodyReader, numel
 from fedsplit.compression.codec import Codec, EncodeContext
 from fedsplit.compression.errors import PayloadError
 from fedsplit.compression.registry import decoder_for
@@ -55,6 +64,7 @@ MAX_NDIM = 8
 _HEADER = struct.Struct("<4sBBHI")
 _TENSOR = struct.Struct("<HBB")
 _BODY_LEN = struct.Struct("<I")
+_RAW_CODE = struct.Struct("<B")
 _MIN_RECORD = _TENSOR.size + _BODY_LEN.size
 _CRC = struct.Struct("<I")
 KIND_CODED, KIND_RAW = 0, 1
@@ -96,10 +106,7 @@ class TensorSpec:
     @property
     def numel(self) -> int:
         """Number of elements."""
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return numel(self.shape)
 
 
 @dataclass(frozen=True)
@@ -213,15 +220,28 @@ def encode_update(
     return joined + _CRC.pack(zlib.crc32(joined))
 
 
-def _decode_raw(body: memoryview, shape: tuple[int, ...], numel: int) -> np.ndarray:
+def _decode_raw(body: memoryview, shape: tuple[int, ...], spec: TensorSpec | None) -> np.ndarray:
+    """A raw body ``u8 dtype code | itemsize * n bytes``, checked against ``spec`` before allocating.
+
+    Raises
+    ------
+    PayloadError
+        Unknown dtype code, a dtype other than the expected one (a floating spec
+        must travel coded), or a body that is not exactly ``1 + itemsize * n`` bytes.
+    """
     reader = BodyReader(body, "raw body")
-    (code,) = reader.unpack(struct.Struct("<B"))
+    (code,) = reader.unpack(_RAW_CODE)
     dtype = _RAW_DTYPES.get(code)
     if dtype is None:
         raise PayloadError(f"unknown raw dtype code {code}")
-    arr = reader.array(dtype, numel)
-    reader.finish()
-    return arr.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
+    native = dtype.newbyteorder("=")
+    if spec is not None:
+        wanted = np.dtype(spec.dtype)
+        if is_coded(wanted):
+            raise PayloadError(f"raw {native}, expected coded {wanted}")
+        if native != wanted.newbyteorder("="):
+            raise PayloadError(f"raw {native}, expected {wanted}")
+    return reader.rest_array(dtype, numel(shape)).reshape(shape).astype(native, copy=True)
 
 
 def _decode_coded(codec: Codec, body: memoryview, shape: tuple[int, ...]) -> np.ndarray:
@@ -315,10 +335,7 @@ def decode_update(
         if name in tensors:
             raise PayloadError(f"tensor {name!r} appears twice")
         shape = tuple(int(d) for d in reader.unpack(struct.Struct(f"<{ndim}I")))
-        numel = 1
-        for d in shape:
-            numel *= d
-        elements += numel
+        elements += numel(shape)
         if elements > limits.max_elements:
             raise PayloadError(f"payload declares more than {limits.max_elements} elements")
         spec = None
@@ -336,9 +353,7 @@ def decode_update(
                     raise PayloadError(f"coded, but expected raw {np.dtype(spec.dtype)}")
                 arr = _decode_coded(decoder, body, shape)
             elif kind == KIND_RAW:
-                arr = _decode_raw(body, shape, numel)
-                if spec is not None and arr.dtype != np.dtype(spec.dtype).newbyteorder("="):
-                    raise PayloadError(f"raw {arr.dtype}, expected {np.dtype(spec.dtype)}")
+                arr = _decode_raw(body, shape, spec)
                 raw.add(name)
             else:
                 raise PayloadError(f"unknown tensor kind {kind}")
