@@ -26,6 +26,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fedsplit: error: {exc}", file=sys.stderr)
         return 2
+    from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.runner import simulate
     from fedsplit.strategies import StrategyLoadError
 
@@ -34,6 +35,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except StrategyLoadError as exc:
         print(f"fedsplit: error: config: {exc}", file=sys.stderr)
         return 2
+    except EmptyRoundsError as exc:
+        print(f"fedsplit: error: run: {exc}", file=sys.stderr)
+        return 3
     acc = outcome.summary["final_metrics"].get("accuracy")
     print(f"run_dir={outcome.run_dir} final_accuracy={acc:.4f} sim_time_s={outcome.summary['sim_time_s']:.3f} "
           f"wall_time_s={outcome.summary['wall_time_s']:.2f}")

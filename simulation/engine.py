@@ -201,10 +201,7 @@ class RayEngine:
     # --- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "RayEngine":
         """Start (or attach to) Ray and create the actor pools."""
-        # The ServerApp runs in this process: messages it creates take their run id from here.
-        TaskIdentity.task_id = 1
-        TaskIdentity.run_id = self.run_id
-        TaskIdentity.node_id = SUPERLINK_NODE_ID
+        self.claim_task_identity()
         if not ray.is_initialized():
             kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
             if self.ray_address:
@@ -223,6 +220,12 @@ class RayEngine:
             pool.actors = [self._new_actor(pool) for _ in range(count)]
             self.pools[budget] = pool
         return self
+
+    def claim_task_identity(self) -> None:
+        """Make this process the run's server: messages the ServerApp creates take this run's id."""
+        TaskIdentity.task_id = 1
+        TaskIdentity.run_id = self.run_id
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
 
     def describe(self) -> dict[str, object]:
         """Where the engine runs: Ray cluster address, nodes, and actors per budget."""

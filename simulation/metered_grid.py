@@ -5,11 +5,20 @@ fedsplit's Ray engine, or a deployment grid) and sits between a strategy and the
 
 - ``get_node_ids()`` returns only the terminals online in the current round, ordered by terminal
   (partition) id, so a strategy's seeded sampling picks the same terminals on every engine;
-- every exchange is measured: bytes are the serialised size of each message's ``RecordDict``
-  (the protobuf that Flower puts on the wire), FLOPs come from the reply's ``"flops"`` metric, and
-  both go through the terminal's device profile into simulated seconds and joules;
-- replies that arrive after the round deadline (simulated) are stragglers: counted, logged and not
-  handed to the strategy.
+- every exchange is measured and written to the ledger as one row: bytes are the serialised size of
+  each message's ``RecordDict`` (the protobuf that Flower puts on the wire); FLOPs come from the
+  reply's ``"flops"`` metric when the ClientApp reports one, else from the engine's own count
+  (:meth:`fedsplit.simulation.engine.EngineGrid.measured_compute`); both go through the terminal's
+  device profile into simulated seconds and joules, placed on the round's
+  :class:`~fedsplit.devices.RoundClock`;
+- replies that arrive after the phase deadline (simulated) are stragglers: counted, logged and not
+  handed to the caller;
+- the server's own work is put on the same clock (:meth:`MeteredGrid.server_work`) with the
+  ``edge-server`` profile.
+
+The server loop tells the grid when a round begins (:meth:`MeteredGrid.begin_round`) and closes it
+(:meth:`MeteredGrid.close_round`). A third-party ServerApp that knows nothing of fedsplit gets
+``auto_rounds=True``: each batch of ``train`` messages that follows other traffic begins a round.
 """
 
 from __future__ import annotations
@@ -22,8 +31,8 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedsplit.devices import Population, exchange_cost
-from fedsplit.ledger import Ledger, LedgerRow
+from fedsplit.devices import EDGE_SERVER_PROFILE, DeviceProfile, Population, RoundClock, builtin_profiles, exchange_cost
+from fedsplit.ledger import Ledger, LedgerRow, RoundRecord, terminal_statuses
 from fedsplit.simulation.wire_size import recorddict_wire_bytes
 
 log = logging.getLogger("fedsplit")
@@ -58,9 +67,11 @@ class MeteredGrid(Grid):
     min_online : int
         If fewer terminals are online, seeded extra terminals are brought online (the server waits
         for them): a strategy needs at least its minimum number of nodes to sample from.
-    rounds_from_train_calls : bool
-        Number rounds by the strategy's train calls (for ServerApps that do not tell the grid
-        when a round ends; fedsplit's own ServerApp sets ``current_round`` itself).
+    auto_rounds : bool
+        Begin a round at each batch of ``train`` messages that follows other traffic (for
+        third-party ServerApps, which do not call :meth:`begin_round`).
+    server_profile : DeviceProfile, optional
+        The edge server's profile for server work (default: the built-in ``edge-server``).
     emulate_availability : bool
         Draw who is online each round from the profiles' availability (off: everyone is online;
         used for third-party ServerApps, whose round boundaries fedsplit does not see).
@@ -77,7 +88,8 @@ class MeteredGrid(Grid):
         partition_of: Callable[[int], int] | None = None,
         min_online: int = 1,
         emulate_availability: bool = True,
-        rounds_from_train_calls: bool = False,
+        auto_rounds: bool = False,
+        server_profile: DeviceProfile | None = None,
     ) -> None:
         self.inner = inner
         self.population = population
@@ -86,14 +98,61 @@ class MeteredGrid(Grid):
         self.round_deadline_s = round_deadline_s
         self.min_online = min_online
         self.emulate_availability = emulate_availability
-        self.rounds_from_train_calls = rounds_from_train_calls
-        self._train_calls = 0
+        self.auto_rounds = auto_rounds
+        self.server_profile = server_profile or builtin_profiles()[EDGE_SERVER_PROFILE]
+        self._last_type = ""
         self._partition_of = partition_of
         self._node_of_partition: dict[int, int] | None = None
         self._node_array = np.zeros(0, dtype=np.uint64)
         self._partition_of_node: dict[int, int] | None = None
-        self.current_round = 1
+        self.current_round = 0
+        self.clock = RoundClock(round_deadline_s)
+        self._round_started = time.perf_counter()
         self._online_cache: tuple[int, list[int]] | None = None
+
+    # --- rounds --------------------------------------------------------------------------------
+    def begin_round(self, server_round: int) -> None:
+        """Start ``server_round``: a fresh clock; availability and ledger rows now refer to it."""
+        self.current_round = int(server_round)
+        self.clock = RoundClock(self.round_deadline_s)
+        self._round_started = time.perf_counter()
+
+    def close_round(self, metrics: dict[str, float] | None = None) -> RoundRecord:
+        """Close the current round in the ledger, with its simulated duration and server work."""
+        now = time.perf_counter()
+        return self.ledger.close_round(
+            self.current_round,
+            sim_s=self.clock.elapsed_s,
+            server_s=self.clock.server_s,
+            server_flops=self.clock.server_flops,
+            server_energy_j=self.clock.server_energy_j,
+            metrics=metrics,
+            wall_s=now - self._round_started,
+        )
+
+    def server_work(self, flops: float, *, partition_id: int | None = None, exclusive: bool = False) -> None:
+        """Put ``flops`` of the server's computation on the round's clock (edge-server profile).
+
+        Parameters
+        ----------
+        flops : float
+            Floating-point operations the server executed.
+        partition_id : int, optional
+            The terminal the work serves (it then runs in that terminal's chain); without one
+            the work follows a barrier, e.g. aggregation after every update arrived.
+        exclusive : bool
+            The server serves one terminal at a time: this work waits for the previous.
+        """
+        self.clock.server_work(self.server_profile, flops, lane=partition_id, exclusive=exclusive)
+
+    def kept_terminals(self, phase: str = "train") -> int:
+        """Terminals of the current round whose ``phase`` exchanges are all ``ok`` so far."""
+        rows = [r for r in self.ledger.rows_of(self.current_round) if r.phase == phase]
+        return list(terminal_statuses(rows).values()).count("ok")
+
+    def barrier(self) -> None:
+        """The server waits for every exchange so far before it goes on (e.g. between turns)."""
+        self.clock.barrier()
 
     # --- Grid interface: delegated -------------------------------------------------------------
     def set_run(self, run) -> None:  # noqa: ANN001 - flwr's Run
@@ -190,9 +249,12 @@ class MeteredGrid(Grid):
         messages = list(messages)
         if not messages:
             return []
-        if self.rounds_from_train_calls and messages[0].metadata.message_type == "train":
-            self._train_calls += 1
-            self.current_round = self._train_calls
+        message_type = messages[0].metadata.message_type
+        if self.auto_rounds and message_type.startswith("train") and not self._last_type.startswith("train"):
+            if self.current_round > 0:
+                self.close_round()
+            self.begin_round(self.current_round + 1)
+        self._last_type = message_type
         sent = {m.metadata.dst_node_id: (m, payload_bytes(m.content)) for m in messages}
         replies = {r.metadata.src_node_id: r for r in self.inner.send_and_receive(messages, timeout=timeout)}
         kept: list[Message] = []
@@ -205,34 +267,42 @@ class MeteredGrid(Grid):
                 kept.append(reply)
         return kept
 
+    def _compute_of(self, reply: Message) -> tuple[int, str]:
+        """FLOPs of a reply's work and how they were obtained (see :class:`LedgerRow`)."""
+        metrics = reply.content.metric_records.get("metrics")
+        if metrics is not None and "flops" in metrics:
+            return int(metrics["flops"]), "reported"
+        measured = getattr(self.inner, "measured_compute", None)
+        found = measured(reply) if callable(measured) else None
+        if found is not None:
+            return int(found[0]), str(found[1])
+        return 0, "none"
+
     def _record(self, out: Message, reply: Message | None, bytes_down: int) -> bool:
         pid = self.partition_of(out.metadata.dst_node_id)
         profile = self.population.profile_of(pid)
-        phase = out.metadata.message_type
-        try:
-            server_round = int(out.metadata.group_id)
-        except ValueError:
-            server_round = self.current_round
-        status, reason, flops, bytes_up = "ok", "", 0, 0
+        message_type = out.metadata.message_type
+        server_round = self.current_round
+        status, reason, flops, method, bytes_up = "ok", "", 0, "none", 0
         if reply is None:
             status, reason = "failed", "no reply"
         elif reply.has_error():
             status, reason = "failed", reply.error.reason.splitlines()[0][:200] if reply.error.reason else "error"
         else:
             bytes_up = payload_bytes(reply.content)
-            metrics = reply.content.metric_records.get("metrics")
-            if metrics is not None and "flops" in metrics:
-                flops = int(metrics["flops"])
+            flops, method = self._compute_of(reply)
         cost = exchange_cost(profile, flops, bytes_up, bytes_down)
-        if status == "ok" and self.round_deadline_s > 0 and cost.total_s > self.round_deadline_s:
-            status, reason = "straggler", f"{cost.total_s:.3f} s > deadline {self.round_deadline_s:.3f} s"
+        slot = self.clock.exchange(pid, cost.total_s, counts=status == "ok")
+        if slot.straggler:
+            lane_s = slot.end_s - self.clock.phase_start_s
+            status, reason = "straggler", f"{lane_s:.3f} s > deadline {self.round_deadline_s:.3f} s"
             log.info("round %d: terminal %d (%s) is a straggler: %s", server_round, pid, profile.name, reason)
         if status == "failed":
             log.warning("round %d: terminal %d (%s) failed: %s", server_round, pid, profile.name, reason)
         self.ledger.add(
             LedgerRow(
                 round=server_round,
-                phase=phase,
+                phase=message_type.split(".", 1)[0],
                 client_id=pid,
                 device=profile.name,
                 status=status,
@@ -243,6 +313,11 @@ class MeteredGrid(Grid):
                 bytes_down=bytes_down,
                 comm_s=cost.comm_s,
                 energy_j=cost.energy_j,
+                message_type=message_type,
+                seq=self.ledger.next_seq(server_round, pid),
+                start_s=slot.start_s,
+                end_s=slot.end_s,
+                flops_method=method,
             )
         )
         return status == "ok"

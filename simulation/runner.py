@@ -103,11 +103,15 @@ def simulate(cfg: RunConfig, *, write: bool = True) -> RunOutcome:
     quiet_flower()
     session = RunSession.from_config(cfg)
     run_dir = make_run_dir(cfg) if write else Path(cfg.out_dir)
+    if write:
+        session.checkpoint_dir = run_dir / "checkpoints"
     start = time.perf_counter()
     with RoundProgress(cfg.rounds, enabled=cfg.progress) as progress:
         session.on_round = progress.on_round
         ENGINES[cfg.engine.name](session)
     wall_s = time.perf_counter() - start
+    if session.error is not None:
+        raise session.error
     if len(session.ledger.rounds) != cfg.rounds:
         raise RuntimeError(
             f"the run stopped after {len(session.ledger.rounds)} of {cfg.rounds} rounds (see the log above)"

@@ -1,4 +1,4 @@
-"""fedsplit's ServerApp: a Flower strategy driven over a metered, availability-emulating Grid.
+"""fedsplit's ServerApp: a training protocol driven by the server loop over a metered Grid.
 
 The ServerApp is built per run by :func:`make_server_app`; it runs unchanged on fedsplit's engine
 and on Flower's simulation engine (both call ``main(grid, context)``).
@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 
@@ -22,9 +24,12 @@ from fedsplit.config import RunConfig
 from fedsplit.devices import Population, resolve_profiles
 from fedsplit.learning import config_to_json, evaluate, task_for
 from fedsplit.ledger import Ledger, RoundRecord
+from fedsplit.simulation.loop import LoopSettings, run_protocol
 from fedsplit.simulation.metered_grid import MeteredGrid
 from fedsplit.strategies import build_strategy
 from fedsplit.strategies.compression import CompressedStrategy, GuardedStrategy
+from fedsplit.strategies.fedavg_protocol import strategy_protocol
+from fedsplit.strategies.protocol import ProtocolRun, TrainingProtocol
 
 log = logging.getLogger("fedsplit")
 
@@ -43,6 +48,20 @@ class RunSession:
     grid: MeteredGrid | None = None
     strategy_wall_s: float = 0.0
     engine_info: dict[str, Any] = field(default_factory=dict)
+    checkpoint_dir: Path | None = None
+    error: BaseException | None = None
+    protocol_factory: Callable[[RunConfig, MeteredGrid], TrainingProtocol] | None = None
+    """Builds the run's protocol instead of ``training.mode`` (a plug-in protocol, or a test's)."""
+
+    def checkpoint(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
+        """Save the global weights of ``server_round`` to ``checkpoint_dir/round-<r>.pt`` (atomically)."""
+        if self.checkpoint_dir is None:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"round-{server_round}.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, **kwargs: Any) -> "RunSession":
@@ -63,12 +82,40 @@ def train_config(cfg: RunConfig) -> ConfigRecord:
     return ConfigRecord({"lr": t.lr, "local-epochs": t.local_epochs, "batch-size": t.batch_size})
 
 
+def build_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtocol:
+    """The training protocol of ``cfg.training.mode`` (``fl``: the configured Flower strategy)."""
+    s = cfg.strategy
+    with _without_flower_warning("fraction_evaluate is set to 0.0"):  # 0 = off, as configured
+        strategy = build_strategy(
+            s.name,
+            s.params,
+            fraction_train=s.fraction_train,
+            fraction_evaluate=s.fraction_evaluate,
+            min_train_nodes=s.min_train_nodes,
+        )
+    return strategy_protocol(wrap_strategy(strategy, cfg, metered.reject))
+
+
+@contextmanager
+def _without_flower_warning(text: str):  # noqa: ANN202
+    """Drop Flower log records containing ``text`` (a warning about a setting the user chose)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return text not in record.getMessage()
+
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        flwr_logger.removeFilter(keep)
+
+
 def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], int] | None = None) -> None:
-    """Run the whole federated training of ``session.cfg`` against ``grid``."""
+    """Run the whole training of ``session.cfg`` against ``grid``."""
     cfg = session.cfg
     random.seed(cfg.seed)
-    config_json = config_to_json(cfg)
-    task = task_for(config_json)
+    task = task_for(config_to_json(cfg))
     metered = MeteredGrid(
         grid,
         session.population,
@@ -77,56 +124,45 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
         round_deadline_s=cfg.clock.round_deadline_s,
         partition_of=partition_of or getattr(grid, "partition_of", None),
         min_online=cfg.strategy.min_train_nodes,
+        server_profile=resolve_profiles(cfg.profiles)[cfg.clock.server_profile],
     )
     session.grid = metered
-    s = cfg.strategy
-    strategy = build_strategy(
-        s.name,
-        s.params,
-        fraction_train=s.fraction_train,
-        fraction_evaluate=s.fraction_evaluate,
-        min_train_nodes=s.min_train_nodes,
-    )
-    strategy = wrap_strategy(strategy, cfg, metered.reject)
-    session.strategy = strategy
+    protocol = (session.protocol_factory or build_protocol)(cfg, metered)
+    session.strategy = getattr(protocol, "strategy", None)
     metered.get_node_ids()  # learn the node <-> terminal mapping before the clock starts
     model = task.model
-    num_params = sum(v.numel() for v in model.state_dict().values())
     test_set = task.data.server_test
 
-    round_started = [time.perf_counter()]
-
-    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
+    def evaluate_global(state: dict[str, torch.Tensor]) -> dict[str, float]:
+        model.load_state_dict(state)
         result = evaluate(model, test_set.x, test_set.y)
-        metrics = {"accuracy": result.accuracy, "loss": result.loss}
-        if server_round >= 1:
-            aggregated = sum(
-                r.status == "ok" for r in session.ledger.rows_of(server_round) if r.phase == "train"
-            )
-            server_s = 2.0 * num_params * aggregated / cfg.clock.server_flops_per_s
-            now = time.perf_counter()
-            record = session.ledger.close_round(
-                server_round, cfg.clock.round_deadline_s, server_s, metrics, wall_s=now - round_started[0]
-            )
-            round_started[0] = now
-            session.sim_elapsed_s += record.sim_s
-            if session.on_round is not None:
-                session.on_round(record, session.sim_elapsed_s)
-        metered.current_round = server_round + 1
-        return MetricRecord(metrics)
+        return {"accuracy": result.accuracy, "loss": result.loss}
 
-    started = time.perf_counter()
-    round_started[0] = started
-    result = strategy.start(
+    def on_round(record: RoundRecord) -> None:
+        session.sim_elapsed_s += record.sim_s
+        if session.on_round is not None:
+            session.on_round(record, session.sim_elapsed_s)
+
+    t = cfg.training
+    run = ProtocolRun(
         grid=metered,
-        initial_arrays=ArrayRecord(task.initial_state()),
         num_rounds=cfg.rounds,
+        initial_state=task.initial_state(),
         train_config=train_config(cfg),
-        evaluate_fn=evaluate_fn,
     )
-    session.strategy_wall_s = time.perf_counter() - started
-    session.final_state = {k: v.clone() for k, v in result.arrays.to_torch_state_dict().items()}
+    started = time.perf_counter()
+    try:
+        final = run_protocol(
+            protocol,
+            run,
+            evaluate=evaluate_global,
+            settings=LoopSettings(eval_every=t.eval_every, checkpoint_every=t.checkpoint_every, max_empty_rounds=t.max_empty_rounds),
+            on_round=on_round,
+            checkpoint=session.checkpoint,
+        )
+    finally:
+        session.strategy_wall_s = time.perf_counter() - started
+    session.final_state = {k: v.clone() for k, v in final.items()}
 
 
 def make_server_app(session: RunSession) -> ServerApp:
@@ -135,6 +171,10 @@ def make_server_app(session: RunSession) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
-        run_server(grid, session)
+        try:
+            run_server(grid, session)
+        except BaseException as exc:  # kept for the launcher: an engine may only log it
+            session.error = exc
+            raise
 
     return app

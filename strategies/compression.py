@@ -116,10 +116,11 @@ class _DelegatingStrategy(Strategy):
         self.inner.summary()
 
     def _reject(self, server_round: int, node_id: int, reason: str) -> None:
-        log.warning("round %d: rejected update from node %d: %s", server_round, node_id, reason)
         self.rejections.append((server_round, node_id, reason))
-        if self.on_reject is not None:
+        if self.on_reject is not None:  # the callback logs it (with the terminal's id)
             self.on_reject(server_round, node_id, reason)
+        else:
+            log.warning("round %d: rejected update from node %d: %s", server_round, node_id, reason)
 
 
 def keep_dtypes(arrays: ArrayRecord | None, specs: dict[str, TensorSpec] | None) -> ArrayRecord | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import subprocess
@@ -138,8 +139,9 @@ def test_cli_reports_unimportable_strategy(tmp_path):
 
 
 def test_nan_updates_are_rejected_and_the_run_goes_on(tmp_path, ray_session):
-    """A diverging terminal's NaN/Inf update is refused before aggregation and counted."""
-    overrides = small_overrides(tmp_path, **{"train.lr": 1e30, "train.momentum": 0.0})
+    """A diverging terminal's NaN/Inf update is refused before aggregation and counted (the
+    empty-round stop is switched off here to see every round's rows)."""
+    overrides = small_overrides(tmp_path, **{"train.lr": 1e30, "train.momentum": 0.0, "training.max_empty_rounds": 0})
     outcome = simulate(load_config(None, overrides))
     train_rows = [r for r in outcome.session.ledger.rows if r.phase == "train"]
     assert train_rows and all(r.status == "rejected" for r in train_rows)
@@ -148,6 +150,19 @@ def test_nan_updates_are_rejected_and_the_run_goes_on(tmp_path, ray_session):
     import torch
 
     assert all(torch.isfinite(v).all() for v in outcome.session.final_state.values())
+
+
+def test_run_that_aggregates_nothing_fails_loudly(tmp_path, ray_session, capsys):
+    """Every update rejected: the run stops after 2 empty rounds, exit 3, one line with the reason."""
+    from fedsplit.simulation.cli import cmd_simulate
+
+    overrides = small_overrides(tmp_path, **{"train.lr": 1e30, "train.momentum": 0.0, "rounds": 5})
+    args = argparse.Namespace(config=None, set=overrides, engine=None)
+    assert cmd_simulate(args) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("fedsplit: error: run: stopped after round 2: 2 consecutive rounds aggregated no update")
+    assert "NaN/Inf" in err[0]
 
 
 def test_batchnorm_integer_buffers_survive_averaging(tmp_path, ray_session):

@@ -147,6 +147,11 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise ConfigError(f"config: devices.{device} = {count}: must be >= 0")
     if cfg.num_terminals < 1:
         raise ConfigError(f"config: devices = {cfg.devices}: the population needs at least 1 terminal")
+    if cfg.clock.server_profile not in profiles:
+        raise ConfigError(
+            f"config: clock.server_profile = {cfg.clock.server_profile!r}: unknown device profile "
+            f"(known: {', '.join(sorted(profiles))})"
+        )
     name = cfg.strategy.name
     if name.lower() not in STRATEGY_NAMES and ":" not in name:
         raise ConfigError(

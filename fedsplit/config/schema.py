@@ -90,7 +90,17 @@ class ClockConfig:
     """Simulated time of the synchronous protocol."""
 
     round_deadline_s: float = field(default=0.0, metadata=doc("round deadline in simulated seconds; slower clients are stragglers, dropped from aggregation (0 = none)", ge=0))
-    server_flops_per_s: float = field(default=1.0e11, metadata=doc("server aggregation throughput (FLOP/s) for the server's share of the round time", gt=0))
+    server_profile: str = field(default="edge-server", metadata=doc("device profile of the edge server whose work (aggregation, server model parts) goes on the clock"))
+
+
+@dataclass
+class TrainingConfig:
+    """The training protocol and the server loop's cadence."""
+
+    mode: str = field(default="fl", metadata=doc("fl (federated averaging family: strategy.*)", choices=("fl",)))
+    eval_every: int = field(default=1, metadata=doc("evaluate the global model on the server's test set every this many rounds, and after the last (0 = never)", ge=0))
+    checkpoint_every: int = field(default=0, metadata=doc("save checkpoints/round-<r>.pt every this many rounds (0 = final model only)", ge=0))
+    max_empty_rounds: int = field(default=2, metadata=doc("stop with an error after this many consecutive rounds that aggregate nothing (0 = never)", ge=0))
 
 
 @dataclass
@@ -118,6 +128,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig, metadata=doc("local training"))
     strategy: StrategyConfig = field(default_factory=StrategyConfig, metadata=doc("aggregation strategy"))
     clock: ClockConfig = field(default_factory=ClockConfig, metadata=doc("simulated clock"))
+    training: TrainingConfig = field(default_factory=TrainingConfig, metadata=doc("training protocol and server loop"))
     engine: EngineConfig = field(default_factory=EngineConfig, metadata=doc("execution engine"))
     compression: dict[str, Any] = field(default_factory=dict, metadata=doc("update compression, e.g. {uplink = 'topk', density = 0.01, error_feedback = true}"))
     progress: bool = field(default=True, metadata=doc("show a progress bar and the closing table"))

@@ -1,7 +1,10 @@
 """The per-round, per-client record of what really ran, and the round summaries derived from it.
 
-One :class:`LedgerRow` per (round, phase, client) exchange. The simulated clock and every summary
-are computed from these rows alone, so nothing is counted twice or estimated where it was measured.
+One :class:`LedgerRow` per message exchange (a server message and its terminal's reply): a FedAvg
+round has one per sampled terminal and phase, a split-learning round one per batch. Where each
+exchange sits on the simulated clock (``start_s``/``end_s``) is decided by
+:class:`fedsplit.devices.RoundClock`; every round summary is computed from the rows plus the
+server's own work, so nothing is counted twice or estimated where it was measured.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ STATUSES: tuple[str, ...] = ("ok", "straggler", "failed", "offline", "rejected")
 
 @dataclass
 class LedgerRow:
-    """One terminal's exchange with the server in one round.
+    """One exchange of a terminal with the server.
 
     Attributes
     ----------
     round : int
         Server round (1-based).
     phase : str
-        ``train`` or ``evaluate``.
+        The message category: ``train``, ``evaluate`` or ``query``.
     client_id : int
         Terminal (partition) id.
     device : str
@@ -44,6 +47,18 @@ class LedgerRow:
         Simulated communication time (both directions plus latencies), seconds.
     energy_j : float
         Simulated energy, joules.
+    message_type : str
+        The full Flower message type, e.g. ``train`` or ``train.split-step``.
+    seq : int
+        Position of the exchange in the terminal's chain within the round (0 = first).
+    start_s, end_s : float
+        Simulated seconds since the round began at which the server sent the message and the
+        reply arrived.
+    flops_method : str
+        How ``flops`` was obtained: ``reported`` (by the ClientApp, exact counts),
+        ``counted`` (counted by the engine with FlopCounterMode), ``timed`` (measured seconds
+        times the host's calibrated FLOP/s, for operations the counter does not know), or
+        ``none`` (no compute measured: a failed exchange).
     """
 
     round: int
@@ -58,6 +73,11 @@ class LedgerRow:
     bytes_down: int
     comm_s: float
     energy_j: float
+    message_type: str = ""
+    seq: int = 0
+    start_s: float = 0.0
+    end_s: float = 0.0
+    flops_method: str = "none"
 
     @property
     def total_s(self) -> float:
@@ -69,9 +89,13 @@ class LedgerRow:
 class RoundRecord:
     """Summary of one round, derived from its ledger rows.
 
-    ``sim_s`` follows the synchronous protocol: the slowest kept client of each phase (or the
-    deadline, when a straggler was cut), plus the server's aggregation time. ``wall_s`` is the real
-    time the round took on this machine (seconds), for benchmarking the emulation itself.
+    ``sim_s`` is the round's simulated duration in seconds from :class:`~fedsplit.devices.RoundClock`
+    (FedAvg: the slowest kept terminal of each phase, or the deadline when a straggler was cut,
+    plus the server's aggregation). ``server_s``, ``server_flops`` and ``server_energy_j`` are the
+    edge server's own work in the round (seconds, FLOPs, joules on the ``edge-server`` profile).
+    Terminal counts (``selected`` ... ``rejected``) count terminals with ``train`` exchanges in the
+    round, a terminal's status being that of its first exchange that was not ``ok``. ``wall_s`` is
+    the real time the round took on this machine (seconds), for benchmarking the emulation itself.
     """
 
     round: int
@@ -88,18 +112,24 @@ class RoundRecord:
     server_s: float
     sim_s: float
     wall_s: float = 0.0
+    server_flops: int = 0
+    server_energy_j: float = 0.0
+    exchanges: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def empty(self) -> bool:
+        """True when terminals were asked to train but no update was aggregated."""
+        return self.selected > 0 and self.aggregated == 0
 
-def phase_duration(rows: Iterable[LedgerRow], deadline_s: float) -> float:
-    """Simulated duration of one phase (seconds): slowest reply, capped by the deadline if set."""
-    times = [r.total_s for r in rows if r.status in ("ok", "rejected", "straggler")]
-    if not times:
-        return 0.0
-    slowest = max(times)
-    if deadline_s > 0:
-        return min(slowest, deadline_s)
-    return slowest
+
+def terminal_statuses(rows: Iterable[LedgerRow]) -> dict[int, str]:
+    """Each terminal's status over its exchanges: the first that was not ``ok``, else ``ok``."""
+    status: dict[int, str] = {}
+    for r in rows:
+        if status.get(r.client_id, "ok") == "ok":
+            status[r.client_id] = r.status
+    return status
 
 
 class Ledger:
@@ -109,6 +139,7 @@ class Ledger:
         self.rows: list[LedgerRow] = []
         self.rounds: dict[int, RoundRecord] = {}
         self.online: dict[int, int] = {}
+        self._seq: dict[tuple[int, int], int] = {}
 
     def add(self, row: LedgerRow) -> None:
         """Append a row."""
@@ -117,7 +148,8 @@ class Ledger:
         self.rows.append(row)
 
     def mark(self, server_round: int, client_id: int, status: str, reason: str, phase: str = "train") -> bool:
-        """Change the status of an existing row (e.g. an update rejected at aggregation)."""
+        """Change the status of the terminal's last row of ``phase`` in the round (e.g. an update
+        rejected at aggregation). Returns False when there is no such row."""
         for row in reversed(self.rows):
             if row.round == server_round and row.client_id == client_id and row.phase == phase:
                 row.status, row.reason = status, reason
@@ -128,29 +160,50 @@ class Ledger:
         """Rows of one round."""
         return [r for r in self.rows if r.round == server_round]
 
+    def next_seq(self, server_round: int, client_id: int) -> int:
+        """Sequence number of the next exchange of ``client_id`` in ``server_round``."""
+        key = (server_round, client_id)
+        seq = self._seq.get(key, 0)
+        self._seq[key] = seq + 1
+        return seq
+
     def close_round(
         self,
         server_round: int,
-        deadline_s: float,
-        server_s: float,
+        *,
+        sim_s: float,
+        server_s: float = 0.0,
+        server_flops: int = 0,
+        server_energy_j: float = 0.0,
         metrics: dict[str, float] | None = None,
         wall_s: float = 0.0,
     ) -> RoundRecord:
-        """Derive and store the :class:`RoundRecord` of ``server_round`` from its rows."""
+        """Derive and store the :class:`RoundRecord` of ``server_round`` from its rows.
+
+        Parameters
+        ----------
+        server_round : int
+            The round to close.
+        sim_s : float
+            The round's simulated duration, seconds (:attr:`fedsplit.devices.RoundClock.elapsed_s`).
+        server_s, server_flops, server_energy_j : float, int, float
+            The edge server's work in the round: seconds, FLOPs, joules.
+        metrics : dict, optional
+            Metrics of the round (e.g. the server-side evaluation).
+        wall_s : float
+            Real seconds the round took on this machine.
+        """
         rows = self.rows_of(server_round)
-        by_phase: dict[str, list[LedgerRow]] = defaultdict(list)
-        for r in rows:
-            by_phase[r.phase].append(r)
-        sim_s = sum(phase_duration(rs, deadline_s) for rs in by_phase.values()) + server_s
-        train = by_phase.get("train", [])
+        train = terminal_statuses(r for r in rows if r.phase == "train")
+        statuses = list(train.values())
         record = RoundRecord(
             round=server_round,
             online=self.online.get(server_round, 0),
-            selected=len(train),
-            aggregated=sum(r.status == "ok" for r in train),
-            stragglers=sum(r.status == "straggler" for r in train),
-            failed=sum(r.status == "failed" for r in train),
-            rejected=sum(r.status == "rejected" for r in train),
+            selected=len(statuses),
+            aggregated=statuses.count("ok"),
+            stragglers=statuses.count("straggler"),
+            failed=statuses.count("failed"),
+            rejected=statuses.count("rejected"),
             flops=sum(r.flops for r in rows),
             bytes_up=sum(r.bytes_up for r in rows),
             bytes_down=sum(r.bytes_down for r in rows),
@@ -158,6 +211,9 @@ class Ledger:
             server_s=server_s,
             sim_s=sim_s,
             wall_s=wall_s,
+            server_flops=int(server_flops),
+            server_energy_j=server_energy_j,
+            exchanges=len(rows),
             metrics=dict(metrics or {}),
         )
         self.rounds[server_round] = record
