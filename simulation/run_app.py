@@ -99,14 +99,14 @@ def run_app(
     with RayEngine(client_app, population, run_config=run_config, ray_address=ray_address) as engine:
         grid = MeteredGrid(
             engine.grid(), population, ledger, seed=seed, partition_of=engine.partition_of,
-            emulate_availability=False, rounds_from_train_calls=True,
+            emulate_availability=False, auto_rounds=True,
         )
         context = Context(
             run_id=engine.run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config=dict(run_config or {})
         )
         server_app(grid, context)
-    for server_round in sorted({r.round for r in ledger.rows}):
-        ledger.close_round(server_round, 0.0, 0.0)
+        if grid.current_round > 0:
+            grid.close_round()
     return ledger
 
 
