@@ -18,6 +18,9 @@ class MLP(nn.Module):
     On ``digits`` (8x8x1) with ``hidden=64`` this is the 64-64-10 MLP.
     """
 
+    #: Split contract (:mod:`fedsplit.models.contract`): ``forward`` applies these children in order.
+    split_sequence = ("net",)
+
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, hidden: int = 64) -> None:
         super().__init__()
         in_features = math.prod(input_shape)
@@ -33,6 +36,9 @@ class FedAvgCNN(nn.Module):
     Two 5x5 convolutions (32 and 64 channels, 'same' padding), each followed by 2x2 max-pooling,
     a 512-unit fully connected layer and the classifier. At 28x28x1 it has 1,663,370 parameters.
     """
+
+    #: Split contract (:mod:`fedsplit.models.contract`): ``forward`` applies these children in order.
+    split_sequence = ("features", "classifier")
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int) -> None:
         super().__init__()
@@ -84,6 +90,9 @@ class CompactResNet(nn.Module):
     ``width``; stages 2 and 3 halve the resolution).
     """
 
+    #: Split contract (:mod:`fedsplit.models.contract`): ``forward`` applies these children in order.
+    split_sequence = ("stem", "stages", "head")
+
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> None:
         super().__init__()
         c1, c2, c3 = (_scaled(c, width) for c in (16, 32, 64))
@@ -108,6 +117,9 @@ def _depthwise_separable(in_channels: int, out_channels: int, stride: int) -> nn
 
 class MobileNetLite(nn.Module):
     """A MobileNet-style CNN: depthwise-separable blocks with a width multiplier, any resolution."""
+
+    #: Split contract (:mod:`fedsplit.models.contract`): ``forward`` applies these children in order.
+    split_sequence = ("features", "head")
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> None:
         super().__init__()
