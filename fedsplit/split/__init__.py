@@ -1,0 +1,75 @@
+"""Split learning core (plain PyTorch): cutting models, per-step exchange maths, costs, cut choice.
+
+- :mod:`~fedsplit.split.parts`: :func:`split_model` cuts a model (see
+  :mod:`fedsplit.models.contract`) into deep-copied parts whose state dicts use the model's keys.
+- :mod:`~fedsplit.split.steps`: one function per message a side handles (vanilla and U-shape),
+  with the forward graph kept in a :class:`ForwardState` or recomputed.
+- :mod:`~fedsplit.split.optim`: SGD per part and its momentum state as named tensors.
+"""
+
+from fedsplit.models.contract import blocks, cut_points, resolve_cut, trainable_names
+from fedsplit.split.optim import load_sgd_state, make_sgd, sgd_state
+from fedsplit.split.parts import (
+    ChainPart,
+    SplitParts,
+    UShapeParts,
+    assemble_state_dict,
+    has_trainable,
+    load_part_state_dict,
+    part_state_dict,
+    split_model,
+)
+from fedsplit.split.steps import (
+    ForwardState,
+    LossStepResult,
+    SplitStepResult,
+    client_backward_from_state,
+    client_backward_recompute,
+    client_forward,
+    client_head_step,
+    loss_step,
+    part_backward,
+    part_forward,
+    payload_bytes,
+    server_backward_from_state,
+    server_backward_recompute,
+    server_forward,
+    server_step,
+    split_training_step,
+    to_numpy,
+)
+
+__all__ = [
+    "ChainPart",
+    "ForwardState",
+    "LossStepResult",
+    "SplitParts",
+    "SplitStepResult",
+    "UShapeParts",
+    "assemble_state_dict",
+    "blocks",
+    "client_backward_from_state",
+    "client_backward_recompute",
+    "client_forward",
+    "client_head_step",
+    "cut_points",
+    "has_trainable",
+    "load_part_state_dict",
+    "load_sgd_state",
+    "loss_step",
+    "make_sgd",
+    "part_backward",
+    "part_forward",
+    "part_state_dict",
+    "payload_bytes",
+    "resolve_cut",
+    "server_backward_from_state",
+    "server_backward_recompute",
+    "server_forward",
+    "server_step",
+    "sgd_state",
+    "split_model",
+    "split_training_step",
+    "to_numpy",
+    "trainable_names",
+]
