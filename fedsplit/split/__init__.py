@@ -5,9 +5,20 @@
 - :mod:`~fedsplit.split.steps`: one function per message a side handles (vanilla and U-shape),
   with the forward graph kept in a :class:`ForwardState` or recomputed.
 - :mod:`~fedsplit.split.optim`: SGD per part and its momentum state as named tensors.
+- :mod:`~fedsplit.split.profile`: exact per-part FLOPs, parameters and bytes across each cut.
+- :mod:`~fedsplit.split.cut_select`: predicted time per epoch and the cut that minimises it.
 """
 
 from fedsplit.models.contract import blocks, cut_points, resolve_cut, trainable_names
+from fedsplit.split.cut_select import (
+    PROTOCOLS,
+    BatchTime,
+    candidate_cuts,
+    choose_cut,
+    describe_cut_choice,
+    predict_batch_time,
+    predict_epoch_time,
+)
 from fedsplit.split.optim import load_sgd_state, make_sgd, sgd_state
 from fedsplit.split.parts import (
     ChainPart,
@@ -18,6 +29,14 @@ from fedsplit.split.parts import (
     load_part_state_dict,
     part_state_dict,
     split_model,
+)
+from fedsplit.split.profile import (
+    BlockProfile,
+    CutProfile,
+    PartProfile,
+    SplitProfile,
+    profile_blocks,
+    profile_split,
 )
 from fedsplit.split.steps import (
     ForwardState,
@@ -40,19 +59,28 @@ from fedsplit.split.steps import (
 )
 
 __all__ = [
+    "PROTOCOLS",
+    "BatchTime",
+    "BlockProfile",
     "ChainPart",
+    "CutProfile",
     "ForwardState",
     "LossStepResult",
+    "PartProfile",
     "SplitParts",
+    "SplitProfile",
     "SplitStepResult",
     "UShapeParts",
     "assemble_state_dict",
     "blocks",
+    "candidate_cuts",
+    "choose_cut",
     "client_backward_from_state",
     "client_backward_recompute",
     "client_forward",
     "client_head_step",
     "cut_points",
+    "describe_cut_choice",
     "has_trainable",
     "load_part_state_dict",
     "load_sgd_state",
@@ -62,6 +90,10 @@ __all__ = [
     "part_forward",
     "part_state_dict",
     "payload_bytes",
+    "predict_batch_time",
+    "predict_epoch_time",
+    "profile_blocks",
+    "profile_split",
     "resolve_cut",
     "server_backward_from_state",
     "server_backward_recompute",
