@@ -3,6 +3,10 @@
 Flower's own strategies are used as they are; fedsplit only maps names to classes and passes the
 configured keyword arguments. ``package.module:Class`` loads any subclass of
 :class:`flwr.serverapp.strategy.Strategy`.
+
+The names are :data:`fedsplit.config.schema.STRATEGY_NAMES`: the configuration owns the one list
+(it checks ``strategy.name`` before anything starts, without importing Flower) and this module
+maps each name to Flower's class of that name.
 """
 
 from __future__ import annotations
@@ -14,18 +18,28 @@ from typing import Any, Mapping
 from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
-BUILTIN_STRATEGIES: dict[str, type[Strategy]] = {
-    "fedavg": flwr_strategy.FedAvg,
-    "fedprox": flwr_strategy.FedProx,
-    "fedavgm": flwr_strategy.FedAvgM,
-    "fedadam": flwr_strategy.FedAdam,
-    "fedyogi": flwr_strategy.FedYogi,
-    "fedadagrad": flwr_strategy.FedAdagrad,
-    "fedmedian": flwr_strategy.FedMedian,
-    "fedtrimmedavg": flwr_strategy.FedTrimmedAvg,
-    "krum": flwr_strategy.Krum,
-    "bulyan": flwr_strategy.Bulyan,
-}
+from fedsplit.config.schema import STRATEGY_NAMES
+
+
+def _builtin_strategies() -> dict[str, type[Strategy]]:
+    """Flower's class for each name of :data:`fedsplit.config.schema.STRATEGY_NAMES`.
+
+    The configuration owns the list of names (it validates ``strategy.name`` without importing
+    Flower); a name is its Flower class's name in lower case (``fedavgm`` = ``FedAvgM``).
+    """
+    classes = {
+        attr.lower(): obj
+        for attr, obj in vars(flwr_strategy).items()
+        if inspect.isclass(obj) and issubclass(obj, Strategy)
+    }
+    missing = [name for name in STRATEGY_NAMES if name not in classes]
+    if missing:
+        raise ImportError(f"flwr.serverapp.strategy has no class for strategy name(s) {missing}")
+    return {name: classes[name] for name in STRATEGY_NAMES}
+
+
+#: Strategy classes by configuration name, in the order of ``STRATEGY_NAMES``.
+BUILTIN_STRATEGIES: dict[str, type[Strategy]] = _builtin_strategies()
 
 
 class StrategyLoadError(ValueError):

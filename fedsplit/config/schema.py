@@ -23,6 +23,8 @@ DEFAULT_POPULATION: dict[str, int] = {
     "laptop": 1,
 }
 
+#: Flower strategies a run can name in ``strategy.name``: the one list. Each is its Flower class's
+#: name in lower case; ``strategies/registry.py`` maps the names to the classes.
 STRATEGY_NAMES: tuple[str, ...] = (
     "fedavg",
     "fedprox",
