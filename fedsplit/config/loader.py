@@ -15,11 +15,11 @@ from typing import Any, Mapping, Sequence
 
 import tomli_w
 
-from fedsplit.config.schema import STRATEGY_NAMES, RunConfig
+from fedsplit.config.errors import ConfigError
+from fedsplit.config.names import check_data, check_model_name, check_strategy_name
+from fedsplit.config.schema import RunConfig
 
-
-class ConfigError(ValueError):
-    """A configuration that cannot be run; the message is one line naming the field."""
+__all__ = ["ConfigError", "config_from_dict", "config_to_dict", "dump_config", "load_config", "parse_override", "validate"]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -130,7 +130,13 @@ def _build(cls: type, tree: Mapping[str, Any], prefix: str) -> Any:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Cross-field checks that a single field's rules cannot express."""
+    """Checks that a single field's rules cannot express: across fields, and against the rooms.
+
+    Everything a run's configuration says is checked here, before any engine starts: device
+    profiles and the population, the strategy name (:mod:`fedsplit.config.names`), compression,
+    the model name and the data options. What needs Flower (a user strategy's class, the
+    arguments in ``strategy.params``) is checked when the strategy is built.
+    """
     from fedsplit.devices.profile import resolve_profiles
 
     try:
@@ -152,12 +158,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"config: clock.server_profile = {cfg.clock.server_profile!r}: unknown device profile "
             f"(known: {', '.join(sorted(profiles))})"
         )
-    name = cfg.strategy.name
-    if name.lower() not in STRATEGY_NAMES and ":" not in name:
-        raise ConfigError(
-            f"config: strategy.name = {name!r}: unknown strategy (allowed: {', '.join(STRATEGY_NAMES)}, "
-            "or package.module:Class for your own flwr Strategy)"
-        )
+    check_strategy_name(cfg.strategy.name)
     if cfg.strategy.min_train_nodes > cfg.num_terminals:
         raise ConfigError(
             f"config: strategy.min_train_nodes = {cfg.strategy.min_train_nodes}: more than the "
@@ -170,6 +171,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             CompressionConfig.from_dict(cfg.compression)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"config: compression: {exc}") from None
+    check_model_name(cfg.model.name)
+    check_data(cfg.data)
     return cfg
 
 

@@ -45,10 +45,10 @@ ENGINES: tuple[str, ...] = ("fedsplit", "flower")
 class DataConfig:
     """Dataset and how it is split over the terminals."""
 
-    name: str = field(default="digits", metadata=doc("dataset", choices=("digits", "synthetic", "mnist", "fashion-mnist", "cifar10")))
+    name: str = field(default="digits", metadata=doc("dataset: a name of fedsplit.data.DATASETS (an unknown one is refused with the list)"))
     root: str = field(default="", metadata=doc("directory of on-disk datasets (torchvision layout); empty = ./data"))
     download: bool = field(default=False, metadata=doc("download a torchvision dataset into root if missing"))
-    partitioner: str = field(default="iid", metadata=doc("how data is split", choices=("iid", "dirichlet", "shards", "quantity")))
+    partitioner: str = field(default="iid", metadata=doc("how data is split: a name of fedsplit.data.PARTITIONERS (an unknown one is refused with the list)"))
     alpha: float = field(default=0.5, metadata=doc("Dirichlet concentration for partitioner=dirichlet (smaller = more skew)", gt=0))
     shards_per_client: int = field(default=2, metadata=doc("classes per client for partitioner=shards", ge=1))
     val_fraction: float = field(default=0.1, metadata=doc("fraction of each client's data kept for client-side evaluation", ge=0, lt=1))

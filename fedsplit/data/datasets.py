@@ -18,12 +18,16 @@ import numpy as np
 from fedsplit.data.arrays import ArrayDataset, finish_images, parse_resolution
 from fedsplit.data.bundle import DataBundle
 from fedsplit.data.synthetic import SyntheticSpec, SyntheticTask
+from fedsplit.data.torchvision_loaders import SOURCES, load_torchvision_bundle
 
 #: Dataset names accepted by :func:`load_dataset`.
 DATASETS: tuple[str, ...] = ("digits", "synthetic", "mnist", "fashion-mnist", "cifar10")
 
 #: Fraction of the 1797 digits kept for the server's test set (stratified, seeded).
 DIGITS_TEST_FRACTION = 0.2
+
+#: Classes of scikit-learn's digits (0-9).
+DIGITS_CLASSES = 10
 
 
 def canonical_dataset_name(name: str) -> str:
@@ -40,6 +44,24 @@ def canonical_dataset_name(name: str) -> str:
     if key not in DATASETS:
         raise ValueError(f"dataset={name!r} is not known; allowed: {', '.join(DATASETS)}")
     return key
+
+
+def dataset_num_classes(name: str) -> int:
+    """Number of classes of dataset ``name``, known without loading it.
+
+    ``synthetic`` counts the default :class:`SyntheticSpec` (the one a run configuration gets).
+
+    Raises
+    ------
+    ValueError
+        If the name is not one of :data:`DATASETS`.
+    """
+    key = canonical_dataset_name(name)
+    if key == "digits":
+        return DIGITS_CLASSES
+    if key == "synthetic":
+        return SyntheticSpec().num_classes
+    return SOURCES[key].num_classes
 
 
 def load_digits_bundle(
@@ -71,7 +93,7 @@ def load_digits_bundle(
     x = finish_images(pixels, max_value=16.0, resolution=resolution, mean=mean, std=std)
     train = ArrayDataset(x[train_idx], labels[train_idx])
     test = ArrayDataset(x[test_idx], labels[test_idx])
-    return DataBundle(train, test, 10, train.input_shape, "digits")
+    return DataBundle(train, test, DIGITS_CLASSES, train.input_shape, "digits")
 
 
 def synthetic_spec(
@@ -174,8 +196,6 @@ def load_dataset(
         if key == "digits":
             _reject_options("digits", options, {"test_fraction"})
         return loaders[key](seed=seed, resolution=size, normalize=normalize, **options)
-    from fedsplit.data.torchvision_loaders import load_torchvision_bundle
-
     _reject_options(key, options, set())
     return load_torchvision_bundle(key, root=root, download=download, resolution=size, normalize=normalize)
 

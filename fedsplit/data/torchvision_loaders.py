@@ -40,13 +40,14 @@ DATA_ROOT_ENV = "FEDSPLIT_DATA_ROOT"
 
 @dataclass(frozen=True)
 class TorchvisionSource:
-    """Where a torchvision dataset lives under ``root`` and how to standardise it."""
+    """Where a torchvision dataset lives under ``root``, how to standardise it, how many classes."""
 
     class_name: str
     folder: str
     files: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    num_classes: int = 10
 
 
 _MNIST_FILES = (
@@ -131,8 +132,7 @@ def load_torchvision_bundle(
     test_x = finish_images(test_pixels, max_value=255.0, resolution=resolution, mean=mean, std=std)
     train = ArrayDataset(train_x, train_labels)
     test = ArrayDataset(test_x, test_labels)
-    num_classes = 10
-    return DataBundle(train, test, num_classes, train.input_shape, name)
+    return DataBundle(train, test, source.num_classes, train.input_shape, name)
 
 
 def _read_split(name: str, root: Path, *, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,111 @@
+"""Names a configuration refers to, checked against the rooms that own them.
+
+A run configuration names things other rooms define: a dataset and a partitioner
+(:mod:`fedsplit.data`), a model (:mod:`fedsplit.models`, or a ``torchvision.models``
+constructor) and a strategy (Flower's, by a name of :data:`~fedsplit.config.schema.STRATEGY_NAMES`,
+or the user's, by import path). Each check here asks the owning room for its list, so no list is
+written twice, and raises :class:`~fedsplit.config.errors.ConfigError` with one line naming the
+field, the value and what is allowed. Everything is checked without Flower and without Ray; the
+rooms are imported only when a configuration is validated.
+
+A user strategy (``package.module:Class``) is checked by form only: importing it is left to the
+process that builds the strategy, since a ClientApp validates the same configuration and may not
+have the user's module.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from fedsplit.config.errors import ConfigError
+from fedsplit.config.schema import STRATEGY_NAMES, DataConfig
+
+#: ``package.module:Class`` (the attribute may be dotted: ``module:Outer.Inner``).
+IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+#: Prefix of model names that stand for a ``torchvision.models`` constructor.
+TORCHVISION_PREFIX = "tv:"
+
+
+def check_strategy_name(name: str) -> None:
+    """``strategy.name``: one of :data:`STRATEGY_NAMES` (any case) or ``package.module:Class``.
+
+    Raises
+    ------
+    ConfigError
+        For any other name.
+    """
+    if name.lower() in STRATEGY_NAMES or IMPORT_PATH.fullmatch(name):
+        return
+    what = "not a package.module:Class path" if ":" in name else "unknown strategy"
+    raise ConfigError(
+        f"config: strategy.name = {name!r}: {what} (allowed: {', '.join(STRATEGY_NAMES)}, "
+        "or package.module:Class for your own flwr Strategy)"
+    )
+
+
+def check_model_name(name: str) -> None:
+    """``model.name``: a model of :data:`fedsplit.models.zoo.MODELS`, or ``tv:<name>`` with
+    ``<name>`` in ``torchvision.models.list_models()`` (torchvision is imported for ``tv:`` only).
+
+    Raises
+    ------
+    ConfigError
+        For a name the zoo does not know, or a torchvision model that does not exist.
+    """
+    from fedsplit.models.zoo import MODELS
+
+    if name in MODELS and not name.startswith(TORCHVISION_PREFIX):
+        return
+    if not name.startswith(TORCHVISION_PREFIX):
+        raise ConfigError(
+            f"config: model.name = {name!r}: unknown model (known: {', '.join(MODELS)}; "
+            "tv:<name> is any torchvision.models constructor)"
+        )
+    import torchvision
+
+    tv_name = name[len(TORCHVISION_PREFIX):]
+    tv_models = torchvision.models.list_models()
+    if tv_name not in tv_models:
+        close = difflib.get_close_matches(tv_name, tv_models, n=3)
+        hint = f"; closest: {', '.join(TORCHVISION_PREFIX + c for c in close)}" if close else ""
+        raise ConfigError(
+            f"config: model.name = {name!r}: torchvision has no model {tv_name!r} "
+            f"(known: the {len(tv_models)} names of torchvision.models.list_models(){hint})"
+        )
+
+
+def check_data(data: DataConfig) -> None:
+    """``data.*``: a known dataset and partitioner, and options that fit them.
+
+    Checks ``data.name`` against :data:`fedsplit.data.DATASETS`, ``data.partitioner`` against
+    :data:`fedsplit.data.PARTITIONERS`, that ``data.samples_per_client`` is used with
+    ``synthetic`` only, and that ``data.shards_per_client`` does not exceed the dataset's classes.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first field that does not fit.
+    """
+    from fedsplit.data.datasets import DATASETS, dataset_num_classes
+    from fedsplit.data.partitioners import PARTITIONERS
+
+    if data.name not in DATASETS:
+        raise ConfigError(f"config: data.name = {data.name!r}: unknown (allowed: {', '.join(DATASETS)})")
+    if data.partitioner not in PARTITIONERS:
+        raise ConfigError(
+            f"config: data.partitioner = {data.partitioner!r}: unknown (allowed: {', '.join(PARTITIONERS)})"
+        )
+    if data.samples_per_client and data.name != "synthetic":
+        raise ConfigError(
+            f"config: data.samples_per_client = {data.samples_per_client}: per-client generation is "
+            f"for data.name = 'synthetic' only (allowed with {data.name!r}: 0)"
+        )
+    if data.partitioner == "shards":
+        classes = dataset_num_classes(data.name)
+        if data.shards_per_client > classes:
+            raise ConfigError(
+                f"config: data.shards_per_client = {data.shards_per_client}: must be <= {classes}, "
+                f"the classes of data.name = {data.name!r}"
+            )
