@@ -60,6 +60,7 @@ from fedsplit.compression.wire import (
     RESIDUAL_STATE_KEY,
     UPDATE_KEY,
 )
+from fedsplit.records import record_key, to_numpy
 
 __all__ = ["compression_mod", "COMPRESSION_ERROR_CODE", "to_numpy", "to_array_record"]
 
@@ -77,20 +78,9 @@ class _ModError(Exception):
     """A condition that turns the reply into an error message."""
 
 
-def to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """ArrayRecord to an ordered dict of NumPy arrays."""
-    return {k: v.numpy() for k, v in record.items()}
-
-
 def to_array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     """Ordered dict of NumPy arrays to an ArrayRecord (same keys and order)."""
     return array_record_from_state(arrays)
-
-
-def _single_key(content: RecordDict, preferred: str, records: dict) -> str | None:
-    if preferred in records:
-        return preferred
-    return next(iter(records)) if len(records) == 1 else None
 
 
 def _error_reply(msg: Message, reason: str) -> Message:
@@ -152,7 +142,7 @@ def _compress_reply(
     reply: Message, received: dict[str, np.ndarray], arrays_key: str, spec: WireSpec, server_round: int, ctx: Context
 ) -> None:
     content = reply.content
-    local_key = _single_key(content, arrays_key, dict(content.array_records))
+    local_key = record_key(dict(content.array_records), arrays_key)
     if local_key is None:
         raise _ModError("train reply carries no single ArrayRecord to compress")
     try:
@@ -185,7 +175,7 @@ def _compress_reply(
     new_content[UPDATE_KEY] = ConfigRecord(
         {"codec": codec.name, "payload": step.payload, "server-round": server_round}
     )
-    metrics_key = _single_key(new_content, METRICS_KEY, dict(new_content.metric_records))
+    metrics_key = record_key(dict(new_content.metric_records), METRICS_KEY)
     if metrics_key is None:
         metrics_key = METRICS_KEY
         new_content[metrics_key] = MetricRecord()
@@ -199,7 +189,7 @@ def compression_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) ->
     """Flower mod: see the module docstring."""
     if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN or not msg.has_content():
         return call_next(msg, ctx)
-    config_key = _single_key(msg.content, CONFIG_RECORD_KEY, dict(msg.content.config_records))
+    config_key = record_key(dict(msg.content.config_records), CONFIG_RECORD_KEY)
     if config_key is None or CONFIG_KEY not in msg.content[config_key]:
         return call_next(msg, ctx)
     config = msg.content[config_key]
@@ -212,7 +202,7 @@ def compression_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) ->
 
     # Work on a shallow copy: the server may share one RecordDict between messages.
     content = RecordDict(dict(msg.content.items()))
-    arrays_key = _single_key(content, ARRAYS_KEY, dict(content.array_records))
+    arrays_key = record_key(dict(content.array_records), ARRAYS_KEY)
     try:
         if DOWNLINK_KEY in content:
             arrays_key = _receive_downlink(content, arrays_key, ctx)

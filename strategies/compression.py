@@ -33,7 +33,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log as flwr_log
 
 from fedsplit.clients.arrays import array_record_from_state, array_view, record_views
-from fedsplit.clients.compression_mod import to_array_record, to_numpy
+from fedsplit.clients.arrays import array_record_from_state as to_array_record
 from fedsplit.compression import (
     BroadcastReference,
     CompressionConfig,
@@ -56,6 +56,7 @@ from fedsplit.compression.wire import (
     PAYLOAD_BYTES_METRIC,
     UPDATE_KEY,
 )
+from fedsplit.records import record_key, to_numpy
 
 __all__ = ["CompressedStrategy", "GuardedStrategy", "RejectCallback", "TrafficCallback"]
 
@@ -67,12 +68,6 @@ TrafficCallback = Callable[[TrafficRecord], None]
 
 ARRAYS_KEY = "arrays"
 CONFIG_RECORD_KEY = "config"
-
-
-def _record_key(content: RecordDict, preferred: str, records: dict) -> str | None:
-    if preferred in records:
-        return preferred
-    return next(iter(records)) if len(records) == 1 else None
 
 
 @dataclass
@@ -165,7 +160,7 @@ class GuardedStrategy(_DelegatingStrategy):
         self._expected = {}
         cache: dict[int, dict[str, TensorSpec]] = {}
         for msg in messages:
-            key = _record_key(msg.content, ARRAYS_KEY, dict(msg.content.array_records))
+            key = record_key(dict(msg.content.array_records), ARRAYS_KEY)
             if key is None:
                 continue
             record = msg.content[key]
@@ -301,12 +296,12 @@ class CompressedStrategy(_DelegatingStrategy):
         for msg in messages:
             node = msg.metadata.dst_node_id
             content = RecordDict(dict(msg.content.items()))
-            cfg_key = _record_key(content, CONFIG_RECORD_KEY, dict(content.config_records)) or CONFIG_RECORD_KEY
+            cfg_key = record_key(dict(content.config_records), CONFIG_RECORD_KEY) or CONFIG_RECORD_KEY
             cfg = ConfigRecord(dict(content[cfg_key])) if cfg_key in content else ConfigRecord()
             cfg[CONFIG_KEY] = spec_json
             cfg.setdefault("server-round", server_round)
             content[cfg_key] = cfg
-            arrays_key = _record_key(content, ARRAYS_KEY, dict(content.array_records))
+            arrays_key = record_key(dict(content.array_records), ARRAYS_KEY)
             if arrays_key is None:
                 raise ValueError(f"{type(self.inner).__name__}.configure_train sent no single ArrayRecord to node {node}")
 
