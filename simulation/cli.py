@@ -16,6 +16,45 @@ def _fields_help() -> str:
     return "\n".join(lines)
 
 
+def dry_run(cfg: RunConfig) -> int:
+    """Check everything that ``fedsplit simulate`` checks before training, and start nothing.
+
+    The strategy is built as the run would build it (a user's class is imported, its
+    ``strategy.params`` checked against its constructor); no Ray, no data, no model.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        A configuration that :func:`~fedsplit.config.load_config` accepted.
+
+    Returns
+    -------
+    int
+        0, after printing the resolved configuration as TOML with a closing ``# config OK``
+        comment line; 2 (one line on stderr, as a real run) when the strategy cannot be built.
+    """
+    import tomli_w
+
+    from fedsplit.config import config_to_dict
+    from fedsplit.simulation.server_app import _without_flower_warning
+    from fedsplit.strategies import StrategyLoadError, build_strategy
+
+    s = cfg.strategy
+    try:
+        with _without_flower_warning("fraction_evaluate is set to 0.0"):  # as the run builds it
+            build_strategy(
+                s.name, s.params, fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate,
+                min_train_nodes=s.min_train_nodes,
+            )
+    except StrategyLoadError as exc:
+        print(f"fedsplit: error: config: {exc}", file=sys.stderr)
+        return 2
+    print(tomli_w.dumps(config_to_dict(cfg)), end="")
+    print(f"# config OK: {cfg.rounds} rounds of {s.name} on {cfg.num_terminals} terminals "
+          f"(engine {cfg.engine.name}); --dry-run started nothing")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Handler of ``fedsplit simulate``."""
     try:
@@ -26,6 +65,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fedsplit: error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return dry_run(cfg)
     from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.runner import simulate
     from fedsplit.strategies import StrategyLoadError
@@ -72,6 +113,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", "-c", help="TOML configuration file (defaults for everything it omits)")
     p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a field, e.g. --set rounds=30")
     p.add_argument("--engine", choices=("fedsplit", "flower"), help="shortcut for --set engine.name=...")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="validate the configuration (and the strategy), print it resolved as TOML and exit 0; starts no Ray, trains nothing",
+    )
     p.set_defaults(func=cmd_simulate)
     c = subparsers.add_parser(
         "catalog",
