@@ -1,10 +1,14 @@
-"""Paths printed by the experiments are relative to the working directory when they can be."""
+"""What a run prints: paths relative to the working directory, and progress lines off a terminal."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-from fedsplit.report import shown_path
+from rich.console import Console
+
+from fedsplit.ledger import RoundRecord
+from fedsplit.report import RoundProgress, shown_path
 
 
 def test_shown_path_is_relative_below_the_working_directory(tmp_path, monkeypatch):
@@ -12,3 +16,33 @@ def test_shown_path_is_relative_below_the_working_directory(tmp_path, monkeypatc
     assert shown_path(tmp_path / "results" / "fig.csv") == str(Path("results") / "fig.csv")
     outside = tmp_path.parent / "elsewhere.csv"
     assert shown_path(outside) == str(outside.resolve())
+
+
+def _round(k: int) -> RoundRecord:
+    """A finished round with a long status (wider than an 80-column console)."""
+    return RoundRecord(
+        round=k, online=10, selected=10, aggregated=10, stragglers=0, failed=0, rejected=0, flops=10**9,
+        bytes_up=123_456_789, bytes_down=123_456_789, energy_j=12345.678, server_s=0.1, sim_s=12345.67,
+        metrics={"accuracy": 0.5 + k / 100},
+    )
+
+
+def test_progress_off_a_terminal_is_one_plain_line_per_round():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=40)
+    with RoundProgress(10, console=console) as progress:
+        for k in (1, 2, 10):
+            progress.on_round(_round(k), sim_elapsed_s=100.0 * k)
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["round 1/10", "round 2/10", "round 10/10"]
+    assert lines[-1] == (
+        "round 10/10: acc=0.6000 sim=12345.67s (total 1000.0s) up=123.46MB E=12345.68J agg=10/10"
+    )
+    assert "…" not in out.getvalue() and "━" not in out.getvalue()  # no bar, no truncated tail
+
+
+def test_progress_disabled_prints_nothing():
+    out = io.StringIO()
+    with RoundProgress(2, enabled=False, console=Console(file=out, force_terminal=False)) as progress:
+        progress.on_round(_round(1), sim_elapsed_s=1.0)
+    assert out.getvalue() == ""

@@ -12,11 +12,27 @@ from fedsplit.ledger import RoundRecord
 
 
 class RoundProgress:
-    """A rich progress bar advanced once per finished round (silent when ``enabled`` is False)."""
+    """Per-round progress of a run on stderr (silent when ``enabled`` is False).
+
+    On a terminal a ``rich`` progress bar advances once per finished round. Anywhere else (a
+    pipe, a file, CI) there is no bar, whose redraws and truncated tail would garble a log:
+    each finished round prints one plain, unwrapped line ``round k/N: <status>``.
+
+    Parameters
+    ----------
+    total_rounds : int
+        The ``N`` of ``round k/N``.
+    enabled : bool
+        Print anything at all.
+    console : rich.console.Console, optional
+        Where to print (default: a console on stderr); its ``is_terminal`` chooses bar or lines.
+    """
 
     def __init__(self, total_rounds: int, enabled: bool = True, console: Console | None = None) -> None:
         self.enabled = enabled
+        self.total_rounds = total_rounds
         self.console = console or Console(stderr=True)
+        self.live = enabled and self.console.is_terminal
         self._progress = Progress(
             TextColumn("[bold]round"),
             MofNCompleteColumn(),
@@ -24,7 +40,7 @@ class RoundProgress:
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             console=self.console,
-            disable=not enabled,
+            disable=not self.live,
         )
         self._task = self._progress.add_task("rounds", total=total_rounds, status="")
 
@@ -36,16 +52,18 @@ class RoundProgress:
         self._progress.stop()
 
     def on_round(self, record: RoundRecord, sim_elapsed_s: float) -> None:
-        """Advance the bar with the round's accuracy and simulated time."""
+        """Report a finished round: its accuracy, simulated time, uplink bytes and energy."""
         acc = record.metrics.get("accuracy", float("nan"))
         status = (
             f"acc={acc:.4f} sim={record.sim_s:.2f}s (total {sim_elapsed_s:.1f}s) "
             f"up={record.bytes_up / 1e6:.2f}MB E={record.energy_j:.2f}J "
             f"agg={record.aggregated}/{record.selected}"
         )
-        self._progress.update(self._task, advance=1, status=status)
-        if self.enabled and not self.console.is_terminal:
-            self.console.print(f"round {record.round}: {status}")
+        if self.live:
+            self._progress.update(self._task, advance=1, status=status)
+        elif self.enabled:
+            self.console.file.write(f"round {record.round}/{self.total_rounds}: {status}\n")
+            self.console.file.flush()
 
 
 def print_summary(summary: dict[str, Any], run_dir: str, console: Console | None = None) -> None:
