@@ -65,7 +65,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fedsplit: error: {exc}", file=sys.stderr)
         return 2
-    if args.dry_run:
+    if getattr(args, "dry_run", False):  # (a Namespace built by hand may lack it)
         return dry_run(cfg)
     from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.runner import simulate
