@@ -1,0 +1,230 @@
+"""Compute metering for any ClientApp: exact FLOP counts, with a timed fallback.
+
+A terminal's compute goes into the ledger whether or not its ClientApp reports it. Where it is
+measured:
+
+- fedsplit's engine (:class:`fedsplit.simulation.engine.RayEngine`, also under ``fedsplit
+  run-app``): the actor runs every message through :func:`metered_call` unless the ClientApp says
+  it reports its own FLOPs (``app.reports_flops = True``, as fedsplit's own ClientApp does); the
+  measurement travels back beside the reply, never inside it, and
+  :class:`~fedsplit.simulation.metered_grid.MeteredGrid` reads it from
+  ``EngineGrid.measured_compute``;
+- Flower's simulation engine and deployed ClientApps: install :func:`flop_meter_mod`
+  (``ClientApp(mods=[flop_meter_mod])``). When the reply has no ``"flops"`` in its ``"metrics"``
+  record, the mod adds a :class:`~flwr.app.MetricRecord` under :data:`METER_KEY`
+  (``"fedsplit.meter"``) with ``flops`` (int, FLOPs) and ``method`` (int code, see
+  :data:`METHOD_CODES`); MeteredGrid reads it. Under fedsplit's engine hook the mod steps aside
+  (the engine already measures), so nothing is counted or sent twice.
+
+Precedence in the ledger (``LedgerRow.flops_method``): ``reported`` (the app's own ``"flops"``
+metric) > ``counted``/``timed`` from the engine > the mod's record > ``none``.
+
+How a call is measured
+----------------------
+The call runs under :class:`torch.utils.flop_counter.FlopCounterMode`, which counts the FLOPs of
+the torch operators it has formulas for (matmuls, convolutions, attention, and their backward;
+multiply and add counted separately, as :mod:`fedsplit.models.flops` counts them): method
+``counted``. A generic ClientApp's work depends on its own data and control flow, not on the
+message, so its count cannot be cached per input shape: every call is counted (apps that want to
+avoid the counter's cost report ``"flops"`` themselves, as fedsplit's does from cached per-shape
+counts). If the counter saw no FLOPs but the call used at least :data:`MIN_TIMED_CPU_S` CPU
+seconds (numpy, custom kernels, anything the counter does not know), the FLOPs are the call's
+process CPU seconds times :func:`host_flops_per_cpu_s`, the host's calibrated single-core rate:
+method ``timed``. Below that threshold the call did no measurable compute: ``counted`` with 0.
+Work in other processes (DataLoader workers) is not seen by either method.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = [
+    "METER_KEY",
+    "METHOD_CODES",
+    "MIN_TIMED_CPU_S",
+    "Measurement",
+    "flop_meter_mod",
+    "host_flops_per_cpu_s",
+    "measure",
+    "metered_call",
+    "method_of_code",
+    "read_meter_record",
+    "reports_flops",
+]
+
+T = TypeVar("T")
+
+METER_KEY = "fedsplit.meter"
+"""Key of the mod's :class:`~flwr.app.MetricRecord` in a reply's content."""
+
+METHOD_CODES: dict[str, int] = {"none": 0, "counted": 1, "timed": 2}
+"""``method`` codes of the mod's record (MetricRecord values are numbers)."""
+
+MIN_TIMED_CPU_S = 0.005
+"""CPU seconds a call must use, with no FLOPs counted, to be metered by time (``timed``)."""
+
+CALIBRATION_N = 512
+"""Calibration: ``CALIBRATION_REPEATS`` float32 ``(N, N) @ (N, N)`` matmuls (``2 N^3`` FLOPs each)."""
+CALIBRATION_REPEATS = 4
+CALIBRATION_TRIALS = 3
+
+_ACTIVE: ContextVar[bool] = ContextVar("fedsplit_flop_meter_active", default=False)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """The compute of one metered call.
+
+    Attributes
+    ----------
+    flops : int
+        Floating-point operations (multiply and add counted separately).
+    method : str
+        ``counted`` (FlopCounterMode) or ``timed`` (CPU seconds x host FLOP/s).
+    cpu_s : float
+        Process CPU seconds the call used (all threads), seconds.
+    wall_s : float
+        Wall-clock seconds of the call, seconds.
+    """
+
+    flops: int
+    method: str
+    cpu_s: float
+    wall_s: float
+
+
+@functools.cache
+def host_flops_per_cpu_s() -> float:
+    """This host's calibrated compute rate, FLOPs per CPU second (one core), cached per process.
+
+    Best of :data:`CALIBRATION_TRIALS` timings of :data:`CALIBRATION_REPEATS` float32 matmuls of
+    :data:`CALIBRATION_N` x :data:`CALIBRATION_N` matrices with numpy on one BLAS thread (numpy, so
+    that an enclosing FlopCounterMode neither counts nor slows it). Takes ~0.1 s once.
+
+    Returns
+    -------
+    float
+        FLOP/s per CPU second.
+    """
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((CALIBRATION_N, CALIBRATION_N), dtype=np.float32)
+    b = rng.standard_normal((CALIBRATION_N, CALIBRATION_N), dtype=np.float32)
+    flops = 2 * CALIBRATION_N**3 * CALIBRATION_REPEATS
+    with _one_blas_thread():
+        np.matmul(a, b)  # warm-up: BLAS initialisation is not the host's speed
+        best = float("inf")
+        for _ in range(CALIBRATION_TRIALS):
+            start = time.process_time()
+            for _ in range(CALIBRATION_REPEATS):
+                np.matmul(a, b)
+            best = min(best, time.process_time() - start)
+    return flops / max(best, 1e-9)
+
+
+def _one_blas_thread():  # noqa: ANN202 - a context manager
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def timed_flops(cpu_s: float) -> int:
+    """FLOPs that ``cpu_s`` CPU seconds stand for on this host (:func:`host_flops_per_cpu_s`)."""
+    return int(round(cpu_s * host_flops_per_cpu_s()))
+
+
+def measure(fn: Callable[[], T]) -> tuple[T, Measurement]:
+    """Run ``fn()`` under FlopCounterMode and time it; the result and its :class:`Measurement`.
+
+    An exception from ``fn`` propagates (nothing is measured). While ``fn`` runs,
+    :func:`flop_meter_mod` inside it passes messages through untouched.
+    """
+    counter = FlopCounterMode(display=False)
+    token = _ACTIVE.set(True)
+    try:
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        with counter:
+            result = fn()
+        cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
+    finally:
+        _ACTIVE.reset(token)
+    flops = int(counter.get_total_flops())
+    if flops == 0 and cpu_s >= MIN_TIMED_CPU_S:
+        return result, Measurement(timed_flops(cpu_s), "timed", cpu_s, wall_s)
+    return result, Measurement(flops, "counted", cpu_s, wall_s)
+
+
+def metered_call(fn: ClientAppCallable, msg: Message, ctx: Context) -> tuple[Message, int, str]:
+    """Run a ClientApp (or any ``(msg, ctx) -> Message`` callable) and meter its compute.
+
+    Parameters
+    ----------
+    fn : callable
+        The ClientApp, or a handler.
+    msg : Message
+        The message to handle.
+    ctx : Context
+        The node's context.
+
+    Returns
+    -------
+    tuple
+        ``(reply, flops, method)``: the reply exactly as ``fn`` returned it, FLOPs, and
+        ``"counted"`` or ``"timed"``.
+    """
+    reply, m = measure(lambda: fn(msg, ctx))
+    return reply, m.flops, m.method
+
+
+def reports_flops(content: RecordDict) -> bool:
+    """Whether a reply's content carries the app's own ``"flops"`` in its ``"metrics"`` record."""
+    metrics = content.metric_records.get("metrics")
+    return metrics is not None and "flops" in metrics
+
+
+def method_of_code(code: float) -> str:
+    """The method name of a :data:`METHOD_CODES` code (unknown codes read as ``none``)."""
+    for name, value in METHOD_CODES.items():
+        if value == int(code):
+            return name
+    return "none"
+
+
+def read_meter_record(content: RecordDict) -> tuple[int, str] | None:
+    """``(flops, method)`` from the mod's record in a reply's content, or None if it has none."""
+    record = content.metric_records.get(METER_KEY)
+    if record is None or "flops" not in record:
+        return None
+    return int(record["flops"]), method_of_code(record.get("method", 0))
+
+
+def flop_meter_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
+    """Flower mod: meter the app's compute and add it to the reply when the app reports none.
+
+    Adds ``MetricRecord({"flops": int, "method": code})`` under :data:`METER_KEY` to a reply
+    without an error and without ``"flops"`` in its ``"metrics"`` record (the content is replaced
+    by a shallow copy, so records shared with other messages are not modified). Replies that
+    report their own FLOPs, and error replies, pass through unchanged. Inside fedsplit's engine
+    hook (:func:`metered_call`) the mod only calls the app: the engine measures already.
+    """
+    if _ACTIVE.get():
+        return call_next(msg, ctx)
+    reply, m = measure(lambda: call_next(msg, ctx))
+    if reply.has_error() or not reply.has_content() or reports_flops(reply.content):
+        return reply
+    content = RecordDict(dict(reply.content.items()))
+    content[METER_KEY] = MetricRecord({"flops": m.flops, "method": METHOD_CODES[m.method]})
+    reply.content = content
+    return reply
