@@ -135,6 +135,7 @@ def make_client_app(mods: list | None = None, config_json: str | None = None) ->
         pass it here; deployed ClientApps read ``config-file``/``overrides`` from the run config.
     """
     app = ClientApp(mods=list(default_mods() if mods is None else mods))
+    app.reports_flops = True  # replies carry exact "flops": fedsplit's engine need not meter them
 
     def train(msg: Message, context: Context) -> Message:
         return handle_train(msg, context, config_json)

@@ -13,6 +13,14 @@ driver (so ``Context.state`` persists across rounds whichever actor runs the ter
 Failures: an exception inside the ClientApp becomes an error reply for that client only; an actor
 process that dies is replaced, and the messages of the batches it held are retried one by one, each
 alone on an actor, so only the client that kills its process loses its reply.
+
+Compute metering: unless the ClientApp reports its own FLOPs (``app.reports_flops = True``, as
+fedsplit's ClientApp does), the actor runs each message through
+:func:`fedsplit.clients.flop_meter.metered_call` (FlopCounterMode, else a timed fallback) and returns
+``(flops, method)`` beside the reply, not inside it: the reply's bytes are what the app sent.
+:meth:`EngineGrid.measured_compute` hands the measurement to :class:`MeteredGrid` once. The
+``meter`` option (or the ``FEDSPLIT_METER`` environment variable) is ``auto`` (that rule),
+``always`` or ``off``.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Iterable, Sequence
+from itertools import islice
 from dataclasses import dataclass
 from uuid import uuid4
 
@@ -35,41 +44,71 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsplit.clients.flop_meter import metered_call
 from fedsplit.devices import DeviceProfile, Population
 
 log = logging.getLogger("fedsplit")
 
 Budget = tuple[float, float]  # (num_cpus, num_gpus)
+Measured = tuple[int, str]  # (FLOPs, method): the engine's measurement of one reply's compute
+METER_MODES = ("auto", "always", "off")
+
+
+def meter_mode(mode: str | None = None) -> str:
+    """The metering mode: ``mode`` if given, else ``$FEDSPLIT_METER``, else ``auto``."""
+    mode = mode or os.environ.get("FEDSPLIT_METER") or "auto"
+    if mode not in METER_MODES:
+        raise ValueError(f"meter mode {mode!r}: expected one of {', '.join(METER_MODES)}")
+    return mode
+
+
+def meters(app: ClientApp, mode: str) -> bool:
+    """Whether the engine meters ``app``'s calls (``auto``: unless it reports its own FLOPs)."""
+    if mode == "auto":
+        return not getattr(app, "reports_flops", False)
+    return mode == "always"
 
 
 def _error_reply(msg: Message, code: int, reason: str) -> Message:
     return Message(Error(code=code, reason=reason), reply_to=msg)
 
 
-def run_client_app(app: ClientApp, msg: Message, context: Context) -> tuple[Message, Context]:
-    """Run ``app`` on one message; an exception becomes an error reply (the context is kept)."""
+def run_client_app(
+    app: ClientApp, msg: Message, context: Context, meter: bool = False
+) -> tuple[Message, Context, Measured | None]:
+    """Run ``app`` on one message; an exception becomes an error reply (the context is kept).
+
+    With ``meter`` the call's compute is measured (:func:`~fedsplit.clients.flop_meter.metered_call`)
+    and returned as ``(flops, method)``; else, and for an error reply, None.
+    """
     try:
-        reply = app(msg, context)
+        if meter:
+            reply, flops, method = metered_call(app, msg, context)
+            return reply, context, (flops, method)
+        return app(msg, context), context, None
     except Exception as exc:  # noqa: BLE001 - any ClientApp failure is that client's failure
         reason = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-        return _error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), context
-    return reply, context
+        return _error_reply(msg, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), context, None
 
 
 @ray.remote
 class ClientAppActor:
-    """A Ray actor hosting a ClientApp, running with ``num_threads`` torch threads."""
+    """A Ray actor hosting a ClientApp, running with ``num_threads`` torch threads.
 
-    def __init__(self, client_app: ClientApp, num_threads: int) -> None:
+    With ``meter`` every call's compute is measured (see :func:`run_client_app`).
+    """
+
+    def __init__(self, client_app: ClientApp, num_threads: int, meter: bool = False) -> None:
         import torch
 
         torch.set_num_threads(max(1, num_threads))
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, num_threads)))
         self.app = client_app
+        self.meter = meter
 
-    def run_batch(self, items: Sequence[tuple[Message, Context]]) -> list[tuple[Message, Context]]:
-        """Run the ClientApp on each ``(message, context)`` in turn."""
-        return [run_client_app(self.app, msg, ctx) for msg, ctx in items]
+    def run_batch(self, items: Sequence[tuple[Message, Context]]) -> list[tuple[Message, Context, Measured | None]]:
+        """Run the ClientApp on each ``(message, context)`` in turn: ``(reply, context, measured)``."""
+        return [run_client_app(self.app, msg, ctx, self.meter) for msg, ctx in items]
 
     def pid(self) -> int:
         """Process id of the actor (tests kill it to emulate a crash)."""
@@ -155,6 +194,9 @@ class RayEngine:
         calls than one per message, yet enough batches to balance uneven clients.
     inflight_per_actor : int
         Batches queued at an actor at once (2: the next one starts without a round trip).
+    meter : str, optional
+        Compute metering: ``auto`` (meter the app unless it has ``reports_flops = True``),
+        ``always`` or ``off``; default ``$FEDSPLIT_METER``, else ``auto``.
     """
 
     def __init__(
@@ -169,6 +211,7 @@ class RayEngine:
         cpus_per_actor: float | None = None,
         batch_factor: int = 2,
         inflight_per_actor: int = 2,
+        meter: str | None = None,
     ) -> None:
         self.client_app = client_app
         self.population = population
@@ -179,6 +222,7 @@ class RayEngine:
         self.cpus_per_actor = cpus_per_actor
         self.batch_factor = batch_factor
         self.inflight_per_actor = max(1, inflight_per_actor)
+        self.meter = meters(client_app, meter_mode(meter))
         self.run_id = int.from_bytes(os.urandom(6), "big")
         self.contexts: dict[int, Context] = {}
         self.pools: dict[Budget, ActorPool] = {}
@@ -242,7 +286,7 @@ class RayEngine:
 
     def _new_actor(self, pool: ActorPool):  # noqa: ANN202
         threads = max(1, math.floor(pool.budget[0]))
-        return ClientAppActor.options(**pool.options()).remote(self.client_app, threads)
+        return ClientAppActor.options(**pool.options()).remote(self.client_app, threads, self.meter)
 
     def shutdown(self) -> None:
         """Kill the actors (and Ray, if this engine started it)."""
@@ -291,8 +335,14 @@ class RayEngine:
         return EngineGrid(self)
 
     # --- execution -----------------------------------------------------------------------------
-    def execute(self, messages: Sequence[Message], timeout: float | None = None) -> list[Message]:
-        """Run every message on an actor of its terminal's pool; return the replies."""
+    def execute(
+        self, messages: Sequence[Message], timeout: float | None = None, measured: dict[str, Measured] | None = None
+    ) -> list[Message]:
+        """Run every message on an actor of its terminal's pool; return the replies.
+
+        When the engine meters the app, each reply's ``(flops, method)`` is put in ``measured``
+        under the id of the message it replies to.
+        """
         cluster_gpus = 1.0 if any(b[1] > 0 for b in self.pools) else 0.0
         by_pool: dict[Budget, list[Message]] = {}
         for msg in messages:
@@ -354,9 +404,11 @@ class RayEngine:
                 else:
                     queue.extend((budget, [m], True) for m in batch)
             else:
-                for reply, ctx in results:
+                for reply, ctx, found in results:
                     self.contexts[ctx.node_id] = ctx
                     replies.append(reply)
+                    if found is not None and measured is not None:
+                        measured[reply.metadata.reply_to_message_id] = found
             dispatch()
         return replies
 
@@ -374,7 +426,13 @@ class RayEngine:
 
 
 class EngineGrid(Grid):
-    """Flower's Grid interface over a :class:`RayEngine`."""
+    """Flower's Grid interface over a :class:`RayEngine`.
+
+    The engine's compute measurements wait in a store keyed by the id of the message each reply
+    answers until :meth:`measured_compute` reads them; the store keeps at most
+    ``max(1024, 2 x population)`` entries (the oldest go first), so measurements nobody reads,
+    e.g. of replies that report their own FLOPs, do not pile up.
+    """
 
     def __init__(self, engine: RayEngine) -> None:
         self.engine = engine
@@ -382,6 +440,8 @@ class EngineGrid(Grid):
         self._node_ids: list[int] | None = None
         self._pending: dict[str, Message] = {}
         self._replies: dict[str, Message] = {}
+        self._measured: dict[str, Measured] = {}
+        self._measured_cap = max(1024, 2 * engine.population.size)
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -424,7 +484,7 @@ class EngineGrid(Grid):
         """Run the queued messages among ``message_ids`` and return the replies available."""
         wanted = list(message_ids)
         to_run = [self._pending.pop(i) for i in wanted if i in self._pending]
-        for reply in self.engine.execute(to_run):
+        for reply in self._execute(to_run):
             self._replies[reply.metadata.reply_to_message_id] = reply
         return [self._replies.pop(i) for i in wanted if i in self._replies]
 
@@ -433,4 +493,16 @@ class EngineGrid(Grid):
         messages = list(messages)
         for msg in messages:
             self._stamp(msg)
-        return self.engine.execute(messages, timeout=timeout)
+        return self._execute(messages, timeout=timeout)
+
+    def _execute(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
+        replies = self.engine.execute(messages, timeout=timeout, measured=self._measured)
+        excess = len(self._measured) - self._measured_cap
+        if excess > 0:  # drop the oldest (dicts keep insertion order)
+            for key in list(islice(self._measured, excess)):
+                del self._measured[key]
+        return replies
+
+    def measured_compute(self, reply: Message) -> Measured | None:
+        """The engine's ``(flops, method)`` for ``reply``, once (the entry is dropped); None if not metered."""
+        return self._measured.pop(reply.metadata.reply_to_message_id, None)
