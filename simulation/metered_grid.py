@@ -268,12 +268,21 @@ class MeteredGrid(Grid):
         return kept
 
     def _compute_of(self, reply: Message) -> tuple[int, str]:
-        """FLOPs of a reply's work and how they were obtained (see :class:`LedgerRow`)."""
+        """FLOPs of a reply's work and how they were obtained (see :class:`LedgerRow`).
+
+        Precedence: the app's own ``"flops"`` metric (``reported``) > the engine's measurement
+        (``EngineGrid.measured_compute``) > the record of :func:`fedsplit.clients.flop_meter.flop_meter_mod`
+        (Flower's engine, deployed ClientApps) > ``none``.
+        """
+        from fedsplit.clients.flop_meter import read_meter_record
+
         metrics = reply.content.metric_records.get("metrics")
         if metrics is not None and "flops" in metrics:
             return int(metrics["flops"]), "reported"
         measured = getattr(self.inner, "measured_compute", None)
         found = measured(reply) if callable(measured) else None
+        if found is None:
+            found = read_meter_record(reply.content)
         if found is not None:
             return int(found[0]), str(found[1])
         return 0, "none"
