@@ -6,6 +6,8 @@ deployment engine. It learns the run's configuration from the simulation that bu
 ``["overrides"]``, ``;``-separated, the ``flwr run`` path), and its own terminal from
 ``context.node_config["partition-id"]``.
 
+Split learning's terminal side answers ``train.split`` messages (:mod:`fedsplit.clients.split_client`).
+
 Replies follow Flower's conventions: ``"arrays"`` (weights), ``"metrics"`` with ``"num-examples"``,
 plus ``"flops"`` (FLOPs executed, for the simulated clock) and ``"partition-id"``.
 """
@@ -20,6 +22,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
+from fedsplit.clients.split_client import SPLIT_ACTION, handle_split
 from fedsplit.config import load_config
 from fedsplit.learning import Task, config_to_json, evaluate, task_for, train_local
 
@@ -143,7 +146,11 @@ def make_client_app(mods: list | None = None, config_json: str | None = None) ->
     def evaluate_(msg: Message, context: Context) -> Message:
         return handle_evaluate(msg, context, config_json)
 
+    def split(msg: Message, context: Context) -> Message:
+        return handle_split(msg, context, task_for(_config_json(context, config_json)), _round_seed)
+
     app.train()(train)
+    app.train(SPLIT_ACTION)(split)
     app.evaluate()(evaluate_)
     app.query()(handle_query)
     return app

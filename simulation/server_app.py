@@ -21,7 +21,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsplit.compression import CompressionConfig
 from fedsplit.config import RunConfig
-from fedsplit.devices import Population, resolve_profiles
+from fedsplit.devices import DeviceProfile, Population, resolve_profiles
 from fedsplit.learning import config_to_json, evaluate, task_for
 from fedsplit.ledger import Ledger, RoundRecord
 from fedsplit.simulation.loop import LoopSettings, run_protocol
@@ -30,6 +30,8 @@ from fedsplit.strategies import build_strategy
 from fedsplit.strategies.compression import CompressedStrategy, GuardedStrategy
 from fedsplit.strategies.fedavg_protocol import strategy_protocol
 from fedsplit.strategies.protocol import ProtocolRun, TrainingProtocol
+from fedsplit.strategies.split_protocol import SPLIT_MODES, SplitProtocol, SplitSettings
+from fedsplit.split import choose_cut, describe_cut_choice
 
 log = logging.getLogger("fedsplit")
 
@@ -83,7 +85,10 @@ def train_config(cfg: RunConfig) -> ConfigRecord:
 
 
 def build_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtocol:
-    """The training protocol of ``cfg.training.mode`` (``fl``: the configured Flower strategy)."""
+    """The training protocol of ``cfg.training.mode`` (``fl``: the configured Flower strategy;
+    the split-learning modes: :class:`~fedsplit.strategies.split_protocol.SplitProtocol`)."""
+    if cfg.training.mode in SPLIT_MODES:
+        return build_split_protocol(cfg, metered)
     s = cfg.strategy
     with _without_flower_warning("fraction_evaluate is set to 0.0"):  # 0 = off, as configured
         strategy = build_strategy(
@@ -94,6 +99,59 @@ def build_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtocol:
             min_train_nodes=s.min_train_nodes,
         )
     return strategy_protocol(wrap_strategy(strategy, cfg, metered.reject))
+
+
+CUT_SELECT_PROTOCOL = {"sl-vanilla": "vanilla", "sl-ushape": "u-shape", "splitfed-v1": "splitfed", "splitfed-v2": "splitfed"}
+
+
+def split_cuts(cfg: RunConfig, population: Population, server_profile: DeviceProfile) -> dict[str, str]:
+    """The cut of every device class: ``split.cut`` as given, or chosen by predicted time (auto).
+
+    With ``auto``, SplitFed v1 (one server copy per terminal) takes each class's own best cut;
+    the other modes share one server part, so one cut serves all: the one with the least
+    predicted time summed over the population. Each choice is logged with the alternatives.
+    """
+    task = task_for(config_to_json(cfg))
+    classes = sorted({population.profile_of(p).name for p in range(population.size)})
+    if cfg.split.cut != "auto":
+        return {name: cfg.split.cut for name in classes}
+    protocol = CUT_SELECT_PROTOCOL[cfg.training.mode]
+    input_shape = tuple(task.data.input_shape)
+    sizes = [len(task.data.partition(p)[0]) for p in range(population.size)]
+    samples = max(1, round(sum(sizes) / len(sizes))) * cfg.train.local_epochs
+    times: dict[str, dict] = {}
+    for name in classes:
+        best, per_cut = choose_cut(task.model, input_shape, cfg.train.batch_size, samples, population.profiles[name], server_profile, protocol, recompute=True)
+        log.info("%s", describe_cut_choice(name, best, per_cut))
+        times[name] = {"best": best, "times": per_cut}
+    label = lambda cut: ",".join(cut) if isinstance(cut, tuple) else cut  # noqa: E731
+    if cfg.training.mode == "splitfed-v1":
+        return {name: label(times[name]["best"]) for name in classes}
+    counts = {name: sum(1 for p in range(population.size) if population.profile_of(p).name == name) for name in classes}
+    cuts = list(times[classes[0]]["times"])
+    best = min(cuts, key=lambda c: sum(counts[n] * times[n]["times"][c] for n in classes))
+    log.info("split.cut = auto for the population (%s): %s", cfg.training.mode, label(best))
+    return {name: label(best) for name in classes}
+
+
+def build_split_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtocol:
+    """A :class:`~fedsplit.strategies.split_protocol.SplitProtocol` for ``cfg``."""
+    task = task_for(config_to_json(cfg))
+    cuts = split_cuts(cfg, metered.population, metered.server_profile)
+    t = cfg.train
+    settings = SplitSettings(
+        mode=cfg.training.mode,
+        lr=t.lr,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        batch_size=t.batch_size,
+        local_epochs=t.local_epochs,
+        seed=cfg.seed,
+        noise_std=cfg.split.noise_std,
+        num_classes=int(task.data.num_classes),
+    )
+    population = metered.population
+    return SplitProtocol(settings, task.model, tuple(task.data.input_shape), lambda pid: cuts[population.profile_of(pid).name])
 
 
 @contextmanager

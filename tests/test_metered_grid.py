@@ -96,10 +96,10 @@ class InProcessEngine(RayEngine):
         super().__init__(*args, **kwargs)
         self.claim_task_identity()
 
-    def execute(self, messages: Sequence[Message], timeout: float | None = None) -> list[Message]:
+    def execute(self, messages: Sequence[Message], timeout: float | None = None, measured: dict | None = None) -> list[Message]:  # noqa: ARG002
         replies = []
         for msg in messages:
-            reply, ctx = run_client_app(self.client_app, msg, self.context_of(msg.metadata.dst_node_id))
+            reply, ctx, *_ = run_client_app(self.client_app, msg, self.context_of(msg.metadata.dst_node_id))
             self.contexts[ctx.node_id] = ctx
             replies.append(reply)
         return replies

@@ -40,6 +40,8 @@ STRATEGY_NAMES: tuple[str, ...] = (
 
 ENGINES: tuple[str, ...] = ("fedsplit", "flower")
 
+TRAINING_MODES: tuple[str, ...] = ("fl", "sl-vanilla", "sl-ushape", "splitfed-v1", "splitfed-v2")
+
 
 @dataclass
 class DataConfig:
@@ -96,10 +98,25 @@ class ClockConfig:
 
 
 @dataclass
+class SplitConfig:
+    """Split learning (training.mode = sl-* or splitfed-*)."""
+
+    cut: str = field(default="auto", metadata=doc("last block on the terminal (name or index; 'a,b' = the two cuts of sl-ushape), or auto: the cut with the least predicted time per epoch"))
+    noise_std: float = field(default=0.0, metadata=doc("std of Gaussian noise terminals add to the activations they send (0 = none)", ge=0))
+
+
+@dataclass
 class TrainingConfig:
     """The training protocol and the server loop's cadence."""
 
-    mode: str = field(default="fl", metadata=doc("fl (federated averaging family: strategy.*)", choices=("fl",)))
+    mode: str = field(
+        default="fl",
+        metadata=doc(
+            "fl (federated averaging family: strategy.*) | sl-vanilla | sl-ushape (labels stay on the terminal) | "
+            "splitfed-v1 | splitfed-v2 (split learning: split.*)",
+            choices=TRAINING_MODES,
+        ),
+    )
     eval_every: int = field(default=1, metadata=doc("evaluate the global model on the server's test set every this many rounds, and after the last (0 = never)", ge=0))
     checkpoint_every: int = field(default=0, metadata=doc("save checkpoints/round-<r>.pt every this many rounds (0 = final model only)", ge=0))
     max_empty_rounds: int = field(default=2, metadata=doc("stop with an error after this many consecutive rounds that aggregate nothing (0 = never)", ge=0))
@@ -131,6 +148,7 @@ class RunConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig, metadata=doc("aggregation strategy"))
     clock: ClockConfig = field(default_factory=ClockConfig, metadata=doc("simulated clock"))
     training: TrainingConfig = field(default_factory=TrainingConfig, metadata=doc("training protocol and server loop"))
+    split: SplitConfig = field(default_factory=SplitConfig, metadata=doc("split learning"))
     engine: EngineConfig = field(default_factory=EngineConfig, metadata=doc("execution engine"))
     compression: dict[str, Any] = field(default_factory=dict, metadata=doc("update compression, e.g. {uplink = 'topk', density = 0.01, error_feedback = true}"))
     progress: bool = field(default=True, metadata=doc("show a progress bar and the closing table"))

@@ -1,0 +1,289 @@
+"""The terminal's side of split learning: one handler for ``train.split`` messages.
+
+Every message carries ``config["op"]`` and the terminal answers with what the protocol's next
+exchange needs (see :mod:`fedsplit.strategies.split_protocol` for the server side)::
+
+    op = "begin"  arrays "weights" (the terminal's part(s)) + hyper-parameters and the cut
+                  -> forward batch 0 of the round; reply "activations" (+ "labels" unless U-shape)
+    op = "step"   arrays "gradient" (the gradient at the (first) cut for batch k)
+                  -> recompute the forward of batch k, backward, SGD step; then forward batch
+                     k + 1 and reply its "activations" (+ "labels"), or, after the last batch,
+                     reply the trained part(s) as "weights"
+    op = "head"   U-shape only: arrays "activations" (the server part's output for batch k)
+                  -> head forward, loss on the labels (which never leave the terminal),
+                     backward, SGD step; reply "gradient" at the second cut
+
+Nothing is kept in the process between messages: the terminal's part weights, SGD momentum and
+position in the round live in ``Context.state`` (``fedsplit.split.*`` records), so consecutive
+messages may run in different processes (any actor of fedsplit's engine, Flower's engine, or a
+deployed SuperNode that starts a ClientApp process per message). The price is a second forward
+pass of the terminal's input-side part before its backward; it is metered (``flops`` of each
+reply = what that message really computed, so a batch costs ``2 * forward + backward``).
+Batches follow the same seeded order as FedAvg's local training (:func:`fedsplit.learning.train_local`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from fedsplit.clients.arrays import array_record_from_state, record_views
+from fedsplit.learning import Task
+from fedsplit.split import (
+    client_backward_recompute,
+    client_forward,
+    client_head_step,
+    load_part_state_dict,
+    load_sgd_state,
+    make_sgd,
+    part_state_dict,
+    profile_split,
+    sgd_state,
+    split_model,
+)
+
+SPLIT_ACTION = "split"
+"""Message type ``train.split``."""
+
+STATE_CONFIG = "fedsplit.split.config"
+STATE_WEIGHTS = "fedsplit.split.weights"
+STATE_MOMENTUM = "fedsplit.split.momentum"
+
+
+def parse_cut(text: str) -> str | tuple[str, str]:
+    """``"a"`` -> ``"a"``; ``"a,b"`` -> ``("a", "b")`` (U-shape)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    return (parts[0], parts[1]) if len(parts) == 2 else parts[0]
+
+
+_PARTS: dict[tuple[int, str], object] = {}
+
+
+def parts_for(task: Task, cut: str) -> object:
+    """The task model cut at ``cut``, built once per process (weights are loaded per message)."""
+    key = (id(task), cut)
+    parts = _PARTS.get(key)
+    if parts is None:
+        parts = split_model(task.model, parse_cut(cut))
+        _PARTS[key] = parts
+    return parts
+
+
+def terminal_parts(parts: object) -> dict[str, torch.nn.Module]:
+    """The parts a terminal holds: ``client`` (vanilla) or ``client_front`` + ``client_head``."""
+    named = parts.named_parts()  # type: ignore[attr-defined]
+    return {name: part for name, part in named.items() if name.startswith("client")}
+
+
+@dataclass
+class Cursor:
+    """Where the terminal is in its round of split training."""
+
+    server_round: int
+    cut: str
+    batch: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    seed: int
+    noise_std: float
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> "Cursor":
+        return cls(
+            server_round=int(record["server-round"]),
+            cut=str(record["cut"]),
+            batch=int(record.get("batch", 0)),
+            lr=float(record["lr"]),
+            momentum=float(record.get("momentum", 0.0)),
+            weight_decay=float(record.get("weight-decay", 0.0)),
+            batch_size=int(record["batch-size"]),
+            epochs=int(record.get("local-epochs", 1)),
+            seed=int(record["seed"]),
+            noise_std=float(record.get("noise-std", 0.0)),
+        )
+
+    def to_record(self) -> ConfigRecord:
+        return ConfigRecord(
+            {
+                "server-round": self.server_round,
+                "cut": self.cut,
+                "batch": self.batch,
+                "lr": self.lr,
+                "momentum": self.momentum,
+                "weight-decay": self.weight_decay,
+                "batch-size": self.batch_size,
+                "local-epochs": self.epochs,
+                "seed": self.seed,
+                "noise-std": self.noise_std,
+            }
+        )
+
+
+def batch_indices(n: int, batch_size: int, epochs: int, seed: int, k: int) -> torch.Tensor:
+    """Sample indices of batch ``k`` of a round: the order :func:`train_local` uses (one seeded
+    permutation per epoch, consecutive slices)."""
+    per_epoch = math.ceil(n / batch_size)
+    epoch, slot = divmod(k, per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+    order = None
+    for _ in range(epoch + 1):
+        order = torch.randperm(n, generator=generator)
+    assert order is not None
+    return order[slot * batch_size : (slot + 1) * batch_size]
+
+
+def _views(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return record_views(record)
+
+
+def _load(parts: dict[str, torch.nn.Module], weights: dict[str, np.ndarray]) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for part in parts.values():
+            load_part_state_dict(part, weights)
+
+
+class SplitTerminal:
+    """One terminal's split-learning state for the duration of a message."""
+
+    def __init__(self, task: Task, context: Context, cursor: Cursor, seed_of_round: int) -> None:
+        self.task = task
+        self.context = context
+        self.cursor = cursor
+        self.parts_obj = parts_for(task, cursor.cut)
+        self.parts = terminal_parts(self.parts_obj)
+        self.ushape = "client_head" in self.parts
+        self.optimizers = {
+            name: make_sgd(part, lr=cursor.lr, momentum=cursor.momentum, weight_decay=cursor.weight_decay)
+            for name, part in self.parts.items()
+        }
+        pid = int(context.node_config["partition-id"])
+        self.train_set = task.data.partition(pid)[0]
+        self.n = len(self.train_set)
+        self.num_batches = cursor.epochs * math.ceil(self.n / cursor.batch_size) if self.n else 0
+        self.order_seed = seed_of_round
+
+    def restore(self) -> None:
+        state = self.context.state
+        _load(self.parts, _views(state.array_records[STATE_WEIGHTS]))
+        momentum = _views(state.array_records[STATE_MOMENTUM]) if STATE_MOMENTUM in state.array_records else {}
+        for name, part in self.parts.items():
+            own = {k: v for k, v in momentum.items() if k in dict(part.named_parameters())}
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                load_sgd_state(self.optimizers[name], part, own)
+
+    def save(self) -> None:
+        state = self.context.state
+        weights: dict[str, torch.Tensor] = {}
+        momentum: dict[str, torch.Tensor] = {}
+        for name, part in self.parts.items():
+            weights.update(part_state_dict(part))
+            momentum.update(sgd_state(self.optimizers[name], part))
+        state.array_records[STATE_WEIGHTS] = array_record_from_state(weights)
+        state.array_records[STATE_MOMENTUM] = array_record_from_state(momentum)
+        state.config_records[STATE_CONFIG] = self.cursor.to_record()
+
+    def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = batch_indices(self.n, self.cursor.batch_size, self.cursor.epochs, self.order_seed, k)
+        return self.train_set.x[idx], self.train_set.y[idx]
+
+    def profile(self, b: int):  # noqa: ANN201 - SplitProfile
+        return profile_split(self.task.model, parse_cut(self.cursor.cut), tuple(self.train_set.x.shape[1:]), b)
+
+    def front(self) -> torch.nn.Module:
+        return self.parts["client_front" if self.ushape else "client"]
+
+    def forward_reply(self, k: int, flops: int) -> RecordDict:
+        """Forward batch ``k`` (no graph kept) and build the reply carrying its activations."""
+        x, y = self.batch(k)
+        sent = client_forward(self.front(), x, keep_graph=False).activations
+        if self.cursor.noise_std > 0:
+            generator = torch.Generator().manual_seed(self.order_seed * 1_000_003 + k)
+            sent = sent + self.cursor.noise_std * torch.randn(sent.shape, generator=generator)
+        flops += self.profile(len(y)).part("client_front" if self.ushape else "client").forward_flops
+        content = RecordDict({"activations": array_record_from_state({"cut": sent})})
+        if not self.ushape:
+            content["labels"] = array_record_from_state({"y": y})
+        content["metrics"] = self.metrics(flops)
+        return content
+
+    def weights_reply(self, flops: int) -> RecordDict:
+        weights: dict[str, torch.Tensor] = {}
+        for part in self.parts.values():
+            weights.update(part_state_dict(part))
+        return RecordDict({"weights": array_record_from_state(weights), "metrics": self.metrics(flops)})
+
+    def metrics(self, flops: int, **extra: float) -> MetricRecord:
+        return MetricRecord(
+            {
+                "flops": int(flops),
+                "num-examples": self.n,
+                "batches": self.num_batches,
+                "partition-id": int(self.context.node_config["partition-id"]),
+                **extra,
+            }
+        )
+
+
+def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> Message:  # noqa: ANN001
+    """Handle one ``train.split`` message (see the module docstring)."""
+    config = msg.content.config_records["config"]
+    op = str(config["op"])
+    if op == "begin":
+        cursor = Cursor.from_record(config)
+    else:
+        cursor = Cursor.from_record(context.state.config_records[STATE_CONFIG])
+    pid = int(context.node_config["partition-id"])
+    terminal = SplitTerminal(task, context, cursor, seed_of_round(cursor.seed, pid, cursor.server_round))
+    if op == "begin":
+        _load(terminal.parts, _views(msg.content.array_records["weights"]))
+        cursor.batch = 0
+        if terminal.num_batches == 0:
+            return Message(terminal.weights_reply(0), reply_to=msg)
+        content = terminal.forward_reply(0, 0)
+        terminal.save()
+        return Message(content, reply_to=msg)
+    terminal.restore()
+    k = cursor.batch
+    x, y = terminal.batch(k)
+    if op == "head":
+        activations = _views(msg.content.array_records["activations"])["cut"]
+        head = terminal.parts["client_head"]
+        result = client_head_step(head, activations, y, terminal.optimizers["client_head"])
+        flops = terminal.profile(len(y)).part("client_head").flops
+        terminal.save()
+        content = RecordDict(
+            {
+                "gradient": array_record_from_state({"cut": result.grad_at_cut}),
+                "metrics": terminal.metrics(flops, **{"train-loss": result.loss, "correct": float(result.n_correct)}),
+            }
+        )
+        return Message(content, reply_to=msg)
+    if op != "step":
+        raise ValueError(f"train.split: unknown op {op!r} (begin, step, head)")
+    grad = _views(msg.content.array_records["gradient"])["cut"]
+    name = "client_front" if terminal.ushape else "client"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        client_backward_recompute(terminal.parts[name], x, grad, terminal.optimizers[name])
+    part = terminal.profile(len(y)).part(name)
+    flops = part.forward_flops + part.backward_flops  # the recomputed forward and the backward
+    cursor.batch = k + 1
+    if cursor.batch >= terminal.num_batches:
+        content = terminal.weights_reply(flops)
+    else:
+        content = terminal.forward_reply(cursor.batch, flops)
+    terminal.save()
+    return Message(content, reply_to=msg)
+
+
+__all__ = ["SPLIT_ACTION", "Cursor", "batch_indices", "handle_split", "parse_cut", "parts_for", "terminal_parts"]

@@ -1,0 +1,406 @@
+"""Split learning as training protocols: vanilla, U-shaped, SplitFed v1 and v2.
+
+The edge server holds the server part(s) of the model and exchanges ``train.split`` messages with
+the terminals (:mod:`fedsplit.clients.split_client` is the terminal's side). One step of the server
+loop is one round: every online terminal trains ``local_epochs`` epochs of its data, batch by batch.
+
+Per batch (vanilla, SplitFed)::
+
+    terminal -> server   activations at the cut + labels          (reply to "begin" / "step")
+    server               forward + backward of the server part, SGD step
+    server -> terminal   gradient at the cut                       ("step")
+    terminal             backward + SGD step, then the next batch's forward (same reply)
+
+Per batch (U-shape: the terminal holds the first layers *and* the head; labels never leave it)::
+
+    terminal -> server   activations at cut 1                      (reply to "begin" / "step")
+    server -> terminal   the middle part's activations at cut 2    ("head")
+    terminal -> server   gradient at cut 2 (head forward, loss, backward, step on the terminal)
+    server -> terminal   gradient at cut 1 (middle backward, step)  ("step")
+
+The protocols differ in who runs when and what is averaged:
+
+- ``sl-vanilla`` / ``sl-ushape``: terminals take turns (a barrier on the clock after each turn);
+  the terminal part(s) pass from one terminal to the next through the server (``begin`` carries
+  the previous terminal's trained weights); one server part, trained continuously.
+- ``splitfed-v1``: all terminals in parallel, each with its own copy of the server part; at the
+  end of the round the whole models (terminal part + its server copy) are averaged, weighted by
+  samples (so terminals may even use different cuts).
+- ``splitfed-v2``: terminals in parallel, one server part updated by each terminal's batches in
+  turn (terminal order within a step; its work is exclusive on the server's clock); terminal parts
+  averaged at the end of the round.
+
+Every exchange is a Flower message through the metered Grid, so the ledger has the activation
+and gradient bytes of each batch and the terminal's FLOPs; the server part's FLOPs go on the
+clock through the ``edge-server`` profile. Activations or gradients of the wrong shape or dtype,
+or with NaN/Inf, are rejected for that terminal (logged, its row marked ``rejected``): they never
+reach the server part, the terminal leaves the round and the run goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from torch import nn
+
+from fedsplit.clients.arrays import array_record_from_state, record_views
+from fedsplit.devices import aggregation_flops
+from fedsplit.split import (
+    ForwardState,
+    load_part_state_dict,
+    make_sgd,
+    part_state_dict,
+    profile_split,
+    server_backward_from_state,
+    server_forward,
+    server_step,
+    split_model,
+)
+from fedsplit.strategies.protocol import ProtocolRun, TrainingProtocol
+
+log = logging.getLogger("fedsplit")
+
+SPLIT_MODES = ("sl-vanilla", "sl-ushape", "splitfed-v1", "splitfed-v2")
+MESSAGE_TYPE = "train.split"
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """Hyper-parameters of split training (the same meaning as FedAvg's local training).
+
+    Attributes
+    ----------
+    mode : str
+        One of :data:`SPLIT_MODES`.
+    lr, momentum, weight_decay : float
+        SGD of every part (terminal and server).
+    batch_size : int
+        Samples per batch.
+    local_epochs : int
+        Epochs of its data each terminal trains per round.
+    seed : int
+        Seed of the batch order (as FedAvg's).
+    noise_std : float
+        Standard deviation of Gaussian noise the terminal adds to the activations it sends
+        (smashed-data privacy; 0 = none).
+    num_classes : int
+        Label range, for validating received labels.
+    """
+
+    mode: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    local_epochs: int
+    seed: int
+    noise_std: float = 0.0
+    num_classes: int = 0
+
+
+@dataclass
+class _Chain:
+    """The server's view of one terminal's chain of exchanges in a round."""
+
+    node: int
+    pid: int
+    cut: str
+    parts: object
+    server_opt: torch.optim.Optimizer | None
+    pending: ForwardState | None = None
+    examples: int = 0
+    weights: dict[str, np.ndarray] | None = None
+    dropped: str = ""
+    losses: list[float] = field(default_factory=list)
+
+    @property
+    def active(self) -> bool:
+        return self.weights is None and not self.dropped
+
+
+def _copy(views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.array(v) for k, v in views.items()}
+
+
+class SplitProtocol(TrainingProtocol):
+    """Split learning over Flower messages (see the module docstring).
+
+    Parameters
+    ----------
+    settings : SplitSettings
+        Mode and hyper-parameters.
+    model : nn.Module
+        The model to train (a template: parts are cut from deep copies).
+    input_shape : tuple of int
+        One sample's shape.
+    cut_of : callable
+        ``partition id -> cut`` (``"name"``; ``"a,b"`` for U-shape).
+    """
+
+    def __init__(self, settings: SplitSettings, model: nn.Module, input_shape: tuple[int, ...], cut_of: Callable[[int], str]) -> None:
+        if settings.mode not in SPLIT_MODES:
+            raise ValueError(f"training.mode = {settings.mode!r}: not a split mode ({', '.join(SPLIT_MODES)})")
+        self.settings = settings
+        self.name = settings.mode
+        self.model = model
+        self.input_shape = tuple(input_shape)
+        self.cut_of = cut_of
+        self.ushape = settings.mode == "sl-ushape"
+        self.state: OrderedDict[str, torch.Tensor] | None = None
+        self._num_values = 0
+
+    # --- TrainingProtocol -------------------------------------------------------------------------
+    def start(self, run: ProtocolRun) -> None:
+        self.state = OrderedDict((k, v.clone()) for k, v in run.initial_state.items())
+        self._num_values = sum(int(v.numel()) for v in self.state.values())
+
+    def global_state(self) -> "OrderedDict[str, torch.Tensor]":
+        assert self.state is not None, "start() first"
+        return self.state
+
+    def step(self, run: ProtocolRun, server_round: int) -> dict[str, float]:
+        grid = run.grid
+        nodes = sorted(grid.get_node_ids(), key=grid.partition_of)
+        mode = self.settings.mode
+        if mode in ("sl-vanilla", "sl-ushape"):
+            chains = self._take_turns(run, server_round, nodes)
+        elif mode == "splitfed-v1":
+            chains = [self._chain(node, grid.partition_of(node), self._parts(grid.partition_of(node))) for node in nodes]
+            self._drive(run, server_round, chains, exclusive=False)
+            self._average_whole_models(run, chains)
+        else:  # splitfed-v2: one server part for everyone
+            shared = self._parts(grid.partition_of(nodes[0])) if nodes else None
+            opt = self._server_opt(shared) if shared is not None else None
+            chains = [self._chain(node, grid.partition_of(node), shared, opt) for node in nodes]
+            self._drive(run, server_round, chains, exclusive=True)
+            self._average_terminal_parts(run, chains, shared)
+        losses = [loss for c in chains for loss in c.losses]
+        return {"train-loss": float(np.mean(losses))} if losses else {}
+
+    # --- the protocols -----------------------------------------------------------------------------
+    def _take_turns(self, run: ProtocolRun, server_round: int, nodes: list[int]) -> list[_Chain]:
+        grid = run.grid
+        chains = []
+        if not nodes:
+            return chains
+        parts = self._parts(grid.partition_of(nodes[0]))
+        opt = self._server_opt(parts)
+        for node in nodes:
+            chain = self._chain(node, grid.partition_of(node), parts, opt)
+            self._drive(run, server_round, [chain], exclusive=True)
+            grid.barrier()  # the next terminal's turn starts after this one ended
+            chains.append(chain)
+            if chain.weights is not None:  # its trained part(s) go to the next terminal
+                for part in self._terminal_parts(parts).values():
+                    load_part_state_dict(part, chain.weights)
+                self.state = OrderedDict((k, torch.as_tensor(v)) for k, v in parts.state_dict().items())  # type: ignore[attr-defined]
+        return chains
+
+    def _average_whole_models(self, run: ProtocolRun, chains: list[_Chain]) -> None:
+        done = [c for c in chains if c.weights is not None and c.examples > 0]
+        run.grid.server_work(aggregation_flops(self._num_values, len(done)))
+        if not done:
+            return
+        states = []
+        for c in done:
+            for part in self._terminal_parts(c.parts).values():
+                load_part_state_dict(part, c.weights)
+            states.append(c.parts.state_dict())  # type: ignore[attr-defined]
+        self.state = _weighted_average(states, [c.examples for c in done], self.state)
+
+    def _average_terminal_parts(self, run: ProtocolRun, chains: list[_Chain], shared: object) -> None:
+        done = [c for c in chains if c.weights is not None and c.examples > 0]
+        terminal_values = sum(int(np.asarray(v).size) for v in done[0].weights.values()) if done else 0
+        run.grid.server_work(aggregation_flops(terminal_values, len(done)))
+        if shared is None:
+            return
+        server_state = {}
+        for name, part in shared.named_parts().items():  # type: ignore[attr-defined]
+            if not name.startswith("client"):
+                server_state.update(part_state_dict(part))
+        merged = dict(self.state)
+        merged.update(server_state)
+        if done:
+            averaged = _weighted_average([{k: torch.as_tensor(v) for k, v in c.weights.items()} for c in done], [c.examples for c in done], None)
+            merged.update(averaged)
+        self.state = OrderedDict((k, merged[k]) for k in self.state)
+
+    # --- one chain of exchanges per terminal -----------------------------------------------------
+    def _parts(self, pid: int) -> object:
+        parts = split_model(self.model, _parse_cut(self.cut_of(pid)))
+        parts.load_state_dict(self.state)  # type: ignore[attr-defined]
+        return parts
+
+    def _server_opt(self, parts: object) -> torch.optim.Optimizer | None:
+        s = self.settings
+        return make_sgd(self._server_part(parts), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+    def _chain(self, node: int, pid: int, parts: object, opt: torch.optim.Optimizer | None = None) -> _Chain:
+        return _Chain(node=node, pid=pid, cut=self.cut_of(pid), parts=parts, server_opt=opt if opt is not None else self._server_opt(parts))
+
+    def _server_part(self, parts: object) -> nn.Module:
+        return parts.server_middle if self.ushape else parts.server  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _terminal_parts(parts: object) -> dict[str, nn.Module]:
+        return {n: p for n, p in parts.named_parts().items() if n.startswith("client")}  # type: ignore[attr-defined]
+
+    def _message(self, chain: _Chain, server_round: int, content: RecordDict) -> Message:
+        return Message(content, dst_node_id=chain.node, message_type=MESSAGE_TYPE, group_id=str(server_round))
+
+    def _begin(self, chain: _Chain, server_round: int) -> Message:
+        s = self.settings
+        weights: dict[str, torch.Tensor] = {}
+        for part in self._terminal_parts(chain.parts).values():
+            weights.update(part_state_dict(part))
+        config = ConfigRecord(
+            {
+                "op": "begin",
+                "server-round": server_round,
+                "cut": chain.cut,
+                "lr": s.lr,
+                "momentum": s.momentum,
+                "weight-decay": s.weight_decay,
+                "batch-size": s.batch_size,
+                "local-epochs": s.local_epochs,
+                "seed": s.seed,
+                "noise-std": s.noise_std,
+            }
+        )
+        return self._message(chain, server_round, RecordDict({"weights": array_record_from_state(weights), "config": config}))
+
+    def _drive(self, run: ProtocolRun, server_round: int, chains: list[_Chain], *, exclusive: bool) -> None:
+        """Exchange messages with every chain's terminal until each has sent its trained weights
+        (or left the round); the terminals' next messages go out together."""
+        grid = run.grid
+        outgoing = [self._begin(c, server_round) for c in chains]
+        by_node = {c.node: c for c in chains}
+        while outgoing:
+            expected = {m.metadata.dst_node_id for m in outgoing}
+            replies = {r.metadata.src_node_id: r for r in grid.send_and_receive(outgoing, timeout=run.timeout_s)}
+            outgoing = []
+            for chain in sorted(by_node.values(), key=lambda c: c.pid):
+                if not chain.active or chain.node not in expected:
+                    continue
+                reply = replies.get(chain.node)
+                if reply is None:
+                    chain.dropped = "no reply (failed or missed the deadline)"
+                    continue
+                nxt = self._advance(run, server_round, chain, reply, exclusive)
+                if nxt is not None:
+                    outgoing.append(nxt)
+
+    def _advance(self, run: ProtocolRun, server_round: int, chain: _Chain, reply: Message, exclusive: bool) -> Message | None:
+        grid = run.grid
+        records = reply.content.array_records
+        if "weights" in records:
+            chain.weights = _copy(record_views(records["weights"]))
+            chain.examples = int(reply.content.metric_records["metrics"]["num-examples"])
+            return None
+        if "gradient" in records:  # U-shape: gradient at cut 2 from the terminal's head
+            return self._middle_backward(run, server_round, chain, reply, exclusive)
+        acts = record_views(records["activations"]).get("cut")
+        labels = None if self.ushape else record_views(records["labels"]).get("y")
+        problem = self._check_activations(chain, acts, labels)
+        if problem:
+            chain.dropped = problem
+            grid.reject(server_round, chain.node, problem)
+            return None
+        server = self._server_part(chain.parts)
+        b = acts.shape[0]
+        profile = profile_split(self.model, _parse_cut(chain.cut), self.input_shape, b)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            if self.ushape:
+                chain.pending = server_forward(server, acts)
+                grid.server_work(profile.part("server_middle").forward_flops, partition_id=chain.pid, exclusive=exclusive)
+                content = RecordDict({"activations": array_record_from_state({"cut": chain.pending.activations}), "config": ConfigRecord({"op": "head"})})
+                return self._message(chain, server_round, content)
+            result = server_step(server, acts, labels, chain.server_opt)
+        grid.server_work(profile.part("server").flops, partition_id=chain.pid, exclusive=exclusive)
+        chain.losses.append(result.loss)
+        content = RecordDict({"gradient": array_record_from_state({"cut": result.grad_at_cut}), "config": ConfigRecord({"op": "step"})})
+        return self._message(chain, server_round, content)
+
+    def _middle_backward(self, run: ProtocolRun, server_round: int, chain: _Chain, reply: Message, exclusive: bool) -> Message | None:
+        grid = run.grid
+        grad = record_views(reply.content.array_records["gradient"]).get("cut")
+        pending = chain.pending
+        expected = tuple(pending.activations.shape) if pending is not None else None
+        problem = _check_array("gradient at cut 2", grad, expected)
+        if problem or pending is None:
+            chain.dropped = problem or "gradient without a pending forward"
+            grid.reject(server_round, chain.node, chain.dropped)
+            return None
+        metrics = reply.content.metric_records.get("metrics", {})
+        if "train-loss" in metrics:
+            chain.losses.append(float(metrics["train-loss"]))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            grad1 = server_backward_from_state(pending, grad, chain.server_opt)
+        chain.pending = None
+        profile = profile_split(self.model, _parse_cut(chain.cut), self.input_shape, int(grad.shape[0]))
+        grid.server_work(profile.part("server_middle").backward_flops, partition_id=chain.pid, exclusive=exclusive)
+        content = RecordDict({"gradient": array_record_from_state({"cut": grad1}), "config": ConfigRecord({"op": "step"})})
+        return self._message(chain, server_round, content)
+
+    def _check_activations(self, chain: _Chain, acts: np.ndarray | None, labels: np.ndarray | None) -> str:
+        s = self.settings
+        if acts is None:
+            return "reply has no activations"
+        b = int(acts.shape[0]) if acts.ndim else 0
+        if not 1 <= b <= s.batch_size:
+            return f"activations for {b} samples (expected 1..{s.batch_size})"
+        expected = profile_split(self.model, _parse_cut(chain.cut), self.input_shape, b).cuts[0].activation_shape
+        problem = _check_array("activations", acts, tuple(expected))
+        if problem or self.ushape:
+            return problem
+        if labels is None:
+            return "reply has no labels"
+        if labels.dtype != np.int64 or labels.shape != (b,):
+            return f"labels of dtype {labels.dtype} and shape {labels.shape} (expected int64, ({b},))"
+        if s.num_classes and (labels.min() < 0 or labels.max() >= s.num_classes):
+            return f"labels outside [0, {s.num_classes})"
+        return ""
+
+
+def _check_array(what: str, array: np.ndarray | None, shape: tuple[int, ...] | None) -> str:
+    """Why a received float tensor is unusable (empty string when it is fine)."""
+    if array is None:
+        return f"reply has no {what}"
+    if array.dtype != np.float32:
+        return f"{what} of dtype {array.dtype} (expected float32)"
+    if shape is not None and tuple(array.shape) != tuple(shape):
+        return f"{what} of shape {tuple(array.shape)} (expected {tuple(shape)})"
+    if not np.isfinite(array).all():
+        return f"{what} contain NaN/Inf"
+    return ""
+
+
+def _parse_cut(text: str) -> str | tuple[str, str]:
+    parts = [p.strip() for p in str(text).split(",")]
+    return (parts[0], parts[1]) if len(parts) == 2 else parts[0]
+
+
+def _weighted_average(
+    states: list[dict[str, torch.Tensor]], weights: list[int], order: "OrderedDict[str, torch.Tensor] | None"
+) -> "OrderedDict[str, torch.Tensor]":
+    """Sample-weighted average of state dicts (float64 accumulation, each tensor's own dtype kept)."""
+    total = float(sum(weights))
+    keys = list(order) if order is not None else list(states[0])
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key in keys:
+        ref = torch.as_tensor(states[0][key])
+        acc = sum(torch.as_tensor(s[key]).double() * (w / total) for s, w in zip(states, weights))
+        out[key] = acc.round().to(ref.dtype) if not ref.dtype.is_floating_point else acc.to(ref.dtype)
+    return out
+
+
+__all__ = ["MESSAGE_TYPE", "SPLIT_MODES", "SplitProtocol", "SplitSettings"]
