@@ -36,3 +36,16 @@ def test_fedavg_cnn_has_the_paper_parameter_count():
     from fedsplit.models import count_parameters
 
     assert count_parameters(build_model("fedavg-cnn", (1, 28, 28), 10)) == 1_663_370
+
+
+def test_flops_are_counted_where_the_model_is():
+    """A GPU terminal's model is not on the CPU: the FLOP probe must run on the model's device
+    (here the meta device stands in for a GPU on a CPU-only machine; the old probe fed it CPU
+    tensors and failed with a device mismatch)."""
+    from fedsplit.models import build_model, step_flops
+    from fedsplit.models.flops import _CACHE
+
+    model = build_model("fedavg-cnn", (1, 8, 8), 10, seed=0)
+    on_cpu = step_flops(model, (1, 8, 8), 4)
+    _CACHE.clear()
+    assert step_flops(model.to("meta"), (1, 8, 8), 4) == on_cpu

@@ -25,12 +25,13 @@ _CACHE: dict[tuple, int] = {}
 def _measure(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, train: bool) -> int:
     probe = copy.deepcopy(model)
     probe.train(train)
-    x = torch.zeros((batch_size, *input_shape))
+    device = next((t.device for t in probe.parameters()), torch.device("cpu"))
+    x = torch.zeros((batch_size, *input_shape), device=device)  # where the model is: a GPU terminal's too
     counter = FlopCounterMode(display=False)
     with counter:
         if train:
             out = probe(x)
-            target = torch.zeros(batch_size, dtype=torch.long)
+            target = torch.zeros(batch_size, dtype=torch.long, device=device)
             loss = nn.functional.cross_entropy(out, target)
             loss.backward()
         else:
