@@ -36,16 +36,19 @@ def _dequantize(codes: np.ndarray, scale: np.ndarray, levels: int, bucket: int) 
 
     Works on the ``n`` codes in place (full buckets as a 2-D view, then the
     partial last one), so it allocates ``4 n`` bytes whatever the bucket size:
-    a bucket size claimed by the body must not size a buffer.
+    a bucket size claimed by the body must not size a buffer. A NaN or infinite
+    scale gives NaN/Inf values without a warning; the payload's finiteness
+    check rejects them.
     """
     values = codes.astype(np.float32)
     values -= np.float32(levels)
-    step = scale.astype(np.float32) / np.float32(levels)
-    full = values.size // bucket
-    whole_buckets = values[: full * bucket].reshape(full, bucket)  # a view: scaled in place
-    whole_buckets *= step[:full, None]
-    if full * bucket < values.size:
-        values[full * bucket :] *= step[full]
+    with np.errstate(invalid="ignore", over="ignore"):
+        step = scale.astype(np.float32) / np.float32(levels)
+        full = values.size // bucket
+        whole_buckets = values[: full * bucket].reshape(full, bucket)  # a view: scaled in place
+        whole_buckets *= step[:full, None]
+        if full * bucket < values.size:
+            values[full * bucket :] *= step[full]
     return values
 
 
