@@ -8,6 +8,39 @@ from pathlib import Path
 
 import pytest
 
+# Hypothesis profiles (the property-based tests are in tests/test_compression_fuzz.py):
+#   ci (default)  derandomized, so a given commit is green or red on every run: the examples
+#                 are a fixed function of each test; CI_EXAMPLES per test, no deadline (timing
+#                 must not decide a result), no example database.
+#   fuzz          a randomized campaign of FEDSPLIT_FUZZ_EXAMPLES examples per test (default
+#                 FUZZ_DEFAULT_EXAMPLES), with a per-example deadline to catch hangs; chosen
+#                 when FEDSPLIT_FUZZ_EXAMPLES is set, e.g.
+#                 FEDSPLIT_FUZZ_EXAMPLES=20000 python -m pytest tests/test_compression_fuzz.py
+# HYPOTHESIS_PROFILE=<name> selects a profile explicitly and wins over both. What a campaign
+# finds becomes a fixed example (a plain test), never a stored database entry.
+CI_EXAMPLES = 60  # per property test: the fuzz file runs in a few seconds
+FUZZ_DEFAULT_EXAMPLES = 1000  # per property test when the fuzz profile is chosen by name
+FUZZ_DEADLINE_MS = 2000  # per example, fuzz profile only
+
+
+def _register_hypothesis_profiles() -> str | None:
+    """Register the ``ci`` and ``fuzz`` profiles and load the selected one; its name."""
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # hypothesis is a test extra; tests that need it import it themselves
+        return None
+    common = {"database": None, "print_blob": True, "suppress_health_check": [HealthCheck.too_slow]}
+    settings.register_profile("ci", derandomize=True, max_examples=CI_EXAMPLES, deadline=None, **common)
+    examples = int(os.environ.get("FEDSPLIT_FUZZ_EXAMPLES") or FUZZ_DEFAULT_EXAMPLES)
+    settings.register_profile("fuzz", derandomize=False, max_examples=examples, deadline=FUZZ_DEADLINE_MS, **common)
+    default = "fuzz" if os.environ.get("FEDSPLIT_FUZZ_EXAMPLES") else "ci"
+    profile = os.environ.get("HYPOTHESIS_PROFILE") or default
+    settings.load_profile(profile)
+    return profile
+
+
+HYPOTHESIS_PROFILE = _register_hypothesis_profiles()
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Quiet, deterministic, CPU-only test runs.
