@@ -45,7 +45,9 @@ def test_unknown_model_exits_2_with_one_line_before_ray_starts(tmp_path: Path) -
     for name in ("mlp", "fedavg-cnn", "cnn", "mobilenet", "tv:<name>"):
         assert name in lines[0]
     assert not any(tmp_path.iterdir())  # no run folder
-    assert elapsed < 30, f"took {elapsed:.1f} s: something started before the config was checked"
+    # ~3.5 s on an idle 2-core machine (importing torch); the bound leaves room for a busy one.
+    # The exact check that no engine started is the next test's.
+    assert elapsed < 60, f"took {elapsed:.1f} s: something started before the config was checked"
 
 
 def test_config_error_path_never_initialises_ray(tmp_path: Path) -> None:
