@@ -260,10 +260,11 @@ def test_identity_compression_reproduces_plain_fedavg() -> None:
 def test_bad_payloads_are_rejected_and_the_rest_aggregated(caplog) -> None:
     nodes = [1, 2, 3, 4, 5, 6]
     app, contexts, grid = make_app(), {n: context(n) for n in nodes}, StubGrid(nodes)
-    rejected = []
+    # No on_reject callback: the wrapper logs each rejection itself (with a callback, the callback
+    # logs it, with the terminal's id: one line per rejected update either way).
     strategy = CompressedStrategy(FedAvg(min_available_nodes=6, min_train_nodes=6),
-                                  CompressionConfig(uplink="topk", density=0.25),
-                                  on_reject=lambda r, n, why: rejected.append((r, n, why)))
+                                  CompressionConfig(uplink="topk", density=0.25))
+    rejected = strategy.rejections
     glob = global_model()
     _, replies = run_round(strategy, 1, glob, grid, app, contexts)
     by_node = {r.metadata.src_node_id: r for r in replies}
