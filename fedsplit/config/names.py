@@ -109,3 +109,29 @@ def check_data(data: DataConfig) -> None:
                 f"config: data.shards_per_client = {data.shards_per_client}: must be <= {classes}, "
                 f"the classes of data.name = {data.name!r}"
             )
+
+
+def check_split(mode: str, model_name: str, cut: str) -> None:
+    """``split.cut`` names cuts of ``model.name`` (one cut; two, increasing, for ``sl-ushape``).
+
+    Cut names do not depend on the input size, so the model is built at a nominal input of
+    3x32x32 only to list them (:func:`fedsplit.models.contract.cut_points`); ``auto`` is left to
+    the run, which chooses by predicted time.
+    """
+    if mode == "fl" or cut == "auto":
+        return
+    from fedsplit.models.contract import cut_points, resolve_cut
+    from fedsplit.models.zoo import build_model
+
+    parts = [p.strip() for p in cut.split(",")]
+    wanted = 2 if mode == "sl-ushape" else 1
+    if len(parts) != wanted:
+        form = "'a,b' (the first and the second cut)" if wanted == 2 else "one block name or index"
+        raise ConfigError(f"config: split.cut = {cut!r}: training.mode = {mode!r} takes {form}, or auto")
+    try:
+        points = cut_points(build_model(model_name, (3, 32, 32), 10))
+        indices = [resolve_cut(points, p) for p in parts]
+    except ValueError as exc:
+        raise ConfigError(f"config: split.cut = {cut!r}: {exc}") from None
+    if wanted == 2 and not indices[0] < indices[1]:
+        raise ConfigError(f"config: split.cut = {cut!r}: the first cut must come before the second")

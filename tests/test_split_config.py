@@ -1,0 +1,29 @@
+"""Split-learning settings are checked with the rest of the config, before any engine starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedsplit.config import ConfigError, load_config
+
+
+@pytest.mark.parametrize(
+    ("mode", "cut", "message"),
+    [
+        ("splitfed-v1", "nope", "split.cut = 'nope': cut = 'nope': not a valid cut (allowed cuts: 0=features.0"),
+        ("sl-ushape", "features.2", "takes 'a,b'"),
+        ("sl-ushape", "features.2,features.1", "the first cut must come before the second"),
+        ("sl-vanilla", "features.2,classifier.1", "takes one block name or index"),
+        ("sl-wrong", "auto", "training.mode = 'sl-wrong': unknown (allowed: fl, sl-vanilla"),
+    ],
+)
+def test_bad_split_settings_name_the_field(mode, cut, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"training.mode={mode}", "model.name=fedavg-cnn", f"split.cut={cut}"])
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("mode", "cut"), [("splitfed-v2", "2"), ("sl-ushape", "features.2,classifier.2"), ("sl-vanilla", "auto")])
+def test_good_split_settings_load(mode, cut):
+    cfg = load_config(None, [f"training.mode={mode}", "model.name=fedavg-cnn", f"split.cut={cut}", "split.noise_std=0.1"])
+    assert cfg.training.mode == mode and cfg.split.cut == cut
