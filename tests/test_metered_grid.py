@@ -206,3 +206,23 @@ def test_step_protocol_and_own_start_protocol_give_the_same_ledger(tmp_path):
     assert ledgers[0] == ledgers[1]
     assert durations[0] == pytest.approx(durations[1], rel=1e-12)  # aggregation placed elsewhere, same total
     assert all((finals[0][k] == finals[1][k]).all() for k in finals[0])
+
+
+def test_summary_says_first_when_most_exchanges_failed():
+    from fedsplit.report import summarize
+
+    ledger = Ledger()
+    ledger.add(row(0))
+    for client in (1, 2):
+        bad = row(client, "rejected")
+        bad.reason = "tensor 'w' contains NaN/Inf"
+        ledger.add(bad)
+    ledger.close_round(1, sim_s=1.0, metrics={"accuracy": 0.1})
+    summary = summarize(ledger, 1.0)
+    assert next(iter(summary)) == "warning"
+    assert summary["warning"].startswith("2 of 3 exchanges failed or were rejected")
+    assert "NaN/Inf" in summary["warning"]
+    healthy = Ledger()
+    healthy.add(row(0))
+    healthy.close_round(1, sim_s=1.0)
+    assert "warning" not in summarize(healthy, 1.0)

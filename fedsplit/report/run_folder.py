@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,20 @@ def make_run_dir(cfg: RunConfig) -> Path:
     return path
 
 
+def failure_warning(ledger: Ledger) -> str:
+    """A sentence when more than half of the run's exchanges failed or were rejected, else ''."""
+    rows = ledger.rows
+    bad = [r for r in rows if r.status in ("failed", "rejected")]
+    if not rows or 2 * len(bad) <= len(rows):
+        return ""
+    reasons = Counter(f"{r.status}: {r.reason}" if r.reason else r.status for r in bad)
+    reason, count = reasons.most_common(1)[0]
+    return (
+        f"{len(bad)} of {len(rows)} exchanges failed or were rejected; the metrics below are not a "
+        f"trained result (most common: {reason}, {count} times)"
+    )
+
+
 def summarize(ledger: Ledger, wall_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Totals and per-device-class means derived from the ledger."""
     rounds = [ledger.rounds[r] for r in sorted(ledger.rounds)]
@@ -75,7 +89,11 @@ def summarize(ledger: Ledger, wall_s: float, extra: dict[str, Any] | None = None
         for name, v in sorted(by_device.items())
     }
     final_metrics = rounds[-1].metrics if rounds else {}
-    summary = {
+    summary: dict[str, Any] = {}
+    warning = failure_warning(ledger)
+    if warning:
+        summary["warning"] = warning  # first: a run that mostly failed must not read as a result
+    summary |= {
         "rounds": len(rounds),
         "final_metrics": final_metrics,
         "sim_time_s": sum(r.sim_s for r in rounds),
@@ -89,6 +107,9 @@ def summarize(ledger: Ledger, wall_s: float, extra: dict[str, Any] | None = None
         "stragglers": sum(r.stragglers for r in rounds),
         "failed": sum(r.failed for r in rounds),
         "rejected": sum(r.rejected for r in rounds),
+        "server_s": sum(r.server_s for r in rounds),
+        "server_flops": sum(r.server_flops for r in rounds),
+        "server_energy_j": sum(r.server_energy_j for r in rounds),
         "devices": device_means,
     }
     summary.update(extra or {})
