@@ -185,24 +185,12 @@ class SharedEngine:
         return path
 
     def simulate(self, cfg: RunConfig):  # noqa: ANN201 - RunOutcome
-        """Run ``cfg`` like :func:`~fedsplit.simulation.runner.simulate` (``write=False``) on these actors."""
-        from fedsplit.report import summarize
-        from fedsplit.simulation.runner import RunOutcome, compression_extra, quiet_flower
-        from fedsplit.simulation.server_app import RunSession, run_server
+        """Run ``cfg`` with :func:`~fedsplit.simulation.runner.simulate` (``write=False``) on these actors."""
+        from fedsplit.simulation.runner import simulate
 
-        quiet_flower()
         self.engine.run_config = {"config-file": str(self._client_config_file(cfg)), "overrides": ""}
         self.engine.contexts.clear()  # fresh Contexts: no residual or codec state from the previous run
-        session = RunSession.from_config(cfg)
-        session.engine_info = self.engine.describe()
-        start = time.perf_counter()
-        run_server(self.engine.grid(), session)
-        wall_s = time.perf_counter() - start
-        if len(session.ledger.rounds) != cfg.rounds:
-            raise RuntimeError(f"the run stopped after {len(session.ledger.rounds)} of {cfg.rounds} rounds")
-        extra = {"engine": cfg.engine.name, "terminals": cfg.num_terminals, **session.engine_info}
-        extra.update(compression_extra(session.strategy))
-        return RunOutcome(run_dir=Path(cfg.out_dir), summary=summarize(session.ledger, wall_s, extra), session=session)
+        return simulate(cfg, write=False, engine=self.engine)
 
 
 @dataclass

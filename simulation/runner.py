@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,24 @@ class RunOutcome:
     run_dir: Path
     summary: dict[str, Any]
     session: RunSession
+
+
+#: Ray's FutureWarning at ``ray.init``: a tip about a future default, not about this run.
+RAY_ACCEL_TIP = r"Tip: In future versions of Ray, Ray will no longer override accelerator"
+
+
+def quiet_ray() -> None:
+    """Pin the GPU visibility fedsplit relies on, and drop Ray's tip about its future default.
+
+    A Ray actor with ``num_gpus=0`` gets ``CUDA_VISIBLE_DEVICES=""`` (Ray's default,
+    ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1``), so a CPU-budget device class trains on the CPU
+    even on a GPU machine, as its profile says. ``ray.init`` warns that a future Ray will stop
+    doing this unless told; the variable is set here (unless the user set it) so that it keeps
+    doing it, and the warning, which then says nothing true about the run, is filtered. Call
+    before Ray starts (either engine).
+    """
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
+    warnings.filterwarnings("ignore", message=RAY_ACCEL_TIP, category=FutureWarning)
 
 
 def quiet_flower() -> None:
@@ -90,7 +110,7 @@ def compression_extra(strategy: Any) -> dict[str, Any]:
     }
 
 
-def simulate(cfg: RunConfig, *, write: bool = True) -> RunOutcome:
+def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None) -> RunOutcome:
     """Train ``cfg`` on its engine and write the run folder.
 
     Parameters
@@ -99,8 +119,12 @@ def simulate(cfg: RunConfig, *, write: bool = True) -> RunOutcome:
         A validated configuration.
     write : bool
         Write the run folder (``cfg.out_dir/<run_name>``) and print the closing table.
+    engine : RayEngine, optional
+        An already started fedsplit engine to run on (its actors are kept for the caller's next
+        run, e.g. a sweep); by default ``cfg.engine`` starts one for this run.
     """
     quiet_flower()
+    quiet_ray()
     session = RunSession.from_config(cfg)
     run_dir = make_run_dir(cfg) if write else Path(cfg.out_dir)
     if write:
@@ -108,7 +132,11 @@ def simulate(cfg: RunConfig, *, write: bool = True) -> RunOutcome:
     start = time.perf_counter()
     with RoundProgress(cfg.rounds, enabled=cfg.progress) as progress:
         session.on_round = progress.on_round
-        ENGINES[cfg.engine.name](session)
+        if engine is not None:
+            session.engine_info = engine.describe()
+            run_server(engine.grid(), session)
+        else:
+            ENGINES[cfg.engine.name](session)
     wall_s = time.perf_counter() - start
     if session.error is not None:
         raise session.error

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Device check on a machine with a GPU (issue 18): a population of GPU terminals trains, and gives
+# the accuracy of the same run on the CPU. Installed with ../shared/tools/device-pack; run from
+# outside the repo root, e.g. `source .devpack/install.sh && cd /tmp && bash $REPO/experiments/device_check.sh`.
+# Prints one line per run: `run=<name> final_accuracy=<x> ...` and the CUDA memory of the terminals.
+set -uo pipefail
+out=${OUT:-/tmp/fedsplit-device-check}
+mkdir -p "$out"
+common=(--set rounds=2 --set model.name=cnn --set train.local_epochs=1 --set progress=false --set "out_dir=$out")
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+# 8 jetson-nano terminals: Ray budget num_gpus = 0.25 each, so they train on the GPU.
+fedsplit simulate "${common[@]}" --set 'devices={jetson-nano=8}' --set run_name=gpu 2>&1 | tail -3
+# The same terminals with no GPU budget: the same run on the CPU.
+fedsplit simulate "${common[@]}" --set 'devices={jetson-cpu=8}' --set 'profiles={jetson-cpu={base="jetson-nano", num_gpus=0.0}}' --set run_name=cpu 2>&1 | tail -3
+# Split learning with GPU terminals.
+fedsplit simulate "${common[@]}" --set 'devices={jetson-nano=8}' --set training.mode=splitfed-v1 --set model.name=fedavg-cnn --set split.cut=features.2 --set run_name=splitfed-gpu 2>&1 | tail -3
+python3 - "$out" <<'PY'
+import json, sys, pathlib
+for run in ("gpu", "cpu", "splitfed-gpu"):
+    path = pathlib.Path(sys.argv[1]) / run / "summary.json"
+    if path.is_file():
+        s = json.loads(path.read_text())
+        print(f"run={run} final_accuracy={s['final_metrics'].get('accuracy')} failed={s['failed']} rejected={s['rejected']}")
+    else:
+        print(f"run={run} missing summary (the run failed: see above)")
+PY
