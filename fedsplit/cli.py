@@ -18,6 +18,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedsplit.inference.cli",
 )
 
+#: Sub-commands that may start Ray: :func:`fedsplit.simulation.runner.quiet_ray` runs first.
+RAY_COMMANDS: frozenset[str] = frozenset({"simulate", "run-app"})
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every registered sub-command."""
@@ -38,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fedsplit`` command and return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in RAY_COMMANDS:
+        from fedsplit.simulation.runner import quiet_ray
+
+        quiet_ray()
     return int(args.func(args) or 0)
 
 
