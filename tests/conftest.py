@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,34 @@ def small_overrides(tmp_path: Path, **extra: object) -> list[str]:
 def fedsplit_cmd(*args: str) -> list[str]:
     """The ``fedsplit`` console command, run with this interpreter."""
     return [sys.executable, "-m", "fedsplit.cli", *args]
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """What one ``fedsplit`` command did, as :class:`subprocess.CompletedProcess` reports it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def fedsplit_main(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliRun]:
+    """Run ``fedsplit ARGS...`` in this process and capture its exit status and output.
+
+    The same ``main`` as the console script, without a new interpreter importing torch, Flower
+    and Ray for every call (seconds each on 2 cores); a run uses the test's Ray session when one
+    is up (request ``ray_session``). tests/test_readme.py runs the installed script itself.
+    """
+    from fedsplit.cli import main
+
+    def run(*args: str) -> CliRun:
+        capsys.readouterr()  # what the test printed before is not this command's output
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        out, err = capsys.readouterr()
+        return CliRun(int(code or 0), out, err)
+
+    return run

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 from fedsplit.config import load_config
 from fedsplit.simulation.runner import simulate
-from tests.conftest import fedsplit_cmd, small_overrides
+from tests.conftest import small_overrides
 
 
-def test_trained_runs_feed_the_scheduler(tmp_path, ray_session):
+def test_trained_runs_feed_the_scheduler(tmp_path, ray_session, fedsplit_main):
     runs = []
     for name, hidden in (("mlp-small", 8), ("mlp-large", 64)):
-        overrides = small_overrides(tmp_path, run_name=name, **{"model.hidden": hidden, "rounds": 3})
+        overrides = small_overrides(tmp_path, run_name=name, **{"model.hidden": hidden})  # 2 rounds: accuracy 0.44 and 0.90
         runs.append(str(simulate(load_config(None, overrides)).run_dir))
     catalog = tmp_path / "catalog.json"
-    proc = subprocess.run(fedsplit_cmd("catalog", *runs, "--out", str(catalog)), capture_output=True, text=True, timeout=300)
+    proc = fedsplit_main("catalog", *runs, "--out", str(catalog))
     assert proc.returncode == 0, proc.stderr[-2000:]
     models = json.loads(catalog.read_text())["models"]
     assert [m["name"] for m in models] == ["mlp-small", "mlp-large"]  # sorted by FLOPs
@@ -26,10 +25,10 @@ def test_trained_runs_feed_the_scheduler(tmp_path, ray_session):
     assert large["latency_s"]["raspberry-pi-4"] > large["latency_s"]["laptop"]
 
     scenario = tmp_path / "scenario.json"
-    proc = subprocess.run(fedsplit_cmd("scenario", "--terminals", "4", "--seed", "1", "--catalog", str(catalog), "--accuracy-target", "0.3", "--out", str(scenario)), capture_output=True, text=True, timeout=300)
+    proc = fedsplit_main("scenario", "--terminals", "4", "--seed", "1", "--catalog", str(catalog), "--accuracy-target", "0.3", "--out", str(scenario))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [m["name"] for m in json.loads(scenario.read_text())["models"]] == ["mlp-small", "mlp-large"]
-    proc = subprocess.run(fedsplit_cmd("schedule", "--scenario", str(scenario), "--json"), capture_output=True, text=True, timeout=300)
+    proc = fedsplit_main("schedule", "--scenario", str(scenario), "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout)
     assert result["feasible"] is True
@@ -37,7 +36,7 @@ def test_trained_runs_feed_the_scheduler(tmp_path, ray_session):
     assert len(result["assignments"]) == 4
 
 
-def test_catalog_rejects_an_unfinished_run(tmp_path):
-    proc = subprocess.run(fedsplit_cmd("catalog", str(tmp_path)), capture_output=True, text=True, timeout=300)
+def test_catalog_rejects_an_unfinished_run(tmp_path, fedsplit_main):
+    proc = fedsplit_main("catalog", str(tmp_path))
     assert proc.returncode == 2
     assert "not a finished run folder (config.toml is missing)" in proc.stderr

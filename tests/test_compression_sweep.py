@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import re
-import subprocess
 import sys
 
 from fedsplit.compression import TrafficRecord, summarize_traffic
 from fedsplit.config import load_config
 from fedsplit.simulation.runner import compression_extra, simulate
-from tests.conftest import REPO, fedsplit_cmd, small_overrides
+from tests.conftest import REPO, small_overrides
 
 SWEEP = REPO / "experiments" / "compression_sweep.py"
 NUM = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?|nan|inf"
@@ -21,18 +21,25 @@ def _fields(line: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in line.split() if "=" in item)
 
 
-def test_sweep_smoke_prints_codec_lines_checks_and_writes_files(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(SWEEP), "--smoke", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
+def _load_sweep():
+    """The sweep script as a module (its ``main(argv)`` is what ``python compression_sweep.py`` runs)."""
+    spec = importlib.util.spec_from_file_location("compression_sweep", SWEEP)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_smoke_prints_codec_lines_checks_and_writes_files(tmp_path, ray_session, capsys):
+    # In this process, on the test's Ray (the sweep reuses a running one): no interpreter, torch
+    # and Ray start-up of its own.
+    assert _load_sweep().main(["--smoke", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
     pattern = re.compile(
         rf"^codec=(\S+) partition=iid ratio=({NUM}) ledger_ratio=({NUM}) final_acc=({NUM}) delta_acc_pp=({NUM})"
     )
     rows = {m.group(1): m for m in map(pattern.match, lines) if m}
-    assert set(rows) == {"identity", "topk-ef"}, proc.stdout
+    assert set(rows) == {"identity", "topk-ef"}, lines
     assert float(rows["identity"].group(5)) == 0.0
     assert 0.9 < float(rows["identity"].group(2)) <= 1.0  # fp32 payload plus framing
     assert float(rows["topk-ef"].group(2)) > 100
@@ -59,13 +66,13 @@ def _train_bytes_up(run_dir) -> list[int]:
         return [int(r["bytes_up"]) for r in csv.DictReader(fh) if r["phase"] == "train" and r["status"] == "ok"]
 
 
-def test_simulate_with_topk_reports_the_ratio_and_shrinks_ledger_uplink(tmp_path, ray_session):
+def test_simulate_with_topk_reports_the_ratio_and_shrinks_ledger_uplink(tmp_path, ray_session, fedsplit_main):
     common = {"model.name": "fedavg-cnn", "rounds": 2, "devices": "{raspberry-pi-4 = 2, laptop = 2}"}
     args = ["simulate"]
     for item in small_overrides(tmp_path, run_name="topk", progress="true", **common):
         args += ["--set", item]
     args += ["--set", "compression={uplink='topk', density=0.01}"]
-    proc = subprocess.run(fedsplit_cmd(*args), capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = fedsplit_main(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "uplink compression ratio vs fp32" in proc.stdout  # the closing table
     summary = json.loads((tmp_path / "topk" / "summary.json").read_text())

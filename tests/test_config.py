@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from fedsplit.config import ConfigError, load_config
-from tests.conftest import fedsplit_cmd
 
 
 def test_overrides_apply_with_types(tmp_path):
@@ -59,21 +56,16 @@ def test_malformed_file_is_reported(tmp_path):
         load_config(tmp_path / "missing.toml")
 
 
-def test_cli_rejects_bad_config_with_one_line_and_runs_nothing(tmp_path):
-    proc = subprocess.run(
-        fedsplit_cmd("simulate", "--set", "strategy.fraction_train=2", "--set", f"out_dir={tmp_path}"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_cli_rejects_bad_config_with_one_line_and_runs_nothing(tmp_path, fedsplit_main):
+    proc = fedsplit_main("simulate", "--set", "strategy.fraction_train=2", "--set", f"out_dir={tmp_path}")
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == ["fedsplit: error: config: strategy.fraction_train = 2.0: must be > 0 and <= 1"]
     assert not any(tmp_path.iterdir())
 
 
-def test_simulate_help_lists_every_field():
-    proc = subprocess.run(fedsplit_cmd("simulate", "--help"), capture_output=True, text=True, timeout=120)
+def test_simulate_help_lists_every_field(fedsplit_main):
+    proc = fedsplit_main("simulate", "--help")
     assert proc.returncode == 0
     for name in ("rounds", "strategy.name", "data.partitioner", "clock.round_deadline_s", "engine.name", "devices"):
         assert name in proc.stdout

@@ -1,28 +1,28 @@
 """End to end through the ``fedsplit`` command: scenario generation, scheduling, bad input."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from fedsplit.cli import main
 
-def fedsplit(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fedsplit.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+
+@pytest.fixture
+def fedsplit(fedsplit_main):
+    """``fedsplit ARGS...`` in this process (see conftest's ``fedsplit_main``)."""
+    return fedsplit_main
 
 
 @pytest.fixture(scope="module")
 def scenario_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("sched") / "scenario.json"
-    done = fedsplit("scenario", "--terminals", "5", "--seed", "3", "--out", str(path))
-    assert done.returncode == 0, done.stderr
+    assert main(["scenario", "--terminals", "5", "--seed", "3", "--out", str(path)]) == 0
     data = json.loads(path.read_text())
     assert len(data["terminals"]) == 5 and len(data["models"]) == 3
     return path
 
 
-def test_schedule_json_end_to_end(scenario_file):
+def test_schedule_json_end_to_end(fedsplit, scenario_file):
     done = fedsplit("schedule", "--scenario", str(scenario_file), "--solver", "exact", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
@@ -49,7 +49,7 @@ def test_schedule_json_end_to_end(scenario_file):
         (lambda d: d.update(models=[]), "models"),
     ],
 )
-def test_bad_input_exits_nonzero_with_one_line(scenario_file, tmp_path, mutate, field):
+def test_bad_input_exits_nonzero_with_one_line(fedsplit, scenario_file, tmp_path, mutate, field):
     data = json.loads(scenario_file.read_text())
     mutate(data)
     bad = tmp_path / "bad.json"
@@ -61,7 +61,7 @@ def test_bad_input_exits_nonzero_with_one_line(scenario_file, tmp_path, mutate, 
     assert done.stdout == ""
 
 
-def test_infeasible_scenario_answers_feasible_false_with_reasons(scenario_file, tmp_path):
+def test_infeasible_scenario_answers_feasible_false_with_reasons(fedsplit, scenario_file, tmp_path):
     data = json.loads(scenario_file.read_text())
     data["accuracy_target"] = 0.99
     path = tmp_path / "hard.json"
