@@ -89,6 +89,8 @@ def build_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtocol:
     the split-learning modes: :class:`~fedsplit.strategies.split_protocol.SplitProtocol`)."""
     if cfg.training.mode in SPLIT_MODES:
         return build_split_protocol(cfg, metered)
+    if cfg.training.mode in ("fedbuff", "fedasync", "gossip"):
+        return build_orchestration_protocol(cfg)
     s = cfg.strategy
     with _without_flower_warning("fraction_evaluate is set to 0.0"):  # 0 = off, as configured
         strategy = build_strategy(
@@ -98,7 +100,42 @@ def build_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtocol:
             fraction_evaluate=s.fraction_evaluate,
             min_train_nodes=s.min_train_nodes,
         )
+    strategy = wrap_selection(strategy, cfg, metered)
     return strategy_protocol(wrap_strategy(strategy, cfg, metered.reject))
+
+
+def wrap_selection(strategy: Strategy, cfg: RunConfig, metered: MeteredGrid) -> Strategy:
+    """FedCS selection (``strategy.selection``) and adaptive local work (``strategy.local_work``)."""
+    from fedsplit.strategies.adaptive_local import AdaptiveLocalStrategy, BudgetController
+    from fedsplit.strategies.fedcs import FedCSStrategy, completion_predictor
+
+    s = cfg.strategy
+    if s.selection == "all" and s.local_work == "fixed":
+        return strategy
+    predictor = completion_predictor(config_to_json(cfg), metered.population.profile_of)
+    if s.selection == "fedcs":
+        strategy = FedCSStrategy(strategy, predictor, cfg.clock.round_deadline_s)
+    if s.local_work == "adaptive":
+        controller = BudgetController(s.resource_budget_s, s.max_local_epochs, cfg.train.lr) if s.resource_budget_s > 0 else None
+        strategy = AdaptiveLocalStrategy(strategy, predictor, max_epochs=s.max_local_epochs, controller=controller)
+    return strategy
+
+
+def build_orchestration_protocol(cfg: RunConfig) -> TrainingProtocol:
+    """FedBuff / FedAsync (:mod:`fedsplit.strategies.async_protocol`) or gossip training."""
+    o = cfg.orchestration
+    if cfg.training.mode == "gossip":
+        from fedsplit.strategies.gossip_protocol import GossipProtocol, GossipSettings
+
+        return GossipProtocol(GossipSettings(graph=o.graph, graph_degree=o.graph_degree, edges=o.edges, gossip=o.gossip, seed=cfg.seed))
+    from fedsplit.strategies.async_protocol import AsyncProtocol, AsyncSettings
+
+    return AsyncProtocol(
+        AsyncSettings(
+            mode=cfg.training.mode, concurrency=o.concurrency, buffer_size=o.buffer_size, staleness_exponent=o.staleness_exponent,
+            server_lr=o.server_lr, mixing_alpha=o.mixing_alpha, seed=cfg.seed,
+        )
+    )
 
 
 CUT_SELECT_PROTOCOL = {"sl-vanilla": "vanilla", "sl-ushape": "u-shape", "splitfed-v1": "splitfed", "splitfed-v2": "splitfed"}

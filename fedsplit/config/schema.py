@@ -40,7 +40,16 @@ STRATEGY_NAMES: tuple[str, ...] = (
 
 ENGINES: tuple[str, ...] = ("fedsplit", "flower")
 
-TRAINING_MODES: tuple[str, ...] = ("fl", "sl-vanilla", "sl-ushape", "splitfed-v1", "splitfed-v2")
+TRAINING_MODES: tuple[str, ...] = ("fl", "sl-vanilla", "sl-ushape", "splitfed-v1", "splitfed-v2", "fedbuff", "fedasync", "gossip")
+
+#: Client selection of the FedAvg family (``strategy.selection``): all sampled terminals, or FedCS.
+SELECTIONS: tuple[str, ...] = ("all", "fedcs")
+
+#: Local work per terminal (``strategy.local_work``): the configured epochs, or adaptive (FedNova).
+LOCAL_WORK: tuple[str, ...] = ("fixed", "adaptive")
+
+#: Device graphs of gossip training (``orchestration.graph``).
+GOSSIP_GRAPHS: tuple[str, ...] = ("ring", "regular", "complete", "edges")
 
 
 @dataclass
@@ -87,6 +96,10 @@ class StrategyConfig:
     fraction_evaluate: float = field(default=0.0, metadata=doc("fraction of online terminals sampled for client-side evaluation (0 = off)", ge=0, le=1))
     min_train_nodes: int = field(default=1, metadata=doc("minimum terminals sampled for training", ge=1))
     params: dict[str, Any] = field(default_factory=dict, metadata=doc("extra keyword arguments of the strategy, e.g. {proximal_mu = 0.1}"))
+    selection: str = field(default="all", metadata=doc("all (the strategy's sample) | fedcs (of the sample, those predicted to finish within clock.round_deadline_s, fastest first)", choices=SELECTIONS))
+    local_work: str = field(default="fixed", metadata=doc("fixed (train.local_epochs everywhere) | adaptive (per-terminal epochs so all finish together, FedNova averaging)", choices=LOCAL_WORK))
+    max_local_epochs: int = field(default=8, metadata=doc("local_work = adaptive: most epochs a terminal is given in a round", ge=1))
+    resource_budget_s: float = field(default=0.0, metadata=doc("local_work = adaptive: total simulated seconds of the run; >0 lets a controller (Wang et al. 2019) choose the round's local epochs", ge=0))
 
 
 @dataclass
@@ -106,6 +119,21 @@ class SplitConfig:
 
 
 @dataclass
+class OrchestrationConfig:
+    """Asynchronous (training.mode = fedbuff | fedasync) and decentralized (gossip) training."""
+
+    concurrency: int = field(default=10, metadata=doc("fedbuff/fedasync: terminals training at once (in flight)", ge=1))
+    buffer_size: int = field(default=5, metadata=doc("fedbuff: updates aggregated per step (K)", ge=1))
+    staleness_exponent: float = field(default=0.5, metadata=doc("weight of an update s versions old: (1 + s) ** -exponent", ge=0))
+    server_lr: float = field(default=1.0, metadata=doc("fedbuff: server learning rate on the averaged update", gt=0))
+    mixing_alpha: float = field(default=0.6, metadata=doc("fedasync: mixing weight of a fresh update", gt=0, le=1))
+    graph: str = field(default="ring", metadata=doc("gossip: device graph: ring | regular (random, degree graph_degree) | complete | edges (orchestration.edges)", choices=GOSSIP_GRAPHS))
+    graph_degree: int = field(default=3, metadata=doc("gossip: degree of the random regular graph", ge=1))
+    edges: str = field(default="", metadata=doc("gossip with graph = edges: terminal pairs 'a-b,c-d,...'"))
+    gossip: str = field(default="dpsgd", metadata=doc("gossip: dpsgd (average with all neighbours) | gosgd (with one random neighbour)", choices=("dpsgd", "gosgd")))
+
+
+@dataclass
 class TrainingConfig:
     """The training protocol and the server loop's cadence."""
 
@@ -113,7 +141,8 @@ class TrainingConfig:
         default="fl",
         metadata=doc(
             "fl (federated averaging family: strategy.*) | sl-vanilla | sl-ushape (labels stay on the terminal) | "
-            "splitfed-v1 | splitfed-v2 (split learning: split.*)",
+            "splitfed-v1 | splitfed-v2 (split learning: split.*) | fedbuff | fedasync (asynchronous: orchestration.*) | "
+            "gossip (decentralized: orchestration.*)",
             choices=TRAINING_MODES,
         ),
     )
@@ -149,6 +178,7 @@ class RunConfig:
     clock: ClockConfig = field(default_factory=ClockConfig, metadata=doc("simulated clock"))
     training: TrainingConfig = field(default_factory=TrainingConfig, metadata=doc("training protocol and server loop"))
     split: SplitConfig = field(default_factory=SplitConfig, metadata=doc("split learning"))
+    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig, metadata=doc("asynchronous and decentralized training"))
     engine: EngineConfig = field(default_factory=EngineConfig, metadata=doc("execution engine"))
     compression: dict[str, Any] = field(default_factory=dict, metadata=doc("update compression, e.g. {uplink = 'topk', density = 0.01, error_feedback = true}"))
     progress: bool = field(default=True, metadata=doc("show a progress bar and the closing table"))
