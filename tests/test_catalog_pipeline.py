@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fedsplit.config import load_config
 from fedsplit.simulation.runner import simulate
 from tests.conftest import small_overrides
 
 
+@pytest.mark.slow
 def test_trained_runs_feed_the_scheduler(tmp_path, ray_session, fedsplit_main):
     runs = []
     for name, hidden in (("mlp-small", 8), ("mlp-large", 64)):

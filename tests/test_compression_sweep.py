@@ -8,6 +8,8 @@ import json
 import re
 import sys
 
+import pytest
+
 from fedsplit.compression import TrafficRecord, summarize_traffic
 from fedsplit.config import load_config
 from fedsplit.simulation.runner import compression_extra, simulate
@@ -30,6 +32,7 @@ def _load_sweep():
     return module
 
 
+@pytest.mark.slow
 def test_sweep_smoke_prints_codec_lines_checks_and_writes_files(tmp_path, ray_session, capsys):
     # In this process, on the test's Ray (the sweep reuses a running one): no interpreter, torch
     # and Ray start-up of its own.
@@ -66,6 +69,7 @@ def _train_bytes_up(run_dir) -> list[int]:
         return [int(r["bytes_up"]) for r in csv.DictReader(fh) if r["phase"] == "train" and r["status"] == "ok"]
 
 
+@pytest.mark.slow
 def test_simulate_with_topk_reports_the_ratio_and_shrinks_ledger_uplink(tmp_path, ray_session, fedsplit_main):
     common = {"model.name": "fedavg-cnn", "rounds": 2, "devices": "{raspberry-pi-4 = 2, laptop = 2}"}
     args = ["simulate"]
