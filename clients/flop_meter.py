@@ -24,7 +24,9 @@ How a call is measured
 The call runs under :class:`torch.utils.flop_counter.FlopCounterMode`, which counts the FLOPs of
 the torch operators it has formulas for (matmuls, convolutions, attention, and their backward;
 multiply and add counted separately, as :mod:`fedsplit.models.flops` counts them): method
-``counted``. A generic ClientApp's work depends on its own data and control flow, not on the
+``counted``. The meter keeps FlopCounterMode's totals but skips its per-module attribution and
+takes a fast path for operators without a decomposition (``_FastFlopCounterMode`` below), which
+makes counting about 3x cheaper on small models. A generic ClientApp's work depends on its own data and control flow, not on the
 message, so its count cannot be cached per input shape: every call is counted (apps that want to
 avoid the counter's cost report ``"flops"`` themselves, as fedsplit's does from cached per-shape
 counts). If the counter saw no FLOPs but the call used at least :data:`MIN_TIMED_CPU_S` CPU
@@ -45,8 +47,10 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
@@ -80,6 +84,97 @@ CALIBRATION_REPEATS = 4
 CALIBRATION_TRIALS = 3
 
 _ACTIVE: ContextVar[bool] = ContextVar("fedsplit_flop_meter_active", default=False)
+
+
+# --- a faster FlopCounterMode with the same totals ---------------------------------------------------
+# FlopCounterMode attributes FLOPs to modules (global module hooks, a multi-grad hook per module
+# call) and, for every operator, tries a CompositeImplicitAutograd decomposition before running
+# it. The meter needs totals only, and most operators have no such decomposition: for those the
+# result of that attempt is known in advance. _FastFlopCounterMode runs them and counts their
+# FLOPs with FlopCounterMode's own formulas directly; every other operator (higher-order ops,
+# decomposable ops, size/stride queries) goes through FlopCounterMode's own dispatch. Totals are
+# FlopCounterMode's, about 3x cheaper on small models (a 64-64-10 MLP step: 10x -> 3.7x of the
+# uncounted step; a FedAvg-CNN step: 1.6x -> 1.08x; see tests/test_compute_metering.py for the
+# equality checks).
+_DELEGATE = object()  # route of an operator that FlopCounterMode's own dispatch handles
+_UNSEEN = object()
+_QUERIES = frozenset(
+    "sym_is_contiguous is_contiguous is_strides_like_format is_non_overlapping_and_dense size sym_size "
+    "stride sym_stride storage_offset sym_storage_offset numel sym_numel dim layout device".split()
+)
+_ROUTES: dict = {}  # OpOverload -> FLOP formula, None (no FLOPs), or _DELEGATE
+
+
+class _TotalsOnly:
+    """Stands in for FlopCounterMode's ModuleTracker: every FLOP goes to ``"Global"``, no hooks."""
+
+    parents = ("Global",)
+
+    def __enter__(self) -> "_TotalsOnly":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _route(func: object) -> object:
+    """How :class:`_FastFlopCounterMode` handles ``func`` (cached per operator)."""
+    if not isinstance(func, torch._ops.OpOverload) or func._overloadpacket.__name__ in _QUERIES:
+        return _DELEGATE
+    cia = torch._C.DispatchKey.CompositeImplicitAutograd
+    if cia in func.py_kernels or torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), cia):
+        return _DELEGATE  # FlopCounterMode runs its decomposition
+    return flop_counter.flop_registry.get(func._overloadpacket)
+
+
+_FastBase = getattr(flop_counter, "_FlopCounterMode", None)
+
+
+if _FastBase is not None:
+
+    class _FastFlopCounterMode(_FastBase):  # type: ignore[misc, valid-type]
+        """FlopCounterMode's dispatch with a fast path for operators without a decomposition."""
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            route = _ROUTES.get(func, _UNSEEN)
+            if route is _UNSEEN:
+                route = _ROUTES[func] = _route(func)
+            if route is _DELEGATE:
+                return super().__torch_dispatch__(func, types, args, kwargs)
+            kwargs = kwargs if kwargs else {}
+            out = func(*args, **kwargs)
+            if route is not None:
+                self.counter.flop_counts["Global"][func._overloadpacket] += route(*args, **kwargs, out_val=out)
+            return out
+
+
+class _Counter:
+    """Total FLOPs of what runs inside, as FlopCounterMode counts them (see above)."""
+
+    def __init__(self) -> None:
+        self.counter = FlopCounterMode(display=False)
+        fast = _FastBase is not None and hasattr(self.counter, "mod_tracker") and hasattr(self.counter, "flop_counts")
+        if fast:
+            self.counter.mod_tracker = _TotalsOnly()
+        self.mode = _FastFlopCounterMode(self.counter) if fast else None
+
+    def __enter__(self) -> "_Counter":
+        if self.mode is None:
+            self.counter.__enter__()
+        else:
+            self.counter.flop_counts.clear()
+            self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.mode is None:
+            self.counter.__exit__(*exc)
+        else:
+            self.mode.__exit__(*exc)
+
+    def total(self) -> int:
+        """FLOPs counted so far."""
+        return int(self.counter.get_total_flops())
 
 
 @dataclass(frozen=True)
@@ -151,7 +246,7 @@ def measure(fn: Callable[[], T]) -> tuple[T, Measurement]:
     An exception from ``fn`` propagates (nothing is measured). While ``fn`` runs,
     :func:`flop_meter_mod` inside it passes messages through untouched.
     """
-    counter = FlopCounterMode(display=False)
+    counter = _Counter()
     token = _ACTIVE.set(True)
     try:
         wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -160,7 +255,7 @@ def measure(fn: Callable[[], T]) -> tuple[T, Measurement]:
         cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
     finally:
         _ACTIVE.reset(token)
-    flops = int(counter.get_total_flops())
+    flops = counter.total()
     if flops == 0 and cpu_s >= MIN_TIMED_CPU_S:
         return result, Measurement(timed_flops(cpu_s), "timed", cpu_s, wall_s)
     return result, Measurement(flops, "counted", cpu_s, wall_s)
