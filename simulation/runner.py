@@ -13,7 +13,7 @@ from typing import Any
 from fedsplit.config import RunConfig
 from fedsplit.learning import config_to_json
 from fedsplit.report import RoundProgress, make_run_dir, print_summary, summarize, write_run_folder
-from fedsplit.simulation.server_app import RunSession, make_server_app, run_server
+from fedsplit.simulation.server_app import RunSession, _without_flower_warning, make_server_app, run_server
 
 log = logging.getLogger("fedsplit")
 
@@ -62,12 +62,15 @@ def run_on_flower_engine(session: RunSession) -> None:
         init_args["address"] = cfg.engine.ray_address
     elif cfg.engine.num_cpus:
         init_args["num_cpus"] = cfg.engine.num_cpus
-    run_simulation(
-        server_app=make_server_app(session),
-        client_app=make_client_app(config_json=config_to_json(cfg)),
-        num_supernodes=cfg.num_terminals,
-        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args},
-    )
+    # Flower 1.41 warns that run_simulation is deprecated in favour of `flwr run`: advice to
+    # fedsplit's maintainers (this engine's API), nothing about the user's run.
+    with _without_flower_warning("`run_simulation` function is deprecated"):
+        run_simulation(
+            server_app=make_server_app(session),
+            client_app=make_client_app(config_json=config_to_json(cfg)),
+            num_supernodes=cfg.num_terminals,
+            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": init_args},
+        )
 
 
 def run_on_fedsplit_engine(session: RunSession) -> None:
