@@ -1,8 +1,12 @@
-"""What a run prints: paths relative to the working directory, and progress lines off a terminal."""
+"""What a run prints: paths relative to the working directory, plain progress lines off a terminal,
+and none of the Ray and Flower warnings that say nothing about the run."""
 
 from __future__ import annotations
 
+import inspect
 import io
+import os
+import warnings
 from pathlib import Path
 
 from rich.console import Console
@@ -46,3 +50,28 @@ def test_progress_disabled_prints_nothing():
     with RoundProgress(2, enabled=False, console=Console(file=out, force_terminal=False)) as progress:
         progress.on_round(_round(1), sim_elapsed_s=1.0)
     assert out.getvalue() == ""
+
+
+def test_quiet_ray_filters_the_tip_ray_really_prints_and_keeps_gpus_from_cpu_actors(monkeypatch):
+    import ray._private.worker
+
+    from fedsplit.simulation.runner import RAY_ACCEL_TIP, quiet_ray
+
+    tip = "Tip: In future versions of Ray, Ray will no longer override accelerator "
+    assert tip in inspect.getsource(ray._private.worker.init)  # a new Ray rewords it: update RAY_ACCEL_TIP
+    monkeypatch.delenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_ray()
+        warnings.warn(tip + "visible devices env var if num_gpus=0 ...", FutureWarning)
+    assert caught == [] and tip.startswith(RAY_ACCEL_TIP)
+    assert os.environ["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] == "1"  # num_gpus=0 actors see no GPU
+
+
+def test_the_flower_engine_filters_the_deprecation_flower_really_logs():
+    import flwr.simulation.run_simulation as flower_run_simulation
+
+    from fedsplit.simulation import runner
+
+    assert "The `run_simulation` function is deprecated" in inspect.getsource(flower_run_simulation)
+    assert "`run_simulation` function is deprecated" in inspect.getsource(runner.run_on_flower_engine)
