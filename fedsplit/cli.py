@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "fedsplit.simulation.cli",
     "fedsplit.inference.cli",
+    "fedsplit.inference.edgent_cli",
 )
 
 #: Sub-commands that may start Ray: :func:`fedsplit.simulation.runner.quiet_ray` runs first.
