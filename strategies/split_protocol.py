@@ -26,9 +26,13 @@ The protocols differ in who runs when and what is averaged:
 - ``splitfed-v1``: all terminals in parallel, each with its own copy of the server part; at the
   end of the round the whole models (terminal part + its server copy) are averaged, weighted by
   samples (so terminals may even use different cuts).
-- ``splitfed-v2``: terminals in parallel, one server part updated by each terminal's batches in
-  turn (terminal order within a step; its work is exclusive on the server's clock); terminal parts
-  averaged at the end of the round.
+- ``splitfed-v2``: one server part, trained on one terminal's epoch after another (terminal
+  order), as in Thapa et al.'s SplitFedV2; every terminal starts from the round's terminal part
+  and the terminal parts are averaged at the end of the round. On the clock the terminals run in
+  parallel but the server serves them one at a time (its work is exclusive), so a terminal waits
+  for the server. (Interleaving the terminals batch by batch on the shared server part instead
+  collapsed to chance accuracy on digits with momentum 0.9: 0.214, 0.1, 0.056, 0.1, 0.1 over 5
+  rounds of 10 terminals.)
 
 Every exchange is a Flower message through the metered Grid, so the ledger has the activation
 and gradient bytes of each batch and the terminal's FLOPs; the server part's FLOPs go on the
@@ -179,7 +183,8 @@ class SplitProtocol(TrainingProtocol):
             shared = self._parts(grid.partition_of(nodes[0])) if nodes else None
             opt = self._server_opt(shared) if shared is not None else None
             chains = [self._chain(node, grid.partition_of(node), shared, opt) for node in nodes]
-            self._drive(run, server_round, chains, exclusive=True)
+            for chain in chains:  # the server part trains on one terminal's epoch after another
+                self._drive(run, server_round, [chain], exclusive=True)
             self._average_terminal_parts(run, chains, shared)
         losses = [loss for c in chains for loss in c.losses]
         return {"train-loss": float(np.mean(losses))} if losses else {}

@@ -186,3 +186,32 @@ def test_splitfed_runs_end_to_end_on_both_engines(tmp_path, ray_session, engine)
     assert max(r.seq for r in rows) > 5 and all(r.flops > 0 for r in rows)
     for record in outcome.session.ledger.rounds.values():
         assert record.server_flops > 0 and record.aggregated == 4
+
+
+def test_splitfed_v2_trains_one_server_part_on_one_terminal_after_another():
+    """Two terminals, one batch each: the server part steps on terminal 0's batch, then on
+    terminal 1's; each terminal part steps once from the round's start; terminal parts averaged."""
+    from dataclasses import replace as with_server
+
+    from fedsplit.split import make_sgd, split_model, split_training_step
+
+    cfg, task, ledger, final, _ = run_split(one_batch("splitfed-v2", "{laptop = 2}"))
+    t = cfg.train
+    start = task.initial_state()
+    shared = split_model(task.model, "features.2")
+    shared.load_state_dict(start)
+    server_opt = make_sgd(shared.server, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    clients, sizes = [], []
+    for pid in (0, 1):
+        parts = with_server(split_model(task.model, "features.2"), server=shared.server)
+        parts.client.load_state_dict({k: start[k] for k in parts.client.state_dict()})
+        train = task.data.partition(pid)[0]
+        idx = batch_indices(len(train), t.batch_size, 1, _round_seed(cfg.seed, pid, 1), 0)
+        client_opt = make_sgd(parts.client, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        split_training_step(parts, {"client": client_opt, "server": server_opt}, train.x[idx], train.y[idx], recompute=True)
+        clients.append({k: v.detach().clone() for k, v in parts.client.state_dict().items()})
+        sizes.append(len(train))
+    expected = OrderedDict((k, v.detach().clone()) for k, v in shared.state_dict().items())
+    for key in clients[0]:
+        expected[key] = sum(c[key].double() * (n / sum(sizes)) for c, n in zip(clients, sizes)).float()
+    assert_close(final, expected)
