@@ -10,7 +10,8 @@ rounds keep aggregating nothing (a run that trains nothing must not end as if it
 from __future__ import annotations
 
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,7 +23,8 @@ from fedsplit.strategies.protocol import ProtocolRun, TrainingProtocol
 
 log = logging.getLogger("fedsplit")
 
-StateDict = "OrderedDict[str, torch.Tensor]"
+StateDict = Mapping[str, torch.Tensor]
+"""A model's weights by ``state_dict`` key."""
 
 
 class EmptyRoundsError(RuntimeError):

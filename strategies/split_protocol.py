@@ -51,7 +51,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from torch import nn
 
 from fedsplit.clients.arrays import array_record_from_state, record_views

@@ -6,13 +6,11 @@ exactness and privacy tests use an in-process engine (no Ray), the last test bot
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord
 
 from fedsplit.clients.app import _round_seed, make_client_app
 from fedsplit.clients.split_client import batch_indices
@@ -24,7 +22,6 @@ from fedsplit.simulation.engine import EngineGrid
 from fedsplit.simulation.loop import LoopSettings, run_protocol
 from fedsplit.simulation.metered_grid import MeteredGrid
 from fedsplit.simulation.server_app import build_protocol, train_config
-from fedsplit.simulation.wire_size import recorddict_wire_bytes
 from fedsplit.split import profile_split
 from fedsplit.strategies.protocol import ProtocolRun
 from tests.test_metered_grid import InProcessEngine

@@ -10,7 +10,6 @@ server's own work, so nothing is counted twice or estimated where it was measure
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
