@@ -34,6 +34,21 @@ seconds (numpy, custom kernels, anything the counter does not know), the FLOPs a
 process CPU seconds times :func:`host_flops_per_cpu_s`, the host's calibrated single-core rate:
 method ``timed``. Below that threshold the call did no measurable compute: ``counted`` with 0.
 Work in other processes (DataLoader workers) is not seen by either method.
+
+Overhead
+--------
+bench_engine's workloads and its ``overhead`` ratio (fedsplit's engine with one 1-CPU actor over
+the plain PyTorch loop; committed reference on a quiet host: MLP 1.126, CNN 1.071), measured on
+the 2-core development host while other jobs ran (load 5-18), so with the engine before this
+change, ``auto`` and ``always`` interleaved pass by pass in the same process (best of 2, two
+runs). fedsplit's ClientApp reports its FLOPs, so under ``auto`` the hook is skipped and costs
+nothing measurable: MLP 1.055 and 1.316 against 1.149 and 1.337 before, CNN 0.921 and 0.805
+against 1.058 and 0.884 (``bench_engine.py --passes 1`` alone, load ~15: MLP 1.556, CNN 0.983,
+not comparable with the quiet reference). With the hook forced on (``FEDSPLIT_METER=always``,
+the cost a third-party app pays): MLP 4.87 against 1.32 (each of a step's ~60 tiny operators
+pays a Python dispatch; 14.2 with plain FlopCounterMode), CNN 0.944 against 0.805 (+17%; +10%
+in the first run, with plain FlopCounterMode). Simulated seconds come from the FLOPs, so this
+is real time only.
 """
 
 from __future__ import annotations
@@ -93,9 +108,9 @@ _ACTIVE: ContextVar[bool] = ContextVar("fedsplit_flop_meter_active", default=Fal
 # result of that attempt is known in advance. _FastFlopCounterMode runs them and counts their
 # FLOPs with FlopCounterMode's own formulas directly; every other operator (higher-order ops,
 # decomposable ops, size/stride queries) goes through FlopCounterMode's own dispatch. Totals are
-# FlopCounterMode's, about 3x cheaper on small models (a 64-64-10 MLP step: 10x -> 3.7x of the
-# uncounted step; a FedAvg-CNN step: 1.6x -> 1.08x; see tests/test_compute_metering.py for the
-# equality checks).
+# FlopCounterMode's, about 3x cheaper on small models (one thread, SGD steps of a 64-64-10 MLP on
+# 10 samples: 13x -> 3.9x the uncounted step; of a FedAvg CNN on 10 28x28 images: 1.56x -> 1.12x;
+# tests/test_compute_metering.py checks the totals are equal).
 _DELEGATE = object()  # route of an operator that FlopCounterMode's own dispatch handles
 _UNSEEN = object()
 _QUERIES = frozenset(

@@ -261,6 +261,7 @@ def independent_train_flops(partition_id: int, nodes: int, epochs: int, batch_si
     return total
 
 
+@pytest.mark.slow
 def test_quickstart_app_train_rows_are_counted_exactly_under_run_app(tmp_path):
     nodes, epochs, batch_size = 3, 2, 16
     args = [
