@@ -18,7 +18,8 @@ fedsplit's Ray engine, or a deployment grid) and sits between a strategy and the
 
 The server loop tells the grid when a round begins (:meth:`MeteredGrid.begin_round`) and closes it
 (:meth:`MeteredGrid.close_round`). A third-party ServerApp that knows nothing of fedsplit gets
-``auto_rounds=True``: each batch of ``train`` messages that follows other traffic begins a round.
+``auto_rounds=True``: each batch of ``train`` messages begins a round (a Flower strategy's
+``start()`` sends one per round).
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ class MeteredGrid(Grid):
         If fewer terminals are online, seeded extra terminals are brought online (the server waits
         for them): a strategy needs at least its minimum number of nodes to sample from.
     auto_rounds : bool
-        Begin a round at each batch of ``train`` messages that follows other traffic (for
-        third-party ServerApps, which do not call :meth:`begin_round`).
+        Begin a round at each batch of ``train`` messages (for third-party ServerApps, which
+        do not call :meth:`begin_round`; a Flower strategy's ``start()`` sends one per round).
     server_profile : DeviceProfile, optional
         The edge server's profile for server work (default: the built-in ``edge-server``).
     emulate_availability : bool
@@ -100,7 +101,6 @@ class MeteredGrid(Grid):
         self.emulate_availability = emulate_availability
         self.auto_rounds = auto_rounds
         self.server_profile = server_profile or builtin_profiles()[EDGE_SERVER_PROFILE]
-        self._last_type = ""
         self._partition_of = partition_of
         self._node_of_partition: dict[int, int] | None = None
         self._node_array = np.zeros(0, dtype=np.uint64)
@@ -250,11 +250,10 @@ class MeteredGrid(Grid):
         if not messages:
             return []
         message_type = messages[0].metadata.message_type
-        if self.auto_rounds and message_type.startswith("train") and not self._last_type.startswith("train"):
+        if self.auto_rounds and message_type.startswith("train"):
             if self.current_round > 0:
                 self.close_round()
             self.begin_round(self.current_round + 1)
-        self._last_type = message_type
         sent = {m.metadata.dst_node_id: (m, payload_bytes(m.content)) for m in messages}
         replies = {r.metadata.src_node_id: r for r in self.inner.send_and_receive(messages, timeout=timeout)}
         kept: list[Message] = []

@@ -143,18 +143,20 @@ def test_metered_exchange_rows_equal_the_clock_arithmetic(setup):
 
 
 def test_auto_rounds_begin_at_each_train_batch(setup):
+    """Round 1 trains and evaluates, round 2 only trains (fraction_evaluate = 0), round 3 trains."""
     cfg, grid, ledger, _ = setup
     grid.auto_rounds = True
     task = task_for(config_to_json(cfg))
-    for server_round in (1, 2):
+    for server_round in (1, 2, 3):
         config = ConfigRecord({"server-round": server_round})
         msgs = [Message(RecordDict({"arrays": ArrayRecord(task.initial_state()), "config": config}), dst_node_id=n, message_type="train", group_id="x") for n in grid.get_node_ids()]
         grid.send_and_receive(msgs)
-        evals = [Message(RecordDict({"arrays": ArrayRecord(task.initial_state())}), dst_node_id=n, message_type="evaluate", group_id="x") for n in grid.get_node_ids()]
-        grid.send_and_receive(evals)
+        if server_round == 1:
+            evals = [Message(RecordDict({"arrays": ArrayRecord(task.initial_state())}), dst_node_id=n, message_type="evaluate", group_id="x") for n in grid.get_node_ids()]
+            grid.send_and_receive(evals)
     grid.close_round()
-    assert sorted(ledger.rounds) == [1, 2]
-    assert [len(ledger.rows_of(r)) for r in (1, 2)] == [8, 8]
+    assert sorted(ledger.rounds) == [1, 2, 3]
+    assert [len(ledger.rows_of(r)) for r in (1, 2, 3)] == [8, 4, 4]
 
 
 class OwnLoopFedAvg(FedAvg):
