@@ -16,6 +16,25 @@ def _fields_help() -> str:
     return "\n".join(lines)
 
 
+def check_strategy(cfg: RunConfig) -> int:
+    """Build the strategy as the run will (a user's class imported, its ``strategy.params`` checked
+    against its constructor), before any engine starts: 0, or 2 after one line on stderr."""
+    from fedsplit.simulation.server_app import _without_flower_warning
+    from fedsplit.strategies import StrategyLoadError, build_strategy
+
+    s = cfg.strategy
+    try:
+        with _without_flower_warning("fraction_evaluate is set to 0.0"):  # as the run builds it
+            build_strategy(
+                s.name, s.params, fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate,
+                min_train_nodes=s.min_train_nodes,
+            )
+    except StrategyLoadError as exc:
+        print(f"fedsplit: error: config: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def dry_run(cfg: RunConfig) -> int:
     """Check everything that ``fedsplit simulate`` checks before training, and start nothing.
 
@@ -36,19 +55,10 @@ def dry_run(cfg: RunConfig) -> int:
     import tomli_w
 
     from fedsplit.config import config_to_dict
-    from fedsplit.simulation.server_app import _without_flower_warning
-    from fedsplit.strategies import StrategyLoadError, build_strategy
 
+    if (code := check_strategy(cfg)) != 0:
+        return code
     s = cfg.strategy
-    try:
-        with _without_flower_warning("fraction_evaluate is set to 0.0"):  # as the run builds it
-            build_strategy(
-                s.name, s.params, fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate,
-                min_train_nodes=s.min_train_nodes,
-            )
-    except StrategyLoadError as exc:
-        print(f"fedsplit: error: config: {exc}", file=sys.stderr)
-        return 2
     print(tomli_w.dumps(config_to_dict(cfg)), end="")
     print(f"# config OK: {cfg.rounds} rounds of {s.name} on {cfg.num_terminals} terminals "
           f"(engine {cfg.engine.name}); --dry-run started nothing")
@@ -67,6 +77,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     if getattr(args, "dry_run", False):  # (a Namespace built by hand may lack it)
         return dry_run(cfg)
+    if cfg.training.mode == "fl" and (code := check_strategy(cfg)) != 0:  # before Ray starts
+        return code
     from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.runner import simulate
     from fedsplit.strategies import StrategyLoadError

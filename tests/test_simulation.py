@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import textwrap
 
 import pytest
@@ -14,7 +13,7 @@ from fedsplit.config import load_config
 from fedsplit.devices import builtin_profiles
 from fedsplit.learning import config_to_json, task_for
 from fedsplit.simulation.runner import simulate
-from tests.conftest import fedsplit_cmd, small_overrides
+from tests.conftest import small_overrides
 from tests.test_clock import mlp_train_flops
 
 ENGINES = ["fedsplit", "flower"]
@@ -26,12 +25,13 @@ def read_rows(path):
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_cli_simulate_writes_run_folder(tmp_path, engine):
+def test_cli_simulate_writes_run_folder(tmp_path, engine, ray_session, fedsplit_main):
     args = ["simulate", "--engine", engine]
     for item in small_overrides(tmp_path):
         args += ["--set", item]
-    proc = subprocess.run(fedsplit_cmd(*args), capture_output=True, text=True, timeout=600)
+    proc = fedsplit_main(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warn" not in proc.stderr.lower(), proc.stderr[-3000:]
     run = tmp_path / "run"
     for name in ("config.toml", "rounds.csv", "clients.csv", "summary.json", "plots/accuracy.png", "plots/bytes_energy_by_device.png", "checkpoints/final.pt"):
         assert (run / name).is_file(), name
@@ -131,11 +131,16 @@ def test_user_strategy_plugs_in_by_import_path(tmp_path, monkeypatch, ray_sessio
         load_strategy_class("no_such_module:X")
 
 
-def test_cli_reports_unimportable_strategy(tmp_path):
+def test_cli_reports_unimportable_strategy_before_ray_starts(tmp_path, fedsplit_main):
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
     args = ["simulate"] + [x for item in small_overrides(tmp_path, **{"strategy.name": "nope.mod:Strat"}) for x in ("--set", item)]
-    proc = subprocess.run(fedsplit_cmd(*args), capture_output=True, text=True, timeout=300)
+    proc = fedsplit_main(*args)
     assert proc.returncode == 2
     assert "strategy.name = 'nope.mod:Strat': cannot import module 'nope.mod'" in proc.stderr
+    assert not ray.is_initialized()
 
 
 def test_nan_updates_are_rejected_and_the_run_goes_on(tmp_path, ray_session):
