@@ -109,3 +109,14 @@ def fedsplit_main(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliRun]:
         return CliRun(int(code or 0), out, err)
 
     return run
+
+
+def _ends_ray(item: pytest.Item) -> bool:
+    """Whether a test runs Flower's simulation engine, whose teardown shuts down the shared Ray."""
+    return any(mark in item.nodeid for mark in ("[flower", "both_engines", "flower_engine"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:  # noqa: ARG001
+    """Run the tests on Flower's engine last: each ends the session's Ray (Flower's backend calls
+    ``ray.shutdown()``), so the next test that needs Ray would pay a fresh start (8-10 s here)."""
+    items.sort(key=_ends_ray)  # stable: the order within each group is kept
