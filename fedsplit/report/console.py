@@ -52,18 +52,31 @@ class RoundProgress:
         self._progress.stop()
 
     def on_round(self, record: RoundRecord, sim_elapsed_s: float) -> None:
-        """Report a finished round: its accuracy, simulated time, uplink bytes and energy."""
+        """Report a finished round: its accuracy, simulated time (s), uplink bytes and energy (J).
+
+        A round that aggregated nothing says so first: ``nothing aggregated (...)`` with what
+        became of its terminals' updates.
+        """
         acc = record.metrics.get("accuracy", float("nan"))
         status = (
             f"acc={acc:.4f} sim={record.sim_s:.2f}s (total {sim_elapsed_s:.1f}s) "
             f"up={record.bytes_up / 1e6:.2f}MB E={record.energy_j:.2f}J "
             f"agg={record.aggregated}/{record.selected}"
         )
+        if record.empty:
+            status = f"nothing aggregated ({empty_round_reason(record)}) {status}"
         if self.live:
             self._progress.update(self._task, advance=1, status=status)
         elif self.enabled:
             self.console.file.write(f"round {record.round}/{self.total_rounds}: {status}\n")
             self.console.file.flush()
+
+
+def empty_round_reason(record: RoundRecord) -> str:
+    """What became of the updates of a round that aggregated none, e.g. ``10 selected: 10 rejected``."""
+    counts = {"failed": record.failed, "rejected": record.rejected, "stragglers": record.stragglers}
+    parts = [f"{n} {name}" for name, n in counts.items() if n]
+    return f"{record.selected} selected: {', '.join(parts) or 'none kept'}"
 
 
 def print_summary(summary: dict[str, Any], run_dir: str, console: Console | None = None) -> None:
