@@ -124,23 +124,37 @@ def test_ushape_never_sends_a_label(monkeypatch):
             assert not (a.ndim == 1 and len(a) <= 64 and np.array_equal(a, y[: len(a)].astype(a.dtype)))
 
 
-def test_bad_activations_are_rejected_and_the_server_part_is_untouched(monkeypatch):
+def _nan(acts: np.ndarray) -> np.ndarray:
+    acts = acts.copy()
+    acts[0, 0, 0, 0] = np.nan
+    return acts
+
+
+POISONS = {
+    "nan": (_nan, "contain NaN/Inf"),
+    "shape": (lambda a: a[:, :, :-1], "activations of shape"),
+    "dtype": (lambda a: a.astype(np.float64), "of dtype float64 (expected float32)"),
+}
+
+
+@pytest.mark.parametrize("poison", sorted(POISONS))
+def test_bad_activations_are_rejected_and_the_server_part_is_untouched(monkeypatch, poison):
     import fedsplit.clients.split_client as split_client
 
     real = split_client.SplitTerminal.forward_reply
+    mutate, reason = POISONS[poison]
 
     def poisoned(self, k, flops):  # noqa: ANN001, ANN202
         content = real(self, k, flops)
         if int(self.context.node_config["partition-id"]) == 1:
-            acts = content.array_records["activations"]["cut"].numpy().copy()
-            acts[0, 0, 0, 0] = np.nan
+            acts = mutate(content.array_records["activations"]["cut"].numpy())
             content["activations"] = split_client.array_record_from_state({"cut": acts})
         return content
 
     monkeypatch.setattr(split_client.SplitTerminal, "forward_reply", poisoned)
     cfg, task, ledger, final, _ = run_split(one_batch("splitfed-v1", "{laptop = 2}"))
     bad = [r for r in ledger.rows if r.client_id == 1]
-    assert bad[-1].status == "rejected" and "NaN/Inf" in bad[-1].reason
+    assert bad[-1].status == "rejected" and reason in bad[-1].reason, bad[-1].reason
     # Terminal 1 left the round: the model is terminal 0's step alone.
     assert_close(final, centralized_step(cfg, task, task.initial_state(), 0))
 
