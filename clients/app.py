@@ -9,13 +9,20 @@ deployment engine. It learns the run's configuration from the simulation that bu
 Split learning's terminal side answers ``train.split`` messages (:mod:`fedsplit.clients.split_client`).
 
 Replies follow Flower's conventions: ``"arrays"`` (weights), ``"metrics"`` with ``"num-examples"``,
-plus ``"flops"`` (FLOPs executed, for the simulated clock) and ``"partition-id"``.
+plus ``"flops"`` (FLOPs executed, for the simulated clock) and ``"partition-id"``; on a CUDA
+device also ``"gpu-mem-bytes"``, the peak CUDA memory the message allocated (bytes).
+
+Device: every handler computes on :func:`_device` (the model, the batches, the labels, and split
+learning's parts and activations); it is the one place that decides, so a test can point it at
+another device.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 import zlib
+from collections.abc import Callable
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -53,8 +60,37 @@ def _round_seed(seed: int, partition_id: int, server_round: int) -> int:
 
 
 def _device() -> torch.device:
-    """The accelerator this process was given (Ray sets CUDA_VISIBLE_DEVICES per actor), else CPU."""
+    """The accelerator this process was given (Ray sets CUDA_VISIBLE_DEVICES per actor), else CPU.
+
+    The only function that chooses the device: FedAvg's handlers and split learning's terminal
+    (:func:`fedsplit.clients.split_client.terminal_device`) both ask it.
+    """
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+Handler = Callable[[Message, Context], Message]
+
+
+def with_gpu_memory(handler: Handler) -> Handler:
+    """``handler`` whose reply, on a CUDA device, carries ``"gpu-mem-bytes"`` in its metrics.
+
+    The value is :func:`torch.cuda.max_memory_allocated` in bytes, its peak reset before the
+    message: the most CUDA memory the terminal held while handling this message. Off CUDA, and
+    for error replies or replies without a ``"metrics"`` record, the reply is unchanged.
+    """
+
+    @functools.wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        device = _device()
+        if device.type != "cuda":
+            return handler(msg, context)
+        torch.cuda.reset_peak_memory_stats(device)
+        reply = handler(msg, context)
+        if not reply.has_error() and "metrics" in reply.content.metric_records:
+            reply.content.metric_records["metrics"]["gpu-mem-bytes"] = int(torch.cuda.max_memory_allocated(device))
+        return reply
+
+    return wrapped
 
 
 def _load_global(task: Task, msg: Message) -> torch.device:
@@ -149,9 +185,9 @@ def make_client_app(mods: list | None = None, config_json: str | None = None) ->
     def split(msg: Message, context: Context) -> Message:
         return handle_split(msg, context, task_for(_config_json(context, config_json)), _round_seed)
 
-    app.train()(train)
-    app.train(SPLIT_ACTION)(split)
-    app.evaluate()(evaluate_)
+    app.train()(with_gpu_memory(train))
+    app.train(SPLIT_ACTION)(with_gpu_memory(split))
+    app.evaluate()(with_gpu_memory(evaluate_))
     app.query()(handle_query)
     return app
 

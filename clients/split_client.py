@@ -20,6 +20,10 @@ deployed SuperNode that starts a ClientApp process per message). The price is a 
 pass of the terminal's input-side part before its backward; it is metered (``flops`` of each
 reply = what that message really computed, so a batch costs ``2 * forward + backward``).
 Batches follow the same seeded order as FedAvg's local training (:func:`fedsplit.learning.train_local`).
+
+Device: the terminal's parts are moved once per process to the device its actor was given
+(:func:`terminal_device`, the same function FedAvg's handlers use), and each batch and label
+tensor with them; what goes into a reply is copied back to the CPU.
 """
 
 from __future__ import annotations
@@ -61,15 +65,27 @@ def parse_cut(text: str) -> str | tuple[str, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else parts[0]
 
 
-_PARTS: dict[tuple[int, str], object] = {}
+_PARTS: dict[tuple[int, str, str], object] = {}
 
 
-def parts_for(task: Task, cut: str) -> object:
-    """The task model cut at ``cut``, built once per process (weights are loaded per message)."""
-    key = (id(task), cut)
+def terminal_device() -> torch.device:
+    """The device this process computes on: :func:`fedsplit.clients.app._device` (looked up at
+    call time, so that one function decides for every handler and a test can point it elsewhere)."""
+    from fedsplit.clients import app
+
+    return app._device()
+
+
+def parts_for(task: Task, cut: str, device: torch.device | None = None) -> object:
+    """The task model cut at ``cut``, built once per process and device (weights are loaded per
+    message); the terminal's parts are moved to ``device`` (default: :func:`terminal_device`) once."""
+    device = torch.device(device) if device is not None else terminal_device()
+    key = (id(task), cut, str(device))
     parts = _PARTS.get(key)
     if parts is None:
         parts = split_model(task.model, parse_cut(cut))
+        for part in terminal_parts(parts).values():
+            part.to(device)
         _PARTS[key] = parts
     return parts
 
@@ -158,7 +174,8 @@ class SplitTerminal:
         self.task = task
         self.context = context
         self.cursor = cursor
-        self.parts_obj = parts_for(task, cursor.cut)
+        self.device = terminal_device()
+        self.parts_obj = parts_for(task, cursor.cut, self.device)
         self.parts = terminal_parts(self.parts_obj)
         self.ushape = "client_head" in self.parts
         self.optimizers = {
@@ -193,8 +210,9 @@ class SplitTerminal:
         state.config_records[STATE_CONFIG] = self.cursor.to_record()
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples and labels of batch ``k``, on the terminal's device."""
         idx = batch_indices(self.n, self.cursor.batch_size, self.cursor.epochs, self.order_seed, k)
-        return self.train_set.x[idx], self.train_set.y[idx]
+        return self.train_set.x[idx].to(self.device), self.train_set.y[idx].to(self.device)
 
     def profile(self, b: int):  # noqa: ANN201 - SplitProfile
         return profile_split(self.task.model, parse_cut(self.cursor.cut), tuple(self.train_set.x.shape[1:]), b)
@@ -208,7 +226,9 @@ class SplitTerminal:
         sent = client_forward(self.front(), x, keep_graph=False).activations
         if self.cursor.noise_std > 0:
             generator = torch.Generator().manual_seed(self.order_seed * 1_000_003 + k)
-            sent = sent + self.cursor.noise_std * torch.randn(sent.shape, generator=generator)
+            # drawn on the CPU (the same noise on every device), then moved to the activations
+            noise = torch.randn(sent.shape, generator=generator).to(sent.device)
+            sent = sent + self.cursor.noise_std * noise
         flops += self.profile(len(y)).part("client_front" if self.ushape else "client").forward_flops
         content = RecordDict({"activations": array_record_from_state({"cut": sent})})
         if not self.ushape:
@@ -286,4 +306,4 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
     return Message(content, reply_to=msg)
 
 
-__all__ = ["SPLIT_ACTION", "Cursor", "batch_indices", "handle_split", "parse_cut", "parts_for", "terminal_parts"]
+__all__ = ["SPLIT_ACTION", "Cursor", "batch_indices", "handle_split", "parse_cut", "parts_for", "terminal_device", "terminal_parts"]

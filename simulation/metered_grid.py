@@ -47,6 +47,12 @@ def payload_bytes(content: RecordDict) -> int:
     return recorddict_wire_bytes(content)
 
 
+def _gpu_mem_of(reply: Message) -> int:
+    """The reply's ``"gpu-mem-bytes"`` metric (peak CUDA memory of the terminal, bytes), else 0."""
+    metrics = reply.content.metric_records.get("metrics")
+    return int(metrics.get("gpu-mem-bytes", 0)) if metrics is not None else 0
+
+
 class MeteredGrid(Grid):
     """Availability emulation and ledger metering around another Grid.
 
@@ -291,7 +297,7 @@ class MeteredGrid(Grid):
         profile = self.population.profile_of(pid)
         message_type = out.metadata.message_type
         server_round = self.current_round
-        status, reason, flops, method, bytes_up = "ok", "", 0, "none", 0
+        status, reason, flops, method, bytes_up, gpu_mem = "ok", "", 0, "none", 0, 0
         if reply is None:
             status, reason = "failed", "no reply"
         elif reply.has_error():
@@ -299,6 +305,7 @@ class MeteredGrid(Grid):
         else:
             bytes_up = payload_bytes(reply.content)
             flops, method = self._compute_of(reply)
+            gpu_mem = _gpu_mem_of(reply)
         cost = exchange_cost(profile, flops, bytes_up, bytes_down)
         slot = self.clock.exchange(pid, cost.total_s, counts=status == "ok")
         if slot.straggler:
@@ -326,6 +333,7 @@ class MeteredGrid(Grid):
                 start_s=slot.start_s,
                 end_s=slot.end_s,
                 flops_method=method,
+                gpu_mem_bytes=gpu_mem,
             )
         )
         return status == "ok"

@@ -58,6 +58,9 @@ class LedgerRow:
         ``counted`` (counted by the engine with FlopCounterMode), ``timed`` (measured seconds
         times the host's calibrated FLOP/s, for operations the counter does not know), or
         ``none`` (no compute measured: a failed exchange).
+    gpu_mem_bytes : int
+        Peak CUDA memory the terminal allocated for this exchange, bytes (the reply's
+        ``"gpu-mem-bytes"`` metric; 0 off CUDA or when not reported).
     """
 
     round: int
@@ -77,6 +80,7 @@ class LedgerRow:
     start_s: float = 0.0
     end_s: float = 0.0
     flops_method: str = "none"
+    gpu_mem_bytes: int = 0
 
     @property
     def total_s(self) -> float:

@@ -62,6 +62,15 @@ def failure_warning(ledger: Ledger) -> str:
     )
 
 
+def gpu_memory(ledger: Ledger) -> dict[str, int]:
+    """Peak CUDA memory per device class over the run's exchanges, bytes (classes that reported one)."""
+    peaks: dict[str, int] = {}
+    for row in ledger.rows:
+        if row.gpu_mem_bytes > 0:
+            peaks[row.device] = max(peaks.get(row.device, 0), row.gpu_mem_bytes)
+    return dict(sorted(peaks.items()))
+
+
 def summarize(ledger: Ledger, wall_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Totals and per-device-class means derived from the ledger."""
     rounds = [ledger.rounds[r] for r in sorted(ledger.rounds)]
@@ -112,6 +121,12 @@ def summarize(ledger: Ledger, wall_s: float, extra: dict[str, Any] | None = None
         "server_energy_j": sum(r.server_energy_j for r in rounds),
         "devices": device_means,
     }
+    peaks = gpu_memory(ledger)
+    if peaks:  # only runs whose terminals computed on CUDA
+        summary["max_gpu_mem_bytes"] = peaks
+        for name, peak in peaks.items():
+            if name in device_means:
+                device_means[name]["max_gpu_mem_bytes"] = peak
     summary.update(extra or {})
     return summary
 
