@@ -20,12 +20,18 @@ is excluded for both engines. The final global weights of pure, fedsplit1 and fe
 
 Run::
 
-    python experiments/bench_engine.py            # mlp and cnn (~9 minutes on 2 cores)
-    python experiments/bench_engine.py --smoke    # seconds: tiny settings, checks only agreement
+    python experiments/bench_engine.py                       # mlp and cnn (~9 minutes on 2 cores)
+    python experiments/bench_engine.py --workloads mlp100 --no-flower --passes 1   # 100 terminals a round
+    python experiments/bench_engine.py --smoke               # seconds: tiny settings, checks only agreement
+    python experiments/bench_engine.py --profile mlp         # cProfile of the driver in the fedsplit way
 
 It prints one line per workload::
 
-    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=..
+    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=..
+
+``efficiency = pure_s / (min(actors, terminals per round) * fedsplit_s)``: 1.0 when P actors take
+1/P of the pure loop's time (P = the cores, or fewer when fewer terminals train per round).
+The machine's load average is printed with it: other processes on the cores slow the actors.
 """
 
 from __future__ import annotations
@@ -51,6 +57,9 @@ WORKLOADS = {
     # the same with E=1 (not run by default): the server's evaluation of the global model on 360
     # test images, which no engine can run in parallel, is then ~1/6 of the pure loop's time.
     "cnn-e1": ["model.name=fedavg-cnn", "data.resolution=28", "rounds=2", "train.local_epochs=1", "devices={laptop=10}"],
+    # many terminals: the MLP with 100 terminals trained each round, enough to fill 16 cores
+    # (each terminal holds ~13 digits, so this is the most overhead-bound workload).
+    "mlp100": ["model.name=mlp", "model.hidden=64", "rounds=5", "train.local_epochs=5", "devices={laptop=100}"],
 }
 SMOKE = {
     "mlp": ["model.name=mlp", "rounds=2", "train.local_epochs=1", "devices={laptop=4}"],
@@ -145,6 +154,48 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
+def terminals_per_round(cfg: RunConfig) -> int:
+    """Terminals sampled for training each round (every terminal is online in these workloads)."""
+    return max(cfg.strategy.min_train_nodes, int(cfg.strategy.fraction_train * cfg.num_terminals))
+
+
+def efficiency(pure_s: float, fedsplit_s: float, actors: int, per_round: int) -> float:
+    """``pure_s / (P * fedsplit_s)`` with ``P = min(actors, per_round)``: 1.0 = perfect scaling."""
+    return pure_s / (min(actors, per_round) * fedsplit_s)
+
+
+def profile_driver(name: str, overrides: list[str], top: int = 15) -> None:
+    """Print the top ``top`` entries (cumulative and own time) of a cProfile of the driver
+    process during one fedsplit run (one actor per core), after an unprofiled warm-up."""
+    import cProfile
+    import io
+    import pstats
+
+    import ray
+
+    from fedsplit.clients.app import make_client_app
+    from fedsplit.devices import Population, resolve_profiles
+    from fedsplit.simulation.engine import RayEngine
+
+    cfg = load_config(None, COMMON + overrides)
+    cpus = os.cpu_count() or 1
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+    population = Population(cfg.devices, resolve_profiles(cfg.profiles))
+    app = make_client_app(config_json=config_to_json(cfg))
+    with RayEngine(app, population, num_actors=cpus, cpus_per_actor=1.0) as engine:
+        run_fedsplit(cfg, engine, server_threads=cpus)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        seconds, _ = run_fedsplit(cfg, engine, server_threads=cpus)
+        profiler.disable()
+    ray.shutdown()
+    print(f"workload={name} profiled fedsplit_s={seconds:.3f} load_avg={os.getloadavg()[0]:.2f}")
+    for key in ("cumulative", "tottime"):
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).strip_dirs().sort_stats(key).print_stats(top)
+        print(out.getvalue().strip(), flush=True)
+
+
 def bench(name: str, overrides: list[str], passes: int, with_flower: bool) -> dict[str, float]:
     import ray
 
@@ -185,7 +236,9 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool) -> di
         f"workload={name} pure_s={times['pure']:.3f} fedsplit1_s={times['fedsplit1']:.3f} "
         f"fedsplit_s={times['fedsplit']:.3f} flower_s={times['flower']:.3f} "
         f"overhead={times['fedsplit1'] / times['pure']:.3f} speedup={times['fedsplit1'] / times['fedsplit']:.3f} "
-        f"flower_over_fedsplit={times['flower'] / times['fedsplit']:.3f}"
+        f"flower_over_fedsplit={times['flower'] / times['fedsplit']:.3f} "
+        f"efficiency={efficiency(times['pure'], times['fedsplit'], cpus, terminals_per_round(cfg)):.3f} "
+        f"actors={cpus} per_round={terminals_per_round(cfg)} load_avg={os.getloadavg()[0]:.2f}"
     )
     print(line, flush=True)
     return times
@@ -194,16 +247,21 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool) -> di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny settings, one pass, no Flower engine")
-    parser.add_argument("--workloads", default="mlp,cnn", help="comma-separated: mlp,cnn,cnn-e1")
+    parser.add_argument("--workloads", default="mlp,cnn", help=f"comma-separated: {','.join(WORKLOADS)}")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per way (best is reported)")
+    parser.add_argument("--no-flower", action="store_true", help="skip Flower's engine")
+    parser.add_argument("--profile", metavar="WORKLOAD", help="only profile the driver on WORKLOAD (top 15 entries)")
     args = parser.parse_args(argv)
     from fedsplit.simulation.runner import quiet_flower
 
     quiet_flower()
+    if args.profile:
+        profile_driver(args.profile, WORKLOADS[args.profile])
+        return 0
     table = SMOKE if args.smoke else WORKLOADS
     names = list(table) if args.smoke else args.workloads.split(",")
     for name in names:
-        bench(name, table[name], 1 if args.smoke else args.passes, with_flower=not args.smoke)
+        bench(name, table[name], 1 if args.smoke else args.passes, with_flower=not (args.smoke or args.no_flower))
     return 0
 
 

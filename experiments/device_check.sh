@@ -2,8 +2,11 @@
 # Device check on a machine with a GPU (issue 18): a population of GPU terminals trains, and gives
 # the accuracy of the same run on the CPU. Installed with ../shared/tools/device-pack; run from
 # outside the repo root, e.g. `source .devpack/install.sh && cd /tmp && bash $REPO/experiments/device_check.sh`.
-# Prints one line per run: `run=<name> final_accuracy=<x> ...` and the CUDA memory of the terminals.
+# Prints one line per run: `run=<name> final_accuracy=<x> ...` and the CUDA memory of the terminals,
+# then the GPU tests (tests/test_gpu.py: CUDA replies equal the CPU's) and bench_engine's
+# 100-terminal workload on every core (`efficiency=` ...). About 3 minutes on a 16-core H200 host.
 set -uo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-/tmp/fedsplit-device-check}
 mkdir -p "$out"
 common=(--set rounds=2 --set model.name=cnn --set train.local_epochs=1 --set progress=false --set "out_dir=$out")
@@ -20,7 +23,12 @@ for run in ("gpu", "cpu", "splitfed-gpu"):
     path = pathlib.Path(sys.argv[1]) / run / "summary.json"
     if path.is_file():
         s = json.loads(path.read_text())
-        print(f"run={run} final_accuracy={s['final_metrics'].get('accuracy')} failed={s['failed']} rejected={s['rejected']}")
+        print(f"run={run} final_accuracy={s['final_metrics'].get('accuracy')} failed={s['failed']} rejected={s['rejected']} "
+              f"max_gpu_mem_bytes={s.get('max_gpu_mem_bytes', {})}")
     else:
         print(f"run={run} missing summary (the run failed: see above)")
 PY
+# GPU tests: a train message and a split step on CUDA equal the CPU (skipped, with the reason, without CUDA).
+timeout 150 python3 -m pytest -q "$repo/tests/test_gpu.py" -rs -p no:cacheprovider 2>&1 | tail -5
+# The engine on every core with 100 terminals a round (one warm-up and one timed pass; no Flower).
+timeout 180 python3 "$repo/experiments/bench_engine.py" --workloads mlp100 --no-flower --passes 1 2>&1 | grep '^workload='
