@@ -60,8 +60,8 @@ def config_json():
     )
     text = config_to_json(cfg)
     yield text
-    task_module._TASKS.pop(text, None)
-    for key in [k for k in split_client._PARTS if k[2] == "meta"]:
+    task = task_module._TASKS.pop(text, None)
+    for key in [k for k in split_client._PARTS if k[0] == id(task) or k[2] == "meta"]:
         del split_client._PARTS[key]
 
 
