@@ -15,6 +15,7 @@ from collections.abc import Sequence
 #: Modules that contribute sub-commands, in the order they appear in ``fedsplit --help``.
 COMMAND_MODULES: tuple[str, ...] = (
     "fedsplit.simulation.cli",
+    "fedsplit.simulation.deploy",
     "fedsplit.inference.cli",
     "fedsplit.inference.edgent_cli",
 )

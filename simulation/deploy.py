@@ -1,0 +1,376 @@
+"""``fedsplit deploy``: run fedsplit's ServerApp and ClientApp on real devices with Flower's deployment engine.
+
+The apps are the ones ``flwr run .`` names in ``pyproject.toml``; this module only builds the
+Flower commands around them, with fedsplit's defaults for a lab:
+
+- ``fedsplit deploy certs``: a CA, the SuperLink's TLS certificate and SuperNode keys
+  (:mod:`fedsplit.simulation.certs`);
+- ``fedsplit deploy superlink``: ``flower-superlink`` with TLS and SuperNode authentication; on a
+  non-loopback address without certificates it refuses to start unless ``--allow-insecure`` is given;
+- ``fedsplit deploy supernode``: ``flower-supernode`` with its terminal (``partition-id``,
+  ``num-partitions``) and device profile (``device-profile``) in its node config, reconnecting with
+  Flower's exponential back-off (``--max-retries``/``--max-wait-time`` bound it);
+- ``fedsplit deploy register``: admit a SuperNode's public key (``flwr supernode register``);
+- ``fedsplit deploy run``: ``flwr run . <federation>`` with the run config's ``overrides``.
+
+Runtime dependencies: flwr 1.41 installs an app's dependencies per run with ``uv`` unless told
+not to. fedsplit's devices are provisioned once (``pip install`` of fedsplit and its wheels), so
+every command here disables the per-run installation (``--disable-runtime-dependency-installation``
+on the SuperLink, ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` for ``flwr run``, and the
+SuperNode never gets ``--allow-runtime-dependency-installation``): a device never downloads torch
+in the middle of a run, and every device runs the version that was installed on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import shlex
+import shutil
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from fedsplit.simulation.certs import LabCertificates, make_lab_certificates
+
+#: The federation name ``fedsplit deploy`` writes into the Flower config by default.
+DEFAULT_FEDERATION = "fedsplit-lab"
+#: The SuperLink's one HTTP port (Fleet, Control and Runtime APIs in flwr 1.41).
+DEFAULT_PORT = 9093
+
+
+class DeployError(ValueError):
+    """A deployment setting that cannot work; the message says what to do instead."""
+
+
+# --- addresses and the plaintext guard ---------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) only reaches this machine."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+
+
+def check_transport(host: str, *, tls: bool, allow_insecure: bool = False) -> None:
+    """Refuse an unencrypted SuperLink on an address other machines can reach.
+
+    Raises
+    ------
+    DeployError
+        When ``tls`` is off, ``host`` is not loopback and ``allow_insecure`` was not given; the
+        message tells how to enable TLS.
+    """
+    if tls or allow_insecure or is_loopback(host):
+        return
+    raise DeployError(
+        f"refusing to start a SuperLink on {host} without TLS: model updates and node identities would "
+        "cross the network in clear text. Make certificates with `fedsplit deploy certs --out certs "
+        f"--host {'<this machine address>' if host in ('0.0.0.0', '::') else host}` and pass `--certs certs` (SuperNodes then get `--root-certificates certs/ca.pem`); "
+        "or, on a network you trust completely, insist with `--allow-insecure`."
+    )
+
+
+# --- Flower executables ------------------------------------------------------------------------
+def flower_executable(name: str) -> str:
+    """Path of a Flower console script (``flower-superlink``, ``flwr`` ...), next to this Python first."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise DeployError(f"{name} not found: install Flower in this environment (pip install 'flwr[simulation]==1.41.*')")
+    return found
+
+
+def deploy_env(base: Mapping[str, str] | None = None, flwr_home: str | Path | None = None) -> dict[str, str]:
+    """Environment for Flower's processes: this Python's scripts first on ``PATH`` (SuperLink and
+    SuperNode start ``flower-superexec``/``flwr-clientapp`` by name), runtime installs off."""
+    env = dict(os.environ if base is None else base)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    if flwr_home is not None:
+        env["FLWR_HOME"] = str(flwr_home)
+    return env
+
+
+# --- command builders --------------------------------------------------------------------------
+def superlink_command(
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    *,
+    certs: str | Path | None = None,
+    node_auth: bool = True,
+    allow_insecure: bool = False,
+    database: str | Path | None = None,
+    log_file: str | Path | None = None,
+) -> list[str]:
+    """The ``flower-superlink`` command line for fedsplit.
+
+    Parameters
+    ----------
+    host, port : str, int
+        Where the SuperLink listens (its Fleet, Control and Runtime APIs share this HTTP port).
+    certs : str or Path, optional
+        A folder written by :func:`~fedsplit.simulation.certs.make_lab_certificates`; without one
+        the SuperLink runs without TLS, allowed only on loopback or with ``allow_insecure``.
+    node_auth : bool
+        Admit only registered SuperNode keys (needs TLS; ignored without ``certs``).
+    allow_insecure : bool
+        Run without TLS on a non-loopback address (the user insists).
+    database : str or Path, optional
+        SQLite file for the SuperLink's state (survives a SuperLink restart); in memory otherwise.
+    log_file : str or Path, optional
+        Where the SuperLink also writes its log (rotated by Flower).
+    """
+    check_transport(host, tls=certs is not None, allow_insecure=allow_insecure)
+    cmd = [flower_executable("flower-superlink"), "--host", host, "--port", str(port), "--disable-runtime-dependency-installation"]
+    if certs is None:
+        cmd.append("--insecure")
+    else:
+        lab = LabCertificates(Path(certs))
+        for path in (lab.ca_cert, lab.server_cert, lab.server_key):
+            if not path.exists():
+                raise DeployError(f"{path} missing: make the lab's certificates with `fedsplit deploy certs --out {certs}`")
+        cmd += ["--ssl-ca-certfile", str(lab.ca_cert), "--ssl-certfile", str(lab.server_cert), "--ssl-keyfile", str(lab.server_key)]
+        if node_auth:
+            cmd.append("--enable-supernode-auth")
+    if database is not None:
+        cmd += ["--database", str(database)]
+    if log_file is not None:
+        cmd += ["--log-file", str(log_file)]
+    return cmd
+
+
+def node_config_string(partition_id: int, num_partitions: int, profile: str | None = None, extra: Mapping[str, str] | None = None) -> str:
+    """``--node-config`` of a SuperNode: its terminal, the population size and its device profile."""
+    if not 0 <= partition_id < num_partitions:
+        raise DeployError(f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions {num_partitions})")
+    items = {"partition-id": str(partition_id), "num-partitions": str(num_partitions)}
+    if profile:
+        items["device-profile"] = f'"{profile}"'
+    items.update(extra or {})
+    return " ".join(f"{k}={v}" for k, v in items.items())
+
+
+def supernode_command(
+    superlink: str,
+    partition_id: int,
+    num_partitions: int,
+    *,
+    profile: str | None = None,
+    root_certificates: str | Path | None = None,
+    private_key: str | Path | None = None,
+    runtime_port: int = 9094,
+    max_retries: int | None = None,
+    max_wait_time: float | None = None,
+    allow_insecure: bool = False,
+) -> list[str]:
+    """The ``flower-supernode`` command line of one device.
+
+    Parameters
+    ----------
+    superlink : str
+        ``HOST:PORT`` of the SuperLink.
+    partition_id, num_partitions : int
+        The terminal this device is (its data partition) and the population size.
+    profile : str, optional
+        Device profile name (``raspberry-pi-4``, ``laptop`` ...); sent in the node config.
+    root_certificates : str or Path, optional
+        The lab's ``ca.pem``; without it the connection is unencrypted (loopback, or ``allow_insecure``).
+    private_key : str or Path, optional
+        The node's OpenSSH private key, for a SuperLink with SuperNode authentication.
+    runtime_port : int
+        Port of the SuperNode's local Runtime API (each SuperNode on one machine needs its own).
+    max_retries, max_wait_time : int, float, optional
+        Bounds of Flower's reconnection with exponential back-off (default: retry forever).
+    allow_insecure : bool
+        Connect without TLS to a non-loopback SuperLink (the user insists).
+    """
+    host = superlink.rsplit(":", 1)[0]
+    check_transport(host, tls=root_certificates is not None, allow_insecure=allow_insecure)
+    cmd = [
+        flower_executable("flower-supernode"), "--superlink", superlink, "--port", str(runtime_port),
+        "--node-config", node_config_string(partition_id, num_partitions, profile),
+    ]
+    cmd += ["--insecure"] if root_certificates is None else ["--root-certificates", str(root_certificates)]
+    if private_key is not None:
+        cmd += ["--auth-supernode-private-key", str(private_key)]
+    if max_retries is not None:
+        cmd += ["--max-retries", str(max_retries)]
+    if max_wait_time is not None:
+        cmd += ["--max-wait-time", str(max_wait_time)]
+    return cmd
+
+
+# --- the user's Flower config (federations) ----------------------------------------------------
+def write_flower_config(
+    flwr_home: str | Path,
+    address: str,
+    *,
+    name: str = DEFAULT_FEDERATION,
+    root_certificates: str | Path | None = None,
+    default: bool = True,
+) -> Path:
+    """Add the SuperLink connection ``name`` to ``$FLWR_HOME/config.toml`` (flwr 1.41 reads federations there).
+
+    Other connections already in the file are kept; ``name`` is replaced.
+    """
+    import tomllib
+
+    import tomli_w
+
+    path = Path(flwr_home) / "config.toml"
+    data = tomllib.loads(path.read_text()) if path.exists() else {}
+    links = data.setdefault("superlink", {})
+    entry: dict[str, object] = {"address": address}
+    if root_certificates is None:
+        entry["insecure"] = True
+    else:
+        entry["root-certificates"] = str(Path(root_certificates).resolve())
+    links[name] = entry
+    if default or "default" not in links:
+        links["default"] = name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def register_command(public_key: str | Path, federation: str = DEFAULT_FEDERATION) -> list[str]:
+    """``flwr supernode register``: admit a SuperNode's public key to the federation."""
+    return [flower_executable("flwr"), "supernode", "register", str(public_key), federation]
+
+
+def run_command(app_dir: str | Path, federation: str = DEFAULT_FEDERATION, *, overrides: Sequence[str] = (), config_file: str | None = None, stream: bool = True) -> list[str]:
+    """``flwr run APP FEDERATION`` with fedsplit's run config (``config-file``, ``overrides``)."""
+    entries = []
+    if overrides:
+        joined = ";".join(overrides)
+        if '"' in joined:
+            raise DeployError(f"overrides {joined!r}: use single quotes inside values (the run config wraps them in double quotes)")
+        entries.append(f'overrides="{joined}"')
+    if config_file:
+        entries.append(f'config-file="{Path(config_file).resolve()}"')
+    cmd = [flower_executable("flwr"), "run", str(app_dir), federation]
+    if stream:
+        cmd.append("--stream")
+    if entries:
+        cmd += ["--run-config", " ".join(entries)]
+    return cmd
+
+
+# --- sub-command -------------------------------------------------------------------------------
+def _exec(cmd: list[str], env: dict[str, str], dry_run: bool) -> int:
+    """Print ``cmd`` and become it (signals then reach Flower's process directly)."""
+    print("fedsplit deploy: " + shlex.join(cmd), file=sys.stderr, flush=True)
+    if dry_run:
+        return 0
+    os.execve(cmd[0], cmd, env)
+    return 1  # not reached
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Handler of ``fedsplit deploy``."""
+    env = deploy_env(flwr_home=getattr(args, "flwr_home", None))
+    try:
+        if args.deploy_command == "certs":
+            certs = make_lab_certificates(args.out, args.host or [], args.node or [], days=args.days, overwrite=args.force)
+            print(f"wrote {certs.root}: ca.pem (copy to every device), server.pem/server.key (SuperLink), "
+                  f"nodes/<name> (one per device; register nodes/<name>.pub); keep ca.key off the devices")
+            return 0
+        if args.deploy_command == "superlink":
+            cmd = superlink_command(args.host, args.port, certs=args.certs, node_auth=not args.no_node_auth,
+                                    allow_insecure=args.allow_insecure, database=args.database, log_file=args.log_file)
+            if args.flwr_home:
+                address = f"{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+                ca = LabCertificates(Path(args.certs)).ca_cert if args.certs else None
+                path = write_flower_config(args.flwr_home, address, name=args.federation, root_certificates=ca)
+                print(f"fedsplit deploy: federation {args.federation!r} -> {address} in {path}", file=sys.stderr)
+            return _exec(cmd, env, args.dry_run)
+        if args.deploy_command == "supernode":
+            cmd = supernode_command(
+                args.superlink, args.partition_id, args.num_partitions, profile=args.profile,
+                root_certificates=args.root_certificates, private_key=args.private_key, runtime_port=args.runtime_port,
+                max_retries=args.max_retries, max_wait_time=args.max_wait_time, allow_insecure=args.allow_insecure,
+            )
+            return _exec(cmd, env, args.dry_run)
+        if args.deploy_command == "register":
+            return _exec(register_command(args.public_key, args.federation), env, args.dry_run)
+        if args.deploy_command == "run":
+            cmd = run_command(args.app, args.federation, overrides=args.set or [], config_file=args.config)
+            return _exec(cmd, env, args.dry_run)
+    except (DeployError, FileExistsError, ValueError) as exc:
+        print(f"fedsplit: error: {exc}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.deploy_command)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``deploy`` to the ``fedsplit`` command."""
+    p = subparsers.add_parser(
+        "deploy",
+        help="run fedsplit on real devices with Flower's deployment engine (certificates, SuperLink, SuperNodes, runs)",
+        description="Thin wrappers around flower-superlink, flower-supernode and flwr run with fedsplit's lab defaults: "
+        "TLS, SuperNode authentication, no per-run dependency installation. See README, 'From simulation to a lab of devices'.",
+    )
+    p.set_defaults(func=cmd_deploy)
+    sub = p.add_subparsers(dest="deploy_command", metavar="STEP")
+    sub.required = True
+
+    c = sub.add_parser("certs", help="make a CA, the SuperLink's TLS certificate and SuperNode key pairs")
+    c.add_argument("--out", default="certs", help="folder to write (default: certs)")
+    c.add_argument("--host", action="append", metavar="NAME_OR_IP", help="an address devices dial to reach the SuperLink (repeat); loopback is always included")
+    c.add_argument("--node", action="append", metavar="NAME", help="a SuperNode to make a key pair for (repeat), e.g. pi-0")
+    c.add_argument("--days", type=int, default=365, help="validity of the certificates")
+    c.add_argument("--force", action="store_true", help="replace an existing CA (every device then needs the new ca.pem)")
+
+    s = sub.add_parser("superlink", help="start flower-superlink (TLS + SuperNode authentication with --certs)")
+    s.add_argument("--host", default="127.0.0.1", help="listen address; anything but loopback needs --certs or --allow-insecure")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"the SuperLink's HTTP port (default {DEFAULT_PORT})")
+    s.add_argument("--certs", help="folder made by `fedsplit deploy certs` (enables TLS)")
+    s.add_argument("--no-node-auth", action="store_true", help="accept any SuperNode (TLS only)")
+    s.add_argument("--allow-insecure", action="store_true", help="run without TLS on a non-loopback address (you insist)")
+    s.add_argument("--database", help="SQLite file for the SuperLink's state (default: in memory)")
+    s.add_argument("--log-file", help="also write the SuperLink's log to this file")
+    s.add_argument("--flwr-home", help="write the federation into FLWR_HOME/config.toml for `fedsplit deploy run`")
+    s.add_argument("--federation", default=DEFAULT_FEDERATION, help="federation name in the Flower config")
+
+    n = sub.add_parser("supernode", help="start flower-supernode for one terminal (partition) and device profile")
+    n.add_argument("--superlink", required=True, metavar="HOST:PORT")
+    n.add_argument("--partition-id", type=int, required=True)
+    n.add_argument("--num-partitions", type=int, required=True)
+    n.add_argument("--profile", help="device profile name, e.g. raspberry-pi-4 (node config device-profile)")
+    n.add_argument("--root-certificates", metavar="CA_PEM", help="the lab's ca.pem (enables TLS)")
+    n.add_argument("--private-key", help="this node's key from `fedsplit deploy certs --node NAME`")
+    n.add_argument("--runtime-port", type=int, default=9094, help="local Runtime API port (one per SuperNode on a machine)")
+    n.add_argument("--max-retries", type=int, help="give up reconnecting after this many tries (default: never)")
+    n.add_argument("--max-wait-time", type=float, help="give up reconnecting after this many seconds (default: never)")
+    n.add_argument("--allow-insecure", action="store_true", help="connect without TLS to a non-loopback SuperLink (you insist)")
+
+    r = sub.add_parser("register", help="admit a SuperNode's public key (flwr supernode register)")
+    r.add_argument("public_key", help="nodes/<name>.pub from `fedsplit deploy certs`")
+    r.add_argument("--federation", default=DEFAULT_FEDERATION)
+    r.add_argument("--flwr-home", help="FLWR_HOME holding the federation's config.toml")
+
+    u = sub.add_parser("run", help="start a run: flwr run APP FEDERATION with fedsplit's config and overrides")
+    u.add_argument("app", nargs="?", default=".", help="the app folder (fedsplit's checkout, with pyproject.toml)")
+    u.add_argument("--federation", default=DEFAULT_FEDERATION)
+    u.add_argument("--config", "-c", help="fedsplit TOML configuration (path as seen by the SuperLink's machine)")
+    u.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a field, e.g. --set rounds=30")
+    u.add_argument("--flwr-home", help="FLWR_HOME holding the federation's config.toml")
+
+    for q in (s, n, r, u):
+        q.add_argument("--dry-run", action="store_true", help="print the Flower command and start nothing")
+    c.set_defaults(dry_run=False, flwr_home=None)
+    n.set_defaults(flwr_home=None)
