@@ -115,6 +115,7 @@ class Lab:
     superlink: subprocess.Popen | None = None
     nodes: list[subprocess.Popen] = field(default_factory=list)
     procs: list[subprocess.Popen] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
 
     def start(self, cmd: list[str], log_name: str) -> subprocess.Popen:
         """Start ``cmd`` in its own session, output to ``root/<log_name>.log``; killed at teardown."""
@@ -130,8 +131,9 @@ class Lab:
     def supernode(self, partition_id: int, key_name: str, **kwargs: object) -> subprocess.Popen:
         cmd = supernode_command(
             self.address, partition_id, NODES, profile="laptop", root_certificates=self.certs.ca_cert,
-            private_key=self.certs.node_key(key_name), runtime_port=_free_port(), **kwargs,
+            private_key=self.certs.node_key(key_name), runtime_port=(port := _free_port()), **kwargs,
         )
+        self.ports.append(port)
         return self.start(cmd, f"supernode-{key_name}")
 
 
@@ -160,7 +162,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     address = f"127.0.0.1:{port}"
     env = deploy_env(flwr_home=root / "flwr-home")
     write_flower_config(root / "flwr-home", address, name=FEDERATION, root_certificates=certs.ca_cert)
-    lab = Lab(root=root, certs=certs, address=address, env=env)
+    lab = Lab(root=root, certs=certs, address=address, env=env, ports=[port])
     try:
         lab.superlink = lab.start(superlink_command("127.0.0.1", port, certs=root / "certs"), "superlink")
         _wait_for(lambda: _port_open(port), 60, "SuperLink listening", lab)
@@ -174,6 +176,27 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     finally:
         for proc in reversed(lab.procs):
             _kill_group(proc)
+        _kill_strays(lab)
+
+
+def _kill_strays(lab: Lab) -> None:
+    """Kill what Flower started detached for this lab (flower-superexec, flwr-serverapp,
+    flwr-clientapp run in sessions of their own), recognised by the lab's ports in their command line."""
+    import psutil
+
+    marks = [f"127.0.0.1:{port}" for port in lab.ports]
+    strays = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "flwr" in cmdline or "flower" in cmdline:
+            if any(f"{mark} " in cmdline + " " for mark in marks):
+                strays.append(proc)
+    for proc in strays:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(strays, timeout=5)
 
 
 def _flwr_run(lab: Lab, out_dir: Path, extra: list[str] = ()) -> tuple[subprocess.CompletedProcess, dict]:
@@ -217,3 +240,32 @@ def test_supernode_with_unknown_key_is_refused(lab: Lab) -> None:
     assert intruder.returncode != 0
     assert "Failed to activate SuperNode" in lab.log("supernode-intruder")
     assert all(node.poll() is None for node in lab.nodes)  # the registered ones are still connected
+
+
+@pytest.mark.slow
+def test_run_finishes_when_a_supernode_dies_mid_round(lab: Lab, tmp_path: Path) -> None:
+    """Last in the module: it kills one of the lab's SuperNodes for good."""
+    victim = lab.nodes[2]
+    trains_before = lab.log("supernode-node-2").count("Receiving: train message")
+    out_dir = tmp_path / "killed"
+    cmd = run_command(APP_DIR, FEDERATION, overrides=[*OVERRIDES, f"out_dir={out_dir}", "run_name=deploy"])
+    run = lab.start(cmd, "flwr-run-killed")
+    try:
+        deadline = time.monotonic() + 240
+        while lab.log("supernode-node-2").count("Receiving: train message") == trains_before:
+            assert run.poll() is None, lab.log("flwr-run-killed")[-3000:]
+            assert time.monotonic() < deadline, "node 2 never received a train message"
+            time.sleep(0.2)
+        os.killpg(victim.pid, signal.SIGKILL)  # mid-round, while it trains
+        victim.wait(timeout=10)
+        run.wait(timeout=420)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run did not finish after a SuperNode died:\n" + lab.log("flwr-run-killed")[-3000:])
+    assert run.returncode == 0, lab.log("flwr-run-killed")[-3000:]
+    header, *rows = (out_dir / "deploy" / "rounds.csv").read_text().splitlines()
+    cols = header.split(",")
+    table = [dict(zip(cols, row.split(","))) for row in rows]
+    assert len(table) == 2
+    assert [r["aggregated"] for r in table] == ["2", "2"]  # the round completed with the others
+    assert [r["failed"] for r in table] == ["1", "1"]
+    assert float(table[-1]["accuracy"]) > 0.5
