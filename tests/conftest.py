@@ -113,7 +113,7 @@ def fedsplit_main(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliRun]:
 
 def _ends_ray(item: pytest.Item) -> bool:
     """Whether a test runs Flower's simulation engine, whose teardown shuts down the shared Ray."""
-    return any(mark in item.nodeid for mark in ("[flower", "both_engines", "flower_engine"))
+    return any(mark in item.nodeid for mark in ("[flower", "both_engines", "across_engines", "flower_engine"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:  # noqa: ARG001

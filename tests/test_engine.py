@@ -228,7 +228,10 @@ def test_engine_benchmark_smoke_runs_and_models_agree():
     lines = [line for line in proc.stdout.splitlines() if line.startswith("workload=mlp")]
     assert [line.split()[-1] for line in lines[:2]] == ["PASS", "PASS"], lines
     fields = dict(item.split("=", 1) for item in lines[-1].split())
-    assert set(fields) == {"workload", "pure_s", "fedsplit1_s", "fedsplit_s", "flower_s", "overhead", "speedup", "flower_over_fedsplit"}
-    assert float(fields["fedsplit_s"]) > 0 and float(fields["overhead"]) == pytest.approx(
-        float(fields["fedsplit1_s"]) / float(fields["pure_s"]), rel=0.01
-    )
+    assert {"workload", "pure_s", "fedsplit1_s", "fedsplit_s", "flower_s", "overhead", "speedup", "flower_over_fedsplit", "efficiency"} <= set(fields)
+    pure, one, many = (float(fields[k]) for k in ("pure_s", "fedsplit1_s", "fedsplit_s"))
+    assert many > 0
+    # Times are printed to 3 decimals: a ratio of two of them is known to within that rounding,
+    # which on a fast (or a loaded) machine is more than 1 % of sub-second times.
+    slack = 0.0005 / one + 0.0005 / pure + 0.001
+    assert float(fields["overhead"]) == pytest.approx(one / pure, rel=slack)
