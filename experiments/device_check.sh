@@ -9,7 +9,7 @@ set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-/tmp/fedsplit-device-check}
 mkdir -p "$out"
-common=(--set rounds=2 --set model.name=cnn --set train.local_epochs=1 --set progress=false --set "out_dir=$out")
+common=(--set rounds=5 --set model.name=cnn --set train.local_epochs=1 --set progress=false --set "out_dir=$out")
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 # 8 jetson-nano terminals: Ray budget num_gpus = 0.25 each, so they train on the GPU.
 fedsplit simulate "${common[@]}" --set 'devices={jetson-nano=8}' --set run_name=gpu 2>&1 | tail -3
