@@ -35,35 +35,17 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
-from flwr.app import Message
 
 from fedsplit.clients.app import make_client_app
 from fedsplit.config import load_config
 from fedsplit.learning import config_to_json
-from fedsplit.simulation.engine import EngineGrid, RayEngine, run_client_app
+from fedsplit.simulation.engine import EngineGrid, SerialEngine
 from fedsplit.simulation.server_app import RunSession, run_server
 
 POPULATION = "{laptop = 4, jetson-nano = 4, raspberry-pi-4 = 4, smartphone-mid = 4, smartphone-low = 4}"
 METHODS = ("fedavg", "fedcs", "adaptive", "fedbuff", "fedasync", "gossip")
-
-
-class SerialEngine(RayEngine):
-    """fedsplit's engine without Ray: each message runs here, in order, on the real ClientApp."""
-
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        super().__init__(*args, **kwargs)
-        self.claim_task_identity()
-
-    def execute(self, messages: Sequence[Message], timeout: float | None = None, measured: dict | None = None) -> list[Message]:  # noqa: ARG002
-        replies = []
-        for msg in messages:
-            reply, ctx, *_ = run_client_app(self.client_app, msg, self.context_of(msg.metadata.dst_node_id))
-            self.contexts[ctx.node_id] = ctx
-            replies.append(reply)
-        return replies
 
 
 def method_overrides(method: str, args: argparse.Namespace, updates: int) -> list[str]:

@@ -506,3 +506,26 @@ class EngineGrid(Grid):
     def measured_compute(self, reply: Message) -> Measured | None:
         """The engine's ``(flops, method)`` for ``reply``, once (the entry is dropped); None if not metered."""
         return self._measured.pop(reply.metadata.reply_to_message_id, None)
+
+
+class SerialEngine(RayEngine):
+    """fedsplit's engine without Ray: every message runs in this process, one after another, on
+    the real ClientApp, with the same Contexts and node ids as :class:`RayEngine`.
+
+    For tests, experiments that must not depend on machine load, and debugging a ClientApp (a
+    breakpoint inside it is hit here). :meth:`start` is not needed; ``execute`` meters nothing
+    beside the replies (a ClientApp's own ``flops`` metric still counts).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - RayEngine's
+        super().__init__(*args, **kwargs)
+        self.claim_task_identity()
+
+    def execute(self, messages: Sequence[Message], timeout: float | None = None, measured: dict | None = None) -> list[Message]:  # noqa: ARG002
+        """Run each message on the ClientApp in turn; return the replies in message order."""
+        replies = []
+        for msg in messages:
+            reply, ctx, *_ = run_client_app(self.client_app, msg, self.context_of(msg.metadata.dst_node_id))
+            self.contexts[ctx.node_id] = ctx
+            replies.append(reply)
+        return replies

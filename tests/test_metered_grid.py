@@ -7,7 +7,6 @@ the real ClientApp on real Flower messages, one after the other, in this process
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
@@ -18,7 +17,7 @@ from fedsplit.config import load_config
 from fedsplit.devices import Population, RoundClock, builtin_profiles, exchange_cost
 from fedsplit.learning import config_to_json, task_for
 from fedsplit.ledger import Ledger, LedgerRow
-from fedsplit.simulation.engine import EngineGrid, RayEngine, run_client_app
+from fedsplit.simulation.engine import EngineGrid, SerialEngine
 from fedsplit.simulation.loop import LoopSettings, run_protocol
 from fedsplit.simulation.metered_grid import MeteredGrid
 from fedsplit.strategies.compression import GuardedStrategy
@@ -89,20 +88,7 @@ def test_ledger_counts_terminals_not_exchanges():
 
 
 # --- MeteredGrid over an in-process engine --------------------------------------------------------
-class InProcessEngine(RayEngine):
-    """fedsplit's engine without Ray: every message runs here, in order, on the real ClientApp."""
-
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        super().__init__(*args, **kwargs)
-        self.claim_task_identity()
-
-    def execute(self, messages: Sequence[Message], timeout: float | None = None, measured: dict | None = None) -> list[Message]:  # noqa: ARG002
-        replies = []
-        for msg in messages:
-            reply, ctx, *_ = run_client_app(self.client_app, msg, self.context_of(msg.metadata.dst_node_id))
-            self.contexts[ctx.node_id] = ctx
-            replies.append(reply)
-        return replies
+InProcessEngine = SerialEngine  # the in-process engine the other protocol tests import from here
 
 
 @pytest.fixture
