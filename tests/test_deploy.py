@@ -210,6 +210,7 @@ def _flwr_run(lab: Lab, out_dir: Path, extra: list[str] = ()) -> tuple[subproces
 
 
 @pytest.mark.slow
+@pytest.mark.lab_run
 def test_fedavg_topk_two_rounds_on_three_supernodes_matches_simulation(lab: Lab, tmp_path: Path, fedsplit_main, ray_session) -> None:  # noqa: ANN001
     done, deployed = _flwr_run(lab, tmp_path / "deployed")
     assert "final_accuracy=" in done.stdout
@@ -243,6 +244,7 @@ def test_supernode_with_unknown_key_is_refused(lab: Lab) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.lab_run
 def test_run_finishes_when_a_supernode_dies_mid_round(lab: Lab, tmp_path: Path) -> None:
     """Last in the module: it kills one of the lab's SuperNodes for good."""
     victim = lab.nodes[2]
