@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
 from fedsplit.learning import Task
@@ -45,6 +45,7 @@ from fedsplit.split import (
     load_part_state_dict,
     load_sgd_state,
     make_sgd,
+    parse_cut,
     part_state_dict,
     profile_split,
     sgd_state,
@@ -57,12 +58,6 @@ SPLIT_ACTION = "split"
 STATE_CONFIG = "fedsplit.split.config"
 STATE_WEIGHTS = "fedsplit.split.weights"
 STATE_MOMENTUM = "fedsplit.split.momentum"
-
-
-def parse_cut(text: str) -> str | tuple[str, str]:
-    """``"a"`` -> ``"a"``; ``"a,b"`` -> ``("a", "b")`` (U-shape)."""
-    parts = [p.strip() for p in str(text).split(",")]
-    return (parts[0], parts[1]) if len(parts) == 2 else parts[0]
 
 
 _PARTS: dict[tuple[int, str, str], object] = {}
@@ -156,10 +151,6 @@ def batch_indices(n: int, batch_size: int, epochs: int, seed: int, k: int) -> to
     return order[slot * batch_size : (slot + 1) * batch_size]
 
 
-def _views(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return record_views(record)
-
-
 def _load(parts: dict[str, torch.nn.Module], weights: dict[str, np.ndarray]) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -190,8 +181,8 @@ class SplitTerminal:
 
     def restore(self) -> None:
         state = self.context.state
-        _load(self.parts, _views(state.array_records[STATE_WEIGHTS]))
-        momentum = _views(state.array_records[STATE_MOMENTUM]) if STATE_MOMENTUM in state.array_records else {}
+        _load(self.parts, record_views(state.array_records[STATE_WEIGHTS]))
+        momentum = record_views(state.array_records[STATE_MOMENTUM]) if STATE_MOMENTUM in state.array_records else {}
         for name, part in self.parts.items():
             own = {k: v for k, v in momentum.items() if k in dict(part.named_parameters())}
             with warnings.catch_warnings():
@@ -265,7 +256,7 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
     pid = int(context.node_config["partition-id"])
     terminal = SplitTerminal(task, context, cursor, seed_of_round(cursor.seed, pid, cursor.server_round))
     if op == "begin":
-        _load(terminal.parts, _views(msg.content.array_records["weights"]))
+        _load(terminal.parts, record_views(msg.content.array_records["weights"]))
         cursor.batch = 0
         if terminal.num_batches == 0:
             return Message(terminal.weights_reply(0), reply_to=msg)
@@ -276,7 +267,7 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
     k = cursor.batch
     x, y = terminal.batch(k)
     if op == "head":
-        activations = _views(msg.content.array_records["activations"])["cut"]
+        activations = record_views(msg.content.array_records["activations"])["cut"]
         head = terminal.parts["client_head"]
         result = client_head_step(head, activations, y, terminal.optimizers["client_head"])
         flops = terminal.profile(len(y)).part("client_head").flops
@@ -290,7 +281,7 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
         return Message(content, reply_to=msg)
     if op != "step":
         raise ValueError(f"train.split: unknown op {op!r} (begin, step, head)")
-    grad = _views(msg.content.array_records["gradient"])["cut"]
+    grad = record_views(msg.content.array_records["gradient"])["cut"]
     name = "client_front" if terminal.ushape else "client"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -306,4 +297,4 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
     return Message(content, reply_to=msg)
 
 
-__all__ = ["SPLIT_ACTION", "Cursor", "batch_indices", "handle_split", "parse_cut", "parts_for", "terminal_device", "terminal_parts"]
+__all__ = ["SPLIT_ACTION", "Cursor", "batch_indices", "handle_split", "parts_for", "terminal_device", "terminal_parts"]

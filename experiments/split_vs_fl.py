@@ -160,7 +160,7 @@ def measure(method: str, mode: str, noise_std: float, outcome) -> MethodRun:  # 
 
 def step_client_share(cfg: RunConfig, mode: str) -> float:
     """Terminal part(s)' share of one training step's FLOPs (profile, batch of ``batch_size``)."""
-    from fedsplit.clients.split_client import parse_cut
+    from fedsplit.split import parse_cut
     from fedsplit.learning import config_to_json, task_for
     from fedsplit.split import profile_split
 

@@ -65,6 +65,7 @@ from fedsplit.split import (
     ForwardState,
     load_part_state_dict,
     make_sgd,
+    parse_cut,
     part_state_dict,
     profile_split,
     server_backward_from_state,
@@ -244,7 +245,7 @@ class SplitProtocol(TrainingProtocol):
 
     # --- one chain of exchanges per terminal -----------------------------------------------------
     def _parts(self, pid: int) -> object:
-        parts = split_model(self.model, _parse_cut(self.cut_of(pid)))
+        parts = split_model(self.model, parse_cut(self.cut_of(pid)))
         parts.load_state_dict(self.state)  # type: ignore[attr-defined]
         return parts
 
@@ -325,7 +326,7 @@ class SplitProtocol(TrainingProtocol):
             return None
         server = self._server_part(chain.parts)
         b = acts.shape[0]
-        profile = profile_split(self.model, _parse_cut(chain.cut), self.input_shape, b)
+        profile = profile_split(self.model, parse_cut(chain.cut), self.input_shape, b)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             if self.ushape:
@@ -356,7 +357,7 @@ class SplitProtocol(TrainingProtocol):
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             grad1 = server_backward_from_state(pending, grad, chain.server_opt)
         chain.pending = None
-        profile = profile_split(self.model, _parse_cut(chain.cut), self.input_shape, int(grad.shape[0]))
+        profile = profile_split(self.model, parse_cut(chain.cut), self.input_shape, int(grad.shape[0]))
         grid.server_work(profile.part("server_middle").backward_flops, partition_id=chain.pid, exclusive=exclusive)
         content = RecordDict({"gradient": array_record_from_state({"cut": grad1}), "config": ConfigRecord({"op": "step"})})
         return self._message(chain, server_round, content)
@@ -368,7 +369,7 @@ class SplitProtocol(TrainingProtocol):
         b = int(acts.shape[0]) if acts.ndim else 0
         if not 1 <= b <= s.batch_size:
             return f"activations for {b} samples (expected 1..{s.batch_size})"
-        expected = profile_split(self.model, _parse_cut(chain.cut), self.input_shape, b).cuts[0].activation_shape
+        expected = profile_split(self.model, parse_cut(chain.cut), self.input_shape, b).cuts[0].activation_shape
         problem = _check_array("activations", acts, tuple(expected))
         if problem or self.ushape:
             return problem
@@ -392,11 +393,6 @@ def _check_array(what: str, array: np.ndarray | None, shape: tuple[int, ...] | N
     if not np.isfinite(array).all():
         return f"{what} contain NaN/Inf"
     return ""
-
-
-def _parse_cut(text: str) -> str | tuple[str, str]:
-    parts = [p.strip() for p in str(text).split(",")]
-    return (parts[0], parts[1]) if len(parts) == 2 else parts[0]
 
 
 def _weighted_average(

@@ -27,6 +27,7 @@ from fedsplit.split.parts import (
     assemble_state_dict,
     has_trainable,
     load_part_state_dict,
+    parse_cut,
     part_state_dict,
     split_model,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "make_sgd",
     "part_backward",
     "part_forward",
+    "parse_cut",
     "part_state_dict",
     "payload_bytes",
     "predict_batch_time",

@@ -188,6 +188,13 @@ def has_trainable(part: nn.Module) -> bool:
     return any(p.requires_grad for p in part.parameters())
 
 
+def parse_cut(text: str) -> str | tuple[str, str]:
+    """A cut as written in a config or a message: ``"a"`` -> ``"a"``; ``"a,b"`` -> ``("a", "b")``
+    (the two cuts of a U-shape). Names or indices, as :func:`split_model` takes them."""
+    parts = [p.strip() for p in str(text).split(",")]
+    return (parts[0], parts[1]) if len(parts) == 2 else parts[0]
+
+
 def split_model(model: nn.Module, cut: Cut | tuple[Cut, Cut] | list[Cut]) -> SplitParts | UShapeParts:
     """Cut ``model`` into deep-copied parts.
 
