@@ -188,6 +188,7 @@ def test_gpu_memory_reaches_the_ledger_and_the_summary_per_device_class():
     assert summary["devices"]["jetson-nano"]["max_gpu_mem_bytes"] == 7_000
     assert "max_gpu_mem_bytes" not in summary["devices"]["laptop"]
     cpu_only = Ledger()
-    cpu_only.rows = ledger.rows[2:]
+    for row in ledger.rows[2:]:
+        cpu_only.add(row)
     cpu_only.close_round(1, sim_s=1.0)
     assert "max_gpu_mem_bytes" not in summarize(cpu_only, wall_s=1.0)

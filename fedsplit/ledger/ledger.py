@@ -10,6 +10,7 @@ server's own work, so nothing is counted twice or estimated where it was measure
 from __future__ import annotations
 
 import csv
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
@@ -143,25 +144,27 @@ class Ledger:
         self.rounds: dict[int, RoundRecord] = {}
         self.online: dict[int, int] = {}
         self._seq: dict[tuple[int, int], int] = {}
+        self._by_round: dict[int, list[LedgerRow]] = defaultdict(list)  # the same rows, per round
 
     def add(self, row: LedgerRow) -> None:
         """Append a row."""
         if row.status not in STATUSES:
             raise ValueError(f"ledger status {row.status!r} not in {STATUSES}")
         self.rows.append(row)
+        self._by_round[row.round].append(row)
 
     def mark(self, server_round: int, client_id: int, status: str, reason: str, phase: str = "train") -> bool:
         """Change the status of the terminal's last row of ``phase`` in the round (e.g. an update
         rejected at aggregation). Returns False when there is no such row."""
-        for row in reversed(self.rows):
-            if row.round == server_round and row.client_id == client_id and row.phase == phase:
+        for row in reversed(self._by_round.get(server_round, [])):
+            if row.client_id == client_id and row.phase == phase:
                 row.status, row.reason = status, reason
                 return True
         return False
 
     def rows_of(self, server_round: int) -> list[LedgerRow]:
-        """Rows of one round."""
-        return [r for r in self.rows if r.round == server_round]
+        """Rows of one round (a copy of the list, in the order they were added)."""
+        return list(self._by_round.get(server_round, []))
 
     def next_seq(self, server_round: int, client_id: int) -> int:
         """Sequence number of the next exchange of ``client_id`` in ``server_round``."""
