@@ -81,7 +81,8 @@ def check_data(data: DataConfig) -> None:
 
     Checks ``data.name`` against :data:`fedsplit.data.DATASETS`, ``data.partitioner`` against
     :data:`fedsplit.data.PARTITIONERS`, that ``data.samples_per_client`` is used with
-    ``synthetic`` only, and that ``data.shards_per_client`` does not exceed the dataset's classes.
+    ``synthetic`` only, that ``data.classes`` names labels of the dataset, and that
+    ``data.shards_per_client`` does not exceed the classes kept.
 
     Raises
     ------
@@ -102,8 +103,17 @@ def check_data(data: DataConfig) -> None:
             f"config: data.samples_per_client = {data.samples_per_client}: per-client generation is "
             f"for data.name = 'synthetic' only (allowed with {data.name!r}: 0)"
         )
+    classes = dataset_num_classes(data.name)
+    if data.classes:
+        from fedsplit.data.bundle import parse_classes
+
+        if data.samples_per_client:
+            raise ConfigError(f"config: data.classes = {data.classes!r}: cannot filter per-client generated data (data.samples_per_client > 0)")
+        try:
+            classes = len(parse_classes(data.classes, classes))
+        except ValueError as exc:
+            raise ConfigError(f"config: data.classes = {exc}") from None
     if data.partitioner == "shards":
-        classes = dataset_num_classes(data.name)
         if data.shards_per_client > classes:
             raise ConfigError(
                 f"config: data.shards_per_client = {data.shards_per_client}: must be <= {classes}, "
@@ -135,3 +145,35 @@ def check_split(mode: str, model_name: str, cut: str) -> None:
         raise ConfigError(f"config: split.cut = {cut!r}: {exc}") from None
     if wanted == 2 and not indices[0] < indices[1]:
         raise ConfigError(f"config: split.cut = {cut!r}: the first cut must come before the second")
+
+
+def check_transfer(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
+    """``model.pretrained``, ``transfer.*``: files that exist (made absolute), a ``trainable`` spec
+    the model has.
+
+    ``transfer.trainable`` is resolved on the model built at a nominal 3x32x32 input (block and
+    module names do not depend on the input size).
+
+    Raises
+    ------
+    ConfigError
+        Naming the field, the value and what is wrong.
+    """
+    from pathlib import Path
+
+    for section, name in ((cfg.model, "pretrained"), (cfg.transfer, "teacher")):
+        path = getattr(section, name)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"config: {type(section).__name__.replace('Config', '').lower()}.{name} = {path!r}: no such file (a local checkpoint; nothing is downloaded)")
+        if path:  # absolute, so that ClientApps in other working directories (Ray actors) find it
+            setattr(section, name, str(Path(path).resolve()))
+    trainable = cfg.transfer.trainable.strip()
+    if trainable == "all":
+        return
+    from fedsplit.models.zoo import build_model
+    from fedsplit.transfer.freezing import resolve_trainable
+
+    try:
+        resolve_trainable(build_model(cfg.model.name, (3, 32, 32), 10, hidden=cfg.model.hidden, width=cfg.model.width), trainable)
+    except ValueError as exc:
+        raise ConfigError(f"config: transfer.trainable = {exc}") from None

@@ -65,6 +65,7 @@ class DataConfig:
     val_fraction: float = field(default=0.1, metadata=doc("fraction of each client's data kept for client-side evaluation", ge=0, lt=1))
     resolution: int = field(default=0, metadata=doc("resize inputs to resolution x resolution pixels (0 = native)", ge=0))
     samples_per_client: int = field(default=0, metadata=doc("synthetic only: generate this many samples per client lazily (0 = one shared pool)", ge=0))
+    classes: str = field(default="", metadata=doc("keep only these classes, relabelled 0..k-1 in the order given: '5-9' or '0,2,4' (empty = all)"))
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ModelConfig:
     name: str = field(default="cnn", metadata=doc("mlp | cnn (compact residual) | fedavg-cnn | mobilenet | tv:<torchvision constructor>"))
     hidden: int = field(default=64, metadata=doc("hidden width of the MLP (units)", ge=1))
     width: float = field(default=1.0, metadata=doc("width multiplier of cnn / mobilenet", gt=0))
+    pretrained: str = field(default="", metadata=doc("local checkpoint to start from: a `fedsplit pretrain` file or a plain state_dict (e.g. torchvision weights on disk); a head of another class count is re-initialised (empty = random init; nothing is downloaded)"))
 
 
 @dataclass
@@ -151,6 +153,21 @@ class TrainingConfig:
     max_empty_rounds: int = field(default=2, metadata=doc("stop with an error after this many consecutive rounds that aggregate nothing (0 = never)", ge=0))
 
 
+#: BatchNorm statistics under freezing (``transfer.batchnorm``).
+BATCHNORM_MODES: tuple[str, ...] = ("frozen", "local")
+
+
+@dataclass
+class TransferConfig:
+    """Transfer learning (freezing a pretrained backbone) and knowledge distillation."""
+
+    trainable: str = field(default="all", metadata=doc("what trains and travels: all | last:N (the last N blocks with parameters) | comma-separated module names (e.g. 'head,stages.2'); the rest stays as model.pretrained gave it and is never sent"))
+    batchnorm: str = field(default="frozen", metadata=doc("with trainable != all: frozen (BatchNorm uses the pretrained statistics, eval mode) | local (each terminal keeps its own statistics in its state); statistics are never sent", choices=BATCHNORM_MODES))
+    teacher: str = field(default="", metadata=doc("checkpoint of a teacher model (`fedsplit pretrain` file): terminals add the KL term to its soft labels in local training (empty = no distillation)"))
+    temperature: float = field(default=2.0, metadata=doc("distillation temperature T (softmax(logits / T) of teacher and student)", gt=0))
+    alpha: float = field(default=0.5, metadata=doc("weight of the distillation term: loss = (1 - alpha) * CE + alpha * T^2 * KL", ge=0, le=1))
+
+
 @dataclass
 class EngineConfig:
     """Where ClientApps run."""
@@ -180,6 +197,7 @@ class RunConfig:
     split: SplitConfig = field(default_factory=SplitConfig, metadata=doc("split learning"))
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig, metadata=doc("asynchronous and decentralized training"))
     engine: EngineConfig = field(default_factory=EngineConfig, metadata=doc("execution engine"))
+    transfer: TransferConfig = field(default_factory=TransferConfig, metadata=doc("transfer learning and distillation"))
     compression: dict[str, Any] = field(default_factory=dict, metadata=doc("update compression, e.g. {uplink = 'topk', density = 0.01, error_feedback = true}"))
     progress: bool = field(default=True, metadata=doc("show a progress bar and the closing table"))
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fedsplit.data.arrays import ArrayDataset, parse_resolution
-from fedsplit.data.bundle import DataBundle
+from fedsplit.data.bundle import DataBundle, parse_classes, select_classes
 from fedsplit.data.datasets import canonical_dataset_name, load_dataset
 from fedsplit.data.generated import GeneratedClients
 from fedsplit.data.partitioners import (
@@ -283,7 +283,8 @@ def make_federated_data(
     Fields read (all optional): ``name`` (dataset, default ``"digits"``), ``root`` (``""`` =
     default), ``download``, ``partitioner``, ``alpha`` and ``shards_per_client`` (see
     :func:`partitioner_options`), ``val_fraction``, ``resolution`` (0 = native),
-    ``samples_per_client`` (synthetic only; 0 = pooled).
+    ``samples_per_client`` (synthetic only; 0 = pooled), ``classes`` (``"5-9"``: keep these
+    classes, relabelled ``0..k-1``; see :func:`fedsplit.data.bundle.select_classes`).
 
     Raises
     ------
@@ -313,6 +314,9 @@ def make_federated_data(
         name, root=_read(data_cfg, "root", None) or None, download=bool(_read(data_cfg, "download", False)),
         seed=seed, resolution=resolution, **extra,
     )
+    classes = str(_read(data_cfg, "classes", "") or "")
+    if classes:
+        dataset = select_classes(dataset, parse_classes(classes, dataset.num_classes))
     return FederatedData(
         dataset,
         num_partitions=int(num_partitions),

@@ -3,6 +3,11 @@
 Batches are drawn from in-memory tensors (no ``DataLoader`` worker machinery: on small edge
 datasets it costs more than the training). The FLOPs of every batch actually run are added up
 from exact per-batch counts (:func:`fedsplit.models.step_flops`).
+
+Only parameters with ``requires_grad`` are optimised (a frozen backbone, :mod:`fedsplit.transfer`,
+stays as loaded, and costs no weight-gradient FLOPs). With a ``teacher`` the loss adds the
+distillation term on its soft labels (:func:`fedsplit.transfer.distill.distillation_loss`), and
+the teacher's inference FLOPs count with the batch.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import torch
 from torch import nn
 
 from fedsplit.models.flops import step_flops
+from fedsplit.transfer.distill import distillation_loss
+from fedsplit.transfer.freezing import freeze_batchnorm
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,8 @@ class TrainResult:
     steps : int
         Optimiser steps taken.
     flops : int
-        FLOPs executed (forward + backward of every batch).
+        FLOPs executed (forward + backward of every batch, plus the teacher's forward when
+        distilling).
     loss : float
         Mean training loss over the last epoch.
     """
@@ -59,6 +67,10 @@ def train_local(
     weight_decay: float = 0.0,
     proximal_mu: float = 0.0,
     seed: int = 0,
+    teacher: nn.Module | None = None,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    batchnorm_eval: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place with SGD on ``(x, y)``.
 
@@ -76,17 +88,31 @@ def train_local(
         FedProx proximal coefficient: adds ``mu/2 * ||w - w_global||^2`` to the loss.
     seed : int
         Seed of the batch order.
+    teacher : nn.Module, optional
+        Knowledge distillation: the loss becomes ``(1 - alpha) * CE + alpha * T^2 * KL`` to the
+        teacher's soft labels (temperature ``T``); the teacher runs in eval mode, no gradients.
+    temperature, alpha : float
+        Distillation temperature (> 0) and weight of its term (0..1).
+    batchnorm_eval : bool
+        Keep every BatchNorm layer in eval mode (frozen pretrained statistics).
     """
     n = int(x.shape[0])
     if n == 0:
         return TrainResult(0, 0, 0, float("nan"))
     model.train()
+    if batchnorm_eval:
+        freeze_batchnorm(model)
+    params = [p for p in model.parameters() if p.requires_grad]
     # foreach: one fused update per step instead of a Python loop over the parameters.
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
-    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+    global_params = [p.detach().clone() for p in params] if proximal_mu > 0 else None
+    if teacher is not None:
+        teacher.eval()
     generator = torch.Generator().manual_seed(seed)
     input_shape = tuple(x.shape[1:])
     batch_flops = {b: step_flops(model, input_shape, b, train=True) for b in {min(batch_size, n), n % batch_size} if b}
+    if teacher is not None:
+        batch_flops = {b: f + step_flops(teacher, input_shape, b, train=False) for b, f in batch_flops.items()}
     steps = flops = 0
     epoch_loss = 0.0
     for _ in range(epochs):
@@ -97,9 +123,15 @@ def train_local(
         for start in range(0, n, batch_size):
             xb, yb = x_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(xb), yb)
+            logits = model(xb)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(xb)
+                loss = distillation_loss(logits, teacher_logits, yb, temperature=temperature, alpha=alpha)
+            else:
+                loss = nn.functional.cross_entropy(logits, yb)
             if global_params is not None:
-                prox = sum(((p - g) ** 2).sum() for p, g in zip(model.parameters(), global_params))
+                prox = sum(((p - g) ** 2).sum() for p, g in zip(params, global_params))
                 loss = loss + 0.5 * proximal_mu * prox
             loss.backward()
             optimizer.step()

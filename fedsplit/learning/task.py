@@ -3,6 +3,11 @@
 Both the server (initial model, held-out test set) and every ClientApp (its partition, a model to
 train) build the same :class:`Task` from the same :class:`~fedsplit.config.RunConfig`; a process
 keeps one per configuration so actors reuse data and model across clients and rounds.
+
+Transfer (:mod:`fedsplit.transfer`): with ``model.pretrained`` the model starts from a local
+checkpoint; with ``transfer.trainable`` other than ``all`` only the trainable parameters travel
+(:attr:`Task.travelling`, :meth:`Task.initial_state`), and both sides rebuild the whole model from
+them plus the pretrained rest (:meth:`Task.full_state`).
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from torch import nn
 
 from fedsplit.config import RunConfig, config_from_dict, config_to_dict
 from fedsplit.data import FederatedData, make_federated_data
+from fedsplit.data.bundle import parse_classes
+from fedsplit.data.datasets import dataset_num_classes
 from fedsplit.models import build_model
+from fedsplit.transfer.checkpoint import load_pretrained, model_from_checkpoint
+from fedsplit.transfer.freezing import FreezePlan, apply_freezing, plan_freezing
 
 
 def config_to_json(cfg: RunConfig) -> str:
@@ -29,14 +38,37 @@ def config_from_json(text: str) -> RunConfig:
     return config_from_dict(json.loads(text))
 
 
+def source_classes(cfg: RunConfig) -> list[int]:
+    """The dataset's own labels of the task's outputs ``0 .. k-1`` (``data.classes``, else all)."""
+    total = dataset_num_classes(cfg.data.name)
+    return list(parse_classes(cfg.data.classes, total)) if cfg.data.classes else list(range(total))
+
+
+class TravellingKeysError(ValueError):
+    """A received model does not hold exactly the tensors this run sends."""
+
+
 @dataclass
 class Task:
-    """Data and model of a run, shared by all terminals emulated in one process."""
+    """Data and model of a run, shared by all terminals emulated in one process.
+
+    Attributes
+    ----------
+    initial : OrderedDict
+        The whole initial model (seeded init, or ``model.pretrained``), every state_dict key.
+    travelling : tuple of str
+        Keys sent to and from terminals: every key, or the trainable ones under freezing.
+    plan : FreezePlan or None
+        What trains and what travels (None: everything).
+    """
 
     cfg: RunConfig
     data: FederatedData
     model: nn.Module
     initial: "OrderedDict[str, torch.Tensor]"
+    travelling: tuple[str, ...] = ()
+    plan: FreezePlan | None = None
+    _teacher: nn.Module | None = None
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "Task":
@@ -50,12 +82,73 @@ class Task:
             width=cfg.model.width,
             seed=cfg.seed,
         )
+        if cfg.model.pretrained:
+            load_pretrained(model, cfg.model.pretrained, target={"dataset": cfg.data.name, "classes": source_classes(cfg)})
+        plan = plan_freezing(model, cfg.transfer.trainable, cfg.transfer.batchnorm)
+        if plan is not None:
+            apply_freezing(model, plan.trainable)
         initial = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
-        return cls(cfg=cfg, data=data, model=model, initial=initial)
+        travelling = plan.travelling if plan is not None else tuple(initial)
+        return cls(cfg=cfg, data=data, model=model, initial=initial, travelling=tuple(travelling), plan=plan)
 
     def initial_state(self) -> "OrderedDict[str, torch.Tensor]":
-        """The seeded initial global weights (a copy; ``model`` itself is reused for training)."""
-        return OrderedDict((k, v.clone()) for k, v in self.initial.items())
+        """The initial global weights that travel (a copy; ``model`` itself is reused for training).
+
+        Without freezing: the whole state_dict. Under freezing: the trainable parameters only.
+        """
+        return OrderedDict((k, self.initial[k].clone()) for k in self.travelling)
+
+    def full_state(
+        self, state: "dict[str, torch.Tensor]", local: "dict[str, torch.Tensor] | None" = None
+    ) -> "OrderedDict[str, torch.Tensor]":
+        """The whole model from ``state`` (travelling keys, or more) plus the pretrained rest.
+
+        ``local`` (a terminal's own BatchNorm statistics) overrides the pretrained values of
+        its keys. The result has every key of the model, in its order.
+        """
+        unknown = [k for k in state if k not in self.initial]
+        if unknown:
+            raise TravellingKeysError(f"model {self.cfg.model.name!r} has no tensor {unknown[0]!r}")
+        local = local or {}
+        return OrderedDict(
+            (k, state[k] if k in state else local[k] if k in local else self.initial[k]) for k in self.initial
+        )
+
+    def check_travelling(self, keys: "list[str] | tuple[str, ...]") -> None:
+        """Raise :class:`TravellingKeysError` unless ``keys`` are exactly :attr:`travelling`."""
+        if set(keys) == set(self.travelling):
+            return
+        expected = set(self.travelling)
+        missing = [k for k in self.travelling if k not in set(keys)]
+        extra = [k for k in keys if k not in expected]
+        what = f"transfer.trainable = {self.cfg.transfer.trainable!r}" if self.plan is not None else "no freezing"
+        raise TravellingKeysError(
+            f"received model has {len(keys)} tensors, this run ({what}) sends exactly {len(expected)}: "
+            + "; ".join(p for p in (f"missing {missing[:5]}" if missing else "", f"unexpected {extra[:5]}" if extra else "") if p)
+        )
+
+    def teacher(self) -> nn.Module | None:
+        """The distillation teacher of ``transfer.teacher`` (built once per process), or None.
+
+        Raises
+        ------
+        ValueError
+            If its number of outputs is not the task's.
+        """
+        path = self.cfg.transfer.teacher
+        if not path:
+            return None
+        if self._teacher is None:
+            teacher = model_from_checkpoint(path)
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            outputs = int(teacher(torch.zeros(1, *self.data.input_shape)).shape[1])
+            if outputs != self.data.num_classes:
+                raise ValueError(
+                    f"transfer.teacher = {path!r}: the teacher has {outputs} outputs, the task {self.data.num_classes} classes"
+                )
+            self._teacher = teacher
+        return self._teacher
 
 
 _TASKS: "OrderedDict[str, Task]" = OrderedDict()

@@ -1,8 +1,12 @@
 """Exact FLOP counts of training and inference, measured with ``torch.utils.flop_counter``.
 
 Counting under :class:`~torch.utils.flop_counter.FlopCounterMode` is slow, so a count is taken
-once per (architecture, input shape, batch size) on a copy of the model and cached; the training
-loop then adds up the cached count of every batch it really ran.
+once per (architecture, which parameters require gradients, input shape, batch size) on a copy of
+the model and cached; the training loop then adds up the cached count of every batch it really ran.
+
+Frozen parameters (``requires_grad = False``, :mod:`fedsplit.transfer.freezing`) are counted as
+autograd runs them: no weight-gradient FLOPs for a frozen layer, and the backward stops at the
+first layer that has a trainable parameter (nothing before it needs an input gradient).
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ def architecture_key(model: nn.Module) -> tuple:
     return (type(model).__qualname__, tuple((k, tuple(v.shape)) for k, v in model.state_dict().items()))
 
 
+def trainable_key(model: nn.Module) -> tuple[bool, ...]:
+    """Which parameters require gradients, in ``named_parameters`` order (part of the cache key)."""
+    return tuple(bool(p.requires_grad) for p in model.parameters())
+
+
 _CACHE: dict[tuple, int] = {}
 
 
@@ -33,7 +42,8 @@ def _measure(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, tr
             out = probe(x)
             target = torch.zeros(batch_size, dtype=torch.long, device=device)
             loss = nn.functional.cross_entropy(out, target)
-            loss.backward()
+            if loss.requires_grad:  # False when every parameter is frozen: no backward at all
+                loss.backward()
         else:
             with torch.no_grad():
                 probe(x)
@@ -46,7 +56,7 @@ def step_flops(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, 
     Parameters
     ----------
     model : nn.Module
-        The model (not modified: a copy is measured).
+        The model (not modified: a copy is measured, with its ``requires_grad`` flags).
     input_shape : tuple of int
         Shape of one input, ``(C, H, W)``.
     batch_size : int
@@ -59,7 +69,7 @@ def step_flops(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, 
     int
         Floating-point operations (multiply and add counted separately, as torch does).
     """
-    key = (architecture_key(model), tuple(input_shape), int(batch_size), bool(train))
+    key = (architecture_key(model), trainable_key(model) if train else (), tuple(input_shape), int(batch_size), bool(train))
     if key not in _CACHE:
         _CACHE[key] = _measure(model, tuple(input_shape), int(batch_size), train)
     return _CACHE[key]
