@@ -8,7 +8,8 @@ deployment engine. It learns the run's configuration from the simulation that bu
 
 Split learning's terminal side answers ``train.split`` messages (:mod:`fedsplit.clients.split_client`).
 
-Replies follow Flower's conventions: ``"arrays"`` (weights), ``"metrics"`` with ``"num-examples"``,
+Replies follow Flower's conventions: ``"arrays"`` (weights: all of them, or only the trainable ones
+under ``transfer.trainable``, :mod:`fedsplit.transfer.freezing`), ``"metrics"`` with ``"num-examples"``,
 plus ``"flops"`` (FLOPs executed, for the simulated clock) and ``"partition-id"``; on a CUDA
 device also ``"gpu-mem-bytes"``, the peak CUDA memory the message allocated (bytes).
 
@@ -93,14 +94,29 @@ def with_gpu_memory(handler: Handler) -> Handler:
     return wrapped
 
 
-def _load_global(task: Task, msg: Message) -> torch.device:
+BATCHNORM_LOCAL_STATE = "fedsplit.transfer.batchnorm-local"
+"""``Context.state`` record of a terminal's own BatchNorm statistics (``transfer.batchnorm = "local"``)."""
+
+
+def _load_global(task: Task, msg: Message, context: Context | None = None) -> torch.device:
+    """Load the received model into ``task.model`` on :func:`_device`.
+
+    The message must hold exactly the tensors that travel (:attr:`Task.travelling`: all of them,
+    or the trainable ones under freezing); the rest comes from the pretrained model, and a
+    terminal's own BatchNorm statistics from its ``Context.state`` (``batchnorm = "local"``).
+    Anything else raises :class:`fedsplit.learning.task.TravellingKeysError` (an error reply).
+    """
     device = _device()
     task.model.to(device)
     views = record_views(msg.content.array_records["arrays"])
+    task.check_travelling(list(views))
     with warnings.catch_warnings():  # read-only views: load_state_dict copies them into the model
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         state = {key: torch.from_numpy(view) for key, view in views.items()}
-    task.model.load_state_dict(state, strict=True)
+        local = {}
+        if context is not None and BATCHNORM_LOCAL_STATE in context.state.array_records:
+            local = {k: torch.from_numpy(v) for k, v in record_views(context.state.array_records[BATCHNORM_LOCAL_STATE]).items()}
+    task.model.load_state_dict(task.full_state(state, local), strict=True)
     return device
 
 
@@ -111,8 +127,8 @@ def handle_train(msg: Message, context: Context, config_json: str | None = None)
     config = msg.content.config_records.get("config", ConfigRecord())
     server_round = int(config.get("server-round", 0))
     train_set, _ = task.data.partition(pid)
-    device = _load_global(task, msg)
-    t = task.cfg.train
+    device = _load_global(task, msg, context)
+    t, plan, teacher = task.cfg.train, task.plan, task.teacher()
     result = train_local(
         task.model,
         train_set.x.to(device),
@@ -124,6 +140,10 @@ def handle_train(msg: Message, context: Context, config_json: str | None = None)
         weight_decay=t.weight_decay,
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         seed=_round_seed(task.cfg.seed, pid, server_round),
+        teacher=teacher.to(device) if teacher is not None else None,
+        temperature=task.cfg.transfer.temperature,
+        alpha=task.cfg.transfer.alpha,
+        batchnorm_eval=plan is not None and plan.batchnorm == "frozen",
     )
     metrics = MetricRecord(
         {
@@ -133,7 +153,10 @@ def handle_train(msg: Message, context: Context, config_json: str | None = None)
             "partition-id": pid,
         }
     )
-    arrays = array_record_from_state(task.model.state_dict())
+    trained = task.model.state_dict()
+    if plan is not None and plan.local:  # kept by this terminal, never sent
+        context.state.array_records[BATCHNORM_LOCAL_STATE] = array_record_from_state({k: trained[k] for k in plan.local})
+    arrays = array_record_from_state({k: trained[k] for k in task.travelling})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
@@ -142,7 +165,7 @@ def handle_evaluate(msg: Message, context: Context, config_json: str | None = No
     task = task_for(_config_json(context, config_json))
     pid = _partition_id(context)
     _, val_set = task.data.partition(pid)
-    device = _load_global(task, msg)
+    device = _load_global(task, msg, context)
     result = evaluate(task.model, val_set.x.to(device), val_set.y.to(device))
     metrics = MetricRecord(
         {

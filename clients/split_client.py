@@ -5,7 +5,8 @@ exchange needs (see :mod:`fedsplit.strategies.split_protocol` for the server sid
 
     op = "begin"  arrays "weights" (the terminal's part(s)) + hyper-parameters and the cut
                   -> forward batch 0 of the round; reply "activations" (+ "labels" unless U-shape)
-    op = "step"   arrays "gradient" (the gradient at the (first) cut for batch k)
+    op = "step"   arrays "gradient" (the gradient at the (first) cut for batch k; absent for a
+                  frozen terminal part, which is then not updated)
                   -> recompute the forward of batch k, backward, SGD step; then forward batch
                      k + 1 and reply its "activations" (+ "labels"), or, after the last batch,
                      reply the trained part(s) as "weights"
@@ -231,6 +232,8 @@ class SplitTerminal:
         weights: dict[str, torch.Tensor] = {}
         for part in self.parts.values():
             weights.update(part_state_dict(part))
+        if self.task.plan is not None:  # transfer.trainable: only the trainable tensors travel
+            weights = {k: v for k, v in weights.items() if k in self.task.travelling}
         return RecordDict({"weights": array_record_from_state(weights), "metrics": self.metrics(flops)})
 
     def metrics(self, flops: int, **extra: float) -> MetricRecord:
@@ -256,7 +259,9 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
     pid = int(context.node_config["partition-id"])
     terminal = SplitTerminal(task, context, cursor, seed_of_round(cursor.seed, pid, cursor.server_round))
     if op == "begin":
-        _load(terminal.parts, record_views(msg.content.array_records["weights"]))
+        received = record_views(msg.content.array_records["weights"])
+        # under transfer.trainable the frozen rest of the part is the pretrained model's
+        _load(terminal.parts, task.full_state(received) if task.plan is not None else received)
         cursor.batch = 0
         if terminal.num_batches == 0:
             return Message(terminal.weights_reply(0), reply_to=msg)
@@ -281,13 +286,16 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
         return Message(content, reply_to=msg)
     if op != "step":
         raise ValueError(f"train.split: unknown op {op!r} (begin, step, head)")
-    grad = record_views(msg.content.array_records["gradient"])["cut"]
     name = "client_front" if terminal.ushape else "client"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        client_backward_recompute(terminal.parts[name], x, grad, terminal.optimizers[name])
-    part = terminal.profile(len(y)).part(name)
-    flops = part.forward_flops + part.backward_flops  # the recomputed forward and the backward
+    flops = 0
+    if "gradient" in msg.content.array_records and terminal.optimizers[name] is not None:
+        grad = record_views(msg.content.array_records["gradient"])["cut"]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            client_backward_recompute(terminal.parts[name], x, grad, terminal.optimizers[name])
+        part = terminal.profile(len(y)).part(name)
+        flops = part.forward_flops + part.backward_flops  # the recomputed forward and the backward
+    # else: a frozen part (transfer.trainable) is never updated: no backward, no step
     cursor.batch = k + 1
     if cursor.batch >= terminal.num_batches:
         content = terminal.weights_reply(flops)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "fedsplit.simulation.cli",
     "fedsplit.simulation.deploy",
+    "fedsplit.transfer.cli",
     "fedsplit.inference.cli",
     "fedsplit.inference.edgent_cli",
 )

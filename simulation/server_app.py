@@ -186,6 +186,7 @@ def build_split_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtoc
         seed=cfg.seed,
         noise_std=cfg.split.noise_std,
         num_classes=int(task.data.num_classes),
+        travelling=task.travelling if task.plan is not None else (),
     )
     population = metered.population
     return SplitProtocol(settings, task.model, tuple(task.data.input_shape), lambda pid: cuts[population.profile_of(pid).name])
@@ -229,7 +230,7 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
     test_set = task.data.server_test
 
     def evaluate_global(state: dict[str, torch.Tensor]) -> dict[str, float]:
-        model.load_state_dict(state)
+        model.load_state_dict(task.full_state(state))  # + the frozen rest under transfer.trainable
         result = evaluate(model, test_set.x, test_set.y)
         return {"accuracy": result.accuracy, "loss": result.loss}
 
@@ -242,7 +243,9 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
     run = ProtocolRun(
         grid=metered,
         num_rounds=cfg.rounds,
-        initial_state=task.initial_state(),
+        # what travels (all, or the trainable tensors under transfer.trainable); split learning's
+        # server holds whole models and filters what it sends itself
+        initial_state=task.full_state(task.initial_state()) if cfg.training.mode in SPLIT_MODES else task.initial_state(),
         train_config=train_config(cfg),
     )
     started = time.perf_counter()
@@ -253,11 +256,11 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
             evaluate=evaluate_global,
             settings=LoopSettings(eval_every=t.eval_every, checkpoint_every=t.checkpoint_every, max_empty_rounds=t.max_empty_rounds),
             on_round=on_round,
-            checkpoint=session.checkpoint,
+            checkpoint=lambda server_round, state: session.checkpoint(server_round, task.full_state(state)),
         )
     finally:
         session.strategy_wall_s = time.perf_counter() - started
-    session.final_state = {k: v.clone() for k, v in final.items()}
+    session.final_state = {k: v.clone() for k, v in task.full_state(final).items()}
 
 
 def make_server_app(session: RunSession) -> ServerApp:

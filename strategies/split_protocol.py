@@ -44,6 +44,11 @@ reply, 219 on a gradient, 594 on ``begin`` and 467 on the final weights reply
 clock through the ``edge-server`` profile. Activations or gradients of the wrong shape or dtype,
 or with NaN/Inf, are rejected for that terminal (logged, its row marked ``rejected``): they never
 reach the server part, the terminal leaves the round and the run goes on.
+
+Transfer (``transfer.trainable``, :mod:`fedsplit.transfer.freezing`): only the trainable tensors of
+a terminal part travel (``begin`` and the final weights); a terminal part with nothing trainable
+(a frozen backbone on the terminal) is never sent, never updated, and gets no gradient (vanilla
+and SplitFed: ``step`` without ``gradient``, so the terminal only runs forwards).
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from fedsplit.clients.arrays import array_record_from_state, record_views
 from fedsplit.devices import aggregation_flops
 from fedsplit.split import (
     ForwardState,
+    has_trainable,
     load_part_state_dict,
     make_sgd,
     parse_cut,
@@ -102,6 +108,10 @@ class SplitSettings:
         (smashed-data privacy; 0 = none).
     num_classes : int
         Label range, for validating received labels.
+    travelling : tuple of str
+        Under ``transfer.trainable``: the only keys of a terminal part that are sent (its
+        trainable parameters; the frozen rest is the pretrained model on both sides). Empty:
+        every key of the part travels.
     """
 
     mode: str
@@ -113,6 +123,7 @@ class SplitSettings:
     seed: int
     noise_std: float = 0.0
     num_classes: int = 0
+    travelling: tuple[str, ...] = ()
 
 
 @dataclass
@@ -210,7 +221,7 @@ class SplitProtocol(TrainingProtocol):
             chains.append(chain)
             if chain.weights is not None:  # its trained part(s) go to the next terminal
                 for part in self._terminal_parts(parts).values():
-                    load_part_state_dict(part, chain.weights)
+                    load_part_state_dict(part, chain.weights, strict=not self.settings.travelling)
                 self.state = OrderedDict((k, torch.as_tensor(v)) for k, v in parts.state_dict().items())  # type: ignore[attr-defined]
         return chains
 
@@ -222,7 +233,7 @@ class SplitProtocol(TrainingProtocol):
         states = []
         for c in done:
             for part in self._terminal_parts(c.parts).values():
-                load_part_state_dict(part, c.weights)
+                load_part_state_dict(part, c.weights, strict=not self.settings.travelling)
             states.append(c.parts.state_dict())  # type: ignore[attr-defined]
         self.state = _weighted_average(states, [c.examples for c in done], self.state)
 
@@ -271,6 +282,8 @@ class SplitProtocol(TrainingProtocol):
         weights: dict[str, torch.Tensor] = {}
         for part in self._terminal_parts(chain.parts).values():
             weights.update(part_state_dict(part))
+        if s.travelling:  # a frozen terminal part is never sent: the terminal has it from the checkpoint
+            weights = {k: v for k, v in weights.items() if k in s.travelling}
         config = ConfigRecord(
             {
                 "op": "begin",
@@ -334,10 +347,13 @@ class SplitProtocol(TrainingProtocol):
                 grid.server_work(profile.part("server_middle").forward_flops, partition_id=chain.pid, exclusive=exclusive)
                 content = RecordDict({"activations": array_record_from_state({"cut": chain.pending.activations}), "config": ConfigRecord({"op": "head"})})
                 return self._message(chain, server_round, content)
-            result = server_step(server, acts, labels, chain.server_opt)
+            front_trains = has_trainable(chain.parts.client)  # type: ignore[attr-defined]
+            result = server_step(server, acts, labels, chain.server_opt, return_grad=front_trains)
         grid.server_work(profile.part("server").flops, partition_id=chain.pid, exclusive=exclusive)
         chain.losses.append(result.loss)
-        content = RecordDict({"gradient": array_record_from_state({"cut": result.grad_at_cut}), "config": ConfigRecord({"op": "step"})})
+        content = RecordDict({"config": ConfigRecord({"op": "step"})})
+        if front_trains:  # a frozen terminal part gets no gradient: it has nothing to update
+            content["gradient"] = array_record_from_state({"cut": result.grad_at_cut})
         return self._message(chain, server_round, content)
 
     def _middle_backward(self, run: ProtocolRun, server_round: int, chain: _Chain, reply: Message, exclusive: bool) -> Message | None:

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedsplit.models.contract import blocks, resolve_cut
-from fedsplit.models.flops import architecture_key
+from fedsplit.models.flops import architecture_key, trainable_key
 from fedsplit.split.parts import Cut
 
 #: Bytes of one label sent to the server in vanilla split (int64 class index).
@@ -223,7 +223,8 @@ def _measure_blocks(model: nn.Module, input_shape: tuple[int, ...], batch_size: 
 
 
 def profile_blocks(model: nn.Module, input_shape: tuple[int, ...], batch_size: int) -> tuple[BlockProfile, ...]:
-    """Per-block costs of one training step (cached per architecture, input shape and batch size).
+    """Per-block costs of one training step (cached per architecture, trainable parameters, input
+    shape and batch size: a frozen block costs no weight-gradient FLOPs).
 
     Parameters
     ----------
@@ -234,7 +235,7 @@ def profile_blocks(model: nn.Module, input_shape: tuple[int, ...], batch_size: i
     batch_size : int
         Samples per batch.
     """
-    key = (architecture_key(model), repr(model), tuple(input_shape), int(batch_size))
+    key = (architecture_key(model), trainable_key(model), repr(model), tuple(input_shape), int(batch_size))
     if key not in _CACHE:
         _CACHE[key] = _measure_blocks(model, tuple(input_shape), int(batch_size))
     return _CACHE[key]
