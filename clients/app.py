@@ -30,9 +30,10 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
+from fedsplit.clients.privacy_mod import local_trainer
 from fedsplit.clients.split_client import SPLIT_ACTION, handle_split
 from fedsplit.config import load_config
-from fedsplit.learning import Task, config_to_json, evaluate, task_for, train_local
+from fedsplit.learning import Task, config_to_json, evaluate, task_for
 
 def _config_json(context: Context, config_json: str | None) -> str:
     if config_json is not None:
@@ -129,7 +130,7 @@ def handle_train(msg: Message, context: Context, config_json: str | None = None)
     train_set, _ = task.data.partition(pid)
     device = _load_global(task, msg, context)
     t, plan, teacher = task.cfg.train, task.plan, task.teacher()
-    result = train_local(
+    result = local_trainer(task, pid, context)(  # train_local, or DP-SGD / label flipping (fedsplit.privacy)
         task.model,
         train_set.x.to(device),
         train_set.y.to(device),
@@ -196,7 +197,7 @@ def make_client_app(mods: list | None = None, config_json: str | None = None) ->
         The run's resolved configuration (:func:`fedsplit.learning.config_to_json`). Simulations
         pass it here; deployed ClientApps read ``config-file``/``overrides`` from the run config.
     """
-    app = ClientApp(mods=list(default_mods() if mods is None else mods))
+    app = ClientApp(mods=list(default_mods(config_json) if mods is None else mods))
     app.reports_flops = True  # replies carry exact "flops": fedsplit's engine need not meter them
 
     def train(msg: Message, context: Context) -> Message:
@@ -215,13 +216,19 @@ def make_client_app(mods: list | None = None, config_json: str | None = None) ->
     return app
 
 
-def default_mods() -> list:
-    """The mods installed by default: update compression (a no-op unless the server asks for it)."""
-    try:
-        from fedsplit.clients.compression_mod import compression_mod
-    except ImportError:  # compression glue not installed
-        return []
-    return [compression_mod]
+def default_mods(config_json: str | None = None) -> list:
+    """The mods installed by default, outermost first, each a no-op unless the run asks for it:
+    update compression (when the server's train config carries a codec spec), Byzantine attack
+    emulation (``attack.*``) and differential privacy (``privacy.*``).
+
+    ``config_json`` is the run's configuration as :func:`make_client_app` got it (None: the
+    run config's, read per message like the handlers do).
+    """
+    from fedsplit.clients.attack_mod import make_attack_mod
+    from fedsplit.clients.compression_mod import compression_mod
+    from fedsplit.clients.privacy_mod import make_privacy_mod
+
+    return [compression_mod, make_attack_mod(config_json), make_privacy_mod(config_json)]
 
 
 client_app = make_client_app()

@@ -21,14 +21,16 @@ def check_strategy(cfg: RunConfig) -> int:
     against its constructor), before any engine starts: 0, or 2 after one line on stderr."""
     from fedsplit.simulation.server_app import _without_flower_warning
     from fedsplit.strategies import StrategyLoadError, build_strategy
+    from fedsplit.strategies.robust import wrap_robustness
 
     s = cfg.strategy
     try:
         with _without_flower_warning("fraction_evaluate is set to 0.0"):  # as the run builds it
-            build_strategy(
+            strategy = build_strategy(
                 s.name, s.params, fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate,
                 min_train_nodes=s.min_train_nodes,
             )
+        wrap_robustness(strategy, cfg, None)  # Flower's DP wrapper checks its settings
     except StrategyLoadError as exc:
         print(f"fedsplit: error: config: {exc}", file=sys.stderr)
         return 2

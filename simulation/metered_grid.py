@@ -53,6 +53,12 @@ def _gpu_mem_of(reply: Message) -> int:
     return int(metrics.get("gpu-mem-bytes", 0)) if metrics is not None else 0
 
 
+def _dp_epsilon_of(reply: Message) -> float:
+    """The reply's ``"dp-epsilon"`` metric (the terminal's cumulative local-DP epsilon), else 0."""
+    metrics = reply.content.metric_records.get("metrics")
+    return float(metrics.get("dp-epsilon", 0.0)) if metrics is not None else 0.0
+
+
 class MeteredGrid(Grid):
     """Availability emulation and ledger metering around another Grid.
 
@@ -298,6 +304,7 @@ class MeteredGrid(Grid):
         message_type = out.metadata.message_type
         server_round = self.current_round
         status, reason, flops, method, bytes_up, gpu_mem = "ok", "", 0, "none", 0, 0
+        dp_epsilon = 0.0
         if reply is None:
             status, reason = "failed", "no reply"
         elif reply.has_error():
@@ -306,6 +313,7 @@ class MeteredGrid(Grid):
             bytes_up = payload_bytes(reply.content)
             flops, method = self._compute_of(reply)
             gpu_mem = _gpu_mem_of(reply)
+            dp_epsilon = _dp_epsilon_of(reply)
         cost = exchange_cost(profile, flops, bytes_up, bytes_down)
         slot = self.clock.exchange(pid, cost.total_s, counts=status == "ok")
         if slot.straggler:
@@ -334,6 +342,7 @@ class MeteredGrid(Grid):
                 end_s=slot.end_s,
                 flops_method=method,
                 gpu_mem_bytes=gpu_mem,
+                dp_epsilon=dp_epsilon,
             )
         )
         return status == "ok"

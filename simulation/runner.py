@@ -12,6 +12,7 @@ from typing import Any
 
 from fedsplit.config import RunConfig
 from fedsplit.learning import config_to_json
+from fedsplit.privacy.report import privacy_extra
 from fedsplit.report import RoundProgress, make_run_dir, print_summary, summarize, write_run_folder
 from fedsplit.simulation.server_app import RunSession, _without_flower_warning, make_server_app, run_server
 
@@ -149,6 +150,7 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None) -> RunOu
         )
     extra: dict[str, Any] = {"engine": cfg.engine.name, "terminals": cfg.num_terminals, **session.engine_info}
     extra.update(compression_extra(session.strategy))
+    extra.update(privacy_extra(cfg, session.strategy, session.ledger))
     summary = summarize(session.ledger, wall_s, extra)
     if write:
         write_run_folder(run_dir, cfg, session.ledger, summary, session.final_state)

@@ -30,6 +30,7 @@ from fedsplit.strategies import build_strategy
 from fedsplit.strategies.compression import CompressedStrategy, GuardedStrategy
 from fedsplit.strategies.fedavg_protocol import strategy_protocol
 from fedsplit.strategies.protocol import ProtocolRun, TrainingProtocol
+from fedsplit.strategies.robust import wrap_robustness
 from fedsplit.strategies.split_protocol import SPLIT_MODES, SplitProtocol, SplitSettings
 from fedsplit.split import choose_cut, describe_cut_choice
 
@@ -100,7 +101,7 @@ def build_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtocol:
             fraction_evaluate=s.fraction_evaluate,
             min_train_nodes=s.min_train_nodes,
         )
-    strategy = wrap_selection(strategy, cfg, metered)
+    strategy = wrap_robustness(wrap_selection(strategy, cfg, metered), cfg, metered.reject)  # central DP, norm defence
     return strategy_protocol(wrap_strategy(strategy, cfg, metered.reject))
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import tomli_w
 
 from fedsplit.config.errors import ConfigError
-from fedsplit.config.names import check_data, check_model_name, check_split, check_strategy_name, check_transfer
+from fedsplit.config.names import check_data, check_model_name, check_privacy, check_split, check_strategy_name, check_transfer
 from fedsplit.config.schema import RunConfig
 
 __all__ = ["ConfigError", "config_from_dict", "config_to_dict", "dump_config", "load_config", "parse_override", "validate"]
@@ -175,6 +175,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     check_data(cfg.data)
     check_split(cfg.training.mode, cfg.model.name, cfg.split.cut)
     check_transfer(cfg)
+    check_privacy(cfg)
     return cfg
 
 

@@ -177,3 +177,47 @@ def check_transfer(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; impor
         resolve_trainable(build_model(cfg.model.name, (3, 32, 32), 10, hidden=cfg.model.hidden, width=cfg.model.width), trainable)
     except ValueError as exc:
         raise ConfigError(f"config: transfer.trainable = {exc}") from None
+
+
+#: Protocols whose terminals train whole models with fedsplit's ``train`` handler (where local
+#: DP-SGD and the attacks act).
+TRAIN_MESSAGE_MODES: tuple[str, ...] = ("fl", "fedbuff", "fedasync", "gossip")
+
+
+def check_privacy(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
+    """``privacy.*``, ``attack.*``, ``defence.*``: a noise or a budget, a protocol each applies to, at
+    least one attacker, one clipping bound, no setting that would be ignored.
+
+    Raises
+    ------
+    ConfigError
+        Naming the field, the value and what is allowed.
+    """
+    p, a, d, mode = cfg.privacy, cfg.attack, cfg.defence, cfg.training.mode
+    if p.mode == "off":
+        for name in ("noise_multiplier", "epsilon"):
+            if getattr(p, name):
+                raise ConfigError(f"config: privacy.{name} = {getattr(p, name)}: has no effect with privacy.mode = 'off' (set privacy.mode = 'local' or 'central')")
+    elif p.noise_multiplier == 0 and p.epsilon == 0:
+        raise ConfigError(f"config: privacy.mode = {p.mode!r}: needs privacy.noise_multiplier > 0 or a budget privacy.epsilon > 0")
+    if p.mode == "local" and mode not in TRAIN_MESSAGE_MODES:
+        raise ConfigError(
+            f"config: privacy.mode = 'local' with training.mode = {mode!r}: DP-SGD runs where terminals train whole "
+            f"models ({', '.join(TRAIN_MESSAGE_MODES)}); split learning's terminal part is not covered yet"
+        )
+    if p.mode == "local" and cfg.strategy.name.lower() == "fedprox":
+        raise ConfigError("config: privacy.mode = 'local' with strategy.name = 'fedprox': the proximal term has no per-sample gradient (DP-SGD would drop it)")
+    if p.mode == "central" and mode != "fl":
+        raise ConfigError(f"config: privacy.mode = 'central' with training.mode = {mode!r}: Flower's DP wrappers need training.mode = 'fl'")
+    if a.kind != "none":
+        if a.fraction * cfg.num_terminals < 0.5:  # fedsplit.privacy.attacks.num_attackers rounds half up
+            raise ConfigError(f"config: attack.fraction = {a.fraction}: no attacker among {cfg.num_terminals} terminals (need fraction >= {0.5 / cfg.num_terminals:.3g})")
+        if mode not in TRAIN_MESSAGE_MODES:
+            raise ConfigError(f"config: attack.kind = {a.kind!r} with training.mode = {mode!r}: attacks act on whole-model updates ({', '.join(TRAIN_MESSAGE_MODES)})")
+    if d.clip_norm and d.clip_factor:
+        raise ConfigError(f"config: defence.clip_norm = {d.clip_norm} and defence.clip_factor = {d.clip_factor}: set one of them")
+    active = [name for name in ("clip_norm", "clip_factor", "reject_norm", "reject_factor") if getattr(d, name)]
+    if active and mode != "fl":
+        raise ConfigError(f"config: defence.{active[0]} with training.mode = {mode!r}: the norm defence wraps the strategy of training.mode = 'fl'")
+    if 0 < d.reject_factor < 1:
+        raise ConfigError(f"config: defence.reject_factor = {d.reject_factor}: must be >= 1 (below 1 it rejects about half of the honest updates)")

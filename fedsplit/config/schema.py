@@ -35,6 +35,7 @@ STRATEGY_NAMES: tuple[str, ...] = (
     "fedmedian",
     "fedtrimmedavg",
     "krum",
+    "multikrum",
     "bulyan",
 )
 
@@ -102,6 +103,55 @@ class StrategyConfig:
     local_work: str = field(default="fixed", metadata=doc("fixed (train.local_epochs everywhere) | adaptive (per-terminal epochs so all finish together, FedNova averaging)", choices=LOCAL_WORK))
     max_local_epochs: int = field(default=8, metadata=doc("local_work = adaptive: most epochs a terminal is given in a round", ge=1))
     resource_budget_s: float = field(default=0.0, metadata=doc("local_work = adaptive: total simulated seconds of the run; >0 lets a controller (Wang et al. 2019) choose the round's local epochs", ge=0))
+
+
+#: ``privacy.mode``: no DP, DP-SGD on every terminal, or noise on the aggregate (Flower's wrappers).
+PRIVACY_MODES: tuple[str, ...] = ("off", "local", "central")
+
+#: ``privacy.clipping`` of central DP: where updates are clipped, to a fixed or an adaptive norm.
+CENTRAL_DP_CLIPPING: tuple[str, ...] = ("server-fixed", "client-fixed", "server-adaptive", "client-adaptive")
+
+#: ``privacy.accountant``: Opacus's accountants by their Opacus names.
+DP_ACCOUNTANTS: tuple[str, ...] = ("rdp", "prv")
+
+#: ``attack.kind``: no attack, the update attacks (fedsplit.privacy.attacks), label flipping.
+ATTACK_KINDS: tuple[str, ...] = ("none", "signflip", "scale", "noise", "labelflip")
+
+
+@dataclass
+class PrivacyConfig:
+    """Differential privacy: local DP-SGD (Opacus) on the terminals, or central DP on the aggregate."""
+
+    mode: str = field(default="off", metadata=doc("off | local (DP-SGD with Opacus on every terminal; epsilon per terminal, cumulative over rounds) | central (Flower's DP wrappers: updates clipped, Gaussian noise on the aggregate)", choices=PRIVACY_MODES))
+    noise_multiplier: float = field(default=0.0, metadata=doc("noise std over the clipping norm: local = per DP-SGD step, central = per aggregate (0 = computed from epsilon)", ge=0))
+    max_grad_norm: float = field(default=1.0, metadata=doc("clipping norm (L2, weight units): local = of each per-sample gradient, central = of each terminal's update (the initial one with adaptive clipping)", gt=0))
+    epsilon: float = field(default=0.0, metadata=doc("privacy budget for the whole run: with noise_multiplier = 0 the noise that spends exactly this over all rounds; a local terminal stops training before a round would exceed it (0 = no budget)", ge=0))
+    delta: float = field(default=1e-5, metadata=doc("delta of the reported (epsilon, delta)", gt=0, lt=1))
+    accountant: str = field(default="rdp", metadata=doc("Opacus accountant: rdp | prv", choices=DP_ACCOUNTANTS))
+    clipping: str = field(default="server-fixed", metadata=doc("central: server-fixed | client-fixed | server-adaptive | client-adaptive (Flower's DifferentialPrivacy*Clipping wrappers; client-* clip on the terminal with Flower's clipping mods)", choices=CENTRAL_DP_CLIPPING))
+    target_quantile: float = field(default=0.5, metadata=doc("central adaptive clipping: fraction of updates left unclipped the norm tracks", ge=0, le=1))
+    clip_lr: float = field(default=0.2, metadata=doc("central adaptive clipping: learning rate of the clipping norm", gt=0))
+    clipped_count_stddev: float = field(default=0.0, metadata=doc("central adaptive clipping: noise std of the clipped count (0 = Flower's default, sampled terminals / 20)", ge=0))
+
+
+@dataclass
+class AttackConfig:
+    """Byzantine terminals: a seeded fraction of the terminals lies about its update."""
+
+    kind: str = field(default="none", metadata=doc("none | signflip (sends global - k * update) | scale (global + k * update) | noise (global + N(0, noise_std^2)) | labelflip (trains on labels c -> classes - 1 - c)", choices=ATTACK_KINDS))
+    fraction: float = field(default=0.2, metadata=doc("fraction of the terminals that attack (rounded half up; chosen with the run's seed)", ge=0, le=1))
+    k: float = field(default=5.0, metadata=doc("signflip / scale: multiplier of the honest update", gt=0))
+    noise_std: float = field(default=1.0, metadata=doc("noise: standard deviation of the values sent instead of the update (weight units)", gt=0))
+
+
+@dataclass
+class DefenceConfig:
+    """Norm clipping and rejection of updates before aggregation (on top of any strategy.name)."""
+
+    clip_norm: float = field(default=0.0, metadata=doc("clip every update (local - global, L2 over float tensors) to this norm (0 = off)", ge=0))
+    clip_factor: float = field(default=0.0, metadata=doc("clip every update to this multiple of the round's median update norm (0 = off)", ge=0))
+    reject_norm: float = field(default=0.0, metadata=doc("reject updates whose norm exceeds this (ledger status rejected; 0 = off)", ge=0))
+    reject_factor: float = field(default=0.0, metadata=doc("reject updates whose norm exceeds this multiple of the round's median update norm (0 = off)", ge=0))
 
 
 @dataclass
@@ -192,6 +242,9 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("model"))
     train: TrainConfig = field(default_factory=TrainConfig, metadata=doc("local training"))
     strategy: StrategyConfig = field(default_factory=StrategyConfig, metadata=doc("aggregation strategy"))
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig, metadata=doc("differential privacy"))
+    attack: AttackConfig = field(default_factory=AttackConfig, metadata=doc("emulated Byzantine terminals"))
+    defence: DefenceConfig = field(default_factory=DefenceConfig, metadata=doc("update norm clipping and rejection"))
     clock: ClockConfig = field(default_factory=ClockConfig, metadata=doc("simulated clock"))
     training: TrainingConfig = field(default_factory=TrainingConfig, metadata=doc("training protocol and server loop"))
     split: SplitConfig = field(default_factory=SplitConfig, metadata=doc("split learning"))

@@ -24,6 +24,7 @@ from fedsplit.data import FederatedData, make_federated_data
 from fedsplit.data.bundle import parse_classes
 from fedsplit.data.datasets import dataset_num_classes
 from fedsplit.models import build_model
+from fedsplit.models.opacus_compat import opacus_compatible
 from fedsplit.transfer.checkpoint import load_pretrained, model_from_checkpoint
 from fedsplit.transfer.freezing import FreezePlan, apply_freezing, plan_freezing
 
@@ -84,6 +85,8 @@ class Task:
         )
         if cfg.model.pretrained:
             load_pretrained(model, cfg.model.pretrained, target={"dataset": cfg.data.name, "classes": source_classes(cfg)})
+        if cfg.privacy.mode == "local":  # DP-SGD needs per-sample gradients: BatchNorm -> GroupNorm, on both sides
+            model = opacus_compatible(model, f"model {cfg.model.name!r}")
         plan = plan_freezing(model, cfg.transfer.trainable, cfg.transfer.batchnorm)
         if plan is not None:
             apply_freezing(model, plan.trainable)

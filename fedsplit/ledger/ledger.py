@@ -62,6 +62,10 @@ class LedgerRow:
     gpu_mem_bytes : int
         Peak CUDA memory the terminal allocated for this exchange, bytes (the reply's
         ``"gpu-mem-bytes"`` metric; 0 off CUDA or when not reported).
+    dp_epsilon : float
+        The terminal's cumulative epsilon of local DP-SGD after this exchange, at ``privacy.delta``
+        (the reply's ``"dp-epsilon"`` metric: every noisy step it took in the run so far; 0 without
+        local DP).
     """
 
     round: int
@@ -82,6 +86,7 @@ class LedgerRow:
     end_s: float = 0.0
     flops_method: str = "none"
     gpu_mem_bytes: int = 0
+    dp_epsilon: float = 0.0
 
     @property
     def total_s(self) -> float:
