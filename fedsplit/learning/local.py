@@ -110,7 +110,11 @@ def train_local(
         teacher.eval()
     generator = torch.Generator().manual_seed(seed)
     input_shape = tuple(x.shape[1:])
-    batch_flops = {b: step_flops(model, input_shape, b, train=True) for b in {min(batch_size, n), n % batch_size} if b}
+    # BatchNorm in training mode has no batch statistics for one sample (torch raises where a layer
+    # then sees one value per channel, e.g. 1x1 maps of a 4x4 input): a trailing batch of one is left out.
+    drop_single = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+    sizes = {min(batch_size, n), n % batch_size} - ({1} if drop_single else set())
+    batch_flops = {b: step_flops(model, input_shape, b, train=True) for b in sizes if b}
     if teacher is not None:
         batch_flops = {b: f + step_flops(teacher, input_shape, b, train=False) for b, f in batch_flops.items()}
     steps = flops = 0
@@ -122,6 +126,8 @@ def train_local(
         epoch_loss, seen = 0.0, 0
         for start in range(0, n, batch_size):
             xb, yb = x_epoch[start : start + batch_size], y_epoch[start : start + batch_size]
+            if drop_single and len(yb) == 1:
+                continue
             optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
             if teacher is not None:
