@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedsplit.simulation.cli",
     "fedsplit.simulation.deploy",
     "fedsplit.transfer.cli",
+    "fedsplit.report.catalog_cli",
     "fedsplit.inference.cli",
     "fedsplit.inference.edgent_cli",
 )

@@ -99,21 +99,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_catalog(args: argparse.Namespace) -> int:
-    """Handler of ``fedsplit catalog``."""
-    from fedsplit.report.catalog import write_catalog
-
-    try:
-        catalog = write_catalog(args.runs, args.out, args.bits_per_value)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"fedsplit: error: {exc}", file=sys.stderr)
-        return 2
-    for m in catalog["models"]:
-        print(f"model={m['name']} accuracy={m['accuracy']:.4f} flops={m['flops']} input_bits={m['input_bits']} params={m['params']}")
-    print(f"wrote {args.out}")
-    return 0
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``simulate`` (and the engine's ``run-app``) to the ``fedsplit`` command."""
     p = subparsers.add_parser(
@@ -132,16 +117,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="validate the configuration (and the strategy), print it resolved as TOML and exit 0; starts no Ray, trains nothing",
     )
     p.set_defaults(func=cmd_simulate)
-    c = subparsers.add_parser(
-        "catalog",
-        help="measure trained runs into catalog.json for the inference scheduler",
-        description="Measure finished run folders (accuracy on the held-out test set, inference FLOPs, "
-        "input bits, latency per device profile) and write catalog.json.",
-    )
-    c.add_argument("runs", nargs="+", help="run folders written by fedsplit simulate")
-    c.add_argument("--out", default="catalog.json", help="output file")
-    c.add_argument("--bits-per-value", type=int, default=8, help="bits per input value a terminal uploads")
-    c.set_defaults(func=cmd_catalog)
     try:
         from fedsplit.simulation.run_app import register as register_run_app
     except ImportError:

@@ -120,3 +120,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Run the tests on Flower's engine last: each ends the session's Ray (Flower's backend calls
     ``ray.shutdown()``), so the next test that needs Ray would pay a fresh start (8-10 s here)."""
     items.sort(key=_ends_ray)  # stable: the order within each group is kept
+
+
+@pytest.fixture(scope="session")
+def small_family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Model-family members for the catalog and serve-sim tests (trained centrally for one epoch,
+    :mod:`tests.family_helpers`): ``small`` 5 px x 0.25, ``large`` 8 px x 0.5, ``int8`` of ``large``."""
+    from fedsplit.report.members import derive_int8
+    from tests.family_helpers import make_member
+
+    out = tmp_path_factory.mktemp("family")
+    small = make_member(out, "cnn-5px-w0.25", 5, 0.25, epochs=1)
+    large = make_member(out, "cnn-8px-w0.5", 8, 0.5, epochs=1)
+    return {"small": small, "large": large, "int8": derive_int8(large, out, calibration_samples=128)}

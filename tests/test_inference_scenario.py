@@ -52,18 +52,25 @@ def test_bad_fields_are_named_with_value_and_allowed_range(mutate, field, fragme
     assert "\n" not in str(info.value)
 
 
+def catalog_model(name: str, accuracy: float, flops: float) -> dict:
+    """A complete catalog entry (every field the shipped schema requires) of a 28x28 grey model."""
+    return {
+        "name": name, "kind": "trained", "architecture": "cnn", "input_shape": [1, 28, 28], "input_bits": 6272,
+        "bits_per_value": 8, "params": 1000, "nonzero_params": 1000, "flops": flops, "accuracy": accuracy,
+        "test_samples": 100, "cpu_latency_s": 1e-4, "cpu_latency_repeats": 5,
+        "devices": {"laptop": {"latency_s": flops / 5e10, "energy_j": 1e-6}}, "run_dir": f"runs/{name}",
+    }
+
+
 def test_catalog_mapping_uses_explicit_constants(tmp_path):
-    catalog = {"models": [
-        {"name": "tiny", "accuracy": 0.8, "flops": 2e6, "input_shape": [1, 28, 28], "input_bits": 6272},
-        {"name": "wide", "accuracy": 0.9, "flops": 9e6, "input_shape": [1, 28, 28], "input_bits": 6272},
-    ]}
+    catalog = {"schema": "fedsplit-catalog/1", "models": [catalog_model("tiny", 0.8, 2e6), catalog_model("wide", 0.9, 9e6)]}
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps(catalog))
     models = load_catalog(path, CatalogCosts(local_cycles_per_bit=3.0, edge_cycles_per_flop=0.5))
     assert [m.name for m in models] == ["tiny", "wide"]
     assert models[0].input_bits == 6272 and models[0].local_cycles == 3.0 * 6272
     assert models[1].edge_cycles == 0.5 * 9e6 and models[1].accuracy == 0.9
-    bad = {"models": [dict(catalog["models"][0], input_shape=[28, 28])]}
+    bad = {**catalog, "models": [dict(catalog["models"][0], input_shape=[28, 28])]}
     with pytest.raises(ScenarioError, match=r"catalog.models\[0\].input_shape"):
         models_from_catalog(bad)
 

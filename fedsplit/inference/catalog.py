@@ -1,8 +1,14 @@
 """Models from a training run's ``catalog.json``: measured accuracy and FLOPs to scheduler costs.
 
-A catalog lists ``{"name", "accuracy", "flops", "input_shape": [C, H, W], "input_bits"}`` per model.
-The scheduler needs, per model, the uploaded bits ``D``, the terminal's preprocessing cycles and the
-edge server's inference cycles. The mapping, with explicit and configurable constants:
+A catalog is read only through the JSON schema shipped next to this module
+(``catalog.schema.json``, :func:`catalog_schema`): :func:`validate_catalog` checks a catalog
+against it with :mod:`jsonschema` and refuses the first bad entry, naming the entry (index and
+model name), the field, the value and what is allowed. A missing field, a negative cost, an
+accuracy outside ``[0, 1]`` or an unknown field is a schema error; duplicate names (which JSON
+Schema cannot express) are checked after it.
+
+The scheduler needs, per model, the uploaded bits ``D``, the terminal's preprocessing cycles and
+the edge server's inference cycles. The mapping, with explicit and configurable constants:
 
 * ``D = input_bits`` (what the terminal sends);
 * ``local_cycles = local_cycles_per_bit * input_bits`` — preprocessing (resize, normalise, encode)
@@ -14,12 +20,25 @@ edge server's inference cycles. The mapping, with explicit and configurable cons
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from fedsplit.inference.errors import ScenarioError
-from fedsplit.inference.scenario import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, number_field, read_json_file
+from fedsplit.inference.scenario import (
+    NON_NEGATIVE,
+    POSITIVE,
+    number_field,
+    read_json_file,
+)
 from fedsplit.inference.system_model import ModelSpec
+
+#: The ``schema`` value of catalogs this module reads and :mod:`fedsplit.report.catalog` writes.
+CATALOG_FORMAT = "fedsplit-catalog/1"
+SCHEMA_FILE = "catalog.schema.json"
 
 
 @dataclass(frozen=True)
@@ -37,50 +56,131 @@ class CatalogCosts:
     local_cycles_per_bit: float = 5.0
     edge_cycles_per_flop: float = 1.0
 
+    def model_spec(self, entry: dict[str, Any]) -> ModelSpec:
+        """The scheduler's view of one (validated) catalog entry."""
+        bits = float(entry["input_bits"])
+        return ModelSpec(
+            name=entry["name"],
+            input_bits=bits,
+            local_cycles=self.local_cycles_per_bit * bits,
+            edge_cycles=self.edge_cycles_per_flop * float(entry["flops"]),
+            accuracy=float(entry["accuracy"]),
+        )
+
+
+@lru_cache(maxsize=1)
+def catalog_schema() -> dict[str, Any]:
+    """The shipped JSON schema of a catalog (``fedsplit/inference/catalog.schema.json``)."""
+    text = resources.files("fedsplit.inference").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        return {**catalog_schema()["$defs"][ref.split("/")[-1]], **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def _allowed(schema: dict[str, Any]) -> str:
+    """What a (sub)schema allows, in words."""
+    schema = _resolve(schema)
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    if "enum" in schema:
+        return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
+    kind = schema.get("type")
+    if kind in ("number", "integer"):
+        noun = "an integer" if kind == "integer" else "a number"
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        if lo is not None and hi is not None:
+            return f"{noun} in [{lo:g}, {hi:g}]"
+        if "exclusiveMinimum" in schema:
+            return f"{noun} > {schema['exclusiveMinimum']:g}"
+        if lo is not None:
+            return f"{noun} >= {lo:g}"
+        return noun
+    if kind == "string":
+        return "a non-empty string" if schema.get("minLength") else "a string"
+    if kind == "array":
+        items = _allowed(schema.get("items", {}))
+        n = schema.get("minItems")
+        if n is not None and n == schema.get("maxItems"):
+            return f"a list of {n} items, each {items}"
+        return f"a non-empty list, each {items}" if n else f"a list, each {items}"
+    if kind == "object":
+        required = schema.get("required")
+        return f"an object with {', '.join(required)}" if required else "an object"
+    return schema.get("description", "a valid value")
+
+
+def _where(data: Any, path: list[Any]) -> str:
+    """``catalog.models[2].accuracy (model 'cnn-8px-w1')`` for a schema path."""
+    text = "catalog"
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    if len(path) >= 2 and path[0] == "models" and isinstance(path[1], int):
+        entries = data.get("models") if isinstance(data, dict) else None
+        entry = entries[path[1]] if isinstance(entries, list) and path[1] < len(entries) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if isinstance(name, str) and name.strip():
+            text += f" (model {name!r})"
+    return text
+
+
+def _order(error: Any) -> tuple:
+    return tuple((0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in error.absolute_path)
+
+
+def validate_catalog(data: object) -> dict[str, Any]:
+    """Check a catalog's JSON value against the shipped schema; return it unchanged.
+
+    Raises
+    ------
+    ScenarioError
+        For the first bad entry (in catalog order): its field path with index and model name, the
+        value (``None`` when missing) and what the schema allows; or for a name used twice.
+    """
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(catalog_schema())
+    errors = sorted(validator.iter_errors(data), key=_order)
+    if errors:
+        error = errors[0]
+        path = list(error.absolute_path)
+        if error.validator == "required":
+            missing = next(p for p in error.validator_value if p not in error.instance)
+            prop = error.schema.get("properties", {}).get(missing, {})
+            raise ScenarioError(_where(data, path + [missing]), None, _allowed(prop), missing=True)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            known = error.schema.get("properties", {})
+            extra = next((k for k in error.instance if k not in known), None)
+            if extra is not None and known:
+                raise ScenarioError(_where(data, path + [extra]), error.instance[extra],
+                                    f"no such field (known: {', '.join(known)})")
+        raise ScenarioError(_where(data, path), error.instance, _allowed(error.schema))
+    assert isinstance(data, dict)  # the schema's top-level type
+    first: dict[str, int] = {}
+    for i, entry in enumerate(data["models"]):
+        name = entry["name"]
+        if name in first:
+            raise ScenarioError(_where(data, ["models", i, "name"]), name,
+                                f"a name not used by catalog.models[{first[name]}]")
+        first[name] = i
+    return data
+
+
+def read_catalog(path: str | Path) -> dict[str, Any]:
+    """Read and validate a ``catalog.json`` (:class:`ScenarioError` on ``--catalog`` or a field)."""
+    return validate_catalog(read_json_file(path, "--catalog"))
+
 
 def models_from_catalog(data: object, costs: CatalogCosts | None = None) -> list[ModelSpec]:
     """Validate a catalog's JSON value and map its models to :class:`ModelSpec` records."""
     costs = costs or CatalogCosts()
     number_field({"v": costs.local_cycles_per_bit}, "v", "--local-cycles-per-bit", NON_NEGATIVE)
     number_field({"v": costs.edge_cycles_per_flop}, "v", "--edge-cycles-per-flop", POSITIVE)
-    if not isinstance(data, dict):
-        raise ScenarioError("catalog", type(data).__name__, 'a JSON object with a "models" list')
-    entries = data.get("models")
-    if "models" not in data:
-        raise ScenarioError("catalog.models", None, "a non-empty list of models", missing=True)
-    if not isinstance(entries, list) or not entries:
-        raise ScenarioError("catalog.models", entries, "a non-empty list of models")
-    out = []
-    names: set[str] = set()
-    for i, entry in enumerate(entries):
-        where = f"catalog.models[{i}]"
-        if not isinstance(entry, dict):
-            raise ScenarioError(where, entry, "an object describing a model")
-        name = entry.get("name")
-        if not isinstance(name, str) or not name.strip() or name in names:
-            raise ScenarioError(f"{where}.name", name, "a non-empty string not used by another model",
-                                missing="name" not in entry)
-        names.add(name)
-        accuracy = number_field(entry, "accuracy", f"{where}.accuracy", UNIT_INTERVAL)
-        flops = number_field(entry, "flops", f"{where}.flops", POSITIVE)
-        bits = number_field(entry, "input_bits", f"{where}.input_bits", POSITIVE)
-        shape = entry.get("input_shape")
-        if not (
-            isinstance(shape, list) and len(shape) == 3
-            and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in shape)
-        ):
-            raise ScenarioError(f"{where}.input_shape", shape, "a list [C, H, W] of three positive integers",
-                                missing="input_shape" not in entry)
-        out.append(
-            ModelSpec(
-                name=name,
-                input_bits=bits,
-                local_cycles=costs.local_cycles_per_bit * bits,
-                edge_cycles=costs.edge_cycles_per_flop * flops,
-                accuracy=accuracy,
-            )
-        )
-    return out
+    return [costs.model_spec(entry) for entry in validate_catalog(data)["models"]]
 
 
 def load_catalog(path: str | Path, costs: CatalogCosts | None = None) -> list[ModelSpec]:
