@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedsplit.transfer.cli",
     "fedsplit.report.catalog_cli",
     "fedsplit.inference.cli",
+    "fedsplit.inference.serve_cli",
     "fedsplit.inference.edgent_cli",
 )
 
