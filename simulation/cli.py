@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from fedsplit.config import ConfigError, iter_fields, load_config
-from fedsplit.config.schema import RunConfig
+from fedsplit.config.schema import ENGINES, RunConfig
 
 
 def _fields_help() -> str:
@@ -67,13 +67,36 @@ def dry_run(cfg: RunConfig) -> int:
     return 0
 
 
+def resume_config(run_dir: str, args: argparse.Namespace) -> RunConfig:
+    """The configuration of the run folder ``run_dir`` (its ``config.toml``), for ``--resume``.
+
+    Raises
+    ------
+    ConfigError
+        The folder has no ``config.toml``, or ``--config`` / ``--set`` / ``--engine`` would
+        change the run being continued.
+    """
+    from pathlib import Path
+
+    if args.config or args.set or args.engine:
+        raise ConfigError("--resume RUN_DIR continues the run of RUN_DIR/config.toml; --config, --set and --engine cannot change it")
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.toml there (not a run folder of fedsplit simulate)")
+    return load_config(path)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Handler of ``fedsplit simulate``."""
+    resume = getattr(args, "resume", None)  # (a Namespace built by hand may lack it)
     try:
-        overrides = list(args.set or [])
-        if args.engine:
-            overrides.append(f"engine.name={args.engine}")
-        cfg = load_config(args.config, overrides)
+        if resume:
+            cfg = resume_config(resume, args)
+        else:
+            overrides = list(args.set or [])
+            if args.engine:
+                overrides.append(f"engine.name={args.engine}")
+            cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"fedsplit: error: {exc}", file=sys.stderr)
         return 2
@@ -81,12 +104,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return dry_run(cfg)
     if cfg.training.mode == "fl" and (code := check_strategy(cfg)) != 0:  # before Ray starts
         return code
+    from pathlib import Path
+
     from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.runner import simulate
     from fedsplit.strategies import StrategyLoadError
 
     try:
-        outcome = simulate(cfg)
+        outcome = simulate(cfg, resume=Path(resume) if resume else None)
     except StrategyLoadError as exc:
         print(f"fedsplit: error: config: {exc}", file=sys.stderr)
         return 2
@@ -111,7 +136,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", "-c", help="TOML configuration file (defaults for everything it omits)")
     p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a field, e.g. --set rounds=30")
-    p.add_argument("--engine", choices=("fedsplit", "flower"), help="shortcut for --set engine.name=...")
+    p.add_argument("--engine", choices=ENGINES, help="shortcut for --set engine.name=...")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue the run of RUN_DIR (killed or stopped) after the round of its checkpoints/resume.pt, "
+        "with its own config.toml; the result equals an uninterrupted run's",
+    )
     p.add_argument(
         "--dry-run", action="store_true",
         help="validate the configuration (and the strategy), print it resolved as TOML and exit 0; starts no Ray, trains nothing",

@@ -14,6 +14,12 @@ Failures: an exception inside the ClientApp becomes an error reply for that clie
 process that dies is replaced, and the messages of the batches it held are retried one by one, each
 alone on an actor, so only the client that kills its process loses its reply.
 
+Injected faults (:mod:`fedsplit.faults`): with ``engine.faults`` set (``message -> "crash" | "kill" |
+None``), a ``crash`` raises :class:`~fedsplit.faults.InjectedCrash` in place of the ClientApp (an
+error reply, the context unchanged) and a ``kill`` ends the actor process (``os._exit``) before the
+message runs, so the engine replaces it as it does any dying actor. :class:`SerialEngine`, which
+has no process to lose, answers a ``kill`` with the same ``CLIENT_APP_CRASHED`` error reply.
+
 Compute metering: unless the ClientApp reports its own FLOPs (``app.reports_flops = True``, as
 fedsplit's ClientApp does), the actor runs each message through
 :func:`fedsplit.clients.flop_meter.metered_call` (FlopCounterMode, else a timed fallback) and returns
@@ -31,7 +37,7 @@ import os
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from dataclasses import dataclass
 from uuid import uuid4
@@ -46,11 +52,14 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedsplit.clients.flop_meter import metered_call
 from fedsplit.devices import DeviceProfile, Population
+from fedsplit.faults import InjectedCrash
 
 log = logging.getLogger("fedsplit")
 
 Budget = tuple[float, float]  # (num_cpus, num_gpus)
 Measured = tuple[int, str]  # (FLOPs, method): the engine's measurement of one reply's compute
+FaultHook = Callable[[Message], "str | None"]  # message -> "crash" | "kill" | None (injected faults)
+KILLED_REASON = "actor process died: injected kill"
 METER_MODES = ("auto", "always", "off")
 
 
@@ -74,14 +83,17 @@ def _error_reply(msg: Message, code: int, reason: str) -> Message:
 
 
 def run_client_app(
-    app: ClientApp, msg: Message, context: Context, meter: bool = False
+    app: ClientApp, msg: Message, context: Context, meter: bool = False, fault: str | None = None
 ) -> tuple[Message, Context, Measured | None]:
     """Run ``app`` on one message; an exception becomes an error reply (the context is kept).
 
     With ``meter`` the call's compute is measured (:func:`~fedsplit.clients.flop_meter.metered_call`)
-    and returned as ``(flops, method)``; else, and for an error reply, None.
+    and returned as ``(flops, method)``; else, and for an error reply, None. With ``fault =
+    "crash"`` the app does not run: :class:`~fedsplit.faults.InjectedCrash` is raised in its place.
     """
     try:
+        if fault == "crash":
+            raise InjectedCrash(f"injected crash of terminal {context.node_config.get('partition-id')}")
         if meter:
             reply, flops, method = metered_call(app, msg, context)
             return reply, context, (flops, method)
@@ -106,9 +118,21 @@ class ClientAppActor:
         self.app = client_app
         self.meter = meter
 
-    def run_batch(self, items: Sequence[tuple[Message, Context]]) -> list[tuple[Message, Context, Measured | None]]:
-        """Run the ClientApp on each ``(message, context)`` in turn: ``(reply, context, measured)``."""
-        return [run_client_app(self.app, msg, ctx, self.meter) for msg, ctx in items]
+    def run_batch(
+        self, items: Sequence[tuple[Message, Context]], faults: Sequence[str | None] | None = None
+    ) -> list[tuple[Message, Context, Measured | None]]:
+        """Run the ClientApp on each ``(message, context)`` in turn: ``(reply, context, measured)``.
+
+        ``faults[i]`` is the injected fault of item ``i``: ``"kill"`` ends this process when the
+        item is reached (the batch's replies are lost, as when any process dies).
+        """
+        faults = faults or [None] * len(items)
+        out = []
+        for (msg, ctx), fault in zip(items, faults):
+            if fault == "kill":
+                os._exit(1)
+            out.append(run_client_app(self.app, msg, ctx, self.meter, fault))
+        return out
 
     def pid(self) -> int:
         """Process id of the actor (tests kill it to emulate a crash)."""
@@ -228,6 +252,7 @@ class RayEngine:
         self.pools: dict[Budget, ActorPool] = {}
         self._started_ray = False
         self.actor_restarts = 0
+        self.faults: FaultHook | None = None
 
     @classmethod
     def from_run_config(cls, cfg, client_app: ClientApp) -> "RayEngine":  # noqa: ANN001 - RunConfig
@@ -379,7 +404,8 @@ class RayEngine:
                 if retry:
                     exclusive.add(id(actor))
                 items = [(m, self.context_of(m.metadata.dst_node_id)) for m in batch]
-                running[actor.run_batch.remote(items)] = (actor, budget, batch, retry)
+                faults = [self.faults(m) for m in batch] if self.faults is not None else None
+                running[actor.run_batch.remote(items, faults)] = (actor, budget, batch, retry)
 
         dispatch()
         while running:
@@ -400,7 +426,9 @@ class RayEngine:
                     self._replace(actor, budget)
                 if retry:  # it died alone on its actor: this message killed it
                     for msg in batch:
-                        replies.append(_error_reply(msg, ErrorCode.CLIENT_APP_CRASHED, f"actor process died: {type(exc).__name__}: {str(exc)[-1500:]}"))
+                        injected = self.faults is not None and self.faults(msg) == "kill"
+                        reason = KILLED_REASON if injected else f"actor process died: {type(exc).__name__}: {str(exc)[-1500:]}"
+                        replies.append(_error_reply(msg, ErrorCode.CLIENT_APP_CRASHED, reason))
                 else:
                     queue.extend((budget, [m], True) for m in batch)
             else:
@@ -521,11 +549,23 @@ class SerialEngine(RayEngine):
         super().__init__(*args, **kwargs)
         self.claim_task_identity()
 
+    def describe(self) -> dict[str, object]:
+        """Where the engine runs: in this process (no Ray)."""
+        return {"actors": {"in-process": 1}}
+
     def execute(self, messages: Sequence[Message], timeout: float | None = None, measured: dict | None = None) -> list[Message]:  # noqa: ARG002
-        """Run each message on the ClientApp in turn; return the replies in message order."""
+        """Run each message on the ClientApp in turn; return the replies in message order.
+
+        An injected ``kill`` (see :attr:`RayEngine.faults`) gets the ``CLIENT_APP_CRASHED`` reply a
+        dead actor gives, without running the app (the terminal's context is unchanged).
+        """
         replies = []
         for msg in messages:
-            reply, ctx, *_ = run_client_app(self.client_app, msg, self.context_of(msg.metadata.dst_node_id))
+            fault = self.faults(msg) if self.faults is not None else None
+            if fault == "kill":
+                replies.append(_error_reply(msg, ErrorCode.CLIENT_APP_CRASHED, KILLED_REASON))
+                continue
+            reply, ctx, *_ = run_client_app(self.client_app, msg, self.context_of(msg.metadata.dst_node_id), fault=fault)
             self.contexts[ctx.node_id] = ctx
             replies.append(reply)
         return replies

@@ -5,6 +5,12 @@
 round counter, the grid's), asks the protocol for a step, evaluates the global model when due,
 closes the round in the ledger, reports progress, checkpoints when due, and stops the run when
 rounds keep aggregating nothing (a run that trains nothing must not end as if it had).
+
+A round that keeps fewer updates than ``LoopSettings.min_clients`` (terminals that crashed, died,
+missed the deadline or were rejected leave it to the rest) is either tried again, from the
+protocol's state before the round, up to ``max_retries`` times, or stops the run
+(:class:`TooFewUpdatesError`). A run resumed from a resume point
+(:mod:`fedsplit.simulation.checkpoint`) continues after the saved round.
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ class EmptyRoundsError(RuntimeError):
     """The run stopped because too many consecutive rounds aggregated no update."""
 
 
+class TooFewUpdatesError(EmptyRoundsError):
+    """The run stopped because a round kept fewer updates than ``faults.min_clients``."""
+
+
 @dataclass
 class LoopSettings:
     """When the loop evaluates, checkpoints and gives up.
@@ -44,25 +54,87 @@ class LoopSettings:
     max_empty_rounds : int
         Stop with :class:`EmptyRoundsError` after this many consecutive rounds in which
         terminals were asked to train and nothing was aggregated (0 = never stop).
+    resume_every : int
+        Call ``save_resume_point`` every this many rounds and after the last (0 = never).
+    min_clients : int
+        Fewest updates a round must keep (0 = no minimum).
+    too_few : str
+        ``stop`` (raise :class:`TooFewUpdatesError`) or ``retry`` (the round again from the
+        protocol's state before it) when a round keeps fewer than ``min_clients``.
+    max_retries : int
+        With ``retry``: attempts after the first before the run stops.
     """
 
     eval_every: int = 1
     checkpoint_every: int = 0
     max_empty_rounds: int = 2
+    resume_every: int = 0
+    min_clients: int = 0
+    too_few: str = "stop"
+    max_retries: int = 2
 
 
-def most_common_reason(grid: MeteredGrid, rounds: list[int]) -> str:
-    """The most frequent reason of the non-``ok`` train exchanges of ``rounds``."""
+def most_common_reason(grid: MeteredGrid, rounds: list[int], attempt: int | None = None) -> str:
+    """The most frequent reason of the non-``ok`` train exchanges of ``rounds`` (of one attempt)."""
     reasons = Counter(
         f"{r.status}: {r.reason}" if r.reason else r.status
         for rnd in rounds
         for r in grid.ledger.rows_of(rnd)
-        if r.phase == "train" and r.status != "ok"
+        if r.phase == "train" and r.status != "ok" and (attempt is None or r.attempt == attempt)
     )
     if not reasons:
         return "no update was kept"
     reason, count = reasons.most_common(1)[0]
     return f"{reason} ({count} of {sum(reasons.values())} failed exchanges)"
+
+
+def trailing_empty_rounds(grid: MeteredGrid, last_round: int) -> list[int]:
+    """The consecutive rounds up to ``last_round`` that aggregated nothing (from the ledger)."""
+    empty: list[int] = []
+    for rnd in range(last_round, 0, -1):
+        record = grid.ledger.rounds.get(rnd)
+        if record is None or not record.empty:
+            break
+        empty.insert(0, rnd)
+    return empty
+
+
+def step_round(protocol: TrainingProtocol, run: ProtocolRun, server_round: int, settings: LoopSettings) -> dict[str, float]:
+    """Begin ``server_round`` and run its step, again while it keeps too few updates (by policy).
+
+    Raises
+    ------
+    TooFewUpdatesError
+        The round kept fewer than ``settings.min_clients`` updates and may not be retried (again).
+    """
+    from fedsplit.simulation.checkpoint import NotResumable, capture_protocol, restore_protocol
+
+    grid: MeteredGrid = run.grid  # type: ignore[assignment]
+    grid.begin_round(server_round)
+    retry = settings.min_clients > 0 and settings.too_few == "retry"
+    while True:
+        before = None
+        if retry:
+            try:
+                before = capture_protocol(protocol, grid)
+            except NotResumable as exc:
+                raise NotResumable(f"faults.too_few = 'retry' needs a protocol whose state can be saved: {exc}") from exc
+        metrics = dict(protocol.step(run, server_round) or {})
+        kept = grid.kept_terminals("train")
+        if settings.min_clients <= 0 or kept >= settings.min_clients:
+            return metrics
+        short = f"{kept} update(s) kept, fewer than faults.min_clients = {settings.min_clients}"
+        if retry and grid.attempt < settings.max_retries:
+            log.warning("round %d: %s (%s); trying the round again (attempt %d of %d)", server_round, short,
+                        most_common_reason(grid, [server_round], grid.attempt), grid.attempt + 2, settings.max_retries + 1)
+            grid.retry_round(f"round retried: {short}")
+            restore_protocol(protocol, before, grid)  # type: ignore[arg-type]
+            continue
+        tries = f" after {grid.attempt + 1} attempts" if retry else ""
+        raise TooFewUpdatesError(
+            f"stopped in round {server_round}{tries}: {short}; most common reason: "
+            f"{most_common_reason(grid, [server_round], grid.attempt)}"
+        )
 
 
 def run_protocol(
@@ -73,6 +145,8 @@ def run_protocol(
     settings: LoopSettings | None = None,
     on_round: Callable[[RoundRecord], None] | None = None,
     checkpoint: Callable[[int, StateDict], None] | None = None,
+    resume: Callable[[], int] | None = None,
+    save_resume_point: Callable[[int], None] | None = None,
 ) -> StateDict:
     """Run ``protocol`` for ``run.num_rounds`` rounds on ``run.grid``; return the final weights.
 
@@ -91,25 +165,32 @@ def run_protocol(
         Called with each closed round's :class:`RoundRecord` (progress display).
     checkpoint : callable, optional
         ``(round, state_dict) -> None``, called every ``settings.checkpoint_every`` rounds.
+    resume : callable, optional
+        Called once after ``protocol.start``: restores a saved state and returns the last round
+        it completed (0 = start from round 1).
+    save_resume_point : callable, optional
+        ``(round) -> None``, called after a round every ``settings.resume_every`` rounds and
+        after the last, once the round is closed and reported.
 
     Raises
     ------
     EmptyRoundsError
         ``settings.max_empty_rounds`` consecutive rounds aggregated nothing; the message names
         the most common reason.
+    TooFewUpdatesError
+        A round kept fewer than ``settings.min_clients`` updates (see :func:`step_round`).
     """
     settings = settings or LoopSettings()
     grid: MeteredGrid = run.grid  # type: ignore[assignment]
     protocol.start(run)
-    empty: list[int] = []
-    for server_round in range(1, run.num_rounds + 1):
-        grid.begin_round(server_round)
-        metrics = dict(protocol.step(run, server_round) or {})
+    done = resume() if resume is not None else 0
+    for server_round in range(done + 1, run.num_rounds + 1):
+        metrics = step_round(protocol, run, server_round, settings)
         due = settings.eval_every > 0 and (server_round % settings.eval_every == 0 or server_round == run.num_rounds)
         if evaluate is not None and due:
             metrics.update(evaluate(protocol.global_state()))
         record = grid.close_round(metrics)
-        empty = empty + [server_round] if record.empty else []
+        empty = trailing_empty_rounds(grid, server_round)
         if record.empty:
             log.warning("round %d: nothing aggregated (%s)", server_round, most_common_reason(grid, [server_round]))
         if on_round is not None:
@@ -121,8 +202,12 @@ def run_protocol(
                 f"stopped after round {server_round}: {len(empty)} consecutive rounds aggregated no update; "
                 f"most common reason: {most_common_reason(grid, empty)}"
             )
+        # After the stop check: a run resumed from here is one that had not stopped.
+        resume_due = settings.resume_every > 0 and (server_round % settings.resume_every == 0 or server_round == run.num_rounds)
+        if save_resume_point is not None and resume_due:
+            save_resume_point(server_round)
     protocol.finish(run)
     return protocol.global_state()
 
 
-__all__ = ["EmptyRoundsError", "LoopSettings", "most_common_reason", "run_protocol"]
+__all__ = ["EmptyRoundsError", "LoopSettings", "TooFewUpdatesError", "most_common_reason", "run_protocol", "step_round", "trailing_empty_rounds"]

@@ -16,8 +16,9 @@ fedsplit's Ray engine, or a deployment grid) and sits between a strategy and the
 - the server's own work is put on the same clock (:meth:`MeteredGrid.server_work`) with the
   ``edge-server`` profile.
 
-The server loop tells the grid when a round begins (:meth:`MeteredGrid.begin_round`) and closes it
-(:meth:`MeteredGrid.close_round`). A third-party ServerApp that knows nothing of fedsplit gets
+The server loop tells the grid when a round begins (:meth:`MeteredGrid.begin_round`), when it is
+tried again because too few updates arrived (:meth:`MeteredGrid.retry_round`: the attempt's kept
+updates become ``rejected``, the clock goes on) and closes it (:meth:`MeteredGrid.close_round`). A third-party ServerApp that knows nothing of fedsplit gets
 ``auto_rounds=True``: each batch of ``train`` messages begins a round (a Flower strategy's
 ``start()`` sends one per round).
 """
@@ -118,6 +119,7 @@ class MeteredGrid(Grid):
         self._node_array = np.zeros(0, dtype=np.uint64)
         self._partition_of_node: dict[int, int] | None = None
         self.current_round = 0
+        self.attempt = 0
         self.clock = RoundClock(round_deadline_s)
         self._round_started = time.perf_counter()
         self._online_cache: tuple[int, list[int]] | None = None
@@ -126,12 +128,27 @@ class MeteredGrid(Grid):
     def begin_round(self, server_round: int) -> None:
         """Start ``server_round``: a fresh clock; availability and ledger rows now refer to it."""
         self.current_round = int(server_round)
+        self.attempt = 0
         self.clock = RoundClock(self.round_deadline_s)
         self._round_started = time.perf_counter()
+
+    def retry_round(self, reason: str) -> None:
+        """Discard the current attempt of the round and start the next one.
+
+        The attempt's ``ok`` train exchanges become ``rejected`` with ``reason`` (their updates are
+        not aggregated); its rows, bytes and seconds stay in the round. The next attempt starts
+        after every exchange so far has ended (a barrier on the round's clock).
+        """
+        for row in self.ledger.rows_of(self.current_round):
+            if row.attempt == self.attempt and row.phase == "train" and row.status == "ok":
+                row.status, row.reason = "rejected", reason
+        self.clock.barrier()
+        self.attempt += 1
 
     def close_round(self, metrics: dict[str, float] | None = None) -> RoundRecord:
         """Close the current round in the ledger, with its simulated duration and server work."""
         now = time.perf_counter()
+        online = self.ledger.online.get(self.current_round)
         return self.ledger.close_round(
             self.current_round,
             sim_s=self.clock.elapsed_s,
@@ -140,6 +157,7 @@ class MeteredGrid(Grid):
             server_energy_j=self.clock.server_energy_j,
             metrics=metrics,
             wall_s=now - self._round_started,
+            offline=self.population.size - online if online is not None else 0,
         )
 
     def server_work(self, flops: float, *, partition_id: int | None = None, exclusive: bool = False) -> None:
@@ -158,9 +176,13 @@ class MeteredGrid(Grid):
         self.clock.server_work(self.server_profile, flops, lane=partition_id, exclusive=exclusive)
 
     def kept_terminals(self, phase: str = "train") -> int:
-        """Terminals of the current round whose ``phase`` exchanges are all ``ok`` so far."""
-        rows = [r for r in self.ledger.rows_of(self.current_round) if r.phase == phase]
+        """Terminals of the current round attempt whose ``phase`` exchanges are all ``ok`` so far."""
+        rows = [r for r in self.ledger.rows_of(self.current_round) if r.phase == phase and r.attempt == self.attempt]
         return list(terminal_statuses(rows).values()).count("ok")
+
+    def selected_terminals(self, phase: str = "train") -> int:
+        """Terminals of the current round attempt with at least one ``phase`` exchange so far."""
+        return len({r.client_id for r in self.ledger.rows_of(self.current_round) if r.phase == phase and r.attempt == self.attempt})
 
     def barrier(self) -> None:
         """The server waits for every exchange so far before it goes on (e.g. between turns)."""
@@ -343,6 +365,7 @@ class MeteredGrid(Grid):
                 flops_method=method,
                 gpu_mem_bytes=gpu_mem,
                 dp_epsilon=dp_epsilon,
+                attempt=self.attempt,
             )
         )
         return status == "ok"

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedsplit.config import RunConfig
+from fedsplit.config import RunConfig, dump_config
 from fedsplit.learning import config_to_json
 from fedsplit.privacy.report import privacy_extra
 from fedsplit.report import RoundProgress, make_run_dir, print_summary, summarize, write_run_folder
+from fedsplit.simulation.checkpoint import RESUME_FILE, read_resume_point
 from fedsplit.simulation.server_app import RunSession, _without_flower_warning, make_server_app, run_server
 
 log = logging.getLogger("fedsplit")
@@ -82,10 +83,24 @@ def run_on_fedsplit_engine(session: RunSession) -> None:
     cfg = session.cfg
     with RayEngine.from_run_config(cfg, make_client_app(config_json=config_to_json(cfg))) as engine:
         session.engine_info = engine.describe()
-        run_server(engine.grid(), session)
+        try:
+            run_server(engine.grid(), session)
+        finally:
+            session.engine_info["actor_restarts"] = engine.actor_restarts
 
 
-ENGINES = {"flower": run_on_flower_engine, "fedsplit": run_on_fedsplit_engine}
+def run_on_serial_engine(session: RunSession) -> None:
+    """Run on fedsplit's engine without Ray: every message in this process, one after another."""
+    from fedsplit.clients.app import make_client_app
+    from fedsplit.simulation.engine import SerialEngine
+
+    cfg = session.cfg
+    engine = SerialEngine(make_client_app(config_json=config_to_json(cfg)), session.population)
+    session.engine_info = engine.describe()
+    run_server(engine.grid(), session)
+
+
+ENGINES = {"flower": run_on_flower_engine, "fedsplit": run_on_fedsplit_engine, "serial": run_on_serial_engine}
 
 
 def compression_extra(strategy: Any) -> dict[str, Any]:
@@ -114,7 +129,7 @@ def compression_extra(strategy: Any) -> dict[str, Any]:
     }
 
 
-def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None) -> RunOutcome:
+def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None, resume: Path | None = None) -> RunOutcome:
     """Train ``cfg`` on its engine and write the run folder.
 
     Parameters
@@ -126,13 +141,24 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None) -> RunOu
     engine : RayEngine, optional
         An already started fedsplit engine to run on (its actors are kept for the caller's next
         run, e.g. a sweep); by default ``cfg.engine`` starts one for this run.
+    resume : Path, optional
+        The folder of a run of ``cfg`` to continue (``fedsplit simulate --resume``): it goes on
+        after the round of its ``checkpoints/resume.pt`` (from round 1 if it has none) and its
+        folder is written, not a new one.
     """
     quiet_flower()
     quiet_ray()
     session = RunSession.from_config(cfg)
-    run_dir = make_run_dir(cfg) if write else Path(cfg.out_dir)
-    if write:
+    if resume is not None:
+        run_dir = Path(resume)
         session.checkpoint_dir = run_dir / "checkpoints"
+        session.resume_from = read_resume_point(session.checkpoint_dir / RESUME_FILE)
+    elif write:
+        run_dir = make_run_dir(cfg)
+        session.checkpoint_dir = run_dir / "checkpoints"
+        dump_config(cfg, run_dir / "config.toml")  # now: a run killed before its end can be resumed
+    else:
+        run_dir = Path(cfg.out_dir)
     start = time.perf_counter()
     with RoundProgress(cfg.rounds, enabled=cfg.progress) as progress:
         session.on_round = progress.on_round
@@ -152,7 +178,7 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None) -> RunOu
     extra.update(compression_extra(session.strategy))
     extra.update(privacy_extra(cfg, session.strategy, session.ledger))
     summary = summarize(session.ledger, wall_s, extra)
-    if write:
+    if write or resume is not None:
         write_run_folder(run_dir, cfg, session.ledger, summary, session.final_state)
         if cfg.progress:
             print_summary(summary, str(run_dir))

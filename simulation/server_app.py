@@ -24,6 +24,21 @@ from fedsplit.config import RunConfig
 from fedsplit.devices import DeviceProfile, Population, resolve_profiles
 from fedsplit.learning import config_to_json, evaluate, task_for
 from fedsplit.ledger import Ledger, RoundRecord
+from fedsplit.faults import FaultPlan
+from fedsplit.simulation.checkpoint import (
+    RESUME_FILE,
+    NotResumable,
+    ResumePoint,
+    capture_protocol,
+    context_states,
+    restore_context_states,
+    restore_ledger,
+    restore_protocol,
+    rng_states,
+    set_rng_states,
+    write_resume_point,
+)
+from fedsplit.simulation.faults import attach_faults
 from fedsplit.simulation.loop import LoopSettings, run_protocol
 from fedsplit.simulation.metered_grid import MeteredGrid
 from fedsplit.strategies import build_strategy
@@ -55,6 +70,10 @@ class RunSession:
     error: BaseException | None = None
     protocol_factory: Callable[[RunConfig, MeteredGrid], TrainingProtocol] | None = None
     """Builds the run's protocol instead of ``training.mode`` (a plug-in protocol, or a test's)."""
+    resume_from: ResumePoint | None = None
+    """A saved state to continue from (``fedsplit simulate --resume``); None = from round 1."""
+    not_resumable: str = ""
+    """Why no resume point is written for this run (empty while they are)."""
 
     def checkpoint(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
         """Save the global weights of ``server_round`` to ``checkpoint_dir/round-<r>.pt`` (atomically)."""
@@ -65,6 +84,48 @@ class RunSession:
         tmp = path.with_suffix(".pt.tmp")
         torch.save(state, tmp)
         tmp.replace(path)
+
+    @property
+    def resume_path(self) -> Path | None:
+        """Where this run's resume point is written (``checkpoints/resume.pt``), if anywhere."""
+        return None if self.checkpoint_dir is None else self.checkpoint_dir / RESUME_FILE
+
+    def save_resume_point(self, server_round: int, protocol: TrainingProtocol, grid: MeteredGrid) -> None:
+        """Write everything needed to continue after ``server_round`` (atomically; see
+        :mod:`fedsplit.simulation.checkpoint`). A protocol whose state cannot be saved gets one
+        warning, and the run goes on without resume points."""
+        path = self.resume_path
+        if path is None or self.not_resumable:
+            return
+        try:
+            blob = capture_protocol(protocol, grid)
+        except NotResumable as exc:
+            self.not_resumable = str(exc)
+            log.warning("no resume points for this run: the protocol's state cannot be saved (%s)", exc)
+            return
+        point = ResumePoint(
+            round=server_round,
+            protocol=blob,
+            ledger=self.ledger,
+            contexts=context_states(grid),
+            rng=rng_states(),
+            sim_elapsed_s=self.sim_elapsed_s,
+        )
+        write_resume_point(path, point)
+
+    def restore(self, protocol: TrainingProtocol, grid: MeteredGrid) -> int:
+        """Put :attr:`resume_from` back into this run (after ``protocol.start``); the round to continue after."""
+        point = self.resume_from
+        if point is None:
+            return 0
+        restore_protocol(protocol, point.protocol, grid)
+        restore_ledger(self.ledger, point.ledger)
+        if point.contexts is not None and not restore_context_states(grid, point.contexts):
+            log.warning("resume: this engine keeps no terminal contexts; the terminals' saved state is not restored")
+        self.sim_elapsed_s = point.sim_elapsed_s
+        set_rng_states(point.rng)
+        log.info("resumed after round %d of %d", point.round, self.cfg.rounds)
+        return point.round
 
     @classmethod
     def from_config(cls, cfg: RunConfig, **kwargs: Any) -> "RunSession":
@@ -224,6 +285,8 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
         server_profile=resolve_profiles(cfg.profiles)[cfg.clock.server_profile],
     )
     session.grid = metered
+    f = cfg.faults
+    attach_faults(grid, FaultPlan(f.crash_rate, f.kill_rate, f.seed), metered)
     protocol = (session.protocol_factory or build_protocol)(cfg, metered)
     session.strategy = getattr(protocol, "strategy", None)
     metered.get_node_ids()  # learn the node <-> terminal mapping before the clock starts
@@ -255,8 +318,18 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
             protocol,
             run,
             evaluate=evaluate_global,
-            settings=LoopSettings(eval_every=t.eval_every, checkpoint_every=t.checkpoint_every, max_empty_rounds=t.max_empty_rounds),
+            settings=LoopSettings(
+                eval_every=t.eval_every,
+                checkpoint_every=t.checkpoint_every,
+                max_empty_rounds=t.max_empty_rounds,
+                resume_every=t.resume_every,
+                min_clients=f.min_clients,
+                too_few=f.too_few,
+                max_retries=f.max_retries,
+            ),
             on_round=on_round,
+            resume=lambda: session.restore(protocol, metered),
+            save_resume_point=lambda server_round: session.save_resume_point(server_round, protocol, metered),
             checkpoint=lambda server_round, state: session.checkpoint(server_round, task.full_state(state)),
         )
     finally:

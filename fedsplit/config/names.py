@@ -179,6 +179,33 @@ def check_transfer(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; impor
         raise ConfigError(f"config: transfer.trainable = {exc}") from None
 
 
+def check_faults(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
+    """``faults.*``: rates that one draw can honour, an engine that can inject them, a reachable
+    ``min_clients``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the field and what is allowed.
+    """
+    from fedsplit.faults import FaultPlan
+
+    f = cfg.faults
+    try:
+        plan = FaultPlan(f.crash_rate, f.kill_rate, f.seed)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
+    if plan.active and cfg.engine.name == "flower":
+        raise ConfigError(
+            "config: faults.crash_rate / faults.kill_rate > 0: injected faults need engine.name = fedsplit or serial "
+            "(Flower's engine runs the ClientApps out of fedsplit's reach)"
+        )
+    if f.min_clients > cfg.num_terminals:
+        raise ConfigError(
+            f"config: faults.min_clients = {f.min_clients}: more than the {cfg.num_terminals} terminals of the population"
+        )
+
+
 #: Protocols whose terminals train whole models with fedsplit's ``train`` handler (where local
 #: DP-SGD and the attacks act).
 TRAIN_MESSAGE_MODES: tuple[str, ...] = ("fl", "fedbuff", "fedasync", "gossip")

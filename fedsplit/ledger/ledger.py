@@ -66,6 +66,10 @@ class LedgerRow:
         The terminal's cumulative epsilon of local DP-SGD after this exchange, at ``privacy.delta``
         (the reply's ``"dp-epsilon"`` metric: every noisy step it took in the run so far; 0 without
         local DP).
+    attempt : int
+        Attempt of the round the exchange belongs to: 0, or ``k`` in the ``k``-th retry of a
+        round that kept fewer updates than ``faults.min_clients`` (the earlier attempts' rows
+        stay, their updates marked ``rejected``).
     """
 
     round: int
@@ -87,6 +91,7 @@ class LedgerRow:
     flops_method: str = "none"
     gpu_mem_bytes: int = 0
     dp_epsilon: float = 0.0
+    attempt: int = 0
 
     @property
     def total_s(self) -> float:
@@ -103,8 +108,11 @@ class RoundRecord:
     plus the server's aggregation). ``server_s``, ``server_flops`` and ``server_energy_j`` are the
     edge server's own work in the round (seconds, FLOPs, joules on the ``edge-server`` profile).
     Terminal counts (``selected`` ... ``rejected``) count terminals with ``train`` exchanges in the
-    round, a terminal's status being that of its first exchange that was not ``ok``. ``wall_s`` is
-    the real time the round took on this machine (seconds), for benchmarking the emulation itself.
+    round, a terminal's status being that of its first exchange that was not ``ok``, in the round's
+    last attempt. ``offline`` is the number of terminals of the population not online in the round;
+    ``retries`` the attempts discarded before the kept one (``faults.too_few = "retry"``); the
+    FLOPs, bytes, joules and ``sim_s`` include every attempt. ``wall_s`` is the real time the round
+    took on this machine (seconds), for benchmarking the emulation itself.
     """
 
     round: int
@@ -124,6 +132,8 @@ class RoundRecord:
     server_flops: int = 0
     server_energy_j: float = 0.0
     exchanges: int = 0
+    offline: int = 0
+    retries: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -188,6 +198,7 @@ class Ledger:
         server_energy_j: float = 0.0,
         metrics: dict[str, float] | None = None,
         wall_s: float = 0.0,
+        offline: int = 0,
     ) -> RoundRecord:
         """Derive and store the :class:`RoundRecord` of ``server_round`` from its rows.
 
@@ -203,9 +214,12 @@ class Ledger:
             Metrics of the round (e.g. the server-side evaluation).
         wall_s : float
             Real seconds the round took on this machine.
+        offline : int
+            Terminals of the population offline in the round.
         """
         rows = self.rows_of(server_round)
-        train = terminal_statuses(r for r in rows if r.phase == "train")
+        last = max((r.attempt for r in rows), default=0)
+        train = terminal_statuses(r for r in rows if r.phase == "train" and r.attempt == last)
         statuses = list(train.values())
         record = RoundRecord(
             round=server_round,
@@ -225,6 +239,8 @@ class Ledger:
             server_flops=int(server_flops),
             server_energy_j=server_energy_j,
             exchanges=len(rows),
+            offline=offline,
+            retries=last,
             metrics=dict(metrics or {}),
         )
         self.rounds[server_round] = record

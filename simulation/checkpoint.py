@@ -1,0 +1,241 @@
+"""Resume points: everything a killed run needs to continue as if it had never stopped.
+
+A resume point is written to ``<run folder>/checkpoints/resume.pt`` after a round (every
+``training.resume_every`` rounds), atomically: a temporary file is written, flushed to disk and
+renamed over the previous one, so a process killed at any moment leaves either the previous
+point or the new one. ``fedsplit simulate --resume RUN_DIR`` rebuilds the run from its
+``config.toml`` and continues after the saved round.
+
+What it holds, and where each piece lives during a run:
+
+- ``round``: the last round completed (the loop continues with the next);
+- ``protocol``: the server side of training, i.e. the ``__dict__`` of the training protocol and of
+  every strategy it wraps (:func:`protocol_objects`): the global weights,
+  a Flower strategy's own state (FedAdam / FedYogi / FedAdagrad keep ``current_arrays``, ``m_t``,
+  ``v_t``; FedAvgM ``current_arrays`` and ``momentum_vector``), compression's server state (the
+  downlink reference and its error feedback, the replica round of every terminal, the traffic
+  so far), split learning's server parts and optimisers, asynchronous protocols' event queue.
+  Functions and bound methods are left out (the rebuilt run has its own); the run's Grid is
+  saved by reference and restored as the new run's. One pickle for all of them, so objects
+  shared between two levels stay shared;
+- ``contexts``: every terminal's ``Context.state`` kept by fedsplit's engine (compression's
+  error-feedback residuals and codec state, split learning's terminal parts, DP accountants);
+  None on Flower's engine, whose contexts fedsplit cannot reach;
+- ``ledger``: all rows and round records so far;
+- ``rng``: the states of Python's ``random`` (Flower's client sampling), NumPy's global generator
+  and torch's CPU generator in the server process;
+- ``sim_elapsed_s``: the simulated seconds so far.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import pickle
+import random
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedsplit.ledger import Ledger
+
+RESUME_FILE = "resume.pt"
+FORMAT_VERSION = 1
+
+_CODE = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, types.BuiltinMethodType, functools.partial)
+_METERED, _INNER = "fedsplit.metered-grid", "fedsplit.inner-grid"
+
+
+class NotResumable(RuntimeError):
+    """The protocol's state cannot be saved (e.g. it lives in a thread); the message says why."""
+
+
+@dataclass
+class ResumePoint:
+    """A run's state after ``round`` (see the module docstring for each field)."""
+
+    round: int
+    protocol: bytes
+    ledger: Ledger
+    contexts: dict[int, RecordDict] | None
+    rng: dict[str, Any]
+    sim_elapsed_s: float
+    version: int = FORMAT_VERSION
+
+
+def protocol_objects(protocol: Any) -> dict[str, Any]:
+    """The protocol and every strategy it wraps, by attribute path.
+
+    Followed: each attribute that holds a Flower :class:`~flwr.serverapp.strategy.Strategy`, at
+    any depth (fedsplit's wrappers keep theirs in ``inner``, Flower's DP wrappers in
+    ``strategy``), each object once.
+    """
+    objects: dict[str, Any] = {"protocol": protocol}
+    seen, queue = {id(protocol)}, [("protocol", protocol)]
+    while queue:
+        path, obj = queue.pop(0)
+        for name, value in sorted(vars(obj).items()):
+            if isinstance(value, Strategy) and id(value) not in seen:
+                seen.add(id(value))
+                objects[f"{path}.{name}"] = value
+                queue.append((f"{path}.{name}", value))
+    return objects
+
+
+def _saved_attributes(obj: Any) -> dict[str, Any]:
+    """``obj.__dict__`` without code (functions, bound methods) and without the chain's strategies."""
+    return {k: v for k, v in vars(obj).items() if not isinstance(v, _CODE + (Strategy,))}
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, fh: io.BytesIO, grid: Any) -> None:
+        super().__init__(fh, protocol=pickle.HIGHEST_PROTOCOL)
+        self.grid = grid
+
+    def persistent_id(self, obj: Any) -> str | None:
+        if obj is self.grid:
+            return _METERED
+        if obj is getattr(self.grid, "inner", None):
+            return _INNER
+        if isinstance(obj, Grid):
+            raise NotResumable(f"a {type(obj).__name__} other than the run's grid is referenced")
+        return None
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, fh: io.BytesIO, grid: Any) -> None:
+        super().__init__(fh)
+        self.grid = grid
+
+    def persistent_load(self, pid: str) -> Any:
+        if pid == _METERED:
+            return self.grid
+        if pid == _INNER:
+            return self.grid.inner
+        raise pickle.UnpicklingError(f"unknown reference {pid!r}")
+
+
+def capture_protocol(protocol: Any, grid: Any) -> bytes:
+    """The server-side state of ``protocol`` (and its strategies) as bytes.
+
+    Raises
+    ------
+    NotResumable
+        Some of the state cannot be pickled (a thread, a lock, a closure...).
+    """
+    state = {path: _saved_attributes(obj) for path, obj in protocol_objects(protocol).items()}
+    fh = io.BytesIO()
+    try:
+        _Pickler(fh, grid).dump(state)
+    except NotResumable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pickle raises TypeError, AttributeError, PicklingError...
+        raise NotResumable(f"{type(protocol).__name__}: {type(exc).__name__}: {exc}") from exc
+    return fh.getvalue()
+
+
+def restore_protocol(protocol: Any, blob: bytes, grid: Any) -> None:
+    """Put the state of :func:`capture_protocol` back into a freshly built ``protocol``.
+
+    The protocol must have the same wrapper chain as the one captured.
+    """
+    state = _Unpickler(io.BytesIO(blob), grid).load()
+    objects = protocol_objects(protocol)
+    if set(state) != set(objects):
+        raise ValueError(f"saved protocol objects {sorted(state)} do not match this run's {sorted(objects)}")
+    for path, attributes in state.items():
+        vars(objects[path]).update(attributes)
+
+
+def rng_states() -> dict[str, Any]:
+    """States of the server process's global generators: Python, NumPy, torch (CPU)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore :func:`rng_states`."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+
+
+def _engine_of(grid: Any) -> Any:
+    return getattr(getattr(grid, "inner", grid), "engine", None)
+
+
+def context_states(grid: Any) -> dict[int, RecordDict] | None:
+    """Every terminal's ``Context.state`` kept by fedsplit's engine, by node id; None elsewhere."""
+    engine = _engine_of(grid)
+    contexts = getattr(engine, "contexts", None)
+    if contexts is None:
+        return None
+    return {node: ctx.state for node, ctx in sorted(contexts.items())}
+
+
+def restore_context_states(grid: Any, states: dict[int, RecordDict] | None) -> bool:
+    """Give each terminal its saved ``Context.state``; False where the engine keeps no contexts."""
+    engine = _engine_of(grid)
+    if states is None or getattr(engine, "contexts", None) is None:
+        return False
+    for node, state in states.items():
+        engine.context_of(node).state = state
+    return True
+
+
+def restore_ledger(ledger: Ledger, saved: Ledger) -> None:
+    """Make ``ledger`` (the object the run's grid writes to) equal to ``saved``."""
+    vars(ledger).clear()
+    vars(ledger).update(vars(saved))
+
+
+def write_resume_point(path: Path, point: ResumePoint) -> None:
+    """Write ``point`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(vars(point), fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_resume_point(path: Path) -> ResumePoint | None:
+    """The resume point at ``path``, or None when there is none (a run killed before its first)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    fields = torch.load(path, map_location="cpu", weights_only=False)
+    if fields.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: resume point format {fields.get('version')!r}, this fedsplit reads {FORMAT_VERSION}")
+    return ResumePoint(**fields)
+
+
+__all__ = [
+    "RESUME_FILE",
+    "NotResumable",
+    "ResumePoint",
+    "capture_protocol",
+    "context_states",
+    "protocol_objects",
+    "read_resume_point",
+    "restore_context_states",
+    "restore_ledger",
+    "restore_protocol",
+    "rng_states",
+    "set_rng_states",
+    "write_resume_point",
+]

@@ -1,0 +1,234 @@
+"""Checkpoint and resume: a run stopped at any moment and resumed ends bitwise equal to one that
+was never stopped (weights, metrics, simulated ledger columns)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedsplit.config import load_config
+from fedsplit.simulation import server_app
+from fedsplit.simulation.checkpoint import RESUME_FILE, read_resume_point
+from fedsplit.simulation.engine import SerialEngine
+from fedsplit.simulation.runner import simulate
+from tests.conftest import REPO, fedsplit_cmd, small_overrides
+
+ROUNDS = 3
+WALL_COLUMNS = ("wall_s",)
+"""Measured on this machine, not simulated: the only columns a resumed run may change."""
+
+
+def overrides(tmp_path: Path, name: str, **extra: object) -> list[str]:
+    base = {"engine.name": "serial", "rounds": ROUNDS, "run_name": name, "train.batch_size": 128}
+    return small_overrides(tmp_path, **{**base, **extra})
+
+
+def table(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return [{k: v for k, v in row.items() if k not in WALL_COLUMNS} for row in csv.DictReader(fh)]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Bitwise-equal final weights, the same rounds.csv and clients.csv (simulated columns) and
+    the same summary apart from wall times."""
+    wa = torch.load(a / "checkpoints" / "final.pt")
+    wb = torch.load(b / "checkpoints" / "final.pt")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), f"final weights differ in {key}"
+    assert table(a / "rounds.csv") == table(b / "rounds.csv")
+    assert table(a / "clients.csv") == table(b / "clients.csv")
+    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (a, b))
+    for s in (sa, sb):
+        for key in ("wall_time_s", "mean_round_wall_s"):
+            s.pop(key)
+    assert sa == sb
+
+
+class Killed(BaseException):
+    """Stands for the process dying (not an Exception: nothing on the way may catch it)."""
+
+
+def run_until_killed(cfg, monkeypatch, *, after_checkpoint: int | None = None, in_round: int | None = None) -> None:  # noqa: ANN001
+    """Run ``cfg`` and stop dead right after the resume point of round ``after_checkpoint`` was
+    written, or in the middle of round ``in_round`` (after its first terminal's message)."""
+    if after_checkpoint is not None:
+        original = server_app.RunSession.save_resume_point
+
+        def save_then_die(self, server_round, protocol, grid):  # noqa: ANN001, ANN202
+            original(self, server_round, protocol, grid)
+            if server_round == after_checkpoint:
+                raise Killed
+
+        monkeypatch.setattr(server_app.RunSession, "save_resume_point", save_then_die)
+    if in_round is not None:
+        original_execute = SerialEngine.execute
+
+        def execute_then_die(self, messages, timeout=None, measured=None):  # noqa: ANN001, ANN202
+            replies = original_execute(self, messages[:1], timeout, measured)
+            if self._round() == in_round:
+                raise Killed
+            return replies + original_execute(self, messages[1:], timeout, measured)
+
+        monkeypatch.setattr(SerialEngine, "execute", execute_then_die)
+        original_run_server = server_app.run_server
+
+        def run_server(grid, session, partition_of=None):  # noqa: ANN001, ANN202
+            grid.engine._round = lambda: session.grid.current_round if session.grid else 0
+            return original_run_server(grid, session, partition_of)
+
+        monkeypatch.setattr("fedsplit.simulation.runner.run_server", run_server)
+    with pytest.raises(Killed):
+        simulate(cfg)
+    monkeypatch.undo()
+
+
+def resume(run_dir: Path):  # noqa: ANN201
+    return simulate(load_config(run_dir / "config.toml"), resume=run_dir)
+
+
+CASES = {
+    # FedAdam's moments (strategy state) + top-k with error feedback both ways (terminals'
+    # residuals in Context.state, the server's downlink reference and replica rounds).
+    "fedadam-topk-ef": {
+        "strategy.name": "fedadam",
+        "strategy.params": "{eta = 0.05}",
+        "compression": "{uplink = 'topk', density = 0.1, error_feedback = true, downlink = 'topk', downlink_options = {density = 0.5}, downlink_error_feedback = true}",
+    },
+    # FedAvgM's server momentum, with crashes injected and a client sample (Python's RNG).
+    "fedavgm-faults": {"strategy.name": "fedavgm", "strategy.fraction_train": 0.5, "faults": "{crash_rate = 0.3, seed = 1}"},
+    # Split learning: server part and optimiser on the server, terminal parts in Context.state.
+    "splitfed-v1": {"training.mode": "splitfed-v1", "split.cut": "net.2"},
+    "plain": {},
+}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):  # noqa: ANN001, ANN201
+    """``reference(case)``: the folder of an uninterrupted run of ``CASES[case]`` (run once per module)."""
+    runs: dict[str, Path] = {}
+
+    def get(case: str) -> Path:
+        if case not in runs:
+            root = tmp_path_factory.mktemp(f"reference-{case}")
+            runs[case] = simulate(load_config(None, overrides(root, "reference", **CASES[case]))).run_dir
+        return runs[case]
+
+    return get
+
+
+@pytest.mark.parametrize("case", ["fedadam-topk-ef", "fedavgm-faults", "splitfed-v1"])
+def test_a_run_stopped_after_a_checkpoint_resumes_bitwise(tmp_path, monkeypatch, reference, case):
+    extra = CASES[case]
+    cut = load_config(None, overrides(tmp_path, "cut", **extra))
+    run_until_killed(cut, monkeypatch, after_checkpoint=1)
+    run_dir = tmp_path / "cut"
+    assert read_resume_point(run_dir / "checkpoints" / RESUME_FILE).round == 1
+    resumed = resume(run_dir)
+    assert resumed.run_dir == run_dir
+    assert_same_run(reference(case), run_dir)
+    if case == "fedadam-topk-ef":  # the state that had to come back was there to come back
+        point = read_resume_point(run_dir / "checkpoints" / RESUME_FILE)
+        assert point.round == ROUNDS
+        assert all("fedsplit.ef-residual" in state for state in point.contexts.values())
+
+
+def test_a_run_killed_mid_round_resumes_from_the_last_checkpoint(tmp_path, monkeypatch, reference):
+    extra = CASES["fedadam-topk-ef"]
+    run_until_killed(load_config(None, overrides(tmp_path, "cut", **extra)), monkeypatch, in_round=2)
+    run_dir = tmp_path / "cut"
+    assert read_resume_point(run_dir / "checkpoints" / RESUME_FILE).round == 1  # round 2 was under way
+    resume(run_dir)
+    assert_same_run(reference("fedadam-topk-ef"), run_dir)
+
+
+def test_without_the_terminals_state_a_resumed_run_would_differ(tmp_path, monkeypatch, reference):
+    """The control: drop the saved Context.state (error-feedback residuals) and the result moves."""
+    extra = CASES["fedadam-topk-ef"]
+    run_until_killed(load_config(None, overrides(tmp_path, "cut", **extra)), monkeypatch, after_checkpoint=1)
+    run_dir = tmp_path / "cut"
+    monkeypatch.setattr(server_app, "restore_context_states", lambda grid, states: True)
+    resume(run_dir)
+    with pytest.raises(AssertionError, match="final weights differ"):
+        assert_same_run(reference("fedadam-topk-ef"), run_dir)
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path, monkeypatch, reference):
+    cfg = load_config(None, overrides(tmp_path, "cut"))
+    run_until_killed(cfg, monkeypatch, in_round=1)
+    run_dir = tmp_path / "cut"
+    assert not (run_dir / "checkpoints" / RESUME_FILE).exists() and (run_dir / "config.toml").is_file()
+    resume(run_dir)
+    assert_same_run(reference("plain"), run_dir)
+
+
+def test_a_protocol_whose_state_cannot_be_saved_runs_on_without_resume_points(tmp_path, caplog):
+    cfg = load_config(None, overrides(tmp_path, "locked"))
+    session = server_app.RunSession.from_config(cfg, checkpoint_dir=tmp_path / "checkpoints")
+
+    class Locked:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()
+
+    session.save_resume_point(1, Locked(), grid=None)
+    session.save_resume_point(2, Locked(), grid=None)
+    assert "cannot pickle" in session.not_resumable
+    assert not (tmp_path / "checkpoints" / RESUME_FILE).exists()
+    assert sum("no resume points for this run" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_resume_refuses_changes_and_folders_that_are_not_runs(tmp_path, fedsplit_main):
+    changed = fedsplit_main("simulate", "--resume", str(tmp_path), "--set", "rounds=5")
+    assert changed.returncode == 2 and "--config, --set and --engine cannot change it" in changed.stderr
+    missing = fedsplit_main("simulate", "--resume", str(tmp_path))
+    assert missing.returncode == 2 and "no config.toml there" in missing.stderr
+
+
+# --- the real thing: SIGKILL of a `fedsplit simulate` process, at two moments ----------------------
+def resume_round(run_dir: Path) -> int:
+    """The round of the run's resume point (0 when it has none yet)."""
+    point = read_resume_point(run_dir / "checkpoints" / RESUME_FILE)
+    return 0 if point is None else point.round
+
+
+def kill_when(proc: subprocess.Popen, ready, delay_s: float = 0.0, timeout_s: float = 120.0) -> None:  # noqa: ANN001
+    """SIGKILL ``proc`` ``delay_s`` after ``ready()`` turns true (polled every 10 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(0.01)
+    time.sleep(delay_s)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+@pytest.mark.slow
+def test_sigkill_at_two_moments_then_resume_equals_the_uninterrupted_run(tmp_path):
+    rounds = 4
+    args = [a for kv in small_overrides(tmp_path, **{"engine.name": "serial", "rounds": rounds, "strategy.name": "fedadam", "train.batch_size": 128,
+                                                     "compression": "{uplink = 'topk', density = 0.1, error_feedback = true}"})
+            for a in ("--set", kv)]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "cwd": REPO}
+    reference = subprocess.Popen(fedsplit_cmd("simulate", *args, "--set", "run_name=reference"), **quiet)
+    run_dir = tmp_path / "cut"
+    first = subprocess.Popen(fedsplit_cmd("simulate", *args, "--set", "run_name=cut"), **quiet)
+    kill_when(first, lambda: resume_round(run_dir) >= 1)  # moment 1: as soon as round 1 is saved
+    saved = resume_round(run_dir)
+    assert 1 <= saved < rounds
+    second = subprocess.Popen(fedsplit_cmd("simulate", "--resume", str(run_dir)), **quiet)
+    kill_when(second, lambda: resume_round(run_dir) > saved, delay_s=0.15)  # moment 2: into the next round
+    assert resume_round(run_dir) < rounds
+    last = subprocess.run(fedsplit_cmd("simulate", "--resume", str(run_dir)), capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert last.returncode == 0, last.stderr
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    assert_same_run(tmp_path / "reference", run_dir)
