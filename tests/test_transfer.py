@@ -132,6 +132,10 @@ def test_trainable_specs_and_config_errors():
     assert plan_freezing(model, "all") is None
     local = plan_freezing(model, "last:1", "local")
     assert "stem.1.running_mean" in local.local and not set(local.local) & set(local.travelling)
+    shared = plan_freezing(model, "last:1", "global")  # statistics travel (and are averaged), in model order
+    assert shared.local == () and shared.trainable == ("head.2.weight", "head.2.bias")
+    assert shared.travelling[:3] == ("stem.1.running_mean", "stem.1.running_var", "stem.1.num_batches_tracked")
+    assert shared.travelling[-2:] == ("head.2.weight", "head.2.bias") and len(shared.travelling) == 2 + 3 * 9
     with pytest.raises(ConfigError, match=r"transfer.trainable = 'last:7': N must be an integer in 1..6"):
         _config("transfer.trainable='last:7'")
     with pytest.raises(ConfigError, match="no module 'trunk'"):

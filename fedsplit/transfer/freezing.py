@@ -12,7 +12,8 @@
 
 Under freezing (anything but ``all``) exactly the trainable parameters travel, both ways; the
 frozen parameters and every buffer (BatchNorm running statistics, ``num_batches_tracked``) come
-from the pretrained checkpoint on both sides and are never sent. ``transfer.batchnorm``:
+from the pretrained checkpoint on both sides and are never sent, unless ``transfer.batchnorm``
+is ``global``:
 
 ``frozen``
     Every BatchNorm layer normalises with the pretrained running statistics (eval mode while
@@ -21,6 +22,10 @@ from the pretrained checkpoint on both sides and are never sent. ``transfer.batc
     Every BatchNorm layer updates running statistics from the terminal's own data; each
     terminal keeps them (in its ``Context.state``) and never sends them; the server evaluates
     with the pretrained ones.
+``global``
+    Every BatchNorm layer updates running statistics from the terminal's data and they travel
+    with the trainable tensors, averaged by the strategy like weights (the target domain's
+    statistics for the whole federation: the frozen layers' features are re-normalised for it).
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from dataclasses import dataclass
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+
+#: ``transfer.batchnorm``: what happens to BatchNorm statistics under freezing.
+BATCHNORM_MODES: tuple[str, ...] = ("frozen", "local", "global")
 
 
 @dataclass(frozen=True)
@@ -40,11 +49,12 @@ class FreezePlan:
     trainable : tuple of str
         Parameter names that train (``requires_grad``), in the model's order.
     travelling : tuple of str
-        State-dict keys sent server -> terminal and back (the trainable parameters).
+        State-dict keys sent server -> terminal and back (the trainable parameters; with
+        ``batchnorm = "global"`` also every BatchNorm statistic), in the model's order.
     local : tuple of str
         BatchNorm statistics each terminal keeps for itself (``batchnorm = "local"``), else empty.
     batchnorm : str
-        ``frozen`` or ``local``.
+        ``frozen``, ``local`` or ``global``.
     """
 
     trainable: tuple[str, ...]
@@ -118,11 +128,16 @@ def plan_freezing(model: nn.Module, trainable: str, batchnorm: str = "frozen") -
     """Resolve ``transfer.trainable`` / ``transfer.batchnorm`` for ``model``; None for ``all``."""
     if trainable.strip() == "all":
         return None
-    if batchnorm not in ("frozen", "local"):
-        raise ValueError(f"batchnorm = {batchnorm!r}: allowed frozen, local")
+    if batchnorm not in BATCHNORM_MODES:
+        raise ValueError(f"batchnorm = {batchnorm!r}: allowed {', '.join(BATCHNORM_MODES)}")
     chosen = tuple(resolve_trainable(model, trainable))
-    local = tuple(batchnorm_state_keys(model)) if batchnorm == "local" else ()
-    return FreezePlan(trainable=chosen, travelling=chosen, local=local, batchnorm=batchnorm)
+    statistics = batchnorm_state_keys(model)
+    local = tuple(statistics) if batchnorm == "local" else ()
+    travelling = chosen
+    if batchnorm == "global":
+        keep = set(chosen) | set(statistics)
+        travelling = tuple(k for k in model.state_dict() if k in keep)
+    return FreezePlan(trainable=chosen, travelling=travelling, local=local, batchnorm=batchnorm)
 
 
 def apply_freezing(model: nn.Module, trainable: set[str] | tuple[str, ...] | list[str]) -> None:
@@ -142,4 +157,4 @@ def freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
-__all__ = ["FreezePlan", "apply_freezing", "batchnorm_state_keys", "freeze_batchnorm", "plan_freezing", "resolve_trainable"]
+__all__ = ["BATCHNORM_MODES", "FreezePlan", "apply_freezing", "batchnorm_state_keys", "freeze_batchnorm", "plan_freezing", "resolve_trainable"]

@@ -1,0 +1,36 @@
+"""experiments/transfer.py --smoke: every method runs, one key=value line each, CSV and PNG written."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_transfer_experiment_smoke(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "transfer.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = {m.group(1): m for m in re.finditer(r"^method=(\S+) final_acc=([\d.]+) uplink_bytes=(\d+) client_flops=(\d+)$", result.stdout, re.M)}
+    assert set(lines) == {"scratch", "finetune", "student-scratch", "student-distilled"}
+    up = {m: int(v.group(3)) for m, v in lines.items()}
+    flops = {m: int(v.group(4)) for m, v in lines.items()}
+    assert up["finetune"] * 5 <= up["scratch"]  # only the head travels
+    assert flops["finetune"] < flops["scratch"]  # no weight gradients for the frozen backbone
+    # same student, same messages (but for a byte or so of the larger "flops" varint in each reply)
+    assert abs(up["student-distilled"] - up["student-scratch"]) <= 8
+    assert flops["student-distilled"] > flops["student-scratch"]  # + the teacher's inference on the terminals
+    assert "check=finetune_vs_scratch" in result.stdout and "check=distilled_vs_student_scratch" in result.stdout
+    with open(tmp_path / "transfer_summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == ["scratch", "finetune", "student-scratch", "student-distilled"]
+    assert int(rows[1]["uplink_bytes"]) == up["finetune"]
+    assert (tmp_path / "transfer.png").stat().st_size > 10_000
