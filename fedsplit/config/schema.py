@@ -39,7 +39,10 @@ STRATEGY_NAMES: tuple[str, ...] = (
     "bulyan",
 )
 
-ENGINES: tuple[str, ...] = ("fedsplit", "flower")
+ENGINES: tuple[str, ...] = ("fedsplit", "flower", "serial")
+
+#: What the server does with a round that kept fewer than ``faults.min_clients`` updates.
+TOO_FEW_POLICIES: tuple[str, ...] = ("stop", "retry")
 
 TRAINING_MODES: tuple[str, ...] = ("fl", "sl-vanilla", "sl-ushape", "splitfed-v1", "splitfed-v2", "fedbuff", "fedasync", "gossip")
 
@@ -201,6 +204,19 @@ class TrainingConfig:
     eval_every: int = field(default=1, metadata=doc("evaluate the global model on the server's test set every this many rounds, and after the last (0 = never)", ge=0))
     checkpoint_every: int = field(default=0, metadata=doc("save checkpoints/round-<r>.pt every this many rounds (0 = final model only)", ge=0))
     max_empty_rounds: int = field(default=2, metadata=doc("stop with an error after this many consecutive rounds that aggregate nothing (0 = never)", ge=0))
+    resume_every: int = field(default=1, metadata=doc("write checkpoints/resume.pt (everything `fedsplit simulate --resume RUN_DIR` continues from) every this many rounds, atomically (0 = never)", ge=0))
+
+
+@dataclass
+class FaultsConfig:
+    """Injected terminal faults (fedsplit and serial engines), and the fewest updates a round needs."""
+
+    crash_rate: float = field(default=0.0, metadata=doc("probability that a terminal's ClientApp raises in a round (drawn per terminal, round and attempt from faults.seed)", ge=0, le=1))
+    kill_rate: float = field(default=0.0, metadata=doc("probability that the process running a terminal dies in a round; the engine replaces the actor (crash_rate + kill_rate <= 1)", ge=0, le=1))
+    seed: int = field(default=0, metadata=doc("seed of the fault draws"))
+    min_clients: int = field(default=0, metadata=doc("fewest updates a round must keep (terminals whose train exchanges all succeeded; 0 = no minimum)", ge=0))
+    too_few: str = field(default="stop", metadata=doc("a round that kept fewer than min_clients updates: stop (the run exits with status 3 and says why) | retry (the round again from the same global model, faults drawn afresh)", choices=TOO_FEW_POLICIES))
+    max_retries: int = field(default=2, metadata=doc("too_few = retry: attempts after the first before the run stops", ge=0))
 
 
 #: BatchNorm statistics under freezing (``transfer.batchnorm``).
@@ -222,7 +238,7 @@ class TransferConfig:
 class EngineConfig:
     """Where ClientApps run."""
 
-    name: str = field(default="fedsplit", metadata=doc("fedsplit (Ray actors with per-device budgets) | flower (Flower's simulation engine)", choices=ENGINES))
+    name: str = field(default="fedsplit", metadata=doc("fedsplit (Ray actors with per-device budgets) | flower (Flower's simulation engine) | serial (fedsplit's engine without Ray: every message in this process, one after another)", choices=ENGINES))
     ray_address: str = field(default="", metadata=doc("attach to an existing Ray cluster at this address (empty = start a local one)"))
     num_cpus: int = field(default=0, metadata=doc("CPUs given to a local Ray (0 = all of the machine)", ge=0))
     actors_per_device: int = field(default=0, metadata=doc("actors per device class (0 = as many as its budget fits)", ge=0))
@@ -250,6 +266,7 @@ class RunConfig:
     split: SplitConfig = field(default_factory=SplitConfig, metadata=doc("split learning"))
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig, metadata=doc("asynchronous and decentralized training"))
     engine: EngineConfig = field(default_factory=EngineConfig, metadata=doc("execution engine"))
+    faults: FaultsConfig = field(default_factory=FaultsConfig, metadata=doc("injected faults and the minimum of updates per round"))
     transfer: TransferConfig = field(default_factory=TransferConfig, metadata=doc("transfer learning and distillation"))
     compression: dict[str, Any] = field(default_factory=dict, metadata=doc("update compression, e.g. {uplink = 'topk', density = 0.01, error_feedback = true}"))
     progress: bool = field(default=True, metadata=doc("show a progress bar and the closing table"))
