@@ -6,7 +6,10 @@ rounds and local work for every method:
 
 - ``scratch``           the large model from random init, every tensor travels;
 - ``finetune``          the large model from the source checkpoint, backbone frozen
-                        (``transfer.trainable``), only the trainable tensors travel;
+                        (``transfer.trainable``, default: the BatchNorm layers, the stem, the
+                        first stage and the head; the two deeper stages, 72 % of the weights,
+                        stay as pretrained), only the trainable tensors (and, with
+                        ``--batchnorm global``, the BatchNorm statistics) travel;
 - ``student-scratch``   a small model from random init;
 - ``student-distilled`` the same small model, first distilled on the server from a teacher (the
                         ``scratch`` run's final model) on an unlabeled public set (the source
@@ -59,10 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="cnn", help="the large model (model.name)")
     p.add_argument("--width", type=float, default=1.0, help="its model.width")
-    p.add_argument("--trainable", default="last:1", help="transfer.trainable of the fine-tuned model")
-    p.add_argument("--batchnorm", default="frozen", choices=("frozen", "local"), help="transfer.batchnorm")
+    p.add_argument(
+        "--trainable", default="batchnorm,stem,stages.0,head",
+        help="transfer.trainable of the fine-tuned model (default: every BatchNorm layer, the stem, the first stage and the head: 7%% of the CNN)",
+    )
+    p.add_argument("--batchnorm", default="global", choices=("frozen", "local", "global"), help="transfer.batchnorm")
     p.add_argument("--lr", type=float, default=0.05, help="train.lr of every federated run")
-    p.add_argument("--finetune-lr", type=float, default=None, help="train.lr of the fine-tuned run (default --lr)")
+    p.add_argument("--finetune-lr", type=float, default=0.2, help="train.lr of the fine-tuned run (a fresh head on a pretrained body)")
     p.add_argument("--pretrain-epochs", type=int, default=20)
     p.add_argument("--student", default="mlp", help="the small model (model.name)")
     p.add_argument("--student-hidden", type=int, default=16, help="its model.hidden (mlp)")
@@ -121,8 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, list[dict]]:
     curves: dict[str, list[dict]] = {}
     curves["scratch"], scratch = federated(args, "scratch", large(args))
     finetune = large(args) + [f"model.pretrained='{source.path}'", f"transfer.trainable='{args.trainable}'", f"transfer.batchnorm={args.batchnorm}"]
-    if args.finetune_lr is not None:
-        finetune.append(f"train.lr={args.finetune_lr}")
+    finetune.append(f"train.lr={args.finetune_lr}")
     curves["finetune"], _ = federated(args, "finetune", finetune)
     # the teacher: the large model the federation trained from scratch, as a checkpoint
     task = scratch.cfg

@@ -129,6 +129,8 @@ def test_trainable_specs_and_config_errors():
     plan = plan_freezing(model, "last:2")
     assert plan.travelling[0].startswith("stages.2.") and plan.travelling[-2:] == ("head.2.weight", "head.2.bias")
     assert plan_freezing(model, "head").travelling == ("head.2.weight", "head.2.bias")
+    norms = plan_freezing(model, "batchnorm,head").trainable  # every BatchNorm layer's affine weights
+    assert len(norms) == 2 * 9 + 2 and "stages.1.shortcut.1.weight" in norms and "stem.0.weight" not in norms
     assert plan_freezing(model, "all") is None
     local = plan_freezing(model, "last:1", "local")
     assert "stem.1.running_mean" in local.local and not set(local.local) & set(local.travelling)
@@ -279,3 +281,13 @@ def test_task_rebuilds_the_whole_model_from_what_travels(frozen_json):
     assert list(full) == list(task.initial) and torch.equal(full["head.2.bias"], head["head.2.bias"])
     assert torch.equal(full["stem.0.weight"], task.initial["stem.0.weight"])
     assert isinstance(ArrayRecord(task.initial_state()), ArrayRecord)
+
+
+def test_torchvision_weights_on_disk_load_into_a_tv_model(tmp_path):
+    import torchvision
+
+    source = torchvision.models.get_model("resnet18", weights=None, num_classes=1000)  # as a weights file on disk
+    torch.save(source.state_dict(), tmp_path / "resnet18.pth")
+    model = build_model("tv:resnet18", (3, 32, 32), 10, seed=0)
+    assert load_pretrained(model, tmp_path / "resnet18.pth") == ["fc.weight", "fc.bias"]  # 1000 -> 10 classes
+    assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)

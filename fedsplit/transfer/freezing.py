@@ -8,7 +8,9 @@
     The last ``N`` blocks of the model's split contract (:func:`fedsplit.models.contract.blocks`)
     that have parameters: ``last:1`` is the classifier head.
 ``name[,name...]``
-    Modules by dotted name (``head``, ``stages.2``): their parameters train.
+    Modules by dotted name (``head``, ``stages.2``): their parameters train. The word
+    ``batchnorm`` (where the model has no module of that name) stands for every BatchNorm layer:
+    ``batchnorm,stem,head`` trains the normalisation everywhere plus the stem and the head.
 
 Under freezing (anything but ``all``) exactly the trainable parameters travel, both ways; the
 frozen parameters and every buffer (BatchNorm running statistics, ``num_batches_tracked``) come
@@ -35,6 +37,9 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+
+#: In ``transfer.trainable``: every BatchNorm layer of the model.
+BATCHNORM_WORD = "batchnorm"
 
 #: ``transfer.batchnorm``: what happens to BatchNorm statistics under freezing.
 BATCHNORM_MODES: tuple[str, ...] = ("frozen", "local", "global")
@@ -105,6 +110,9 @@ def resolve_trainable(model: nn.Module, spec: str) -> list[str]:
     wanted = [m.strip() for m in spec.split(",") if m.strip()]
     if not wanted:
         raise ValueError(f"{spec!r}: expected all, last:N or module names")
+    if BATCHNORM_WORD in wanted and BATCHNORM_WORD not in modules:
+        wanted.remove(BATCHNORM_WORD)
+        wanted.extend(n for n, m in modules.items() if isinstance(m, _BatchNorm) and n)
     unknown = [m for m in wanted if m not in modules or m == ""]
     if unknown:
         tops = ", ".join(n for n, _ in model.named_children())
