@@ -230,3 +230,22 @@ def test_a_retried_round_starts_from_the_protocol_state_before_it():
 def test_retries_run_out_and_then_the_run_stops(tmp_path):
     with pytest.raises(TooFewUpdatesError, match=r"stopped in round 1 after 2 attempts: .* fewer than faults.min_clients = 4"):
         run_serial(tmp_path, **{"devices": "{laptop = 4}", "faults": "{crash_rate = 0.9, seed = 0, min_clients = 4, too_few = 'retry', max_retries = 1}"})
+
+
+def test_the_faults_experiment_smoke_runs(tmp_path, capsys):
+    import importlib.util
+    import sys
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("faults_experiment", REPO / "experiments" / "faults.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    argv = ["--rounds", "2", "--engine", "serial", "--faults", "crash_rate=0.3", "--out", str(tmp_path),
+            "--set", "devices={laptop = 4}", "--set", "model.name=mlp", "--set", "train.local_epochs=1"]
+    assert module.main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("faults=")]
+    assert [line.split()[0] for line in lines] == ["faults=none", "faults=crash_rate=0.3"]
+    assert "delta_pp=0.0 failed=0 " in lines[0] and " failed=0 " not in lines[1]
+    assert (tmp_path / "faults.csv").read_text().count("\n") == 3

@@ -104,8 +104,12 @@ CASES = {
         "strategy.params": "{eta = 0.05}",
         "compression": "{uplink = 'topk', density = 0.1, error_feedback = true, downlink = 'topk', downlink_options = {density = 0.5}, downlink_error_feedback = true}",
     },
-    # FedAvgM's server momentum, with crashes injected and a client sample (Python's RNG).
-    "fedavgm-faults": {"strategy.name": "fedavgm", "strategy.fraction_train": 0.5, "faults": "{crash_rate = 0.3, seed = 1}"},
+    # FedAvgM's server momentum, with crashes injected, a client sample (Python's RNG) and local
+    # DP-SGD (each terminal's accountant in Context.state).
+    "fedavgm-faults-dp": {
+        "strategy.name": "fedavgm", "strategy.fraction_train": 0.5, "faults": "{crash_rate = 0.3, seed = 1}",
+        "privacy": "{mode = 'local', noise_multiplier = 1.0}",
+    },
     # Split learning: server part and optimiser on the server, terminal parts in Context.state.
     "splitfed-v1": {"training.mode": "splitfed-v1", "split.cut": "net.2"},
     "plain": {},
@@ -126,7 +130,7 @@ def reference(tmp_path_factory):  # noqa: ANN001, ANN201
     return get
 
 
-@pytest.mark.parametrize("case", ["fedadam-topk-ef", "fedavgm-faults", "splitfed-v1"])
+@pytest.mark.parametrize("case", ["fedadam-topk-ef", "fedavgm-faults-dp", "splitfed-v1"])
 def test_a_run_stopped_after_a_checkpoint_resumes_bitwise(tmp_path, monkeypatch, reference, case):
     extra = CASES[case]
     cut = load_config(None, overrides(tmp_path, "cut", **extra))
@@ -140,6 +144,9 @@ def test_a_run_stopped_after_a_checkpoint_resumes_bitwise(tmp_path, monkeypatch,
         point = read_resume_point(run_dir / "checkpoints" / RESUME_FILE)
         assert point.round == ROUNDS
         assert all("fedsplit.ef-residual" in state for state in point.contexts.values())
+    if case == "fedavgm-faults-dp":
+        point = read_resume_point(run_dir / "checkpoints" / RESUME_FILE)
+        assert any("fedsplit.dp-accountant" in state for state in point.contexts.values())
 
 
 def test_a_run_killed_mid_round_resumes_from_the_last_checkpoint(tmp_path, monkeypatch, reference):
