@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -167,3 +167,27 @@ def test_signflip_attackers_are_rejected_in_the_ledger():
 def test_attack_and_defence_config_errors(overrides, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load_config(None, POPULATION + overrides)
+
+
+@pytest.mark.slow
+def test_byzantine_experiment_smoke(tmp_path, capsys):
+    import csv
+    import importlib.util
+    import re
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("byzantine_experiment", REPO / "experiments" / "byzantine.py")
+    experiment = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(experiment)
+    experiment.main(["--smoke", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    cells = {(m[1], m[2]): (float(m[3]), int(m[4])) for m in re.finditer(r"^attack=(\S+) defence=(\S+) final_acc=([\d.]+) rejected=(\d+)$", out, re.M)}
+    assert set(cells) == {(a, d) for a in ("none", "signflip") for d in ("fedavg", "fedmedian", "normreject")}
+    assert cells[("signflip", "normreject")][1] == 2 * 2  # both attackers rejected in both rounds
+    assert cells[("none", "normreject")][1] == 0
+    assert cells[("signflip", "fedavg")][0] < cells[("none", "fedavg")][0] - 0.3  # the attack bites
+    assert "check=fedavg_drop" in out and "check=best_defence" in out
+    with open(tmp_path / "byzantine.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 6
+    assert (tmp_path / "byzantine.png").stat().st_size > 10_000

@@ -21,6 +21,8 @@ import numpy as np
 
 from fedsplit.config.schema import ATTACK_KINDS
 
+__all__ = ["ATTACK_KINDS", "UPDATE_ATTACKS", "attacker_ids", "flip_labels", "num_attackers", "poison_update"]
+
 #: Attacks that rewrite the update a terminal sends (the rest change its training data).
 UPDATE_ATTACKS: tuple[str, ...] = ("signflip", "scale", "noise")
 
