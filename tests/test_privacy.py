@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedsplit.clients.app import make_client_app
+from fedsplit.clients.arrays import array_record_from_state
 from fedsplit.clients.privacy_mod import (
     ACCOUNTANT_STATE_KEY,
     PRIVACY_BUDGET_CODE,
@@ -150,6 +152,19 @@ def test_a_terminal_at_its_budget_refuses_to_train(task_identity):
     assert len(calls) == 1
 
 
+def test_client_side_clipping_runs_flowers_mod(task_identity):
+    cfg = load_config(None, ALWAYS_ON + SMALL + ["privacy.mode='central'", "privacy.noise_multiplier=1.0", "privacy.clipping='client-fixed'"])
+    sent = {"w": np.zeros(4, dtype=np.float32)}
+    msg = Message(RecordDict({"arrays": array_record_from_state(sent), "config": ConfigRecord({"clipping_norm": 0.5})}), dst_node_id=7, message_type="train")
+    _, ctx = _train_message(0)
+
+    def app(m: Message, c: Context) -> Message:  # an update of norm 2
+        return Message(RecordDict({"arrays": array_record_from_state({"w": np.ones(4, dtype=np.float32)}), "metrics": MetricRecord({"num-examples": 3})}), reply_to=m)
+
+    reply = make_privacy_mod(config_to_json(cfg))(msg, ctx, app)
+    np.testing.assert_allclose(reply.content["arrays"]["w"].numpy(), np.full(4, 0.25), rtol=1e-6)  # clipped to norm 0.5
+
+
 def test_accountant_state_survives_context_round_trip(task_identity):
     _, ctx = _train_message(0)
     state = acc.with_steps(acc.with_steps(acc.empty_state("rdp"), 1.2, 0.2, 10), 0.9, 0.25, 4)
@@ -190,10 +205,22 @@ def test_dp_step_flops_equal_a_direct_count():
     assert dp_step_flops(model, (1, 8, 8), 0) == 0
 
 
-def test_central_dp_run_reports_its_epsilon():
-    session, _ = _run(["rounds=2", "privacy.mode='central'", "privacy.noise_multiplier=0.8", "privacy.max_grad_norm=2.0"])
+@pytest.mark.parametrize(
+    ("clipping", "wrapper"),
+    [
+        ("server-fixed", "DifferentialPrivacyServerSideFixedClipping"),
+        ("client-fixed", "DifferentialPrivacyClientSideFixedClipping"),
+        ("server-adaptive", "DifferentialPrivacyServerSideAdaptiveClipping"),
+        ("client-adaptive", "DifferentialPrivacyClientSideAdaptiveClipping"),
+    ],
+)
+def test_central_dp_run_reports_its_epsilon(clipping, wrapper):
+    session, _ = _run([
+        "rounds=2", "privacy.mode='central'", "privacy.noise_multiplier=0.8", "privacy.max_grad_norm=2.0",
+        f"privacy.clipping='{clipping}'", "privacy.clipped_count_stddev=1.0",
+    ])
     report = privacy_extra(session.cfg, session.strategy, session.ledger)["privacy"]
-    assert report["wrapper"] == "DifferentialPrivacyServerSideFixedClipping" and report["releases"] == 2
+    assert report["wrapper"] == wrapper and report["releases"] == 2
     assert report["epsilon"] == pytest.approx(_offline_epsilon(0.8, 1.0, 2, 1e-5), rel=1e-12)
     assert report["epsilon"] == pytest.approx(central_epsilon(0.8, 2, 1e-5))
     assert session.ledger.rounds[1].metrics["dp-epsilon"] < session.ledger.rounds[2].metrics["dp-epsilon"]
