@@ -23,7 +23,9 @@ def test_transfer_experiment_smoke(tmp_path):
     assert set(lines) == {"scratch", "finetune", "student-scratch", "student-distilled"}
     up = {m: int(v.group(3)) for m, v in lines.items()}
     flops = {m: int(v.group(4)) for m, v in lines.items()}
-    assert up["finetune"] * 5 <= up["scratch"]  # only the head travels
+    # only the trainable tensors (7% of the weights) and the BatchNorm statistics travel; at the
+    # smoke's width 0.25 the framing of ~50 small tensors is a large share of each message
+    assert up["finetune"] * 2 <= up["scratch"]
     assert flops["finetune"] < flops["scratch"]  # no weight gradients for the frozen backbone
     # same student, same messages (but for a byte or so of the larger "flops" varint in each reply)
     assert abs(up["student-distilled"] - up["student-scratch"]) <= 8
