@@ -149,6 +149,18 @@ def test_a_run_stopped_after_a_checkpoint_resumes_bitwise(tmp_path, monkeypatch,
         assert any("fedsplit.dp-accountant" in state for state in point.contexts.values())
 
 
+@pytest.mark.slow
+def test_on_the_ray_engine_with_killed_actors_a_resumed_run_is_bitwise_the_same(tmp_path, monkeypatch, ray_session):
+    """fedsplit's default engine: Context.state travels to the actors and back, actors die and are
+    replaced (kill faults), and the run resumed in a fresh engine ends the same."""
+    extra = {**CASES["fedadam-topk-ef"], "engine.name": "fedsplit", "faults": "{crash_rate = 0.2, kill_rate = 0.1, seed = 3}"}
+    reference = simulate(load_config(None, overrides(tmp_path, "reference", **extra)))
+    assert reference.summary["actor_restarts"] > 0
+    run_until_killed(load_config(None, overrides(tmp_path, "cut", **extra)), monkeypatch, after_checkpoint=1)
+    resume(tmp_path / "cut")
+    assert_same_run(reference.run_dir, tmp_path / "cut")
+
+
 def test_a_run_killed_mid_round_resumes_from_the_last_checkpoint(tmp_path, monkeypatch, reference):
     extra = CASES["fedadam-topk-ef"]
     run_until_killed(load_config(None, overrides(tmp_path, "cut", **extra)), monkeypatch, in_round=2)
