@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "fedsplit.simulation.cli",
     "fedsplit.simulation.deploy",
+    "fedsplit.simulation.pipeline_cli",
     "fedsplit.transfer.cli",
     "fedsplit.report.catalog_cli",
     "fedsplit.inference.cli",
@@ -24,7 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 #: Sub-commands that may start Ray: :func:`fedsplit.simulation.runner.quiet_ray` runs first.
-RAY_COMMANDS: frozenset[str] = frozenset({"simulate", "run-app"})
+RAY_COMMANDS: frozenset[str] = frozenset({"simulate", "run-app", "pipeline"})
 
 
 def build_parser() -> argparse.ArgumentParser:

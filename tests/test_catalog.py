@@ -74,7 +74,7 @@ def test_pruned_member_keeps_its_shape_and_reports_its_non_zeros(measured, tmp_p
         (lambda c: c["models"][2].update(name=c["models"][0]["name"]), "catalog.models[2].name (model 'cnn-5px-w0.25')", "not used by catalog.models[0]"),
         (lambda c: c["models"][0].update(input_shape=[8, 8]), "catalog.models[0].input_shape (model 'cnn-5px-w0.25')", "3 items"),
         (lambda c: c["models"][0].update(acuracy=0.5), "catalog.models[0].acuracy (model 'cnn-5px-w0.25')", "no such field"),
-        (lambda c: c["models"][1].update(kind="distilled"), "catalog.models[1].kind (model 'cnn-8px-w0.5')", '"int8"'),
+        (lambda c: c["models"][1].update(kind="quantum"), "catalog.models[1].kind (model 'cnn-8px-w0.5')", '"distilled"'),
         (lambda c: c["models"][1].update(flops=True), "catalog.models[1].flops (model 'cnn-8px-w0.5')", "True"),
         (lambda c: c.update(models=[]), "catalog.models", "[]"),
         (lambda c: c.pop("schema"), "catalog.schema", "missing"),

@@ -81,8 +81,8 @@ def weight_sparsity(model: nn.Module) -> float:
 
 
 def count_nonzero_parameters(model: nn.Module) -> int:
-    """Number of non-zero entries over all trainable parameters."""
-    return sum(int(torch.count_nonzero(p)) for p in model.parameters() if p.requires_grad)
+    """Number of non-zero entries over all parameters (frozen ones included)."""
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
 
 
 def quantization_backend() -> str:

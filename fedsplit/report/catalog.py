@@ -4,7 +4,7 @@
 format is the JSON schema shipped with :mod:`fedsplit.inference.catalog`; every catalog written
 here is validated against it first. Per model:
 
-* ``name``, ``kind`` (``trained``/``pruned``/``int8``, :mod:`fedsplit.report.members`), ``parent``,
+* ``name``, ``kind`` (:data:`fedsplit.report.members.KINDS`), ``parent`` (of a derived or distilled member),
   ``architecture``, ``width``;
 * ``input_shape`` ``[C, H, W]`` (channels and the model's own input resolution), ``input_bits``
   (``C * H * W * bits_per_value``: the raw input a terminal uploads);
@@ -36,7 +36,6 @@ from fedsplit.devices import compute_cost, resolve_profiles
 from fedsplit.inference.catalog import CATALOG_FORMAT, validate_catalog
 from fedsplit.models.compress import count_nonzero_parameters
 from fedsplit.models.flops import inference_flops
-from fedsplit.models.zoo import count_parameters
 from fedsplit.report.members import (
     accuracy,
     cpu_latency_s,
@@ -90,7 +89,7 @@ def catalog_entry(run_dir: str | Path, bits_per_value: int = 8, latency_repeats:
         "input_shape": list(input_shape),
         "input_bits": math.prod(input_shape) * bits_per_value,
         "bits_per_value": bits_per_value,
-        "params": count_parameters(member.float_model),
+        "params": sum(p.numel() for p in member.float_model.parameters()),  # frozen ones too
         "nonzero_params": nonzero,
         "flops": flops,
         "accuracy": accuracy(member.model, test.x, test.y),
@@ -100,7 +99,7 @@ def catalog_entry(run_dir: str | Path, bits_per_value: int = 8, latency_repeats:
         "devices": devices,
         "run_dir": str(member.run_dir),
     }
-    if member.kind != "trained":
+    if "parent" in member.info:
         entry["parent"] = member.info["parent"]
     return entry
 

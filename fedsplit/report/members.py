@@ -46,7 +46,9 @@ from fedsplit.models.compress import (
 MEMBER_FILE = "member.json"
 CHECKPOINT = Path("checkpoints") / "final.pt"
 #: How a member was made.
-KINDS: tuple[str, ...] = ("trained", "pruned", "int8")
+#: ``trained`` from scratch, ``finetuned`` from ``model.pretrained``, ``distilled`` with a
+#: ``transfer.teacher`` (the three by ``fedsplit simulate``), or derived: ``pruned``, ``int8``.
+KINDS: tuple[str, ...] = ("trained", "finetuned", "distilled", "pruned", "int8")
 
 
 @dataclass
@@ -58,7 +60,7 @@ class Member:
     name : str
         Catalog name (the run's ``run_name``, else its folder name).
     kind : str
-        ``trained``, ``pruned`` or ``int8``.
+        One of :data:`KINDS`.
     run_dir : Path
         Its folder.
     task : Task
@@ -101,10 +103,12 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     return config_from_dict(tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8")))
 
 
-def _read_info(run_dir: Path) -> dict[str, Any]:
+def _read_info(run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
     path = run_dir / MEMBER_FILE
     if not path.is_file():
-        return {"kind": "trained"}
+        if cfg.transfer.teacher:  # the pipeline names a teacher's checkpoint after its member
+            return {"kind": "distilled", "parent": Path(cfg.transfer.teacher).stem}
+        return {"kind": "finetuned" if cfg.model.pretrained else "trained"}
     info = json.loads(path.read_text(encoding="utf-8"))
     if info.get("kind") not in KINDS:
         raise ValueError(f"{path}: kind = {info.get('kind')!r}: expected one of {', '.join(KINDS)}")
@@ -115,7 +119,7 @@ def load_member(run_dir: str | Path) -> Member:
     """Load a member's model from its folder (any kind), on the CPU, in eval mode."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    info = _read_info(run_dir)
+    info = _read_info(run_dir, cfg)
     task = Task.from_config(cfg)
     float_model = task.model.cpu().eval()
     if info["kind"] == "int8":
@@ -227,8 +231,10 @@ def derive_pruned(
     finetune_epochs : int
         Epochs of SGD on the training pool with the masks attached (0: prune only).
     lr : float, optional
-        Fine-tuning learning rate (default: the parent run's ``train.lr``); batch size and
-        momentum are the parent run's.
+        Fine-tuning learning rate (default: a tenth of the parent run's ``train.lr``); batch
+        size and momentum are the parent run's. At the full rate one epoch over the pool
+        overshoots: 50 % of the digits ``cnn-8px-w1`` pruned gave 0.969 before fine-tuning,
+        0.917 after an epoch at lr 0.05, 0.986 at 0.005 (80 %: 0.925 -> 0.986 at 0.005).
     name : str, optional
         Member name (default ``<parent>-pruned<percent>``).
 
@@ -251,12 +257,12 @@ def derive_pruned(
         x, y = training_pool(parent.task)
         train_local(
             model, x, y, epochs=finetune_epochs, batch_size=cfg.train.batch_size,
-            lr=cfg.train.lr if lr is None else lr, momentum=cfg.train.momentum, seed=cfg.seed,
+            lr=cfg.train.lr / 10 if lr is None else lr, momentum=cfg.train.momentum, seed=cfg.seed,
         )
     make_permanent(model.eval())
     info = {
         "kind": "pruned", "parent": parent.name, "parent_dir": str(parent.run_dir), "amount": amount,
-        "finetune_epochs": finetune_epochs, "weight_sparsity": weight_sparsity(model),
+        "finetune_epochs": finetune_epochs, "finetune_lr": cfg.train.lr / 10 if lr is None else lr, "weight_sparsity": weight_sparsity(model),
         "nonzero_params": count_nonzero_parameters(model),
     }
     return _finish(folder, model.state_dict(), info)
