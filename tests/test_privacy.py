@@ -189,6 +189,7 @@ def test_planned_noise_spends_the_budget_over_the_run():
 def test_poisson_schedule_follows_opacus_arithmetic():
     assert PoissonSchedule.of(160, 32) == PoissonSchedule(5, 0.2)
     assert PoissonSchedule.of(93 * 10, 10).steps_per_epoch == 92  # Opacus's int(1 / (1 / 93))
+    assert PoissonSchedule.of(0, 32) == PoissonSchedule(1, 1.0)  # a terminal without data: no division by zero
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")

@@ -51,8 +51,9 @@ class PoissonSchedule:
 
     @classmethod
     def of(cls, n: int, batch_size: int) -> "PoissonSchedule":
-        """The schedule :meth:`opacus.PrivacyEngine.make_private` gives ``n`` samples in batches of ``batch_size``."""
-        batches = math.ceil(n / batch_size)
+        """The schedule :meth:`opacus.PrivacyEngine.make_private` gives ``n`` samples in batches of
+        ``batch_size`` (``n = 0``: one step at rate 1, never taken, since nothing trains)."""
+        batches = max(1, math.ceil(n / batch_size))
         steps = int(1 / (1 / batches))  # the sampler's own arithmetic (it is batches - 1 for a few values)
         return cls(steps_per_epoch=steps, sample_rate=1 / steps)
 
