@@ -71,22 +71,33 @@ def local_dp_run():
     return _run(["rounds=3", "privacy.mode='local'", "privacy.noise_multiplier=1.1", "privacy.max_grad_norm=1.0"])
 
 
-@pytest.mark.slow
-def test_local_dp_epsilon_is_cumulative_and_equals_opacus_offline(local_dp_run):
-    session, engine = local_dp_run
+def _check_cumulative_epsilon(session: RunSession, rounds: int, noise: float) -> dict[int, int]:
+    """Every terminal's ledger epsilon grows each round and equals Opacus's offline accountant for
+    the steps it took so far; returns each terminal's steps per round."""
     cfg = session.cfg
     task = task_for(config_to_json(cfg))
     train = [r for r in session.ledger.rows if r.phase == "train"]
-    assert len(train) == 9 and all(r.status == "ok" for r in train)
+    assert len(train) == 3 * rounds and all(r.status == "ok" for r in train)
+    steps = {}
     for pid in range(3):
         n = len(task.data.partition(pid)[0])
         batches = math.ceil(n / cfg.train.batch_size)  # Opacus: sample rate 1 / batches, batches steps an epoch
         rows = sorted((r for r in train if r.client_id == pid), key=lambda r: r.round)
         epsilons = [r.dp_epsilon for r in rows]
-        assert epsilons == sorted(epsilons) and len(set(epsilons)) == 3, epsilons  # grows every round
+        assert epsilons == sorted(epsilons) and len(set(epsilons)) == rounds, epsilons  # grows every round
         for trained_rounds, row in enumerate(rows, start=1):
-            expected = _offline_epsilon(1.1, 1 / batches, trained_rounds * batches, cfg.privacy.delta)
+            expected = _offline_epsilon(noise, 1 / batches, trained_rounds * batches, cfg.privacy.delta)
             assert row.dp_epsilon == pytest.approx(expected, rel=1e-9)
+        steps[pid] = batches
+    return steps
+
+
+@pytest.mark.slow
+def test_local_dp_epsilon_is_cumulative_and_equals_opacus_offline(local_dp_run):
+    session, engine = local_dp_run
+    cfg = session.cfg
+    train = [r for r in session.ledger.rows if r.phase == "train"]
+    for pid, batches in _check_cumulative_epsilon(session, 3, 1.1).items():
         # The accountant lives in the terminal's Context.state (a ConfigRecord), across rounds.
         state = engine.contexts[engine.node_id_of(pid)].state.config_records[ACCOUNTANT_STATE_KEY]
         assert sum(state["steps"]) == 3 * batches and state["mechanism"] == "rdp"
@@ -95,6 +106,18 @@ def test_local_dp_epsilon_is_cumulative_and_equals_opacus_offline(local_dp_run):
     assert set(report["epsilon_by_terminal"]) == {"0", "1", "2"}
     rounds = session.ledger.rounds
     assert rounds[1].metrics["dp-epsilon"] < rounds[3].metrics["dp-epsilon"]
+
+
+@pytest.mark.slow
+def test_local_dp_epsilon_accumulates_on_the_flower_engine(tmp_path, ray_session):
+    """Flower's own simulation engine keeps each terminal's Context.state too: same cumulative epsilon."""
+    from fedsplit.simulation.runner import simulate
+
+    cfg = load_config(None, ALWAYS_ON + SMALL + [
+        "rounds=2", "engine.name=flower", f"out_dir={tmp_path}", "privacy.mode='local'", "privacy.noise_multiplier=1.1",
+    ])
+    outcome = simulate(cfg, write=False)
+    _check_cumulative_epsilon(outcome.session, 2, 1.1)
 
 
 @pytest.mark.slow
