@@ -6,9 +6,11 @@ import csv
 import json
 
 import pytest
+import torch
 
-from fedsplit.config import ConfigError
+from fedsplit.config import ConfigError, dump_config
 from fedsplit.pipeline import load_pipeline, pipeline_from_dict
+from fedsplit.pipeline.run import teacher_checkpoint
 from tests.conftest import REPO
 
 SMOKE = """
@@ -22,7 +24,6 @@ train = {{local_epochs = 1}}
 [family]
 architecture = "cnn"
 sizes = [[5, 0.25], [8, 0.5]]
-distilled = [{{size = [8, 0.25], teacher = "cnn-8px-w0.5"}}]
 pruned = [{{from = "cnn-8px-w0.5", amount = 0.5, finetune_epochs = 0}}]
 int8 = [{{from = "cnn-8px-w0.5", calibration_samples = 64}}]
 [catalog]
@@ -60,8 +61,8 @@ def test_the_shipped_example_validates(monkeypatch):
         (lambda t: t["family"].update(architecture="mlp"), "has no width knob"),
         (lambda t: t["family"]["pruned"][0].update({"from": "cnn-9px-w1"}), "family.pruned[0].from = 'cnn-9px-w1': not a member defined before it"),
         (lambda t: t["family"]["pruned"][0].update(amount=1.0), "family.pruned[0].amount = 1.0: must be < 1"),
-        (lambda t: t["family"]["distilled"][0].update(teacher="cnn-8px-w9"), "family.distilled[0].teacher = 'cnn-8px-w9': not a member of family.sizes"),
-        (lambda t: t["family"]["distilled"][0].update(size=[5, 0.25]), "family.distilled[0].size[0] = 5: must be the teacher's resolution (8)"),
+        (lambda t: t["family"].update(distilled=[{"size": [8, 0.25], "teacher": "cnn-8px-w9"}]), "family.distilled[0].teacher = 'cnn-8px-w9': not a member of family.sizes"),
+        (lambda t: t["family"].update(distilled=[{"size": [5, 0.125], "teacher": "cnn-8px-w0.5"}]), "family.distilled[0].size[0] = 5: must be the teacher's resolution (8)"),
         (lambda t: t["scenario"].update(devices={"toaster": 2}), "scenario.devices.toaster = 2: unknown device profile"),
         (lambda t: t["scenario"].update(accuracy_target="high"), "scenario.accuracy_target = 'high'"),
         (lambda t: t["base"].update(rounds=0), "pipeline: base: config: rounds = 0"),
@@ -74,6 +75,29 @@ def test_bad_pipeline_configs_name_the_field(tmp_path, change, message):
     with pytest.raises(ConfigError) as info:
         pipeline_from_dict(tree)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_trained_member_becomes_a_teacher_checkpoint(small_family, tmp_path):
+    from fedsplit.learning import Task
+    from fedsplit.report.members import load_member, read_run_config
+    from fedsplit.transfer.checkpoint import model_from_checkpoint
+
+    path = teacher_checkpoint(small_family["large"], tmp_path / "teachers" / "cnn-8px-w0.5.pt")
+    teacher = model_from_checkpoint(path)  # what transfer.teacher loads
+    member = load_member(small_family["large"])
+    x = member.task.data.server_test.x[:16]
+    with torch.no_grad():
+        assert torch.equal(teacher(x), member.model(x))
+    cfg = read_run_config(small_family["small"])
+    cfg.transfer.teacher = str(path)
+    assert Task.from_config(cfg).teacher() is not None  # a student's task accepts it
+    cfg.run_name = "student"
+    folder = tmp_path / "student"
+    (folder / "checkpoints").mkdir(parents=True)
+    dump_config(cfg, folder / "config.toml")
+    torch.save(Task.from_config(cfg).model.state_dict(), folder / "checkpoints" / "final.pt")
+    loaded = load_member(folder)  # a run trained with it is catalogued as distilled from it
+    assert (loaded.kind, loaded.info["parent"]) == ("distilled", "cnn-8px-w0.5")
 
 
 @pytest.mark.slow
@@ -89,11 +113,9 @@ def test_tiny_family_runs_end_to_end(tmp_path, ray_session, fedsplit_main):
         assert (folder / name).is_file(), name
     catalog = json.loads((folder / "catalog.json").read_text())
     names = {m["name"]: m for m in catalog["models"]}
-    assert set(names) == {"cnn-5px-w0.25", "cnn-8px-w0.5", "cnn-8px-w0.25-kd", "cnn-8px-w0.5-pruned50", "cnn-8px-w0.5-int8"}
-    assert (names["cnn-8px-w0.25-kd"]["kind"], names["cnn-8px-w0.25-kd"]["parent"]) == ("distilled", "cnn-8px-w0.5")
-    assert (folder / "teachers" / "cnn-8px-w0.5.pt").is_file()
+    assert set(names) == {"cnn-5px-w0.25", "cnn-8px-w0.5", "cnn-8px-w0.5-pruned50", "cnn-8px-w0.5-int8"}
     assert names["cnn-8px-w0.5-pruned50"]["nonzero_params"] < names["cnn-8px-w0.5"]["nonzero_params"]
-    for member in ("cnn-5px-w0.25", "cnn-8px-w0.5", "cnn-8px-w0.25-kd"):  # trained federatedly: simulate's run folders
+    for member in ("cnn-5px-w0.25", "cnn-8px-w0.5"):  # trained federatedly: simulate's run folders
         run = folder / "members" / member
         assert (run / "rounds.csv").is_file() and (run / "clients.csv").is_file()
     scenario = json.loads((folder / "scenario.json").read_text())

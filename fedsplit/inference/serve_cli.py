@@ -99,8 +99,8 @@ def run_serve_sim(args: argparse.Namespace) -> int:
 
 def report_text(result: dict) -> str:
     """The report as text: a table of terminals, a line per model choice by device, key=value lines."""
-    lines = [f"{'terminal':>8} {'device':<16} {'model':<24} {'requests':>8} {'catalog_acc':>11} {'realised_acc':>12} "
-             f"{'promised_ms':>11} {'modelled_ms':>11} {'cpu_ms':>7}"]
+    lines = [(f"{'terminal':>8} {'device':<16} {'model':<24} {'requests':>8} {'catalog_acc':>11} {'realised_acc':>12} "
+              f"{'promised_ms':>11} {'modelled_ms':>11} {'cpu_ms':>7}")]
     for a in result["assignments"]:
         lines.append(
             f"{a['terminal']:>8} {a['device'] or '-':<16} {a['model']:<24} {a['requests']:>8} {a['catalog_accuracy']:>11.4f} "

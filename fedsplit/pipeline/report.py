@@ -140,8 +140,8 @@ def write_report(result: PipelineResult) -> Path:
     classes = list(dict.fromkeys(result.devices))
     s, sv = result.schedule, result.serve
     lines = [f"# Pipeline report: {folder.name}", "",
-             f"Wall time {result.timings_s.get('total', float('nan')):.1f} s. "
-             f"Dataset: {result.catalog.get('dataset')}; CPU latencies measured on {result.catalog.get('host')}.", "",
+             (f"Wall time {result.timings_s.get('total', float('nan')):.1f} s. "
+              f"Dataset: {result.catalog.get('dataset')}; CPU latencies measured on {result.catalog.get('host')}."), "",
              "## Model family (catalog.json)", ""]
     lines += family_markdown(result.catalog, classes)
     problems = result.separation
@@ -149,9 +149,9 @@ def write_report(result: PipelineResult) -> Path:
                    "The family's members do NOT separate: " + "; ".join(problems)), "",
               "![accuracy vs FLOPs](plots/family_accuracy_flops.png)", "",
               "## Schedule (schedule.json)", "",
-              f"Solver {s.solver}, feasible: {str(s.feasible).lower()}, {len(result.devices)} terminals, "
-              f"accuracy target {result.problem.accuracy_target:.4f}, mean accuracy {s.accuracy:.4f}, "
-              f"total latency {s.total_latency_s:.6g} s, total energy {s.total_energy_j:.6g} J.", ""]
+              (f"Solver {s.solver}, feasible: {str(s.feasible).lower()}, {len(result.devices)} terminals, "
+               f"accuracy target {result.problem.accuracy_target:.4f}, mean accuracy {s.accuracy:.4f}, "
+               f"total latency {s.total_latency_s:.6g} s, total energy {s.total_energy_j:.6g} J."), ""]
     lines += [f"- reason: {r}" for r in s.reasons]
     choices = choices_by_device(result)
     used = [m["name"] for m in result.catalog["models"] if any(m["name"] in c for c in choices.values())]
@@ -159,8 +159,8 @@ def write_report(result: PipelineResult) -> Path:
                              [[d, str(sum(c.values())), *[str(c.get(n, 0)) for n in used]] for d, c in choices.items()])
     lines += ["", "![model per device class](plots/schedule_by_device.png)", "",
               "## Serving (serve.json)", "",
-              f"Each terminal ran its model on {sv.test_samples if sv.terminals[0].requests == sv.test_samples else sv.terminals[0].requests} "
-              "held-out images resized to the model's resolution.", ""]
+              (f"Each terminal ran its model on {sv.terminals[0].requests} held-out images (of {sv.test_samples}) "
+               "resized to the model's resolution."), ""]
     lines += _markdown_table(
         ["catalog mean accuracy", "realised mean accuracy", "gap (pp)", "promised total latency (s)",
          "modelled total latency (s)", "max relative latency difference"],
