@@ -9,7 +9,7 @@ deployment engine. It learns the run's configuration from the simulation that bu
 Split learning's terminal side answers ``train.split`` messages (:mod:`fedsplit.clients.split_client`).
 
 Replies follow Flower's conventions: ``"arrays"`` (weights: all of them, or only the trainable ones
-under ``transfer.trainable``, :mod:`fedsplit.transfer.freezing`), ``"metrics"`` with ``"num-examples"``,
+under ``transfer.trainable``, :mod:`fedsplit.models.freezing`), ``"metrics"`` with ``"num-examples"``,
 plus ``"flops"`` (FLOPs executed, for the simulated clock) and ``"partition-id"``; on a CUDA
 device also ``"gpu-mem-bytes"``, the peak CUDA memory the message allocated (bytes).
 

@@ -46,7 +46,7 @@ from fedsplit.learning import config_to_json  # noqa: E402
 from fedsplit.learning import task as task_module  # noqa: E402
 from fedsplit.simulation.engine import EngineGrid, SerialEngine  # noqa: E402
 from fedsplit.simulation.server_app import RunSession, run_server  # noqa: E402
-from fedsplit.transfer.checkpoint import model_meta, save_checkpoint  # noqa: E402
+from fedsplit.models.checkpoint import model_meta, save_checkpoint  # noqa: E402
 from fedsplit.transfer.pretrain import distill_student, pretrain  # noqa: E402
 
 METHODS = ("scratch", "finetune", "student-scratch", "student-distilled")

@@ -20,7 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedsplit.transfer.cli",
     "fedsplit.report.catalog_cli",
     "fedsplit.inference.cli",
-    "fedsplit.inference.serve_cli",
+    "fedsplit.serving.cli",
     "fedsplit.inference.edgent_cli",
 )
 

@@ -34,6 +34,7 @@ import io
 import os
 import pickle
 import random
+import signal
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,18 @@ def restore_ledger(ledger: Ledger, saved: Ledger) -> None:
     vars(ledger).update(vars(saved))
 
 
+KILL_ENV = "FEDSPLIT_SIGKILL_AT"
+"""Fault injection for resume tests: ``before-rename:R`` or ``after-rename:R`` makes the process
+SIGKILL itself while writing round R's resume point, before or after the rename (the moments a
+killed server can leave on disk, chosen exactly instead of raced with a timer)."""
+
+
+def _kill_here(moment: str, server_round: int) -> None:
+    """SIGKILL this process if :data:`KILL_ENV` names this moment of this round."""
+    if os.environ.get(KILL_ENV) == f"{moment}:{server_round}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def write_resume_point(path: Path, point: ResumePoint) -> None:
     """Write ``point`` to ``path`` atomically (temporary file, fsync, rename, fsync of the folder)."""
     path = Path(path)
@@ -205,12 +218,14 @@ def write_resume_point(path: Path, point: ResumePoint) -> None:
         torch.save(vars(point), fh)
         fh.flush()
         os.fsync(fh.fileno())
+    _kill_here("before-rename", point.round)
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    _kill_here("after-rename", point.round)
 
 
 def read_resume_point(path: Path) -> ResumePoint | None:
@@ -225,6 +240,7 @@ def read_resume_point(path: Path) -> ResumePoint | None:
 
 
 __all__ = [
+    "KILL_ENV",
     "RESUME_FILE",
     "NotResumable",
     "ResumePoint",

@@ -45,7 +45,7 @@ clock through the ``edge-server`` profile. Activations or gradients of the wrong
 or with NaN/Inf, are rejected for that terminal (logged, its row marked ``rejected``): they never
 reach the server part, the terminal leaves the round and the run goes on.
 
-Transfer (``transfer.trainable``, :mod:`fedsplit.transfer.freezing`): only the trainable tensors of
+Transfer (``transfer.trainable``, :mod:`fedsplit.models.freezing`): only the trainable tensors of
 a terminal part travel (``begin`` and the final weights); a terminal part with nothing trainable
 (a frozen backbone on the terminal) is never sent, never updated, and gets no gradient (vanilla
 and SplitFed: ``step`` without ``gradient``, so the terminal only runs forwards).

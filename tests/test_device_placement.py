@@ -20,6 +20,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 import fedsplit.clients.app as client_app
 import fedsplit.clients.split_client as split_client
+import fedsplit.clients.privacy_mod as privacy_mod
 from fedsplit.clients.arrays import array_record_from_state
 from fedsplit.config import load_config
 from fedsplit.learning import config_to_json, task_for
@@ -151,7 +152,10 @@ def test_fedavg_trains_and_evaluates_on_the_terminal_device(monkeypatch, config_
         raise Seen
 
     monkeypatch.setattr(client_app, "_device", lambda: META)
-    monkeypatch.setattr(client_app, "train_local" if handler == "train" else "evaluate", spy)
+    if handler == "train":  # the ClientApp trains with the terminal's trainer: train_local without DP or attacks
+        monkeypatch.setattr(privacy_mod, "train_local", spy)
+    else:
+        monkeypatch.setattr(client_app, "evaluate", spy)
     task = task_for(config_json)
     arrays = array_record_from_state(task.initial_state())
     content = RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})})

@@ -80,7 +80,7 @@ def test_bad_pipeline_configs_name_the_field(tmp_path, change, message):
 def test_a_trained_member_becomes_a_teacher_checkpoint(small_family, tmp_path):
     from fedsplit.learning import Task
     from fedsplit.report.members import load_member, read_run_config
-    from fedsplit.transfer.checkpoint import model_from_checkpoint
+    from fedsplit.models.checkpoint import model_from_checkpoint
 
     path = teacher_checkpoint(small_family["large"], tmp_path / "teachers" / "cnn-8px-w0.5.pt")
     teacher = model_from_checkpoint(path)  # what transfer.teacher loads

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 
 from fedsplit.config import load_config
 from fedsplit.simulation import server_app
-from fedsplit.simulation.checkpoint import RESUME_FILE, read_resume_point
+from fedsplit.simulation.checkpoint import KILL_ENV, RESUME_FILE, read_resume_point
 from fedsplit.simulation.engine import SerialEngine
 from fedsplit.simulation.runner import simulate
 from tests.conftest import REPO, fedsplit_cmd, small_overrides
@@ -219,34 +218,30 @@ def resume_round(run_dir: Path) -> int:
     return 0 if point is None else point.round
 
 
-def kill_when(proc: subprocess.Popen, ready, delay_s: float = 0.0, timeout_s: float = 120.0) -> None:  # noqa: ANN001
-    """SIGKILL ``proc`` ``delay_s`` after ``ready()`` turns true (polled every 10 ms)."""
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
-        assert time.monotonic() < deadline, "timed out waiting for the run"
-        time.sleep(0.01)
-    time.sleep(delay_s)
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(timeout=30) == -signal.SIGKILL
+def killed_run(cmd: list[str], at: str) -> None:
+    """Run ``cmd`` until it SIGKILLs itself at ``at`` (:data:`KILL_ENV`), checking that it did."""
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=300,
+                          env={**os.environ, KILL_ENV: at})
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed at {at}: {proc.returncode} {proc.stderr[-2000:]}"
 
 
 @pytest.mark.slow
 def test_sigkill_at_two_moments_then_resume_equals_the_uninterrupted_run(tmp_path):
+    """The process dies by SIGKILL (nothing runs after it) at two exact moments: right after round
+    1's resume point is in place, and after round 3's new point is written but before it replaces
+    round 2's (round 3's ledger rows already on disk); each resume continues from what is there."""
     rounds = 4
     args = [a for kv in small_overrides(tmp_path, **{"engine.name": "serial", "rounds": rounds, "strategy.name": "fedadam", "train.batch_size": 128,
                                                      "compression": "{uplink = 'topk', density = 0.1, error_feedback = true}"})
             for a in ("--set", kv)]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "cwd": REPO}
-    reference = subprocess.Popen(fedsplit_cmd("simulate", *args, "--set", "run_name=reference"), **quiet)
+    reference = subprocess.Popen(fedsplit_cmd("simulate", *args, "--set", "run_name=reference"),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
     run_dir = tmp_path / "cut"
-    first = subprocess.Popen(fedsplit_cmd("simulate", *args, "--set", "run_name=cut"), **quiet)
-    kill_when(first, lambda: resume_round(run_dir) >= 1)  # moment 1: as soon as round 1 is saved
-    saved = resume_round(run_dir)
-    assert 1 <= saved < rounds
-    second = subprocess.Popen(fedsplit_cmd("simulate", "--resume", str(run_dir)), **quiet)
-    kill_when(second, lambda: resume_round(run_dir) > saved, delay_s=0.15)  # moment 2: into the next round
-    assert resume_round(run_dir) < rounds
+    killed_run(fedsplit_cmd("simulate", *args, "--set", "run_name=cut"), at="after-rename:1")
+    assert resume_round(run_dir) == 1
+    killed_run(fedsplit_cmd("simulate", "--resume", str(run_dir)), at="before-rename:3")
+    assert resume_round(run_dir) == 2
+    assert (run_dir / "checkpoints" / (RESUME_FILE + ".tmp")).is_file()  # round 3's point, never renamed
     last = subprocess.run(fedsplit_cmd("simulate", "--resume", str(run_dir)), capture_output=True, text=True, cwd=REPO, timeout=300)
     assert last.returncode == 0, last.stderr
     assert reference.wait(timeout=300) == 0, reference.stderr.read()

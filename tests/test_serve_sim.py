@@ -12,7 +12,7 @@ from fedsplit.inference.catalog import CatalogCosts
 from fedsplit.inference.device_scenario import device_scenario
 from fedsplit.inference.errors import ScenarioError
 from fedsplit.inference.paper_scenario import PaperScenarioConfig
-from fedsplit.inference.serve_sim import serve
+from fedsplit.serving.serve_sim import serve
 from fedsplit.inference.solve import solve
 from fedsplit.report.catalog import write_catalog
 

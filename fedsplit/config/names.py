@@ -171,7 +171,7 @@ def check_transfer(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; impor
     if trainable == "all":
         return
     from fedsplit.models.zoo import build_model
-    from fedsplit.transfer.freezing import resolve_trainable
+    from fedsplit.models.freezing import resolve_trainable
 
     try:
         resolve_trainable(build_model(cfg.model.name, (3, 32, 32), 10, hidden=cfg.model.hidden, width=cfg.model.width), trainable)

@@ -6,7 +6,7 @@ from exact per-batch counts (:func:`fedsplit.models.step_flops`).
 
 Only parameters with ``requires_grad`` are optimised (a frozen backbone, :mod:`fedsplit.transfer`,
 stays as loaded, and costs no weight-gradient FLOPs). With a ``teacher`` the loss adds the
-distillation term on its soft labels (:func:`fedsplit.transfer.distill.distillation_loss`), and
+distillation term on its soft labels (:func:`fedsplit.learning.distill.distillation_loss`), and
 the teacher's inference FLOPs count with the batch.
 """
 
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from fedsplit.models.flops import step_flops
-from fedsplit.transfer.distill import distillation_loss
-from fedsplit.transfer.freezing import freeze_batchnorm
+from fedsplit.learning.distill import distillation_loss
+from fedsplit.models.freezing import freeze_batchnorm
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from fedsplit.data.bundle import parse_classes
 from fedsplit.data.datasets import dataset_num_classes
 from fedsplit.models import build_model
 from fedsplit.models.opacus_compat import opacus_compatible
-from fedsplit.transfer.checkpoint import load_pretrained, model_from_checkpoint
-from fedsplit.transfer.freezing import FreezePlan, apply_freezing, plan_freezing
+from fedsplit.models.checkpoint import load_pretrained, model_from_checkpoint
+from fedsplit.models.freezing import FreezePlan, apply_freezing, plan_freezing
 
 
 def config_to_json(cfg: RunConfig) -> str:

@@ -4,7 +4,7 @@ Counting under :class:`~torch.utils.flop_counter.FlopCounterMode` is slow, so a 
 once per (architecture, which parameters require gradients, input shape, batch size) on a copy of
 the model and cached; the training loop then adds up the cached count of every batch it really ran.
 
-Frozen parameters (``requires_grad = False``, :mod:`fedsplit.transfer.freezing`) are counted as
+Frozen parameters (``requires_grad = False``, :mod:`fedsplit.models.freezing`) are counted as
 autograd runs them: no weight-gradient FLOPs for a frozen layer, and the backward stops at the
 first layer that has a trainable parameter (nothing before it needs an input gradient).
 """

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fedsplit.report.catalog import catalog_rows
 
 if TYPE_CHECKING:
-    from fedsplit.pipeline.run import PipelineResult
+    from fedsplit.pipeline.result import PipelineResult
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -13,7 +13,7 @@ Steps (each writes into ``<out_dir>/<name>/``):
 5. ``scenario.json``: terminals by device class (:func:`fedsplit.inference.device_scenario.device_scenario`),
    the catalog's models;
 6. ``schedule.json``: the scheduler's solution (:func:`fedsplit.inference.solve.solve`, as ``fedsplit schedule``);
-7. ``serve.json``: serving the schedule (:func:`fedsplit.inference.serve_sim.serve`);
+7. ``serve.json``: serving the schedule (:func:`fedsplit.serving.serve_sim.serve`);
 8. ``report.md``, ``family.csv``, ``terminals.csv`` and ``plots/`` (:mod:`fedsplit.pipeline.report`).
 
 The core imports neither Flower nor Ray: the training step is the ``train`` argument.
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,39 +36,16 @@ from fedsplit.inference.catalog import CatalogCosts
 from fedsplit.inference.device_scenario import device_scenario
 from fedsplit.inference.paper_scenario import PaperScenarioConfig
 from fedsplit.inference.scenario import problem_to_dict
-from fedsplit.inference.schedule import Schedule
-from fedsplit.inference.serve_sim import ServeReport, serve
+from fedsplit.serving.serve_sim import serve
 from fedsplit.inference.solve import solve
-from fedsplit.inference.system_model import Problem
-from fedsplit.models.family import merge_tree, separation
+from fedsplit.models.family import merge_tree
 from fedsplit.pipeline.config import PipelineConfig
+from fedsplit.pipeline.result import PipelineResult
 from fedsplit.report.catalog import write_catalog
 from fedsplit.report.members import derive_int8, derive_pruned
 
 #: Trains one member's configuration and returns its run folder.
 Trainer = Callable[[RunConfig], Path]
-
-
-@dataclass
-class PipelineResult:
-    """Everything a pipeline run produced (also on disk in ``folder``)."""
-
-    folder: Path
-    catalog: dict[str, Any]
-    problem: Problem
-    devices: list[str]
-    schedule: Schedule
-    serve: ServeReport
-    member_dirs: dict[str, Path]
-    timings_s: dict[str, float] = field(default_factory=dict)
-
-    family: tuple[str, ...] = ()
-
-    @property
-    def separation(self) -> list[str]:
-        """Adjacent members of ``family.sizes`` (by FLOPs) whose accuracy or FLOPs do not increase;
-        empty if they separate."""
-        return separation([m for m in self.catalog["models"] if m["name"] in self.family])
 
 
 def fresh_folder(out_dir: str | Path, name: str) -> Path:
@@ -94,7 +71,7 @@ def teacher_checkpoint(member_dir: Path, out: Path) -> Path:
     """A trained member as a ``fedsplit pretrain``-format checkpoint (weights + model metadata),
     the form ``transfer.teacher`` reads."""
     from fedsplit.report.members import load_member
-    from fedsplit.transfer.checkpoint import model_meta, save_checkpoint
+    from fedsplit.models.checkpoint import model_meta, save_checkpoint
 
     member = load_member(member_dir)
     m = member.cfg.model

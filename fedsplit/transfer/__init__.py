@@ -1,16 +1,19 @@
-"""Transfer learning and distillation (plain PyTorch, no Flower).
+"""Transfer learning and distillation (plain PyTorch, no Flower): one place to import them from.
 
-* :mod:`~fedsplit.transfer.checkpoint` - checkpoints with metadata; loading a local checkpoint
+The parts live in the layer that owns them, so that the core imports one way (the model layer
+knows nothing of training, training nothing of configuration):
+
+* :mod:`~fedsplit.models.checkpoint` - checkpoints with metadata; loading a local checkpoint
   (``model.pretrained``, also a plain state_dict such as torchvision weights on disk), the head
   re-initialised when the classes differ.
-* :mod:`~fedsplit.transfer.freezing` - ``transfer.trainable`` (``last:N`` or module names): what
+* :mod:`~fedsplit.models.freezing` - ``transfer.trainable`` (``last:N`` or module names): what
   trains, what travels, BatchNorm statistics frozen or local.
-* :mod:`~fedsplit.transfer.distill` - the distillation loss, and server-side distillation of a
+* :mod:`~fedsplit.learning.distill` - the distillation loss, and server-side distillation of a
   student on unlabeled data.
 * :mod:`~fedsplit.transfer.pretrain` - central pretraining on a source task (``fedsplit pretrain``).
 """
 
-from fedsplit.transfer.checkpoint import (
+from fedsplit.models.checkpoint import (
     Checkpoint,
     CheckpointError,
     head_keys,
@@ -19,8 +22,8 @@ from fedsplit.transfer.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from fedsplit.transfer.distill import distill, distillation_loss, kd_term
-from fedsplit.transfer.freezing import FreezePlan, apply_freezing, freeze_batchnorm, plan_freezing, resolve_trainable
+from fedsplit.learning.distill import distill, distillation_loss, kd_term
+from fedsplit.models.freezing import FreezePlan, apply_freezing, freeze_batchnorm, plan_freezing, resolve_trainable
 
 __all__ = [
     "Checkpoint",

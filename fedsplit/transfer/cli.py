@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Handler of ``fedsplit pretrain``."""
     from fedsplit.config import ConfigError, load_config
-    from fedsplit.transfer.checkpoint import CheckpointError
+    from fedsplit.models.checkpoint import CheckpointError
     from fedsplit.transfer.pretrain import distill_student, pretrain
 
     if args.epochs < 1:

@@ -4,7 +4,7 @@ Both read the same :class:`~fedsplit.config.RunConfig` as a federated run (``dat
 ``model.*``, ``train.*``, ``seed``): the source task is the configured dataset, filtered with
 ``data.classes`` (digits ``0-4``), or ``synthetic``. The data are the whole client pool (one
 partition, less its ``data.val_fraction``), the held-out test set is the server's. The result is
-a checkpoint (:mod:`fedsplit.transfer.checkpoint`) a run starts from with ``model.pretrained``,
+a checkpoint (:mod:`fedsplit.models.checkpoint`) a run starts from with ``model.pretrained``,
 or a teacher for ``transfer.teacher``.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from fedsplit.config import RunConfig
-from fedsplit.transfer.checkpoint import load_pretrained, model_from_checkpoint, model_meta, read_checkpoint, save_checkpoint
+from fedsplit.models.checkpoint import load_pretrained, model_from_checkpoint, model_meta, read_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def distill_student(
     from fedsplit.learning import evaluate
     from fedsplit.learning.task import source_classes
     from fedsplit.models import build_model
-    from fedsplit.transfer.distill import distill
+    from fedsplit.learning.distill import distill
 
     teacher_ckpt = read_checkpoint(teacher_path)
     teacher = model_from_checkpoint(teacher_ckpt)

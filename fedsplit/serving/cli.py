@@ -65,7 +65,7 @@ def run_serve_sim(args: argparse.Namespace) -> int:
         problem_from_dict,
         read_json_file,
     )
-    from fedsplit.inference.serve_sim import serve
+    from fedsplit.serving.serve_sim import serve
     from fedsplit.inference.solve import solve
 
     try:
