@@ -33,7 +33,7 @@ import numpy as np
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from fedsplit.devices import EDGE_SERVER_PROFILE, DeviceProfile, Population, RoundClock, builtin_profiles, exchange_cost
+from fedsplit.devices import EDGE_SERVER_PROFILE, DeviceProfile, Population, RoundClock, builtin_profiles, compute_cost, exchange_cost
 from fedsplit.ledger import Ledger, LedgerRow, RoundRecord, terminal_statuses
 from fedsplit.simulation.wire_size import recorddict_wire_bytes
 
@@ -278,8 +278,21 @@ class MeteredGrid(Grid):
         return self._node_array[self.online_partitions(self.current_round)].tolist()
 
     # --- metered exchange ----------------------------------------------------------------------
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Deliver through the inner grid, write one ledger row per exchange, drop stragglers."""
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None, on_device: bool = False) -> Iterable[Message]:
+        """Deliver through the inner grid, write one ledger row per exchange, drop stragglers.
+
+        Parameters
+        ----------
+        messages : iterable of Message
+            The exchanges (one per terminal).
+        timeout : float, optional
+            Real seconds to wait for the replies.
+        on_device : bool
+            The messages stand for work a terminal does on its own state, which a deployment would
+            not send over any link (gossip: a node training its own model, held server-side only
+            because the engine reaches terminals through messages). Their rows count the compute
+            (FLOPs, seconds, joules) and no bytes, no communication time and no link latency.
+        """
         messages = list(messages)
         if not messages:
             return []
@@ -296,7 +309,7 @@ class MeteredGrid(Grid):
         # then the same on every engine.
         for node, (out, bytes_down) in sorted(sent.items(), key=lambda item: self.partition_of(item[0])):
             reply = replies.get(node)
-            if self._record(out, reply, bytes_down) and reply is not None:
+            if self._record(out, reply, 0 if on_device else bytes_down, on_device=on_device) and reply is not None:
                 kept.append(reply)
         return kept
 
@@ -320,7 +333,7 @@ class MeteredGrid(Grid):
             return int(found[0]), str(found[1])
         return 0, "none"
 
-    def _record(self, out: Message, reply: Message | None, bytes_down: int) -> bool:
+    def _record(self, out: Message, reply: Message | None, bytes_down: int, *, on_device: bool = False) -> bool:
         pid = self.partition_of(out.metadata.dst_node_id)
         profile = self.population.profile_of(pid)
         message_type = out.metadata.message_type
@@ -332,11 +345,11 @@ class MeteredGrid(Grid):
         elif reply.has_error():
             status, reason = "failed", reply.error.reason.splitlines()[0][:200] if reply.error.reason else "error"
         else:
-            bytes_up = payload_bytes(reply.content)
+            bytes_up = 0 if on_device else payload_bytes(reply.content)
             flops, method = self._compute_of(reply)
             gpu_mem = _gpu_mem_of(reply)
             dp_epsilon = _dp_epsilon_of(reply)
-        cost = exchange_cost(profile, flops, bytes_up, bytes_down)
+        cost = compute_cost(profile, flops) if on_device else exchange_cost(profile, flops, bytes_up, bytes_down)
         slot = self.clock.exchange(pid, cost.total_s, counts=status == "ok")
         if slot.straggler:
             lane_s = slot.end_s - self.clock.phase_start_s

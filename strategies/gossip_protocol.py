@@ -13,16 +13,19 @@ because fedsplit's engine reaches terminals only through messages. A step:
    - ``gosgd`` (Blot et al. 2016, pairwise form): each node, in a seeded random order, averages
      with one random neighbour: ``x_i, x_j <- (x_i + x_j) / 2``; one model each way per pair.
 
-How it appears in the ledger: the ``train`` rows are the emulation's exchanges (a node's own model
-goes to the node and back, so their bytes are counted as in FedAvg: a deployment would not move
-them; the comparison of methods is pessimistic for gossip by that much). The neighbour exchanges
-are rows of phase ``gossip`` (``message_type`` ``gossip.dpsgd`` / ``gossip.gosgd``), one per node
-per neighbour it *sends* to: ``client_id`` is the sender, ``bytes_up`` the model's wire size,
-``bytes_down`` 0 (the receiver's row counts what it sends back), ``reason`` names the link
-``"link i-j"``; time and energy are those of the sender's uplink (``exchange_cost`` with no
-FLOPs), placed after a barrier that follows training, in the sender's lane (its sends are
-sequential, the nodes' are parallel). The averaging FLOPs are metered as server work in each
-node's lane.
+How it appears in the ledger: only links between neighbours carry bytes. The ``train`` rows are
+each node's local training: the emulation sends a node its own model and takes it back (the
+engine reaches terminals only through messages), a trip through the server that server-free
+gossip does not make, so those exchanges are metered on the device
+(``MeteredGrid.send_and_receive(..., on_device=True)``): FLOPs, compute seconds and joules, no
+bytes, no communication time. The neighbour exchanges are rows of phase ``gossip``
+(``message_type`` ``gossip.dpsgd`` / ``gossip.gosgd``), one per node per neighbour it *sends* to:
+``client_id`` is the sender, ``bytes_up`` the model's wire size, ``bytes_down`` 0 (the receiver's
+row counts what it sends back), ``reason`` names the link ``"link i-j"``; time and energy are those
+of the sender's uplink (``exchange_cost`` with no FLOPs), placed after a barrier that follows
+training, in the sender's lane (its sends are sequential, the nodes' are parallel). The bytes of a
+run on link ``{i, j}`` are thus ``2 x model wire size x exchanges over it``, and the run's bytes are
+the sum over links. The averaging FLOPs are metered as server work in each node's lane.
 
 Metrics per step: ``consensus-dist`` = ``sqrt(mean_i ||x_i - x_bar||^2)`` and ``consensus-rel`` =
 that over ``||x_bar||``; :meth:`GossipProtocol.global_state` is ``x_bar`` (what the server loop
@@ -32,7 +35,7 @@ evaluates).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import networkx as nx
@@ -183,6 +186,8 @@ class GossipProtocol(TrainingProtocol):
         self.models: list[dict[str, np.ndarray]] = []
         self.graph: nx.Graph | None = None
         self.history: list[tuple[float, float]] = []
+        self.link_uses: Counter[tuple[int, int]] = Counter()
+        """Exchanges over each link ``(i, j)``, ``i < j``, so far (one exchange: a model each way)."""
 
     def start(self, run: ProtocolRun) -> None:
         n = run.grid.population.size
@@ -212,7 +217,7 @@ class GossipProtocol(TrainingProtocol):
             config["server-round"] = server_round
             messages.append(Message(RecordDict({"arrays": array_record_from_state(self.models[pid]), "config": config}), dst_node_id=grid.node_of(pid), message_type="train", group_id=str(server_round)))
         losses = []
-        for reply in grid.send_and_receive(messages, timeout=run.timeout_s):
+        for reply in grid.send_and_receive(messages, timeout=run.timeout_s, on_device=True):  # no link: local training
             pid = grid.partition_of(reply.metadata.src_node_id)
             self.models[pid] = {k: np.array(v) for k, v in record_views(reply.content.array_records["arrays"]).items()}
             losses.append(float(reply.content.metric_records["metrics"].get("train-loss", 0.0)))
@@ -239,6 +244,7 @@ class GossipProtocol(TrainingProtocol):
         num_values = sum(int(v.size) for v in self.models[0].values())
         kind = f"gossip.{self.settings.gossip}"
         for a, b in links:
+            self.link_uses[(min(a, b), max(a, b))] += 1
             for src, dst in ((a, b), (b, a)):
                 profile = grid.population.profile_of(src)
                 cost = exchange_cost(profile, 0, model_bytes, 0)

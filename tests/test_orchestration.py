@@ -13,6 +13,7 @@ from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedsplit.clients.app import make_client_app
+from fedsplit.clients.arrays import array_record_from_state
 from fedsplit.config import load_config
 from fedsplit.devices import Population, builtin_profiles
 from fedsplit.learning import config_to_json, task_for
@@ -21,6 +22,7 @@ from fedsplit.simulation.engine import EngineGrid
 from fedsplit.simulation.loop import LoopSettings, run_protocol
 from fedsplit.simulation.metered_grid import MeteredGrid
 from fedsplit.simulation.server_app import build_protocol
+from fedsplit.simulation.wire_size import array_record_wire_bytes
 from fedsplit.strategies.adaptive_local import AdaptiveLocalStrategy, BudgetController, fednova_average
 from fedsplit.strategies.async_protocol import AsyncProtocol, AsyncSettings
 from fedsplit.strategies.fedavg_protocol import StrategyProtocol
@@ -199,6 +201,21 @@ def test_gossip_protocol_trains_and_meters_every_link(kind):
     per_round = 2 * 4  # ring of 4: D-PSGD uses its 4 edges, GoSGD 4 pairs; one row per direction
     assert len(links) == 2 * per_round
     assert all(r.bytes_up > 0 and r.reason.startswith("link ") and r.message_type == f"gossip.{kind}" for r in links)
+    # Bytes travel over node-to-neighbour links only: local training is on the device (no bytes,
+    # no link time), and each link carries one model each way per exchange over it.
+    train = [r for r in ledger.rows if r.phase == "train"]
+    assert len(train) == 2 * 4 and all(r.bytes_up == r.bytes_down == 0 and r.comm_s == 0.0 and r.flops > 0 for r in train)
+    model_bytes = array_record_wire_bytes(array_record_from_state(protocol.models[0]))
+    per_link: dict[tuple[int, int], int] = {}
+    for r in links:
+        a, b = (int(x) for x in r.reason.removeprefix("link ").split("-"))
+        assert r.client_id == a and r.bytes_down == 0
+        per_link[(min(a, b), max(a, b))] = per_link.get((min(a, b), max(a, b)), 0) + r.bytes_up
+    assert sum(protocol.link_uses.values()) == 2 * 4  # 2 steps x (4 edges | 4 initiating nodes)
+    if kind == "dpsgd":
+        assert dict(protocol.link_uses) == {(0, 1): 2, (1, 2): 2, (2, 3): 2, (0, 3): 2}  # every ring edge, every step
+    assert per_link == {link: 2 * model_bytes * uses for link, uses in protocol.link_uses.items()}
+    assert sum(r.bytes_up + r.bytes_down for r in ledger.rows) == sum(per_link.values())
     assert all(m["consensus-dist"] >= 0 for m in metrics)
     state = protocol.global_state()
     key = next(iter(state))
