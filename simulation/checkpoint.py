@@ -15,7 +15,8 @@ What it holds, and where each piece lives during a run:
   ``v_t``; FedAvgM ``current_arrays`` and ``momentum_vector``), compression's server state (the
   downlink reference and its error feedback, the replica round of every terminal, the traffic
   so far), split learning's server parts and optimisers, asynchronous protocols' event queue.
-  Functions and bound methods are left out (the rebuilt run has its own); the run's Grid is
+  Functions and bound methods are left out (the rebuilt run has its own), and so are objects
+  whose class sets ``rebuilt_by_run = True`` (configuration-derived helpers); the run's Grid is
   saved by reference and restored as the new run's. One pickle for all of them, so objects
   shared between two levels stay shared;
 - ``contexts``: every terminal's ``Context.state`` kept by fedsplit's engine (compression's
@@ -92,8 +93,14 @@ def protocol_objects(protocol: Any) -> dict[str, Any]:
 
 
 def _saved_attributes(obj: Any) -> dict[str, Any]:
-    """``obj.__dict__`` without code (functions, bound methods) and without the chain's strategies."""
-    return {k: v for k, v in vars(obj).items() if not isinstance(v, _CODE + (Strategy,))}
+    """``obj.__dict__`` without code (functions, bound methods), without the chain's strategies and
+    without what the rebuilt run makes afresh from its configuration (an object whose class says
+    ``rebuilt_by_run = True``, e.g. FedCS's completion predictor); those keep the new run's value."""
+    return {
+        k: v
+        for k, v in vars(obj).items()
+        if not isinstance(v, _CODE + (Strategy,)) and getattr(type(v), "rebuilt_by_run", False) is not True
+    }
 
 
 class _Pickler(pickle.Pickler):

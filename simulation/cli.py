@@ -119,6 +119,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"fedsplit: error: run: {exc}", file=sys.stderr)
         return 3
     acc = outcome.summary["final_metrics"].get("accuracy")
+    if "stopped" in outcome.summary:
+        stopped = outcome.summary["stopped"]
+        print(f"stopped after round {stopped['after_round']} of {stopped['of_rounds']}: {stopped['reason']}")
     print(f"run_dir={outcome.run_dir} final_accuracy={acc:.4f} sim_time_s={outcome.summary['sim_time_s']:.3f} "
           f"wall_time_s={outcome.summary['wall_time_s']:.2f}")
     return 0

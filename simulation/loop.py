@@ -4,7 +4,10 @@
 :class:`~fedsplit.simulation.metered_grid.MeteredGrid`: it begins each round on the grid (one
 round counter, the grid's), asks the protocol for a step, evaluates the global model when due,
 closes the round in the ledger, reports progress, checkpoints when due, and stops the run when
-rounds keep aggregating nothing (a run that trains nothing must not end as if it had).
+rounds keep aggregating nothing (a run that trains nothing must not end as if it had). A protocol
+may end the run early and cleanly (:meth:`~fedsplit.strategies.protocol.TrainingProtocol.stop_reason`,
+e.g. a resource budget spent): the round is then evaluated, closed, reported and saved as a last
+round is, and the loop stops after it, handing the reason to ``on_stop``.
 
 A round that keeps fewer updates than ``LoopSettings.min_clients`` (terminals that crashed, died,
 missed the deadline or were rejected leave it to the rest) is either tried again, from the
@@ -147,6 +150,7 @@ def run_protocol(
     checkpoint: Callable[[int, StateDict], None] | None = None,
     resume: Callable[[], int] | None = None,
     save_resume_point: Callable[[int], None] | None = None,
+    on_stop: Callable[[int, str], None] | None = None,
 ) -> StateDict:
     """Run ``protocol`` for ``run.num_rounds`` rounds on ``run.grid``; return the final weights.
 
@@ -171,6 +175,10 @@ def run_protocol(
     save_resume_point : callable, optional
         ``(round) -> None``, called after a round every ``settings.resume_every`` rounds and
         after the last, once the round is closed and reported.
+    on_stop : callable, optional
+        ``(round, reason) -> None``, called when the protocol ended the run early after
+        ``round`` (its :meth:`~fedsplit.strategies.protocol.TrainingProtocol.stop_reason`); a
+        resumed run that had stopped so runs no further round and calls it again.
 
     Raises
     ------
@@ -184,9 +192,18 @@ def run_protocol(
     grid: MeteredGrid = run.grid  # type: ignore[assignment]
     protocol.start(run)
     done = resume() if resume is not None else 0
+    stop = protocol.stop_reason(run) if done > 0 else None  # resumed after the round it stopped in
+    if stop:
+        log.info("stopped after round %d of %d: %s", done, run.num_rounds, stop)
+        if on_stop is not None:
+            on_stop(done, stop)
+        protocol.finish(run)
+        return protocol.global_state()
     for server_round in range(done + 1, run.num_rounds + 1):
         metrics = step_round(protocol, run, server_round, settings)
-        due = settings.eval_every > 0 and (server_round % settings.eval_every == 0 or server_round == run.num_rounds)
+        stop = protocol.stop_reason(run)
+        last = server_round == run.num_rounds or bool(stop)
+        due = settings.eval_every > 0 and (server_round % settings.eval_every == 0 or last)
         if evaluate is not None and due:
             metrics.update(evaluate(protocol.global_state()))
         record = grid.close_round(metrics)
@@ -203,9 +220,14 @@ def run_protocol(
                 f"most common reason: {most_common_reason(grid, empty)}"
             )
         # After the stop check: a run resumed from here is one that had not stopped.
-        resume_due = settings.resume_every > 0 and (server_round % settings.resume_every == 0 or server_round == run.num_rounds)
+        resume_due = settings.resume_every > 0 and (server_round % settings.resume_every == 0 or last)
         if save_resume_point is not None and resume_due:
             save_resume_point(server_round)
+        if stop:
+            log.info("stopped after round %d of %d: %s", server_round, run.num_rounds, stop)
+            if on_stop is not None:
+                on_stop(server_round, stop)
+            break
     protocol.finish(run)
     return protocol.global_state()
 

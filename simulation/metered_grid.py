@@ -160,6 +160,18 @@ class MeteredGrid(Grid):
             offline=self.population.size - online if online is not None else 0,
         )
 
+    def resources_used(self) -> tuple[float, float]:
+        """What the run has used so far, the open round included: (simulated seconds, joules).
+
+        Seconds are the closed rounds' ``sim_s`` plus the open round's clock; joules are every
+        exchange's terminal energy plus the edge server's, closed rounds and the open one.
+        """
+        closed = [r for n, r in self.ledger.rounds.items() if n != self.current_round]
+        seconds = sum(r.sim_s for r in closed) + self.clock.elapsed_s
+        joules = sum(r.energy_j + r.server_energy_j for r in closed)
+        joules += sum(r.energy_j for r in self.ledger.rows_of(self.current_round)) + self.clock.server_energy_j
+        return seconds, joules
+
     def server_work(self, flops: float, *, partition_id: int | None = None, exclusive: bool = False) -> None:
         """Put ``flops`` of the server's computation on the round's clock (edge-server profile).
 

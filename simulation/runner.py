@@ -170,13 +170,15 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None, resume: 
     wall_s = time.perf_counter() - start
     if session.error is not None:
         raise session.error
-    if len(session.ledger.rounds) != cfg.rounds:
+    if len(session.ledger.rounds) != (session.stopped["after_round"] if session.stopped else cfg.rounds):
         raise RuntimeError(
             f"the run stopped after {len(session.ledger.rounds)} of {cfg.rounds} rounds (see the log above)"
         )
     extra: dict[str, Any] = {"engine": cfg.engine.name, "terminals": cfg.num_terminals, **session.engine_info}
     extra.update(compression_extra(session.strategy))
     extra.update(privacy_extra(cfg, session.strategy, session.ledger))
+    if session.stopped:
+        extra["stopped"] = dict(session.stopped)  # why the run ended before cfg.rounds
     summary = summarize(session.ledger, wall_s, extra)
     if write or resume is not None:
         write_run_folder(run_dir, cfg, session.ledger, summary, session.final_state)

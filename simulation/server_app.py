@@ -74,6 +74,9 @@ class RunSession:
     """A saved state to continue from (``fedsplit simulate --resume``); None = from round 1."""
     not_resumable: str = ""
     """Why no resume point is written for this run (empty while they are)."""
+    stopped: dict[str, Any] | None = None
+    """Set when the protocol ended the run before its last round: ``after_round``, ``of_rounds``,
+    ``reason`` (e.g. a resource budget spent); None when the run did every round."""
 
     def checkpoint(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
         """Save the global weights of ``server_round`` to ``checkpoint_dir/round-<r>.pt`` (atomically)."""
@@ -178,7 +181,11 @@ def wrap_selection(strategy: Strategy, cfg: RunConfig, metered: MeteredGrid) -> 
     if s.selection == "fedcs":
         strategy = FedCSStrategy(strategy, predictor, cfg.clock.round_deadline_s)
     if s.local_work == "adaptive":
-        controller = BudgetController(s.resource_budget_s, s.max_local_epochs, cfg.train.lr) if s.resource_budget_s > 0 else None
+        controller = None
+        if s.resource_budget_s > 0:
+            controller = BudgetController(s.resource_budget_s, s.max_local_epochs, cfg.train.lr, resource="time")
+        elif s.resource_budget_j > 0:
+            controller = BudgetController(s.resource_budget_j, s.max_local_epochs, cfg.train.lr, resource="energy")
         strategy = AdaptiveLocalStrategy(strategy, predictor, max_epochs=s.max_local_epochs, controller=controller)
     return strategy
 
@@ -331,6 +338,7 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
             resume=lambda: session.restore(protocol, metered),
             save_resume_point=lambda server_round: session.save_resume_point(server_round, protocol, metered),
             checkpoint=lambda server_round, state: session.checkpoint(server_round, task.full_state(state)),
+            on_stop=lambda server_round, reason: setattr(session, "stopped", {"after_round": server_round, "of_rounds": cfg.rounds, "reason": reason}),
         )
     finally:
         session.strategy_wall_s = time.perf_counter() - started

@@ -4,7 +4,8 @@
 
 1. **Equal finish times.** Of the terminals the inner strategy configured, the round's *target*
    time ``T`` is the predicted exchange time of the slowest one doing ``base`` epochs (``base`` =
-   ``train.local_epochs``, or the controller's choice). Every terminal then gets
+   ``train.local_epochs``, or the controller's choice), at most the round deadline
+   (``clock.round_deadline_s``, e.g. FedCS's) when the slowest's one epoch fits it. Every terminal then gets
    ``e_i = clamp(floor((T - comm_i) / epoch_i), 1, max_epochs)`` epochs, where ``comm_i`` and
    ``epoch_i`` are its predicted communication time and per-epoch compute time (seconds,
    :class:`~fedsplit.strategies.fedcs.CompletionPredictor`): fast terminals do more work in the
@@ -16,21 +17,34 @@
    steps would drift toward the terminals that stepped most. (Local SGD momentum scales every
    ``d_i`` by about the same ``1 / (1 - momentum)``, so it is not corrected for.)
 3. **Budget controller** (Wang et al. 2019, "Adaptive federated learning in resource constrained
-   edge computing systems", their Algorithm 2 in epochs): with a total time budget ``R`` (seconds),
-   per-epoch cost ``c`` and per-aggregation cost ``b`` (the round's slowest terminal's
-   communication), it chooses ``tau`` maximising ``G(tau) = tau / (c tau + b) * (eta - rho h(tau) /
-   (tau eps^2))`` with ``h(tau) = delta / beta ((eta beta + 1)^tau - 1) - eta delta tau``; ``beta``
-   (smoothness), ``delta`` (gradient divergence) and ``rho`` (Lipschitz constant of the loss) are
-   estimated each round from the terminals' pseudo-gradients ``(w - w_i) / (eta tau_i)`` and their
-   losses. ``eps^2`` is set so that the first round's bound is balanced (``eta / 2``). A round the
-   remaining budget cannot pay for gets one epoch.
+   edge computing systems", their Algorithm 2 in epochs): with a total budget ``R`` of one resource,
+   simulated **time** (seconds) or **energy** (joules, terminals + edge server), it chooses the
+   round's base epochs ``tau`` maximising ``G(tau) = tau / cost(tau) * (eta (1 - beta eta / 2) -
+   rho h(tau) / (tau eps^2))`` among the ``tau`` the remaining budget pays for, with ``h(tau) =
+   delta / beta ((eta beta + 1)^tau - 1) - eta delta tau``. ``cost(tau)`` is the round's predicted
+   cost at base ``tau`` (time: the slowest terminal's exchange, every terminal's epochs set by
+   rule 1; energy: the sum over the round's terminals of their uplink and training joules), plus
+   the last round's measured cost beyond its prediction (aggregation, client-side evaluation: Wang
+   et al. measure ``c`` and ``b`` as they go). ``beta`` (smoothness), ``delta`` (gradient
+   divergence) and ``rho`` (Lipschitz constant of the loss) are estimated each round from the
+   terminals' pseudo-gradients ``(w - w_i) / (eta tau_i)`` and their losses. ``eps^2`` is set
+   once, from the first estimates, so that the divergence penalty at ``max_tau`` is half the
+   progress term: the penalty per epoch grows with ``tau``, so expensive aggregations (large fixed
+   cost) favour more local epochs and cheap ones fewer. (Balancing it at ``tau = 2`` instead, as
+   an earlier version did, makes ``tau = 1`` win for every cost, since ``h(1) = 0``.) What was
+   spent is measured, not predicted: the metered grid's running totals
+   (:meth:`~fedsplit.simulation.metered_grid.MeteredGrid.resources_used`). **The run ends** after
+   the first round past which the remaining budget cannot pay for another round of one epoch
+   (predicted from that round's terminals; :meth:`AdaptiveLocalStrategy.stop_reason`, asked by the
+   server loop after every round): that round is evaluated and closed as a last round, and
+   ``summary.json`` says why the run stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +60,7 @@ from fedsplit.simulation.wire_size import recorddict_wire_bytes
 
 log = logging.getLogger("fedsplit")
 
-__all__ = ["AdaptiveLocalStrategy", "BudgetController", "fednova_average", "h_bound"]
+__all__ = ["RESOURCES", "AdaptiveLocalStrategy", "BudgetController", "fednova_average", "h_bound"]
 
 
 def h_bound(tau: int, eta: float, beta: float, delta: float) -> float:
@@ -56,54 +70,114 @@ def h_bound(tau: int, eta: float, beta: float, delta: float) -> float:
     return delta / beta * ((eta * beta + 1.0) ** tau - 1.0) - eta * delta * tau
 
 
+#: Resources a budget can be set in, with their unit.
+RESOURCES: dict[str, str] = {"time": "s", "energy": "J"}
+
+
 @dataclass
 class BudgetController:
-    """Chooses local epochs per round under a total simulated-time budget (Wang et al. 2019).
+    """Chooses local epochs per round under a total resource budget (Wang et al. 2019).
 
     Parameters
     ----------
-    budget_s : float
-        Total simulated seconds of training (> 0).
+    budget : float
+        Total of the resource the run may use (> 0): seconds of simulated time, or joules.
     max_tau : int
         Largest number of local epochs considered.
     eta : float
         Local learning rate.
+    resource : str
+        ``time`` (simulated seconds) or ``energy`` (joules, terminals + edge server).
+
+    Attributes
+    ----------
+    spent : float
+        What the run has used so far (measured; the resource's unit).
+    overhead : float
+        The last round's measured cost beyond its prediction (>= 0), added to every prediction.
     """
 
-    budget_s: float
+    budget: float
     max_tau: int
     eta: float
-    spent_s: float = 0.0
+    resource: str = "time"
+    spent: float = 0.0
+    overhead: float = 0.0
     beta: float = 0.0
     delta: float = 0.0
     rho: float = 0.0
     eps2: float = 0.0
     history: list[int] = field(default_factory=list)
 
-    def choose(self, epoch_s: float, round_overhead_s: float) -> int:
-        """Local epochs for the next round, given its per-epoch and fixed costs (seconds)."""
-        left = self.budget_s - self.spent_s
-        if left <= epoch_s + round_overhead_s:
-            tau = 1
-        elif self.beta <= 0 or self.delta <= 0 or self.rho <= 0 or self.eps2 <= 0:
-            tau = 1  # no estimates yet: Wang et al. start with tau = 1
+    def __post_init__(self) -> None:
+        if self.resource not in RESOURCES:
+            raise ValueError(f"budget resource {self.resource!r}: unknown (allowed: {', '.join(RESOURCES)})")
+        if not self.budget > 0:
+            raise ValueError(f"resource budget = {self.budget}: must be > 0 {self.unit}")
+        if self.max_tau < 1:
+            raise ValueError(f"strategy.max_local_epochs = {self.max_tau}: must be >= 1")
+
+    @property
+    def unit(self) -> str:
+        """``s`` or ``J``."""
+        return RESOURCES[self.resource]
+
+    @property
+    def left(self) -> float:
+        """What is left of the budget (may be negative after a round that overran it)."""
+        return self.budget - self.spent
+
+    def choose(self, cost: Callable[[int], float]) -> int:
+        """Local epochs for the next round.
+
+        Parameters
+        ----------
+        cost : callable
+            ``tau -> predicted cost of a round at base tau`` (the resource's unit), before the
+            measured :attr:`overhead`.
+        """
+        total = lambda t: cost(t) + self.overhead  # noqa: E731
+        affordable = [t for t in range(1, self.max_tau + 1) if total(t) <= self.left]
+        if not affordable or self.beta <= 0 or self.delta <= 0 or self.rho <= 0 or self.eps2 <= 0 or self.progress <= 0:
+            tau = 1  # nothing affordable (the loop stops the run after it), or no estimates yet: Wang et al. start with 1
         else:
             def gain(t: int) -> float:
-                return t / (epoch_s * t + round_overhead_s) * (self.eta - self.rho * h_bound(t, self.eta, self.beta, self.delta) / (t * self.eps2))
+                return t / total(t) * (self.progress - self.rho * h_bound(t, self.eta, self.beta, self.delta) / (t * self.eps2))
 
-            affordable = [t for t in range(1, self.max_tau + 1) if epoch_s * t + round_overhead_s <= left] or [1]
             tau = max(affordable, key=lambda t: (gain(t), -t))
         self.history.append(tau)
         return tau
 
-    def observe(self, beta: float, delta: float, rho: float, spent_s: float) -> None:
-        """Update the estimates (non-negative; NaN ignored) and the time spent (seconds)."""
-        self.spent_s += spent_s
+    def observe(self, beta: float, delta: float, rho: float) -> None:
+        """Update the estimates (positive and finite values only; others are ignored)."""
         for name, value in (("beta", beta), ("delta", delta), ("rho", rho)):
             if math.isfinite(value) and value > 0:
                 setattr(self, name, value)
-        if self.eps2 <= 0 and self.rho > 0 and self.beta > 0 and self.delta > 0:
-            self.eps2 = max(2.0 * self.rho * h_bound(2, self.eta, self.beta, self.delta) / (2 * self.eta), 1e-12)
+        if self.eps2 <= 0 and self.rho > 0 and self.beta > 0 and self.delta > 0 and self.progress > 0:
+            # balanced at max_tau: rho h(T) / (T eps^2) = progress / 2
+            penalty = self.rho * h_bound(self.max_tau, self.eta, self.beta, self.delta) / self.max_tau
+            self.eps2 = max(2.0 * penalty / self.progress, 1e-12)
+
+    @property
+    def progress(self) -> float:
+        """Wang et al.'s progress term ``eta (1 - beta eta / 2)`` (model units)."""
+        return self.eta * (1.0 - self.beta * self.eta / 2.0)
+
+    def stop_reason(self, next_round_cost: float) -> str | None:
+        """Why no further round fits the budget (None while one does).
+
+        Parameters
+        ----------
+        next_round_cost : float
+            Predicted cost of the cheapest next round (one epoch), before :attr:`overhead`.
+        """
+        need = next_round_cost + self.overhead
+        if need <= self.left:
+            return None
+        return (
+            f"resource budget spent: {self.spent:.6g} of {self.budget:.6g} {self.unit} of {self.resource} used, "
+            f"and the cheapest next round needs about {need:.4g} {self.unit}"
+        )
 
 
 def fednova_average(
@@ -161,19 +235,64 @@ class AdaptiveLocalStrategy(_DelegatingStrategy):
         self._sent: dict[str, np.ndarray] = {}
         self._epochs: dict[int, int] = {}
         self._batch = 32
-        self._round_s = 0.0
+        self._plan: dict[int, tuple[float, float, float, float]] = {}
+        self._slowest = -1
+        self._base = 1
+        self._deadline_s = 0.0
+        self._round_start = 0.0
         self._prev: tuple[dict[str, np.ndarray], dict[int, np.ndarray], dict[int, float]] | None = None
         self.epochs_history: list[dict[int, int]] = []
 
-    def _times(self, pid: int, message: Message, batch: int) -> tuple[float, float]:
-        """(communication seconds, compute seconds per epoch) predicted for terminal ``pid``."""
+    def _costs(self, pid: int, message: Message, batch: int) -> tuple[float, float, float, float]:
+        """Predicted for terminal ``pid``: (communication s, compute s per epoch, communication J,
+        compute J per epoch)."""
         profile = self.predictor.profile_of(pid)
         epoch_flops = self.predictor.flops(pid, batch, 1)
         arrays = message.content.array_records["arrays"]
         up = reply_wire_bytes(arrays, self.predictor.samples_of(pid), epoch_flops, pid)
         down = recorddict_wire_bytes(message.content)
-        comm = exchange_cost(profile, 0, up, down).total_s
-        return comm, compute_cost(profile, epoch_flops).compute_s
+        comm = exchange_cost(profile, 0, up, down)
+        epoch = compute_cost(profile, epoch_flops)
+        return comm.total_s, epoch.compute_s, comm.energy_j, epoch.energy_j
+
+    def epochs_for(self, base: int) -> dict[int, int]:
+        """Each configured terminal's epochs when the slowest does ``base`` (rule 1), none past
+        the round deadline (``clock.round_deadline_s``) where the slowest's one epoch fits it."""
+        slow_comm, slow_epoch = self._plan[self._slowest][:2]
+        target = slow_comm + base * slow_epoch
+        if 0 < slow_comm + slow_epoch <= self._deadline_s < target:
+            target = self._deadline_s  # more epochs would make stragglers of the terminals FedCS chose
+        out = {}
+        for pid, (comm, per_epoch, _, _) in self._plan.items():
+            epochs = int((target - comm) / per_epoch + 1e-9) if per_epoch > 0 else self.max_epochs
+            out[pid] = max(1, min(self.max_epochs, epochs))
+        return out
+
+    def round_cost(self, base: int) -> float:
+        """Predicted cost of this round's terminals at base ``base``: seconds (the slowest
+        exchange) or joules (the sum of their exchanges), by the controller's resource."""
+        epochs = self.epochs_for(base)
+        if self.controller is not None and self.controller.resource == "energy":
+            return sum(cj + epochs[pid] * ej for pid, (_, _, cj, ej) in self._plan.items())
+        return max(cs + epochs[pid] * es for pid, (cs, es, _, _) in self._plan.items())
+
+    def _used(self, grid: Grid) -> float:
+        """What the run has used so far of the controller's resource (measured by the grid)."""
+        used = getattr(grid, "resources_used", None)
+        if not callable(used):
+            raise TypeError(f"a resource budget needs fedsplit's metered grid (resources_used), not {type(grid).__name__}")
+        seconds, joules = used()
+        return joules if self.controller is not None and self.controller.resource == "energy" else seconds
+
+    def stop_reason(self, grid: Grid) -> str | None:
+        """After a round: why the budget allows no further round (None without a controller, or
+        while one fits). Records the round's measured cost beyond its prediction."""
+        if self.controller is None or not self._plan:
+            return None
+        now = self._used(grid)
+        self.controller.spent = now
+        self.controller.overhead = max(0.0, (now - self._round_start) - self.round_cost(self._base))
+        return self.controller.stop_reason(self.round_cost(1))
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
@@ -184,24 +303,21 @@ class AdaptiveLocalStrategy(_DelegatingStrategy):
         self._batch = batch = int(base_config.get("batch-size", 32))
         partition_of = getattr(grid, "partition_of")
         pids = [partition_of(m.metadata.dst_node_id) for m in messages]
-        times = {pid: self._times(pid, m, batch) for pid, m in zip(pids, messages)}
-        slowest = max(pids, key=lambda p: times[p][0] + times[p][1])
+        self._deadline_s = float(getattr(grid, "round_deadline_s", 0.0) or 0.0)
+        self._plan = {pid: self._costs(pid, m, batch) for pid, m in zip(pids, messages)}
+        self._slowest = max(pids, key=lambda p: (self._plan[p][0] + self._plan[p][1], p))
         base = int(base_config.get("local-epochs", 1))
         if self.controller is not None:
-            base = self.controller.choose(times[slowest][1], times[slowest][0])
-        target = times[slowest][0] + base * times[slowest][1]
+            self._round_start = self.controller.spent = self._used(grid)
+            base = self.controller.choose(self.round_cost)
+        self._base = base
+        self._epochs = self.epochs_for(base)
         out = []
-        self._epochs = {}
         for pid, m in zip(pids, messages):
-            comm, per_epoch = times[pid]
-            epochs = int((target - comm) / per_epoch + 1e-9) if per_epoch > 0 else self.max_epochs
-            epochs = max(1, min(self.max_epochs, epochs))
-            self._epochs[pid] = epochs
             cfg = ConfigRecord(dict(m.content.config_records.get("config", ConfigRecord())))
-            cfg["local-epochs"] = epochs
+            cfg["local-epochs"] = self._epochs[pid]
             content = RecordDict({"arrays": m.content.array_records["arrays"], "config": cfg})
             out.append(Message(content, dst_node_id=m.metadata.dst_node_id, message_type=m.metadata.message_type, group_id=m.metadata.group_id))
-        self._round_s = max(comm + self._epochs[pid] * per_epoch for pid, (comm, per_epoch) in times.items())
         self.epochs_history.append(dict(self._epochs))
         return out
 
@@ -258,4 +374,4 @@ class AdaptiveLocalStrategy(_DelegatingStrategy):
                 loss_now = dict(zip(pids, losses))
                 rho = float(np.mean([abs(loss_now[pid] - loss_prev[pid]) for pid in common]) / dw)
         self._prev = (w, grads, dict(zip(pids, losses)))
-        self.controller.observe(beta, delta, rho, self._round_s)
+        self.controller.observe(beta, delta, rho)

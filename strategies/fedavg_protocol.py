@@ -133,6 +133,22 @@ class StrategyProtocol(TrainingProtocol):
         assert self.arrays is not None, "start() first"
         return self.arrays.to_torch_state_dict()
 
+    def stop_reason(self, run: ProtocolRun) -> str | None:
+        """The first reason to stop given by a strategy of the wrapper chain that has a
+        ``stop_reason(grid)`` (e.g. :class:`~fedsplit.strategies.adaptive_local.AdaptiveLocalStrategy`
+        with a resource budget). The chain follows fedsplit's wrappers (``inner``) and Flower's
+        (``strategy``, e.g. its differential-privacy wrappers)."""
+        strategy: object = self.strategy
+        while strategy is not None:
+            ask = getattr(type(strategy), "stop_reason", None)
+            if callable(ask):
+                reason = ask(strategy, run.grid)
+                if reason:
+                    return reason
+            own = vars(strategy) if hasattr(strategy, "__dict__") else {}
+            strategy = own.get("inner", own.get("strategy"))
+        return None
+
 
 class StartDrivenProtocol(TrainingProtocol):
     """A strategy's own ``start()`` loop, paced round by round by the server loop.

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -94,6 +95,10 @@ class CompletionPredictor:
     input_shape: tuple[int, ...]
     samples_of: Callable[[int], int]
     profile_of: Callable[[int], DeviceProfile]
+
+    rebuilt_by_run: ClassVar[bool] = True
+    """Not part of a resume point: a resumed run builds its own from the configuration
+    (:mod:`fedsplit.simulation.checkpoint`); its closures cannot be pickled."""
 
     def flops(self, partition_id: int, batch_size: int, epochs: int) -> int:
         """FLOPs terminal ``partition_id`` executes for ``epochs`` local epochs."""

@@ -13,8 +13,10 @@ simulated clock, the ledger and the run folder follow from that.
     for r in 1..rounds:
         grid.begin_round(r)
         metrics = protocol.step(run, r)        # messages out and back, server work metered
-        if evaluation is due: evaluate(protocol.global_state())
+        stop = protocol.stop_reason(run)       # e.g. a resource budget spent: r is the last round
+        if evaluation is due (or stop): evaluate(protocol.global_state())
         grid.close_round(metrics) -> ledger row of the round, progress, checkpoint
+        if stop: break
     protocol.finish(run)
 
 How the training methods map onto it:
@@ -132,6 +134,14 @@ class TrainingProtocol(ABC):
     @abstractmethod
     def global_state(self) -> "OrderedDict[str, torch.Tensor]":
         """The current global model's weights, with the model's own ``state_dict`` keys."""
+
+    def stop_reason(self, run: ProtocolRun) -> str | None:
+        """Why the run should end after the step just taken (None: go on).
+
+        The server loop asks after every step: a reason (e.g. a resource budget spent) makes that
+        round the last, evaluated and closed as a last round is. The default never stops.
+        """
+        return None
 
     def finish(self, run: ProtocolRun) -> None:
         """Clean up after the last step."""

@@ -1,10 +1,14 @@
 """Orchestration (issue #16): FedCS selection, adaptive local work, FedBuff/FedAsync, gossip.
 
 Runs on the in-process engine of ``tests/test_metered_grid.py`` (the real ClientApp on real Flower
-messages, no Ray), with the MLP on digits: seconds in all.
+messages, no Ray), with the MLP on digits: seconds in all; then each mode class once through
+``fedsplit simulate`` on fedsplit's Ray engine (async, gossip, FedCS + adaptive under a budget).
 """
 
 from __future__ import annotations
+
+import csv
+import json
 
 import numpy as np
 import pytest
@@ -14,13 +18,15 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedsplit.clients.app import make_client_app
 from fedsplit.clients.arrays import array_record_from_state
-from fedsplit.config import load_config
+from fedsplit.config import ConfigError, load_config
 from fedsplit.devices import Population, builtin_profiles
 from fedsplit.learning import config_to_json, task_for
 from fedsplit.ledger import Ledger
+from fedsplit.simulation.checkpoint import capture_protocol, restore_protocol
 from fedsplit.simulation.engine import EngineGrid
 from fedsplit.simulation.loop import LoopSettings, run_protocol
 from fedsplit.simulation.metered_grid import MeteredGrid
+from fedsplit.simulation.runner import simulate
 from fedsplit.simulation.server_app import build_protocol
 from fedsplit.simulation.wire_size import array_record_wire_bytes
 from fedsplit.strategies.adaptive_local import AdaptiveLocalStrategy, BudgetController, fednova_average
@@ -29,9 +35,21 @@ from fedsplit.strategies.fedavg_protocol import StrategyProtocol
 from fedsplit.strategies.fedcs import FedCSStrategy, completion_predictor
 from fedsplit.strategies.gossip_protocol import GossipProtocol, GossipSettings, build_graph, consensus_distance, dpsgd_average, mixing_matrix
 from fedsplit.strategies.protocol import ProtocolRun
+from tests.conftest import small_overrides
 from tests.test_metered_grid import InProcessEngine
 
 ALL_CLASSES = "{raspberry-pi-4 = 2, smartphone-mid = 2, smartphone-low = 2, jetson-nano = 1, laptop = 2}"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The in-process engine trains in this process: one torch thread (the tiny MLP gains nothing
+    from more, and on a loaded 2-core machine two threads made its steps ~80x slower: 13.4 s vs
+    0.16 s for two adaptive rounds of three terminals)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def make_grid(devices: str = ALL_CLASSES, *extra: str):
@@ -113,12 +131,61 @@ def test_adaptive_local_work_gives_fast_terminals_more_epochs_and_equalises_fini
 
 
 def test_budget_controller_prefers_more_local_work_when_aggregation_is_expensive():
-    controller = BudgetController(budget_s=1000.0, max_tau=10, eta=0.05)
-    assert controller.choose(1.0, 1.0) == 1  # no estimates yet
-    controller.observe(beta=1.0, delta=0.5, rho=1.0, spent_s=2.0)
-    cheap = controller.choose(epoch_s=1.0, round_overhead_s=0.01)
-    costly = controller.choose(epoch_s=1.0, round_overhead_s=100.0)
-    assert costly >= cheap and 1 <= cheap <= 10
+    controller = BudgetController(budget=1000.0, max_tau=10, eta=0.05)
+    assert controller.choose(lambda t: 1.0 + t) == 1  # no estimates yet
+    controller.observe(beta=1.0, delta=0.5, rho=1.0)
+    controller.spent = 2.0
+    cheap = controller.choose(lambda t: 0.01 + t)
+    costly = controller.choose(lambda t: 100.0 + t)
+    assert costly > cheap >= 1 and costly <= 10
+    controller.spent = 1000.0 - 105.0  # 105 left: a round of 100 + tau pays for tau <= 5 only
+    assert controller.choose(lambda t: 100.0 + t) <= 5
+    assert controller.stop_reason(100.0 + 1) is None
+    controller.spent = 1000.0 - 100.0
+    assert "resource budget spent: 900 of 1000 s of time used" in controller.stop_reason(100.0 + 1)
+    with pytest.raises(ValueError, match="resource"):
+        BudgetController(budget=1.0, max_tau=2, eta=0.1, resource="money")
+
+
+@pytest.mark.parametrize("resource", ["time", "energy"])
+def test_budget_ends_the_run_cleanly_when_no_further_round_fits(resource):
+    """Wang et al.'s controller under a time or energy budget: the run ends after the round past
+    which the budget pays for no other, that round evaluated and closed, within the budget."""
+    cfg, grid, ledger = make_grid("{smartphone-low = 1, laptop = 2}")
+    predictor = completion_predictor(config_to_json(cfg), grid.population.profile_of)
+    probe = AdaptiveLocalStrategy(FedAvg(fraction_evaluate=0.0), predictor, max_epochs=4)
+    run_protocol(StrategyProtocol(probe), protocol_run(cfg, grid, 1), settings=LoopSettings(eval_every=0))
+    one_round = grid.resources_used()[0 if resource == "time" else 1]  # a round at one epoch
+    budget = 3.5 * one_round
+    cfg, grid, ledger = make_grid("{smartphone-low = 1, laptop = 2}")
+    controller = BudgetController(budget=budget, max_tau=4, eta=cfg.train.lr, resource=resource)
+    strategy = AdaptiveLocalStrategy(FedAvg(fraction_evaluate=0.0), predictor, max_epochs=4, controller=controller)
+    stops, evaluated, protocol = [], [], StrategyProtocol(strategy)
+    run_protocol(
+        protocol, protocol_run(cfg, grid, 10), settings=LoopSettings(eval_every=5),
+        evaluate=lambda state: evaluated.append(grid.current_round) or {"accuracy": 0.0}, on_stop=lambda r, why: stops.append((r, why)),
+    )
+    ((last, why),) = stops
+    assert 2 <= last < 10 and sorted(ledger.rounds) == list(range(1, last + 1)) and evaluated == [last]
+    assert why.startswith("resource budget spent") and f"of {resource} used" in why
+    seconds = sum(r.sim_s for r in ledger.rounds.values())
+    joules = sum(r.energy_j + r.server_energy_j for r in ledger.rounds.values())
+    used = seconds if resource == "time" else joules
+    assert (seconds, joules) == pytest.approx(grid.resources_used(), rel=1e-12)
+    assert used <= budget and budget - used < one_round, (used, budget, one_round)  # within it, and no round of one epoch left in it
+    assert {r.round for r in ledger.rows} == set(range(1, last + 1))
+    # Its resume point holds the controller (not the predictor, which a run rebuilds); resumed, the
+    # stopped run runs no further round and stops again for the same reason.
+    saved = capture_protocol(protocol, grid)
+    fresh = AdaptiveLocalStrategy(FedAvg(fraction_evaluate=0.0), predictor, max_epochs=4, controller=BudgetController(budget=budget, max_tau=4, eta=cfg.train.lr, resource=resource))
+    again, resumed = [], StrategyProtocol(fresh)
+    final = run_protocol(
+        resumed, protocol_run(cfg, grid, 10), settings=LoopSettings(eval_every=5),
+        resume=lambda: restore_protocol(resumed, saved, grid) or last, on_stop=lambda r, why: again.append((r, why)),
+    )
+    assert again == stops and fresh.controller.history == controller.history and fresh.predictor is predictor
+    assert all(torch.equal(final[k], protocol.global_state()[k]) for k in final)
+    assert sorted(ledger.rounds) == list(range(1, last + 1))
 
 
 # --- 3. FedBuff / FedAsync ---------------------------------------------------------------------------
@@ -220,3 +287,75 @@ def test_gossip_protocol_trains_and_meters_every_link(kind):
     state = protocol.global_state()
     key = next(iter(state))
     assert np.allclose(state[key].numpy(), np.mean([m[key] for m in protocol.models], axis=0), atol=1e-6)
+
+
+# --- 5. Budget settings and the modes through `fedsplit simulate` on fedsplit's Ray engine -------------
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["strategy.local_work=adaptive", "strategy.resource_budget_s=5", "strategy.resource_budget_j=5"], "set one budget"),
+        (["strategy.resource_budget_j=5"], r"strategy.resource_budget_j = 5.0: .* needs strategy.local_work = 'adaptive'"),
+        (["strategy.local_work=adaptive", "strategy.resource_budget_s=5", "training.mode=gossip"], "training.mode = 'fl'"),
+    ],
+)
+def test_budget_settings_are_refused_naming_the_field(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def read_run(run_dir):  # noqa: ANN001, ANN201
+    """summary.json, rounds.csv and clients.csv of a run folder."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    with open(run_dir / "rounds.csv", newline="") as fh:
+        rounds = list(csv.DictReader(fh))
+    with open(run_dir / "clients.csv", newline="") as fh:
+        clients = list(csv.DictReader(fh))
+    return summary, rounds, clients
+
+
+def test_fedbuff_simulates_on_the_ray_engine(tmp_path, ray_session, fedsplit_main):
+    """The asynchronous class (FedAsync is FedBuff with K = 1 and mixing: tested in-process above)."""
+    mode = "fedbuff"
+    extra = {"training.mode": mode, "orchestration.concurrency": 3, "orchestration.buffer_size": 2, "rounds": 2}
+    result = fedsplit_main("simulate", *[a for kv in small_overrides(tmp_path, **extra) for a in ("--set", kv)])
+    assert result.returncode == 0, result.stderr
+    summary, rounds, clients = read_run(tmp_path / "run")
+    k = 2
+    assert summary["rounds"] == len(rounds) == 2 and summary["engine"] == "fedsplit" and 0 <= summary["final_metrics"]["accuracy"] <= 1
+    train = [r for r in clients if r["phase"] == "train"]
+    # 3 dispatched at time 0, then each aggregation of K frees K slots that are refilled at once
+    assert len(train) == 3 + 2 * k and all(r["status"] == "ok" and int(r["bytes_up"]) > 0 for r in train)
+    assert [int(r["round"]) for r in train].count(1) == 3 + k
+    assert summary["sim_time_s"] == pytest.approx(sum(float(r["sim_s"]) for r in rounds))
+    assert summary["server_flops"] > 0  # the aggregations were metered
+
+
+def test_gossip_simulates_on_the_ray_engine_with_bytes_on_links_only(tmp_path, ray_session, fedsplit_main):
+    extra = {"training.mode": "gossip", "orchestration.graph": "ring", "rounds": 2}
+    result = fedsplit_main("simulate", *[a for kv in small_overrides(tmp_path, **extra) for a in ("--set", kv)])
+    assert result.returncode == 0, result.stderr
+    summary, rounds, clients = read_run(tmp_path / "run")
+    assert summary["rounds"] == len(rounds) == 2 and "consensus-dist" in rounds[-1]
+    train = [r for r in clients if r["phase"] == "train"]
+    links = [r for r in clients if r["phase"] == "gossip"]
+    assert len(train) == 2 * 4 and all(int(r["bytes_up"]) == int(r["bytes_down"]) == 0 for r in train)
+    assert len(links) == 2 * 4 * 2 and len({int(r["bytes_up"]) for r in links}) == 1  # ring of 4: 4 links, both ways, 2 steps
+    assert summary["bytes_up"] == sum(int(r["bytes_up"]) for r in links) and summary["bytes_down"] == 0
+
+
+def test_fedcs_adaptive_under_a_time_budget_stops_cleanly_on_the_ray_engine(tmp_path, ray_session, fedsplit_main):
+    common = {"strategy.selection": "fedcs", "clock.round_deadline_s": 10, "strategy.local_work": "adaptive", "strategy.max_local_epochs": 2}
+    probe = simulate(load_config(None, small_overrides(tmp_path, run_name="probe", rounds=1, **{"engine.name": "serial", **common})), write=False)
+    one_round = probe.summary["sim_time_s"]  # one epoch: the controller has no estimates before round 3
+    extra = {**common, "rounds": 5, "strategy.resource_budget_s": 2.5 * one_round}
+    result = fedsplit_main("simulate", *[a for kv in small_overrides(tmp_path, **extra) for a in ("--set", kv)])
+    assert result.returncode == 0, result.stderr
+    assert "stopped after round 2 of 5: resource budget spent" in result.stdout
+    summary, rounds, clients = read_run(tmp_path / "run")
+    assert summary["stopped"]["after_round"] == 2 and summary["stopped"]["of_rounds"] == 5
+    assert summary["stopped"]["reason"].startswith("resource budget spent") and "s of time used" in summary["stopped"]["reason"]
+    assert summary["rounds"] == len(rounds) == 2 and {int(r["round"]) for r in clients} == {1, 2}
+    assert summary["sim_time_s"] <= 2.5 * one_round and "accuracy" in rounds[-1] and rounds[-1]["accuracy"] != ""
+    train = [r for r in clients if r["phase"] == "train"]
+    assert len(train) == 2 * 4 and all(r["status"] == "ok" for r in train)  # FedCS kept all four: no straggler
+    assert (tmp_path / "run" / "checkpoints" / "resume.pt").exists()  # FedCS + adaptive state is resumable

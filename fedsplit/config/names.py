@@ -206,6 +206,30 @@ def check_faults(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; importe
         )
 
 
+def check_budget(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
+    """``strategy.resource_budget_s`` / ``resource_budget_j``: at most one, and only where the
+    budget controller runs (``training.mode = 'fl'`` with ``strategy.local_work = 'adaptive'``).
+
+    Raises
+    ------
+    ConfigError
+        Naming the field, the value and what is needed.
+    """
+    s = cfg.strategy
+    set_ = [(name, getattr(s, name)) for name in ("resource_budget_s", "resource_budget_j") if getattr(s, name) > 0]
+    if len(set_) > 1:
+        raise ConfigError(
+            f"config: strategy.resource_budget_s = {s.resource_budget_s} and strategy.resource_budget_j = {s.resource_budget_j}: "
+            "set one budget (time or energy), not both"
+        )
+    if set_ and (s.local_work != "adaptive" or cfg.training.mode != "fl"):
+        name, value = set_[0]
+        raise ConfigError(
+            f"config: strategy.{name} = {value}: the budget controller chooses adaptive local work; it needs "
+            f"strategy.local_work = 'adaptive' and training.mode = 'fl' (got {s.local_work!r}, {cfg.training.mode!r})"
+        )
+
+
 #: Protocols whose terminals train whole models with fedsplit's ``train`` handler (where local
 #: DP-SGD and the attacks act).
 TRAIN_MESSAGE_MODES: tuple[str, ...] = ("fl", "fedbuff", "fedasync", "gossip")

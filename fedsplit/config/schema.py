@@ -105,7 +105,8 @@ class StrategyConfig:
     selection: str = field(default="all", metadata=doc("all (the strategy's sample) | fedcs (of the sample, those predicted to finish within clock.round_deadline_s, fastest first)", choices=SELECTIONS))
     local_work: str = field(default="fixed", metadata=doc("fixed (train.local_epochs everywhere) | adaptive (per-terminal epochs so all finish together, FedNova averaging)", choices=LOCAL_WORK))
     max_local_epochs: int = field(default=8, metadata=doc("local_work = adaptive: most epochs a terminal is given in a round", ge=1))
-    resource_budget_s: float = field(default=0.0, metadata=doc("local_work = adaptive: total simulated seconds of the run; >0 lets a controller (Wang et al. 2019) choose the round's local epochs", ge=0))
+    resource_budget_s: float = field(default=0.0, metadata=doc("local_work = adaptive: total simulated seconds the run may use; >0 lets a controller (Wang et al. 2019) choose the round's local epochs, and the run ends when no further round fits (0 = no budget)", ge=0))
+    resource_budget_j: float = field(default=0.0, metadata=doc("local_work = adaptive: total joules (terminals + edge server) the run may use, as resource_budget_s (0 = no budget; at most one of the two)", ge=0))
 
 
 #: ``privacy.mode``: no DP, DP-SGD on every terminal, or noise on the aggregate (Flower's wrappers).

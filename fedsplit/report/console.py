@@ -97,6 +97,9 @@ def print_summary(summary: dict[str, Any], run_dir: str, console: Console | None
         table.add_row("uplink compression ratio vs fp32", f"{summary['compression_ratio']:.1f}")
     table.add_row("energy (J)", f"{summary['energy_j']:.2f}")
     table.add_row("stragglers / failed / rejected", f"{summary['stragglers']} / {summary['failed']} / {summary['rejected']}")
+    if "stopped" in summary:
+        stopped = summary["stopped"]
+        table.add_row("stopped", f"after round {stopped['after_round']} of {stopped['of_rounds']}: {stopped['reason']}")
     console.print(table)
     devices = Table(title="per device class (train exchanges)")
     for col in ("device", "exchanges", "compute s", "comm s", "energy J", "stragglers"):
