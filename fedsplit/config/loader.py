@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import tomli_w
 
 from fedsplit.config.errors import ConfigError
-from fedsplit.config.names import check_budget, check_data, check_faults, check_model_name, check_privacy, check_split, check_strategy_name, check_transfer
+from fedsplit.config.names import check_budget, check_data, check_faults, check_model_name, check_privacy, check_secagg, check_split, check_strategy_name, check_transfer
 from fedsplit.config.schema import RunConfig
 
 __all__ = ["ConfigError", "config_from_dict", "config_to_dict", "dump_config", "load_config", "parse_override", "validate"]
@@ -176,6 +176,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     check_split(cfg.training.mode, cfg.model.name, cfg.split.cut)
     check_transfer(cfg)
     check_privacy(cfg)
+    check_secagg(cfg)
     check_faults(cfg)
     check_budget(cfg)
     return cfg

@@ -272,3 +272,61 @@ def check_privacy(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; import
         raise ConfigError(f"config: defence.{active[0]} with training.mode = {mode!r}: the norm defence wraps the strategy of training.mode = 'fl'")
     if 0 < d.reject_factor < 1:
         raise ConfigError(f"config: defence.reject_factor = {d.reject_factor}: must be >= 1 (below 1 it rejects about half of the honest updates)")
+
+
+#: Strategies whose aggregation needs only the weighted average of the updates, all secure
+#: aggregation gives the server (the robust ones need each update).
+SECAGG_STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+
+
+def check_secagg(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
+    """``secagg.*``: valid shares/threshold/quantization, and nothing that needs the individual
+    updates secure aggregation hides from the server (robust strategies, the norm defence, server-side
+    DP clipping, FedNova weights, update compression) or another protocol than ``fl``.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the conflicting fields and what is allowed.
+    """
+    from dataclasses import fields
+
+    from fedsplit.config.schema import SecAggConfig
+    from fedsplit.privacy.secagg import SecAggSettings
+
+    sa = cfg.secagg
+    if not sa.enabled:
+        default = SecAggConfig()
+        changed = [f.name for f in fields(sa) if getattr(sa, f.name) != getattr(default, f.name)]
+        if changed:
+            raise ConfigError(f"config: secagg.{changed[0]} = {getattr(sa, changed[0])!r}: has no effect with secagg.enabled = false")
+        return
+    name = cfg.strategy.name.lower()
+    conflicts = [
+        (cfg.training.mode != "fl", f"training.mode = {cfg.training.mode!r}: secure aggregation needs training.mode = 'fl'"),
+        (name not in SECAGG_STRATEGIES, f"strategy.name = {cfg.strategy.name!r}: secure aggregation hides the individual updates it needs (allowed: {', '.join(SECAGG_STRATEGIES)})"),
+        (bool(cfg.compression), "compression: compressed updates cannot be masked and summed (drop compression or secagg)"),
+        (cfg.strategy.local_work == "adaptive", "strategy.local_work = 'adaptive': FedNova's per-terminal weights need the individual updates"),
+        (cfg.privacy.mode == "central", "privacy.mode = 'central': Flower's DP wrappers clip or weigh each update on the server; use privacy.mode = 'local' with secagg"),
+    ]
+    conflicts += [
+        (bool(getattr(cfg.defence, f)), f"defence.{f} = {getattr(cfg.defence, f)}: the norm defence needs the individual updates")
+        for f in ("clip_norm", "clip_factor", "reject_norm", "reject_factor")
+    ]
+    for bad, text in conflicts:
+        if bad:
+            raise ConfigError(f"config: secagg.enabled with {text}")
+    try:
+        settings = SecAggSettings(sa.num_shares, sa.threshold, sa.clipping_range, sa.quantization_range, max_weight=sa.max_weight or 1.0)
+    except ValueError as exc:
+        raise ConfigError(f"config: {exc}") from None
+    n = cfg.num_terminals
+    if n < 2:
+        raise ConfigError(f"config: secagg.enabled with {n} terminal: secure aggregation needs at least 2")
+    if settings.threshold_for(settings.shares_for(n)) > n:
+        raise ConfigError(f"config: secagg.threshold = {sa.threshold}: more than the {n} terminals of the population (no round could be unmasked)")
+    if n > settings.max_summands():
+        raise ConfigError(
+            f"config: secagg.quantization_range = {sa.quantization_range}: {n} terminals could wrap the masked sum around 2**32 "
+            f"(at most 2**32 // quantization_range = {settings.max_summands()})"
+        )

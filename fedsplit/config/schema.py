@@ -159,6 +159,18 @@ class DefenceConfig:
 
 
 @dataclass
+class SecAggConfig:
+    """Secure aggregation (SecAgg+ with Flower's primitives): the server sees masked updates and their sum only."""
+
+    enabled: bool = field(default=False, metadata=doc("aggregate with SecAgg+ (training.mode = fl with a FedAvg-family strategy): terminals upload masked quantized updates; the server unmasks only their weighted sum"))
+    num_shares: int = field(default=0, metadata=doc("shares of each terminal's secrets = its neighbourhood, itself included (0 = every sampled terminal, SecAgg; k >= 3 = SecAgg+ with k-1 neighbours)", ge=0))
+    threshold: int = field(default=0, metadata=doc("shares that reconstruct a terminal's secrets (>= 2; 0 = a majority, shares // 2 + 1): up to shares - threshold neighbours may drop out, and fewer than threshold colluding terminals learn nothing", ge=0))
+    clipping_range: float = field(default=8.0, metadata=doc("weighted update values are clipped to [-clipping_range, clipping_range] before quantization (weight units)", gt=0))
+    quantization_range: int = field(default=4194304, metadata=doc("integer levels over the clipping interval (default 2**22); the masks are modulo 2**32, so at most 2**32 // quantization_range terminals per round", ge=2))
+    max_weight: float = field(default=0.0, metadata=doc("largest num-examples a terminal reports; updates are weighted by num-examples / max_weight before quantization (0 = the largest terminal training set)", ge=0))
+
+
+@dataclass
 class ClockConfig:
     """Simulated time of the synchronous protocol."""
 
@@ -262,6 +274,7 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig, metadata=doc("differential privacy"))
     attack: AttackConfig = field(default_factory=AttackConfig, metadata=doc("emulated Byzantine terminals"))
     defence: DefenceConfig = field(default_factory=DefenceConfig, metadata=doc("update norm clipping and rejection"))
+    secagg: SecAggConfig = field(default_factory=SecAggConfig, metadata=doc("secure aggregation"))
     clock: ClockConfig = field(default_factory=ClockConfig, metadata=doc("simulated clock"))
     training: TrainingConfig = field(default_factory=TrainingConfig, metadata=doc("training protocol and server loop"))
     split: SplitConfig = field(default_factory=SplitConfig, metadata=doc("split learning"))
