@@ -12,7 +12,8 @@ exchange needs (see :mod:`fedsplit.strategies.split_protocol` for the server sid
                      reply the trained part(s) as "weights"
     op = "head"   U-shape only: arrays "activations" (the server part's output for batch k)
                   -> head forward, loss on the labels (which never leave the terminal),
-                     backward, SGD step; reply "gradient" at the second cut
+                     backward, SGD step; reply "gradient" at the second cut (unless config
+                     "return-grad" is False: nothing before the head trains)
 
 Nothing is kept in the process between messages: the terminal's part weights, SGD momentum and
 position in the round live in ``Context.state`` (``fedsplit.split.*`` records), so consecutive
@@ -43,6 +44,7 @@ from fedsplit.split import (
     client_backward_recompute,
     client_forward,
     client_head_step,
+    has_trainable,
     load_part_state_dict,
     load_sgd_state,
     make_sgd,
@@ -215,7 +217,10 @@ class SplitTerminal:
     def forward_reply(self, k: int, flops: int) -> RecordDict:
         """Forward batch ``k`` (no graph kept) and build the reply carrying its activations."""
         x, y = self.batch(k)
-        sent = client_forward(self.front(), x, keep_graph=False).activations
+        front = self.front()
+        # A front that gets a gradient recomputes its forward then (this one leaves it unchanged);
+        # one that gets none (nothing trainable) runs this forward only: the training one.
+        sent = client_forward(front, x, keep_graph=not has_trainable(front)).activations
         if self.cursor.noise_std > 0:
             generator = torch.Generator().manual_seed(self.order_seed * 1_000_003 + k)
             # drawn on the CPU (the same noise on every device), then moved to the activations
@@ -274,15 +279,13 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
     if op == "head":
         activations = record_views(msg.content.array_records["activations"])["cut"]
         head = terminal.parts["client_head"]
-        result = client_head_step(head, activations, y, terminal.optimizers["client_head"])
+        return_grad = bool(config.get("return-grad", True))  # False: nothing before the head trains
+        result = client_head_step(head, activations, y, terminal.optimizers["client_head"], return_grad=return_grad)
         flops = terminal.profile(len(y)).part("client_head").flops
         terminal.save()
-        content = RecordDict(
-            {
-                "gradient": array_record_from_state({"cut": result.grad_at_cut}),
-                "metrics": terminal.metrics(flops, **{"train-loss": result.loss, "correct": float(result.n_correct)}),
-            }
-        )
+        content = RecordDict({"metrics": terminal.metrics(flops, **{"train-loss": result.loss, "correct": float(result.n_correct)})})
+        if return_grad:
+            content["gradient"] = array_record_from_state({"cut": result.grad_at_cut})
         return Message(content, reply_to=msg)
     if op != "step":
         raise ValueError(f"train.split: unknown op {op!r} (begin, step, head)")

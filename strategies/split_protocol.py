@@ -45,10 +45,13 @@ clock through the ``edge-server`` profile. Activations or gradients of the wrong
 or with NaN/Inf, are rejected for that terminal (logged, its row marked ``rejected``): they never
 reach the server part, the terminal leaves the round and the run goes on.
 
-Transfer (``transfer.trainable``, :mod:`fedsplit.models.freezing`): only the trainable tensors of
-a terminal part travel (``begin`` and the final weights); a terminal part with nothing trainable
-(a frozen backbone on the terminal) is never sent, never updated, and gets no gradient (vanilla
-and SplitFed: ``step`` without ``gradient``, so the terminal only runs forwards).
+Gradients go back only to parts that train: a terminal part with nothing trainable (a frozen
+backbone under ``transfer.trainable``, :mod:`fedsplit.models.freezing`, or a parameter-free cut
+such as the MLP's ``net.0``) gets ``step`` without ``gradient`` and only runs forwards (its single
+forward is the training one); in U-shape the gradient at cut 1 is sent only if the front trains,
+and the one at cut 2 (``head`` carries ``return-grad``) only if the front or the middle trains.
+Under ``transfer.trainable`` only the trainable tensors of a terminal part travel (``begin`` and
+the final weights); a frozen terminal part is never sent and never updated.
 """
 
 from __future__ import annotations
@@ -328,7 +331,7 @@ class SplitProtocol(TrainingProtocol):
             chain.weights = _copy(record_views(records["weights"]))
             chain.examples = int(reply.content.metric_records["metrics"]["num-examples"])
             return None
-        if "gradient" in records:  # U-shape: gradient at cut 2 from the terminal's head
+        if self.ushape and chain.pending is not None:  # U-shape: the head's reply (gradient at cut 2, if wanted)
             return self._middle_backward(run, server_round, chain, reply, exclusive)
         acts = record_views(records["activations"]).get("cut")
         labels = None if self.ushape else record_views(records["labels"]).get("y")
@@ -343,9 +346,11 @@ class SplitProtocol(TrainingProtocol):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             if self.ushape:
-                chain.pending = server_forward(server, acts)
+                need_grad1, need_grad2 = chain.parts.cut_gradient_needed  # type: ignore[attr-defined]
+                chain.pending = server_forward(server, acts, input_requires_grad=need_grad1)
                 grid.server_work(profile.part("server_middle").forward_flops, partition_id=chain.pid, exclusive=exclusive)
-                content = RecordDict({"activations": array_record_from_state({"cut": chain.pending.activations}), "config": ConfigRecord({"op": "head"})})
+                config = ConfigRecord({"op": "head", "return-grad": need_grad2})
+                content = RecordDict({"activations": array_record_from_state({"cut": chain.pending.activations}), "config": config})
                 return self._message(chain, server_round, content)
             front_trains = has_trainable(chain.parts.client)  # type: ignore[attr-defined]
             result = server_step(server, acts, labels, chain.server_opt, return_grad=front_trains)
@@ -357,25 +362,33 @@ class SplitProtocol(TrainingProtocol):
         return self._message(chain, server_round, content)
 
     def _middle_backward(self, run: ProtocolRun, server_round: int, chain: _Chain, reply: Message, exclusive: bool) -> Message | None:
+        """U-shape, the head's reply to ``head``: the middle part's backward with the gradient at
+        cut 2 and the gradient at cut 1 in the ``step`` message, each only where a part before it
+        trains (a frozen or parameter-free front gets no gradient; with the middle frozen too, the
+        head sends none and the middle runs no backward)."""
         grid = run.grid
-        grad = record_views(reply.content.array_records["gradient"]).get("cut")
         pending = chain.pending
-        expected = tuple(pending.activations.shape) if pending is not None else None
-        problem = _check_array("gradient at cut 2", grad, expected)
-        if problem or pending is None:
-            chain.dropped = problem or "gradient without a pending forward"
-            grid.reject(server_round, chain.node, chain.dropped)
-            return None
+        assert pending is not None
+        need_grad1, need_grad2 = chain.parts.cut_gradient_needed  # type: ignore[attr-defined]
+        content = RecordDict({"config": ConfigRecord({"op": "step"})})
+        if need_grad2:
+            grad = record_views(reply.content.array_records["gradient"]).get("cut") if "gradient" in reply.content.array_records else None
+            problem = _check_array("gradient at cut 2", grad, tuple(pending.activations.shape))
+            if problem:
+                chain.dropped = problem
+                grid.reject(server_round, chain.node, problem)
+                return None
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                grad1 = server_backward_from_state(pending, grad, chain.server_opt)
+            profile = profile_split(self.model, parse_cut(chain.cut), self.input_shape, int(grad.shape[0]))
+            grid.server_work(profile.part("server_middle").backward_flops, partition_id=chain.pid, exclusive=exclusive)
+            if need_grad1:
+                content["gradient"] = array_record_from_state({"cut": grad1})
+        chain.pending = None
         metrics = reply.content.metric_records.get("metrics", {})
         if "train-loss" in metrics:
             chain.losses.append(float(metrics["train-loss"]))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            grad1 = server_backward_from_state(pending, grad, chain.server_opt)
-        chain.pending = None
-        profile = profile_split(self.model, parse_cut(chain.cut), self.input_shape, int(grad.shape[0]))
-        grid.server_work(profile.part("server_middle").backward_flops, partition_id=chain.pid, exclusive=exclusive)
-        content = RecordDict({"gradient": array_record_from_state({"cut": grad1}), "config": ConfigRecord({"op": "step"})})
         return self._message(chain, server_round, content)
 
     def _check_activations(self, chain: _Chain, acts: np.ndarray | None, labels: np.ndarray | None) -> str:

@@ -473,3 +473,24 @@ def test_choose_cut_minimises_predicted_time() -> None:
     assert "auto for fast: features.5" in line and "features.0=" in line
     best, times = choose_cut(model, SHAPE, BATCH, 32, fast, server, "u-shape")
     assert isinstance(best, tuple) and len(times) == math.comb(len(cut_points(model)), 2)
+
+
+def test_auto_cut_keeps_a_layer_with_parameters_on_the_terminal() -> None:
+    """Regression (issue #12 item 2): on the MLP the fastest prediction is the cut after Flatten
+    (net.0): no terminal compute, the raw samples sent. ``auto`` must never choose a cut whose
+    input-side part has no parameter, for any terminal and either protocol shape."""
+    from fedsplit.split import local_cuts
+
+    model, server = _model("mlp"), _profile("edge", flops_per_s=1e12)
+    assert local_cuts(model) == [1, 2] and local_cuts(_model("fedavg-cnn")) == list(range(len(cut_points(_model("fedavg-cnn")))))
+    for device in (_profile("slow", flops_per_s=1e3, uplink_bps=1e12, downlink_bps=1e12), _profile("fast", flops_per_s=1e15)):
+        best, times = choose_cut(model, SHAPE, BATCH, 32, device, server)
+        assert best == "net.1" and "net.0" not in times
+        best, times = choose_cut(model, SHAPE, BATCH, 32, device, server, "u-shape")
+        assert best == ("net.1", "net.2") and list(times) == [("net.1", "net.2")]
+    # named explicitly, the parameter-free cut is still a candidate (and the slow terminal's best)
+    best, _ = choose_cut(model, SHAPE, BATCH, 32, _profile("slow", flops_per_s=1e3, uplink_bps=1e12, downlink_bps=1e12), server, candidates=[0, 1])
+    assert best == "net.0"
+    flat = nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(64, 10))  # every cut sends the raw samples
+    with pytest.raises(ValueError, match="no layer with parameters on the terminal"):
+        choose_cut(flat, SHAPE, BATCH, 32, _profile("any"), server)

@@ -27,6 +27,16 @@ from fedsplit.strategies.protocol import ProtocolRun
 from tests.test_metered_grid import InProcessEngine
 
 MODES = ["sl-vanilla", "sl-ushape", "splitfed-v1", "splitfed-v2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a shared machine (a 2-round
+    MLP run: 1.1 s against 21 s with 2 threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 CUTS = {"sl-ushape": "features.2,classifier.2"}
 
 
@@ -226,3 +236,98 @@ def test_splitfed_v2_trains_one_server_part_on_one_terminal_after_another():
     for key in clients[0]:
         expected[key] = sum(c[key].double() * (n / sum(sizes)) for c, n in zip(clients, sizes)).float()
     assert_close(final, expected)
+
+
+def test_ushape_sends_no_gradient_to_a_frozen_front(monkeypatch):
+    """transfer.trainable freezes the terminal's input-side part (features.0): the server sends no
+    gradient at cut 1 (the ledger's downlink drops by exactly those tensors and their framing),
+    the terminal runs no backward there, and the frozen part's weights stay as they were; the
+    middle and the head still train (the gradient at cut 2 still travels)."""
+    import fedsplit.clients.split_client as split_client
+    from fedsplit.split import UShapeParts
+
+    frozen = ["training.mode=sl-ushape", "devices={laptop = 2}", "model.name=fedavg-cnn", "train.batch_size=128",
+              "split.cut=features.2,classifier.2", "transfer.trainable=classifier", "train.local_epochs=1"]
+
+    def no_backward(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a frozen front ran a backward")
+
+    def run():  # noqa: ANN202 - the whole server loop, as a run has it (the frozen rest included)
+        from fedsplit.simulation.engine import EngineGrid, SerialEngine
+        from fedsplit.simulation.server_app import RunSession, run_server
+
+        cfg = load_config(None, frozen + ["rounds=1", "progress=false"])
+        session = RunSession.from_config(cfg)
+        run_server(EngineGrid(SerialEngine(make_client_app(config_json=config_to_json(cfg)), session.population)), session)
+        return session.ledger, session.final_state
+
+    with monkeypatch.context() as patch:
+        patch.setattr(split_client, "client_backward_recompute", no_backward)
+        ledger, final = run()
+    # the same run as before the fix: the server believes the front trains and sends its gradient
+    with monkeypatch.context() as patch:
+        patch.setattr(UShapeParts, "cut_gradient_needed", property(lambda self: (True, True)))
+        old_ledger, old_final = run()
+    task = task_for(config_to_json(load_config(None, frozen)))
+    start = task.full_state(task.initial_state())
+    for key in ("features.0.weight", "features.0.bias"):
+        assert torch.equal(final[key], start[key]) and torch.equal(old_final[key], start[key])
+    for key in ("classifier.1.weight", "classifier.3.weight"):  # middle and head trained
+        assert not torch.equal(final[key], start[key])
+    assert_close(final, old_final, tol=0)  # the gradient the old run sent was never used
+    assert all(r.status == "ok" for r in ledger.rows + old_ledger.rows)
+    steps = 0
+    grad_bytes = 0
+    for pid in (0, 1):
+        n = len(task.data.partition(pid)[0])
+        batches = [min(128, n - s) for s in range(0, n, 128)]
+        steps += len(batches)
+        grad_bytes += sum(b * 32 * 4 * 4 * 4 for b in batches)  # 32 x 4 x 4 float32 at features.2 (8x8 digits)
+    rows, old_rows = ([r for r in led.rows if r.phase == "train"] for led in (ledger, old_ledger))
+    down, old_down = sum(r.bytes_down for r in rows), sum(r.bytes_down for r in old_rows)
+    assert sum(r.bytes_up for r in rows) == sum(r.bytes_up for r in old_rows)
+    framing = (old_down - down - grad_bytes) / steps  # the 'gradient' record's keys and array header
+    assert old_down - down > grad_bytes and framing == int(framing) and 0 < framing < 300, (old_down, down, grad_bytes)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_parameter_free_terminal_part_gets_no_gradient(monkeypatch, mode):
+    """Regression (issue #12 item 2): a cut before the MLP's first layer with parameters (net.0,
+    Flatten) made the server send a gradient that the terminal could not backward ("element 0 of
+    tensors does not require grad", every exchange failed). Named explicitly, such a part gets no
+    gradient and runs no backward, in every mode, and the round still equals the centralized step."""
+    import fedsplit.clients.split_client as split_client
+
+    def no_backward(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a parameter-free part ran a backward")
+
+    monkeypatch.setattr(split_client, "client_backward_recompute", no_backward)
+    cut = "net.0,net.2" if mode == "sl-ushape" else "net.0"  # U-shape: the middle (net.1) still trains
+    cfg, grid, ledger = setup_run(one_batch(mode, "{laptop = 1}", model="mlp")[:-1] + [f"split.cut={cut}"])
+    sent: list[str] = []
+    inner_send = grid.inner.send_and_receive
+
+    def spy(messages, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        messages = list(messages)
+        sent.extend(name for m in messages for name in m.content.array_records)
+        return inner_send(messages, **kwargs)
+
+    monkeypatch.setattr(grid.inner, "send_and_receive", spy)
+    task = task_for(config_to_json(cfg))
+    run = ProtocolRun(grid=grid, num_rounds=1, initial_state=task.initial_state(), train_config=train_config(cfg))
+    final = run_protocol(build_protocol(cfg, grid), run, settings=LoopSettings(eval_every=0, max_empty_rounds=0))
+    assert ledger.rows and all(r.status == "ok" for r in ledger.rows)
+    assert "gradient" not in sent and "weights" in sent
+    assert_close(final, centralized_step(cfg, task, task.initial_state(), 0))
+
+
+def test_splitfed_auto_cut_on_the_mlp_trains_on_the_terminal():
+    """Regression (issue #12 item 2): splitfed-v1 with split.cut = auto on the MLP, 2 rounds, 2
+    terminals: every exchange succeeds and the terminal computes (auto no longer picks net.0,
+    which sent the raw samples and left the terminal 0 FLOPs)."""
+    cfg, task, ledger, final, _ = run_split(["training.mode=splitfed-v1", "model.name=mlp", "split.cut=auto", "devices={laptop = 2}", "train.local_epochs=1"], rounds=2)
+    train = [r for r in ledger.rows if r.phase == "train"]
+    assert {r.round for r in train} == {1, 2} and all(r.status == "ok" for r in train)
+    assert all(r.flops > 0 for r in train if r.seq > 0)  # the terminal's backward and forward of net.1
+    assert train[1].bytes_down > 64 * 4  # a gradient at the cut comes back
+    assert not torch.equal(final["net.1.weight"], task.initial_state()["net.1.weight"])

@@ -6,7 +6,8 @@
   with the forward graph kept in a :class:`ForwardState` or recomputed.
 - :mod:`~fedsplit.split.optim`: SGD per part and its momentum state as named tensors.
 - :mod:`~fedsplit.split.profile`: exact per-part FLOPs, parameters and bytes across each cut.
-- :mod:`~fedsplit.split.cut_select`: predicted time per epoch and the cut that minimises it.
+- :mod:`~fedsplit.split.cut_select`: predicted time per epoch and the cut that minimises it
+  (among the cuts that keep a layer with parameters, and so the raw samples, on the terminal).
 """
 
 from fedsplit.models.contract import blocks, cut_points, resolve_cut, trainable_names
@@ -16,6 +17,7 @@ from fedsplit.split.cut_select import (
     candidate_cuts,
     choose_cut,
     describe_cut_choice,
+    local_cuts,
     predict_batch_time,
     predict_epoch_time,
 )
@@ -85,6 +87,7 @@ __all__ = [
     "has_trainable",
     "load_part_state_dict",
     "load_sgd_state",
+    "local_cuts",
     "loss_step",
     "make_sgd",
     "part_backward",

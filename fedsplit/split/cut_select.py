@@ -29,6 +29,15 @@ Per epoch of ``n`` samples in batches of ``B``: FLOPs and bytes are proportional
 
 Not counted: the exchange of the client part's weights at round boundaries (SplitFed), queueing
 at a server shared by several terminals, and message framing bytes.
+
+Which cuts are candidates
+-------------------------
+By default only cuts that leave at least one layer with parameters (trainable or frozen) on the
+terminal's input side (:func:`local_cuts`): a cut before the first such layer (the MLP's
+``net.0``, a ``Flatten``) would send the raw samples themselves to the server, which split
+learning exists to avoid, and leave the terminal nothing to train. It is often the fastest
+prediction (no terminal compute), so without this rule ``auto`` picked it. Such a cut can still be
+named explicitly; the protocols then send no gradient back across it.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from fedsplit.devices.profile import DeviceProfile
+from fedsplit.models.contract import blocks as model_blocks
 from fedsplit.split.profile import SplitProfile, profile_blocks, split_profile_from_blocks
 
 #: Protocols whose time can be predicted; ``splitfed`` has vanilla's per-batch exchange.
@@ -158,6 +168,20 @@ def candidate_cuts(num_cuts: int, protocol: str) -> list[int] | list[tuple[int, 
     return list(range(num_cuts))
 
 
+def local_cuts(model: nn.Module) -> list[int]:
+    """Indices (into :func:`~fedsplit.models.contract.cut_points`) of the cuts whose input-side
+    part holds at least one parameter, trainable or frozen (raw samples do not leave the terminal).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model honouring the split contract.
+    """
+    named = model_blocks(model)
+    first = next((i for i, (_, block) in enumerate(named) if any(True for _ in block.parameters())), len(named))
+    return list(range(first, len(named) - 1))
+
+
 def choose_cut(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -185,7 +209,8 @@ def choose_cut(
     protocol : str
         ``vanilla``, ``splitfed`` or ``u-shape`` (then cuts are pairs).
     candidates : list, optional
-        Cuts to compare (names/indices, or pairs for u-shape); default: every valid one.
+        Cuts to compare (names/indices, or pairs for u-shape); default: every cut whose
+        input-side part holds a parameter (:func:`local_cuts`; the first cut of a pair).
     recompute : bool
         See :func:`predict_batch_time`.
 
@@ -194,12 +219,24 @@ def choose_cut(
     (best, times)
         The best cut by name (a pair of names for u-shape) and the predicted seconds per epoch of
         every candidate, in cut order. Ties go to the earliest cut.
+
+    Raises
+    ------
+    ValueError
+        An unknown protocol, or (default candidates) a model whose every cut leaves no parameter
+        on the terminal.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol = {protocol!r}: unknown (allowed: {', '.join(PROTOCOLS)})")
     blocks = profile_blocks(model, input_shape, batch_size)
     if candidates is None:
-        candidates = candidate_cuts(len(blocks) - 1, protocol)
+        local = set(local_cuts(model))
+        candidates = [c for c in candidate_cuts(len(blocks) - 1, protocol) if (c[0] if isinstance(c, tuple) else c) in local]
+        if not candidates:
+            raise ValueError(
+                "split.cut = auto: every cut of this model leaves no layer with parameters on the terminal "
+                "(the raw samples would be sent); name a cut explicitly"
+            )
     times: dict[str | tuple[str, str], float] = {}
     for cut in candidates:
         if protocol == "u-shape" and not isinstance(cut, (tuple, list)):
@@ -229,6 +266,7 @@ __all__ = [
     "candidate_cuts",
     "choose_cut",
     "describe_cut_choice",
+    "local_cuts",
     "predict_batch_time",
     "predict_epoch_time",
 ]
