@@ -31,6 +31,7 @@ from flwr.clientapp import ClientApp
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
 from fedsplit.clients.privacy_mod import local_trainer
+from fedsplit.clients.secagg_client import STAGE_ACTIONS, handle_secagg_stage
 from fedsplit.clients.split_client import SPLIT_ACTION, handle_split
 from fedsplit.config import load_config
 from fedsplit.learning import Task, config_to_json, evaluate, task_for
@@ -211,6 +212,8 @@ def make_client_app(mods: list | None = None, config_json: str | None = None) ->
 
     app.train()(with_gpu_memory(train))
     app.train(SPLIT_ACTION)(with_gpu_memory(split))
+    for action in STAGE_ACTIONS.values():  # secure aggregation's stages without training
+        app.train(action)(handle_secagg_stage)
     app.evaluate()(with_gpu_memory(evaluate_))
     app.query()(handle_query)
     return app
@@ -218,8 +221,10 @@ def make_client_app(mods: list | None = None, config_json: str | None = None) ->
 
 def default_mods(config_json: str | None = None) -> list:
     """The mods installed by default, outermost first, each a no-op unless the run asks for it:
-    update compression (when the server's train config carries a codec spec), Byzantine attack
-    emulation (``attack.*``) and differential privacy (``privacy.*``).
+    secure aggregation's masked upload (when the train message carries Flower's SecAgg+ record;
+    outermost, so it masks what the others produced), update compression (when the server's
+    train config carries a codec spec), Byzantine attack emulation (``attack.*``) and
+    differential privacy (``privacy.*``).
 
     ``config_json`` is the run's configuration as :func:`make_client_app` got it (None: the
     run config's, read per message like the handlers do).
@@ -227,8 +232,9 @@ def default_mods(config_json: str | None = None) -> list:
     from fedsplit.clients.attack_mod import make_attack_mod
     from fedsplit.clients.compression_mod import compression_mod
     from fedsplit.clients.privacy_mod import make_privacy_mod
+    from fedsplit.clients.secagg_client import make_secagg_mod
 
-    return [compression_mod, make_attack_mod(config_json), make_privacy_mod(config_json)]
+    return [make_secagg_mod(config_json), compression_mod, make_attack_mod(config_json), make_privacy_mod(config_json)]
 
 
 client_app = make_client_app()

@@ -165,7 +165,12 @@ def build_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtocol:
             fraction_evaluate=s.fraction_evaluate,
             min_train_nodes=s.min_train_nodes,
         )
-    strategy = wrap_robustness(wrap_selection(strategy, cfg, metered), cfg, metered.reject)  # central DP, norm defence
+    strategy = wrap_selection(strategy, cfg, metered)
+    if cfg.secagg.enabled:  # the server holds no individual update: nothing to validate, clip or decompress
+        from fedsplit.strategies.secagg_protocol import secagg_protocol
+
+        return secagg_protocol(strategy, cfg)
+    strategy = wrap_robustness(strategy, cfg, metered.reject)  # central DP, norm defence
     return strategy_protocol(wrap_strategy(strategy, cfg, metered.reject))
 
 
