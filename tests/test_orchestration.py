@@ -313,6 +313,7 @@ def read_run(run_dir):  # noqa: ANN001, ANN201
     return summary, rounds, clients
 
 
+@pytest.mark.slow
 def test_fedbuff_simulates_on_the_ray_engine(tmp_path, ray_session, fedsplit_main):
     """The asynchronous class (FedAsync is FedBuff with K = 1 and mixing: tested in-process above)."""
     mode = "fedbuff"
@@ -330,6 +331,7 @@ def test_fedbuff_simulates_on_the_ray_engine(tmp_path, ray_session, fedsplit_mai
     assert summary["server_flops"] > 0  # the aggregations were metered
 
 
+@pytest.mark.slow
 def test_gossip_simulates_on_the_ray_engine_with_bytes_on_links_only(tmp_path, ray_session, fedsplit_main):
     extra = {"training.mode": "gossip", "orchestration.graph": "ring", "rounds": 2}
     result = fedsplit_main("simulate", *[a for kv in small_overrides(tmp_path, **extra) for a in ("--set", kv)])
@@ -343,6 +345,7 @@ def test_gossip_simulates_on_the_ray_engine_with_bytes_on_links_only(tmp_path, r
     assert summary["bytes_up"] == sum(int(r["bytes_up"]) for r in links) and summary["bytes_down"] == 0
 
 
+@pytest.mark.slow
 def test_fedcs_adaptive_under_a_time_budget_stops_cleanly_on_the_ray_engine(tmp_path, ray_session, fedsplit_main):
     common = {"strategy.selection": "fedcs", "clock.round_deadline_s": 10, "strategy.local_work": "adaptive", "strategy.max_local_epochs": 2}
     probe = simulate(load_config(None, small_overrides(tmp_path, run_name="probe", rounds=1, **{"engine.name": "serial", **common})), write=False)
