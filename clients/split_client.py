@@ -23,6 +23,12 @@ pass of the terminal's input-side part before its backward; it is metered (``flo
 reply = what that message really computed, so a batch costs ``2 * forward + backward``).
 Batches follow the same seeded order as FedAvg's local training (:func:`fedsplit.learning.train_local`).
 
+With ``privacy.mode = "local"`` (:mod:`fedsplit.clients.split_privacy`) batches are Poisson samples
+instead, ``step`` is a DP-SGD step of the terminal's trainable part(s) (per-sample gradients from
+the gradient at the cut, clipped, noised; a U-shape's head steps there too, not at ``head``, so
+that one clipping covers both parts), an empty batch is a noise-only step without an exchange,
+and the weights reply carries the terminal's cumulative epsilon.
+
 Device: the terminal's parts are moved once per process to the device its actor was given
 (:func:`terminal_device`, the same function FedAvg's handlers use), and each batch and label
 tensor with them; what goes into a reply is copied back to the CPU.
@@ -39,7 +45,9 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
+from fedsplit.clients.split_privacy import SplitPrivacy
 from fedsplit.learning import Task
+from fedsplit.privacy.split_dp import DPTerm, dp_part_flops
 from fedsplit.split import (
     client_backward_recompute,
     client_forward,
@@ -61,6 +69,8 @@ SPLIT_ACTION = "split"
 STATE_CONFIG = "fedsplit.split.config"
 STATE_WEIGHTS = "fedsplit.split.weights"
 STATE_MOMENTUM = "fedsplit.split.momentum"
+STATE_DP_HEAD_INPUT = "fedsplit.split.dp-head-input"
+"""Under local DP in U-shape: the head's input of the current batch, kept from ``head`` to ``step``."""
 
 
 _PARTS: dict[tuple[int, str, str], object] = {}
@@ -172,15 +182,25 @@ class SplitTerminal:
         self.parts_obj = parts_for(task, cursor.cut, self.device)
         self.parts = terminal_parts(self.parts_obj)
         self.ushape = "client_head" in self.parts
-        self.optimizers = {
-            name: make_sgd(part, lr=cursor.lr, momentum=cursor.momentum, weight_decay=cursor.weight_decay)
-            for name, part in self.parts.items()
-        }
         pid = int(context.node_config["partition-id"])
         self.train_set = task.data.partition(pid)[0]
         self.n = len(self.train_set)
-        self.num_batches = cursor.epochs * math.ceil(self.n / cursor.batch_size) if self.n else 0
         self.order_seed = seed_of_round
+        self.privacy: SplitPrivacy | None = None
+        if task.cfg.privacy.mode == "local":
+            self.privacy = SplitPrivacy(task.cfg, context, self.n, cursor.batch_size, cursor.epochs, seed_of_round)
+            # one SGD over every trainable terminal parameter: DP-SGD clips each sample's gradient
+            # over all of them together (a U-shape's front and head)
+            trainable = [p for part in self.parts.values() for p in part.parameters() if p.requires_grad]
+            shared = torch.optim.SGD(trainable, lr=cursor.lr, momentum=cursor.momentum, weight_decay=cursor.weight_decay) if trainable else None
+            self.optimizers = {name: shared if has_trainable(part) else None for name, part in self.parts.items()}
+            self.num_batches = self.privacy.num_batches
+        else:
+            self.optimizers = {
+                name: make_sgd(part, lr=cursor.lr, momentum=cursor.momentum, weight_decay=cursor.weight_decay)
+                for name, part in self.parts.items()
+            }
+            self.num_batches = cursor.epochs * math.ceil(self.n / cursor.batch_size) if self.n else 0
 
     def restore(self) -> None:
         state = self.context.state
@@ -205,11 +225,28 @@ class SplitTerminal:
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples and labels of batch ``k``, on the terminal's device."""
-        idx = batch_indices(self.n, self.cursor.batch_size, self.cursor.epochs, self.order_seed, k)
+        if self.privacy is not None:
+            idx = self.privacy.indices(k)
+        else:
+            idx = batch_indices(self.n, self.cursor.batch_size, self.cursor.epochs, self.order_seed, k)
         return self.train_set.x[idx].to(self.device), self.train_set.y[idx].to(self.device)
 
     def profile(self, b: int):  # noqa: ANN201 - SplitProfile
         return profile_split(self.task.model, parse_cut(self.cursor.cut), tuple(self.train_set.x.shape[1:]), b)
+
+    def dp_optimizer(self) -> torch.optim.Optimizer | None:
+        """Under local DP: the one SGD over every trainable terminal parameter (None if none)."""
+        return next((opt for opt in self.optimizers.values() if opt is not None), None)
+
+    def skip_empty(self, k: int) -> int:
+        """Under local DP, take the noise-only step of every empty Poisson batch from ``k`` on
+        (no exchange); the first non-empty batch, or :attr:`num_batches`. Without DP: ``k``."""
+        if self.privacy is None:
+            return k
+        while k < self.num_batches and len(self.privacy.indices(k)) == 0:
+            self.privacy.step(k, [], self.dp_optimizer())
+            k += 1
+        return k
 
     def front(self) -> torch.nn.Module:
         return self.parts["client_front" if self.ushape else "client"]
@@ -239,7 +276,8 @@ class SplitTerminal:
             weights.update(part_state_dict(part))
         if self.task.plan is not None:  # transfer.trainable: only the trainable tensors travel
             weights = {k: v for k, v in weights.items() if k in self.task.travelling}
-        return RecordDict({"weights": array_record_from_state(weights), "metrics": self.metrics(flops)})
+        extra = self.privacy.metrics() if self.privacy is not None else {}
+        return RecordDict({"weights": array_record_from_state(weights), "metrics": self.metrics(flops, **extra)})
 
     def metrics(self, flops: int, **extra: float) -> MetricRecord:
         return MetricRecord(
@@ -251,6 +289,28 @@ class SplitTerminal:
                 **extra,
             }
         )
+
+
+def _dp_step(terminal: SplitTerminal, msg: Message, context: Context, k: int, x: torch.Tensor, y: torch.Tensor) -> int:
+    """Local DP: one DP-SGD step of every trainable terminal part on batch ``k``; its FLOPs.
+
+    The front's per-sample gradients come from the gradient at the (first) cut the server sent
+    (none for a front that does not train); a U-shape head's from its own loss on the input kept
+    at ``head``. Both are clipped together, noised once, accounted once.
+    """
+    assert terminal.privacy is not None
+    terms: list[DPTerm] = []
+    front = terminal.front()
+    if "gradient" in msg.content.array_records and has_trainable(front):
+        grad = torch.from_numpy(np.array(record_views(msg.content.array_records["gradient"])["cut"])).to(terminal.device)
+        terms.append(DPTerm(front, x, grad_output=grad))
+    if terminal.ushape and has_trainable(terminal.parts["client_head"]):
+        kept = torch.from_numpy(np.array(record_views(context.state.array_records[STATE_DP_HEAD_INPUT])["cut"])).to(terminal.device)
+        terms.append(DPTerm(terminal.parts["client_head"], kept, labels=y))
+    terminal.privacy.step(k, terms, terminal.dp_optimizer())
+    return sum(
+        dp_part_flops(term.part, tuple(term.inputs.shape[1:]), len(y), head=term.labels is not None) for term in terms
+    )
 
 
 def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> Message:  # noqa: ANN001
@@ -267,10 +327,14 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
         received = record_views(msg.content.array_records["weights"])
         # under transfer.trainable the frozen rest of the part is the pretrained model's
         _load(terminal.parts, task.full_state(received) if task.plan is not None else received)
-        cursor.batch = 0
-        if terminal.num_batches == 0:
-            return Message(terminal.weights_reply(0), reply_to=msg)
-        content = terminal.forward_reply(0, 0)
+        refusal = terminal.privacy.refusal(msg) if terminal.privacy is not None else None
+        if refusal is not None:
+            return refusal
+        cursor.batch = terminal.skip_empty(0)
+        if cursor.batch >= terminal.num_batches:
+            content = terminal.weights_reply(0)
+        else:
+            content = terminal.forward_reply(cursor.batch, 0)
         terminal.save()
         return Message(content, reply_to=msg)
     terminal.restore()
@@ -280,8 +344,13 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
         activations = record_views(msg.content.array_records["activations"])["cut"]
         head = terminal.parts["client_head"]
         return_grad = bool(config.get("return-grad", True))  # False: nothing before the head trains
-        result = client_head_step(head, activations, y, terminal.optimizers["client_head"], return_grad=return_grad)
+        # under local DP the head steps with the front at 'step' (one clipping over both parts):
+        # keep its input for that step's per-sample gradients
+        opt = terminal.optimizers["client_head"] if terminal.privacy is None else None
+        result = client_head_step(head, activations, y, opt, return_grad=return_grad)
         flops = terminal.profile(len(y)).part("client_head").flops
+        if terminal.privacy is not None:
+            context.state.array_records[STATE_DP_HEAD_INPUT] = array_record_from_state({"cut": np.array(activations)})
         terminal.save()
         content = RecordDict({"metrics": terminal.metrics(flops, **{"train-loss": result.loss, "correct": float(result.n_correct)})})
         if return_grad:
@@ -291,7 +360,9 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
         raise ValueError(f"train.split: unknown op {op!r} (begin, step, head)")
     name = "client_front" if terminal.ushape else "client"
     flops = 0
-    if "gradient" in msg.content.array_records and terminal.optimizers[name] is not None:
+    if terminal.privacy is not None:
+        flops = _dp_step(terminal, msg, context, k, x, y)
+    elif "gradient" in msg.content.array_records and terminal.optimizers[name] is not None:
         grad = record_views(msg.content.array_records["gradient"])["cut"]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -299,7 +370,7 @@ def handle_split(msg: Message, context: Context, task: Task, seed_of_round) -> M
         part = terminal.profile(len(y)).part(name)
         flops = part.forward_flops + part.backward_flops  # the recomputed forward and the backward
     # else: a frozen part (transfer.trainable) is never updated: no backward, no step
-    cursor.batch = k + 1
+    cursor.batch = terminal.skip_empty(k + 1)
     if cursor.batch >= terminal.num_batches:
         content = terminal.weights_reply(flops)
     else:

@@ -261,6 +261,7 @@ def build_split_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtoc
         noise_std=cfg.split.noise_std,
         num_classes=int(task.data.num_classes),
         travelling=task.travelling if task.plan is not None else (),
+        poisson=cfg.privacy.mode == "local",
     )
     population = metered.population
     return SplitProtocol(settings, task.model, tuple(task.data.input_shape), lambda pid: cuts[population.profile_of(pid).name])

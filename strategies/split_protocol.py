@@ -45,6 +45,11 @@ clock through the ``edge-server`` profile. Activations or gradients of the wrong
 or with NaN/Inf, are rejected for that terminal (logged, its row marked ``rejected``): they never
 reach the server part, the terminal leaves the round and the run goes on.
 
+Local DP (``privacy.mode = "local"``, :mod:`fedsplit.clients.split_privacy`): terminals draw
+Poisson batches, so a batch may hold more than ``batch_size`` samples (up to the ``num-examples``
+the terminal reports); the final weights reply carries its cumulative ``dp-epsilon`` (the
+round's mean goes into the round's metrics). The server part is trained without DP.
+
 Gradients go back only to parts that train: a terminal part with nothing trainable (a frozen
 backbone under ``transfer.trainable``, :mod:`fedsplit.models.freezing`, or a parameter-free cut
 such as the MLP's ``net.0``) gets ``step`` without ``gradient`` and only runs forwards (its single
@@ -115,6 +120,9 @@ class SplitSettings:
         Under ``transfer.trainable``: the only keys of a terminal part that are sent (its
         trainable parameters; the frozen rest is the pretrained model on both sides). Empty:
         every key of the part travels.
+    poisson : bool
+        Terminals draw Poisson batches (local DP-SGD): a batch may exceed ``batch_size``, up to
+        the terminal's reported ``num-examples``.
     """
 
     mode: str
@@ -127,6 +135,7 @@ class SplitSettings:
     noise_std: float = 0.0
     num_classes: int = 0
     travelling: tuple[str, ...] = ()
+    poisson: bool = False
 
 
 @dataclass
@@ -143,6 +152,7 @@ class _Chain:
     weights: dict[str, np.ndarray] | None = None
     dropped: str = ""
     losses: list[float] = field(default_factory=list)
+    dp_epsilon: float | None = None
 
     @property
     def active(self) -> bool:
@@ -207,7 +217,11 @@ class SplitProtocol(TrainingProtocol):
                 self._drive(run, server_round, [chain], exclusive=True)
             self._average_terminal_parts(run, chains, shared)
         losses = [loss for c in chains for loss in c.losses]
-        return {"train-loss": float(np.mean(losses))} if losses else {}
+        out = {"train-loss": float(np.mean(losses))} if losses else {}
+        epsilons = [c.dp_epsilon for c in chains if c.dp_epsilon is not None]
+        if epsilons:  # as FedAvg's rounds.csv: the mean over the round's terminals
+            out["dp-epsilon"] = float(np.mean(epsilons))
+        return out
 
     # --- the protocols -----------------------------------------------------------------------------
     def _take_turns(self, run: ProtocolRun, server_round: int, nodes: list[int]) -> list[_Chain]:
@@ -329,13 +343,17 @@ class SplitProtocol(TrainingProtocol):
         records = reply.content.array_records
         if "weights" in records:
             chain.weights = _copy(record_views(records["weights"]))
-            chain.examples = int(reply.content.metric_records["metrics"]["num-examples"])
+            metrics = reply.content.metric_records["metrics"]
+            chain.examples = int(metrics["num-examples"])
+            if "dp-epsilon" in metrics:  # local DP: the terminal's cumulative epsilon
+                chain.dp_epsilon = float(metrics["dp-epsilon"])
             return None
         if self.ushape and chain.pending is not None:  # U-shape: the head's reply (gradient at cut 2, if wanted)
             return self._middle_backward(run, server_round, chain, reply, exclusive)
         acts = record_views(records["activations"]).get("cut")
         labels = None if self.ushape else record_views(records["labels"]).get("y")
-        problem = self._check_activations(chain, acts, labels)
+        reported = reply.content.metric_records.get("metrics", {}).get("num-examples", 0)
+        problem = self._check_activations(chain, acts, labels, int(reported))
         if problem:
             chain.dropped = problem
             grid.reject(server_round, chain.node, problem)
@@ -391,13 +409,14 @@ class SplitProtocol(TrainingProtocol):
             chain.losses.append(float(metrics["train-loss"]))
         return self._message(chain, server_round, content)
 
-    def _check_activations(self, chain: _Chain, acts: np.ndarray | None, labels: np.ndarray | None) -> str:
+    def _check_activations(self, chain: _Chain, acts: np.ndarray | None, labels: np.ndarray | None, num_examples: int = 0) -> str:
         s = self.settings
         if acts is None:
             return "reply has no activations"
         b = int(acts.shape[0]) if acts.ndim else 0
-        if not 1 <= b <= s.batch_size:
-            return f"activations for {b} samples (expected 1..{s.batch_size})"
+        most = num_examples if s.poisson else s.batch_size  # a Poisson batch may exceed its expected size
+        if not 1 <= b <= most:
+            return f"activations for {b} samples (expected 1..{most})"
         expected = profile_split(self.model, parse_cut(chain.cut), self.input_shape, b).cuts[0].activation_shape
         problem = _check_array("activations", acts, tuple(expected))
         if problem or self.ushape:

@@ -255,7 +255,7 @@ def test_central_dp_run_reports_its_epsilon(clipping, wrapper):
     [
         (["privacy.noise_multiplier=1.0"], "privacy.noise_multiplier = 1.0: has no effect with privacy.mode = 'off'"),
         (["privacy.mode='local'"], "needs privacy.noise_multiplier > 0 or a budget privacy.epsilon > 0"),
-        (["privacy.mode='local'", "privacy.epsilon=1", "training.mode=sl-vanilla"], "split learning's terminal part is not covered"),
+        (["privacy.mode='central'", "privacy.epsilon=1", "training.mode=sl-vanilla"], "Flower's DP wrappers need training.mode = 'fl'"),
         (["privacy.mode='local'", "privacy.epsilon=1", "strategy.name=fedprox"], "proximal term"),
         (["privacy.mode='central'", "privacy.epsilon=1", "training.mode=gossip"], "Flower's DP wrappers need training.mode = 'fl'"),
         (["privacy.mode='everywhere'"], "privacy.mode = 'everywhere': unknown"),

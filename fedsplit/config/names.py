@@ -251,11 +251,8 @@ def check_privacy(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; import
                 raise ConfigError(f"config: privacy.{name} = {getattr(p, name)}: has no effect with privacy.mode = 'off' (set privacy.mode = 'local' or 'central')")
     elif p.noise_multiplier == 0 and p.epsilon == 0:
         raise ConfigError(f"config: privacy.mode = {p.mode!r}: needs privacy.noise_multiplier > 0 or a budget privacy.epsilon > 0")
-    if p.mode == "local" and mode not in TRAIN_MESSAGE_MODES:
-        raise ConfigError(
-            f"config: privacy.mode = 'local' with training.mode = {mode!r}: DP-SGD runs where terminals train whole "
-            f"models ({', '.join(TRAIN_MESSAGE_MODES)}); split learning's terminal part is not covered yet"
-        )
+    # local DP-SGD runs in every mode: on whole models (TRAIN_MESSAGE_MODES) and on split learning's
+    # terminal part(s) (fedsplit.clients.split_privacy)
     if p.mode == "local" and cfg.strategy.name.lower() == "fedprox":
         raise ConfigError("config: privacy.mode = 'local' with strategy.name = 'fedprox': the proximal term has no per-sample gradient (DP-SGD would drop it)")
     if p.mode == "central" and mode != "fl":
