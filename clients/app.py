@@ -30,6 +30,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
+from fedsplit.clients.measure_mod import measure_mod
 from fedsplit.clients.privacy_mod import local_trainer
 from fedsplit.clients.secagg_client import STAGE_ACTIONS, handle_secagg_stage
 from fedsplit.clients.split_client import SPLIT_ACTION, handle_split
@@ -193,12 +194,15 @@ def make_client_app(mods: list | None = None, config_json: str | None = None) ->
     Parameters
     ----------
     mods : list, optional
-        Flower mods, outermost first (default: :func:`default_mods`).
+        Flower mods, outermost first (default: :func:`default_mods`); the measuring mod
+        (:func:`fedsplit.clients.measure_mod.measure_mod`, a no-op unless the node config asks
+        for it) always goes around them.
     config_json : str, optional
         The run's resolved configuration (:func:`fedsplit.learning.config_to_json`). Simulations
         pass it here; deployed ClientApps read ``config-file``/``overrides`` from the run config.
     """
-    app = ClientApp(mods=list(default_mods(config_json) if mods is None else mods))
+    # outermost: a measuring terminal (node config profile = "measure") times all the rest
+    app = ClientApp(mods=[measure_mod, *(default_mods(config_json) if mods is None else mods)])
     app.reports_flops = True  # replies carry exact "flops": fedsplit's engine need not meter them
 
     def train(msg: Message, context: Context) -> Message:

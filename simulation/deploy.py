@@ -153,13 +153,18 @@ def superlink_command(
     return cmd
 
 
-def node_config_string(partition_id: int, num_partitions: int, profile: str | None = None, extra: Mapping[str, str] | None = None) -> str:
-    """``--node-config`` of a SuperNode: its terminal, the population size and its device profile."""
+def node_config_string(
+    partition_id: int, num_partitions: int, profile: str | None = None, extra: Mapping[str, str] | None = None, *, measure: bool = False
+) -> str:
+    """``--node-config`` of a SuperNode: its terminal, the population size and its device profile
+    (``measure``: ``profile="measure"``, the ClientApp probes the device, :mod:`fedsplit.clients.measure_mod`)."""
     if not 0 <= partition_id < num_partitions:
         raise DeployError(f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions {num_partitions})")
     items = {"partition-id": str(partition_id), "num-partitions": str(num_partitions)}
     if profile:
         items["device-profile"] = f'"{profile}"'
+    if measure:
+        items["profile"] = '"measure"'
     items.update(extra or {})
     return " ".join(f"{k}={v}" for k, v in items.items())
 
@@ -176,6 +181,7 @@ def supernode_command(
     max_retries: int | None = None,
     max_wait_time: float | None = None,
     allow_insecure: bool = False,
+    measure: bool = False,
 ) -> list[str]:
     """The ``flower-supernode`` command line of one device.
 
@@ -197,12 +203,16 @@ def supernode_command(
         Bounds of Flower's reconnection with exponential back-off (default: retry forever).
     allow_insecure : bool
         Connect without TLS to a non-loopback SuperLink (the user insists).
+    measure : bool
+        Measure the device instead of trusting its declared profile: a FLOP/s probe on the
+        first message, the link fitted from timed exchanges; the ledger then holds measured
+        seconds next to the modelled ones.
     """
     host = superlink.rsplit(":", 1)[0]
     check_transport(host, tls=root_certificates is not None, allow_insecure=allow_insecure)
     cmd = [
         flower_executable("flower-supernode"), "--superlink", superlink, "--port", str(runtime_port),
-        "--node-config", node_config_string(partition_id, num_partitions, profile),
+        "--node-config", node_config_string(partition_id, num_partitions, profile, measure=measure),
     ]
     cmd += ["--insecure"] if root_certificates is None else ["--root-certificates", str(root_certificates)]
     if private_key is not None:
@@ -303,6 +313,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 args.superlink, args.partition_id, args.num_partitions, profile=args.profile,
                 root_certificates=args.root_certificates, private_key=args.private_key, runtime_port=args.runtime_port,
                 max_retries=args.max_retries, max_wait_time=args.max_wait_time, allow_insecure=args.allow_insecure,
+                measure=args.measure_profile,
             )
             return _exec(cmd, env, args.dry_run)
         if args.deploy_command == "register":
@@ -357,6 +368,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--max-retries", type=int, help="give up reconnecting after this many tries (default: never)")
     n.add_argument("--max-wait-time", type=float, help="give up reconnecting after this many seconds (default: never)")
     n.add_argument("--allow-insecure", action="store_true", help="connect without TLS to a non-loopback SuperLink (you insist)")
+    n.add_argument("--measure-profile", action="store_true",
+                   help="measure this device (a FLOP/s probe on the first message, the link from timed exchanges) "
+                   "instead of trusting --profile's numbers; the ledger gets measured seconds next to the modelled")
 
     r = sub.add_parser("register", help="admit a SuperNode's public key (flwr supernode register)")
     r.add_argument("public_key", help="nodes/<name>.pub from `fedsplit deploy certs`")

@@ -16,6 +16,12 @@ fedsplit's Ray engine, or a deployment grid) and sits between a strategy and the
 - the server's own work is put on the same clock (:meth:`MeteredGrid.server_work`) with the
   ``edge-server`` profile.
 
+Under Flower's deployment engine (real SuperNodes) the grid also times every exchange itself
+(:mod:`fedsplit.simulation.measured`: replies pulled every 0.1 s instead of Flower's 3 s), gives a
+terminal that measures itself (node config ``profile = "measure"``) its measured profile and the
+ledger's ``measured_compute_s``/``measured_comm_s``, and looks for SuperNodes that connected since
+the last round (``deploy.min_nodes`` of them are enough to start).
+
 The server loop tells the grid when a round begins (:meth:`MeteredGrid.begin_round`), when it is
 tried again because too few updates arrived (:meth:`MeteredGrid.retry_round`: the attempt's kept
 updates become ``rejected``, the clock goes on) and closes it (:meth:`MeteredGrid.close_round`). A third-party ServerApp that knows nothing of fedsplit gets
@@ -35,6 +41,7 @@ from flwr.serverapp import Grid
 
 from fedsplit.devices import EDGE_SERVER_PROFILE, DeviceProfile, Population, RoundClock, builtin_profiles, compute_cost, exchange_cost
 from fedsplit.ledger import Ledger, LedgerRow, RoundRecord, terminal_statuses
+from fedsplit.simulation.measured import MeasuredTerminals, is_polled_grid, timed_send_and_receive
 from fedsplit.simulation.wire_size import recorddict_wire_bytes
 
 log = logging.getLogger("fedsplit")
@@ -77,7 +84,9 @@ class MeteredGrid(Grid):
         Simulated round deadline in seconds (0 = none).
     partition_of : callable, optional
         ``node_id -> partition id``. When omitted (Flower's engines, whose node ids are random),
-        the mapping is discovered once with a ``query`` message to every node.
+        the mapping is discovered with a ``query`` message to every node: to all of them before
+        the first round, then, at each round, to nodes that connected since (a SuperNode that
+        joins late, or comes back with a new node id, takes its terminal from that round on).
     min_online : int
         If fewer terminals are online, seeded extra terminals are brought online (the server waits
         for them): a strategy needs at least its minimum number of nodes to sample from.
@@ -89,6 +98,11 @@ class MeteredGrid(Grid):
     emulate_availability : bool
         Draw who is online each round from the profiles' availability (off: everyone is online;
         used for third-party ServerApps, whose round boundaries fedsplit does not see).
+    min_nodes : int
+        Nodes that must be connected before the first round (0 = one per terminal). With fewer
+        than the population, a terminal whose node has not connected yet is offline in a round.
+    wait_s : float
+        Real seconds to wait for ``min_nodes`` nodes before giving up with an error.
     """
 
     def __init__(
@@ -104,6 +118,8 @@ class MeteredGrid(Grid):
         emulate_availability: bool = True,
         auto_rounds: bool = False,
         server_profile: DeviceProfile | None = None,
+        min_nodes: int = 0,
+        wait_s: float = 300.0,
     ) -> None:
         self.inner = inner
         self.population = population
@@ -116,8 +132,15 @@ class MeteredGrid(Grid):
         self.server_profile = server_profile or builtin_profiles()[EDGE_SERVER_PROFILE]
         self._partition_of = partition_of
         self._node_of_partition: dict[int, int] | None = None
-        self._node_array = np.zeros(0, dtype=np.uint64)
         self._partition_of_node: dict[int, int] | None = None
+        self.min_nodes = min_nodes if min_nodes > 0 else population.size
+        if self.min_nodes > population.size:
+            raise ValueError(f"deploy.min_nodes = {min_nodes}: more than the {population.size} terminals of the population")
+        self.wait_s = wait_s
+        self._refreshed_round: int | None = None
+        self._ignored: set[int] = set()  # nodes that are no terminal of this run (told once)
+        self._timed = is_polled_grid(inner)  # a deployment: exchanges are timed, nodes may join late
+        self.measured = MeasuredTerminals()
         self.current_round = 0
         self.attempt = 0
         self.clock = RoundClock(round_deadline_s)
@@ -219,34 +242,86 @@ class MeteredGrid(Grid):
 
     # --- terminals -----------------------------------------------------------------------------
     def _discover(self) -> None:
-        """Learn node id <-> partition id, by the engine's mapping or by asking every node once."""
+        """Learn node id <-> partition id, by the engine's mapping or by asking the nodes (once)."""
         if self._node_of_partition is not None:
             return
         node_ids = self._wait_for_nodes()
+        self._partition_of_node, self._node_of_partition = {}, {}
+        self._map_nodes(node_ids)
+        if self._partition_of is not None and len(self._partition_of_node) != self.population.size:
+            raise RuntimeError(f"engine has {len(self._partition_of_node)} nodes but the population has {self.population.size} terminals")
+        if len(self._node_of_partition) < self.min_nodes:
+            raise RuntimeError(
+                f"only {len(self._node_of_partition)} of the {len(node_ids)} connected nodes are terminals of this run "
+                f"(at least {self.min_nodes} needed; see the warnings above)"
+            )
+
+    def _map_nodes(self, node_ids: list[int]) -> None:
+        """Map ``node_ids`` to terminals: the engine's mapping, or a ``query`` to each node."""
+        assert self._partition_of_node is not None and self._node_of_partition is not None
         if self._partition_of is not None:
             mapping = {n: int(self._partition_of(n)) for n in node_ids}
         else:
             queries = [
                 Message(RecordDict(), dst_node_id=n, message_type="query", group_id="discovery") for n in node_ids
             ]
+            sent = {q.metadata.dst_node_id: q for q in queries}
+            replies, round_trip = self._exchange(queries, None)
             mapping = {}
-            for reply in self.inner.send_and_receive(queries):
+            for reply in replies:
+                node = reply.metadata.src_node_id
                 if reply.has_error():
-                    raise RuntimeError(f"node {reply.metadata.src_node_id} did not answer discovery: {reply.error.reason}")
-                mapping[reply.metadata.src_node_id] = int(reply.content.metric_records["metrics"]["partition-id"])
-        if len(mapping) != self.population.size:
-            raise RuntimeError(f"engine has {len(mapping)} nodes but the population has {self.population.size} terminals")
-        self._partition_of_node = mapping
-        self._node_of_partition = {p: n for n, p in mapping.items()}
-        self._node_array = np.array([self._node_of_partition[p] for p in range(self.population.size)], dtype=np.uint64)  # Flower ids are 64-bit unsigned
+                    log.warning("node %d did not answer discovery (%s): not used", node, reply.error.reason)
+                    self._ignored.add(node)
+                    continue
+                pid = int(reply.content.metric_records["metrics"]["partition-id"])
+                if not 0 <= pid < self.population.size:
+                    log.warning(
+                        "node %d is terminal %d, outside this run's 0..%d (its node config partition-id does not match "
+                        "the run's devices): not used", node, pid, self.population.size - 1,
+                    )
+                    self._ignored.add(node)
+                    continue
+                mapping[node] = pid
+                out = sent[reply.metadata.src_node_id]
+                self._observe(pid, reply, payload_bytes(out.content), payload_bytes(reply.content), round_trip.get(out.metadata.message_id))
+        claimed: dict[int, int] = {}
+        for node, pid in mapping.items():
+            if pid in claimed:
+                raise RuntimeError(f"nodes {claimed[pid]} and {node} both say they are terminal {pid}: give every SuperNode its own partition-id")
+            claimed[pid] = node
+        for node, pid in sorted(mapping.items(), key=lambda item: item[1]):
+            old = self._node_of_partition.get(pid)
+            if old is not None and old != node:
+                log.info("terminal %d is now node %d (was node %d)", pid, node, old)
+                self._partition_of_node.pop(old, None)
+            self._partition_of_node[node] = pid
+            self._node_of_partition[pid] = node
 
-    def _wait_for_nodes(self, timeout_s: float = 300.0) -> list[int]:
-        """All of the engine's nodes; an engine may still be registering them when the ServerApp starts."""
-        deadline = time.monotonic() + timeout_s
-        while len(node_ids := list(self.inner.get_node_ids())) < self.population.size:
+    def _refresh(self, server_round: int) -> None:
+        """Once per round, map nodes that connected since the last look (deployments only: the
+        engines that run terminals here start them all before the first round)."""
+        self._discover()
+        if not self._timed or self._refreshed_round == server_round:
+            return
+        self._refreshed_round = server_round
+        assert self._partition_of_node is not None
+        new = [n for n in self.inner.get_node_ids() if n not in self._partition_of_node and n not in self._ignored]
+        if new:
+            before = set(self._node_of_partition or {})
+            self._map_nodes(new)
+            joined = sorted(set(self._node_of_partition or {}) - before)
+            if joined:
+                log.info("round %d: terminal(s) %s joined", server_round, ", ".join(map(str, joined)))
+
+    def _wait_for_nodes(self) -> list[int]:
+        """The engine's nodes once at least ``min_nodes`` are connected; an engine may still be
+        registering them when the ServerApp starts."""
+        deadline = time.monotonic() + self.wait_s
+        while len(node_ids := list(self.inner.get_node_ids())) < self.min_nodes:
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"only {len(node_ids)} of {self.population.size} nodes connected within {timeout_s:.0f} s"
+                    f"only {len(node_ids)} of {self.min_nodes} nodes connected within {self.wait_s:.0f} s"
                 )
             time.sleep(0.2)
         return node_ids
@@ -265,19 +340,31 @@ class MeteredGrid(Grid):
         assert self._node_of_partition is not None
         return self._node_of_partition[partition_id]
 
+    def connected_partitions(self) -> np.ndarray:
+        """Terminals whose node is known (all of them, except in a deployment still filling up)."""
+        self._discover()
+        assert self._node_of_partition is not None
+        return np.array(sorted(self._node_of_partition), dtype=int)
+
+    def profile_of(self, partition_id: int) -> DeviceProfile:
+        """The terminal's device profile: its class, with what it measured of itself if it did."""
+        return self.measured.profile(partition_id, self.population.profile_of(partition_id))
+
     def online_partitions(self, server_round: int) -> np.ndarray:
         """Terminals online in ``server_round`` (at least ``min_online`` of them)."""
         if self._online_cache is not None and self._online_cache[0] == server_round:
             return self._online_cache[1]
+        self._refresh(server_round)
+        connected = self.connected_partitions()
         if not self.emulate_availability:
-            online = np.arange(self.population.size)
+            online = connected
             self.ledger.online[server_round] = len(online)
             return online
-        online = self.population.online(server_round, self.seed)
+        online = np.intersect1d(self.population.online(server_round, self.seed), connected)
         if len(online) < self.min_online:
-            offline = np.setdiff1d(np.arange(self.population.size), online)
+            offline = np.setdiff1d(connected, online)
             extra = np.random.default_rng([self.seed, server_round, 0x0FF]).choice(
-                offline, self.min_online - len(online), replace=False
+                offline, min(self.min_online - len(online), len(offline)), replace=False
             )
             online = np.sort(np.concatenate([online, extra]))
         self._online_cache = (server_round, online)
@@ -286,8 +373,9 @@ class MeteredGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         """Nodes of the terminals online this round, in terminal order."""
-        self._discover()
-        return self._node_array[self.online_partitions(self.current_round)].tolist()
+        online = self.online_partitions(self.current_round)
+        assert self._node_of_partition is not None
+        return [self._node_of_partition[int(p)] for p in online]
 
     # --- metered exchange ----------------------------------------------------------------------
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None, on_device: bool = False) -> Iterable[Message]:
@@ -314,16 +402,41 @@ class MeteredGrid(Grid):
                 self.close_round()
             self.begin_round(self.current_round + 1)
         sent = {m.metadata.dst_node_id: (m, payload_bytes(m.content)) for m in messages}
-        replies = {r.metadata.src_node_id: r for r in self.inner.send_and_receive(messages, timeout=timeout)}
+        received, round_trip = self._exchange(messages, timeout)
+        replies = {r.metadata.src_node_id: r for r in received}
         kept: list[Message] = []
         # Rows are written, and replies handed to the strategy, in terminal order whatever order
         # the replies arrived in: the ledger and the aggregate's float arithmetic of a seed are
         # then the same on every engine.
         for node, (out, bytes_down) in sorted(sent.items(), key=lambda item: self.partition_of(item[0])):
             reply = replies.get(node)
-            if self._record(out, reply, 0 if on_device else bytes_down, on_device=on_device) and reply is not None:
+            seconds = round_trip.get(out.metadata.message_id)
+            if self._record(out, reply, 0 if on_device else bytes_down, on_device=on_device, round_trip_s=seconds) and reply is not None:
                 kept.append(reply)
         return kept
+
+    def _exchange(self, messages: list[Message], timeout: float | None) -> tuple[list[Message], dict[str, float]]:
+        """Deliver ``messages``: the replies, and the round trip of each in real seconds (by the
+        id of the message sent) when the inner Grid reaches real nodes (else empty)."""
+        if self._timed:
+            return timed_send_and_receive(self.inner, messages, timeout)
+        return list(self.inner.send_and_receive(messages, timeout=timeout)), {}
+
+    def _observe(self, pid: int, reply: Message, bytes_moved_down: int, bytes_up: int, round_trip_s: float | None) -> tuple[float, float]:
+        """Feed a measuring terminal's reply to :attr:`measured` and take its measurements out of
+        the reply; its ``(measured_compute_s, measured_comm_s)`` (0, 0 for a terminal that does not
+        measure)."""
+        from fedsplit.clients.measure_mod import MEASURED_KEY, read_measured
+
+        found = read_measured(reply.content)
+        if found is None:
+            return 0.0, 0.0
+        # for the ledger only: a strategy expects the app's own records (Flower's FedAvg: one MetricRecord)
+        reply.content = RecordDict({k: v for k, v in reply.content.items() if k != MEASURED_KEY})
+        flops_per_s, compute_s = found
+        comm_s = None if round_trip_s is None else max(round_trip_s - compute_s, 0.0)
+        self.measured.observe(pid, flops_per_s, bytes_moved_down + bytes_up, comm_s)
+        return compute_s, comm_s or 0.0
 
     def _compute_of(self, reply: Message) -> tuple[int, str]:
         """FLOPs of a reply's work and how they were obtained (see :class:`LedgerRow`).
@@ -345,13 +458,12 @@ class MeteredGrid(Grid):
             return int(found[0]), str(found[1])
         return 0, "none"
 
-    def _record(self, out: Message, reply: Message | None, bytes_down: int, *, on_device: bool = False) -> bool:
+    def _record(self, out: Message, reply: Message | None, bytes_down: int, *, on_device: bool = False, round_trip_s: float | None = None) -> bool:
         pid = self.partition_of(out.metadata.dst_node_id)
-        profile = self.population.profile_of(pid)
         message_type = out.metadata.message_type
         server_round = self.current_round
         status, reason, flops, method, bytes_up, gpu_mem = "ok", "", 0, "none", 0, 0
-        dp_epsilon = 0.0
+        dp_epsilon = measured_compute_s = measured_comm_s = 0.0
         if reply is None:
             status, reason = "failed", "no reply"
         elif reply.has_error():
@@ -361,6 +473,8 @@ class MeteredGrid(Grid):
             flops, method = self._compute_of(reply)
             gpu_mem = _gpu_mem_of(reply)
             dp_epsilon = _dp_epsilon_of(reply)
+            measured_compute_s, measured_comm_s = self._observe(pid, reply, bytes_down, bytes_up, round_trip_s)
+        profile = self.profile_of(pid)
         cost = compute_cost(profile, flops) if on_device else exchange_cost(profile, flops, bytes_up, bytes_down)
         slot = self.clock.exchange(pid, cost.total_s, counts=status == "ok")
         if slot.straggler:
@@ -391,6 +505,8 @@ class MeteredGrid(Grid):
                 gpu_mem_bytes=gpu_mem,
                 dp_epsilon=dp_epsilon,
                 attempt=self.attempt,
+                measured_compute_s=measured_compute_s,
+                measured_comm_s=measured_comm_s,
             )
         )
         return status == "ok"

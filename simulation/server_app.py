@@ -296,6 +296,8 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
         partition_of=partition_of or getattr(grid, "partition_of", None),
         min_online=cfg.strategy.min_train_nodes,
         server_profile=resolve_profiles(cfg.profiles)[cfg.clock.server_profile],
+        min_nodes=cfg.deploy.min_nodes,
+        wait_s=cfg.deploy.wait_s,
     )
     session.grid = metered
     f = cfg.faults

@@ -258,6 +258,14 @@ class EngineConfig:
 
 
 @dataclass
+class DeployConfig:
+    """Runs on real devices (Flower's deployment engine: `fedsplit deploy run`, `flwr run`)."""
+
+    min_nodes: int = field(default=0, metadata=doc("SuperNodes that must be connected before the first round (0 = one per terminal); a terminal whose SuperNode connects later is offline until the round after it joined", ge=0))
+    wait_s: float = field(default=300.0, metadata=doc("real seconds to wait for min_nodes SuperNodes before the run stops with an error", gt=0))
+
+
+@dataclass
 class RunConfig:
     """A fedsplit simulation."""
 
@@ -280,6 +288,7 @@ class RunConfig:
     split: SplitConfig = field(default_factory=SplitConfig, metadata=doc("split learning"))
     orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig, metadata=doc("asynchronous and decentralized training"))
     engine: EngineConfig = field(default_factory=EngineConfig, metadata=doc("execution engine"))
+    deploy: DeployConfig = field(default_factory=DeployConfig, metadata=doc("deployment on real devices"))
     faults: FaultsConfig = field(default_factory=FaultsConfig, metadata=doc("injected faults and the minimum of updates per round"))
     transfer: TransferConfig = field(default_factory=TransferConfig, metadata=doc("transfer learning and distillation"))
     compression: dict[str, Any] = field(default_factory=dict, metadata=doc("update compression, e.g. {uplink = 'topk', density = 0.01, error_feedback = true}"))

@@ -70,6 +70,15 @@ class LedgerRow:
         Attempt of the round the exchange belongs to: 0, or ``k`` in the ``k``-th retry of a
         round that kept fewer updates than ``faults.min_clients`` (the earlier attempts' rows
         stay, their updates marked ``rejected``).
+    measured_compute_s : float
+        Real seconds the terminal took to handle the message, as it measured them (a deployed
+        node with ``profile = "measure"``: the reply's ``fedsplit.measured`` record); 0 when not
+        measured. Next to ``compute_s``, the modelled seconds.
+    measured_comm_s : float
+        Real seconds of the exchange apart from the terminal's compute: the round trip the
+        server timed (send to reply received) minus ``measured_compute_s``, so transfers both
+        ways, queueing and the deployment engine's per-message overhead; 0 when not measured
+        (simulations, nodes that do not measure). Next to ``comm_s``, the modelled seconds.
     """
 
     round: int
@@ -92,6 +101,8 @@ class LedgerRow:
     gpu_mem_bytes: int = 0
     dp_epsilon: float = 0.0
     attempt: int = 0
+    measured_compute_s: float = 0.0
+    measured_comm_s: float = 0.0
 
     @property
     def total_s(self) -> float:
