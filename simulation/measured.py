@@ -10,10 +10,10 @@ terminals in this machine (fedsplit's, Flower's simulation engine) keep their ow
 :class:`MeasuredTerminals` keeps, for every terminal that measures itself (node config
 ``profile = "measure"``, :mod:`fedsplit.clients.measure_mod`), its probed FLOP/s and the
 ``(bytes, seconds)`` of its timed exchanges, and gives its measured device profile
-(:func:`fedsplit.devices.probe.measured_profile`): the FLOP/s from its first reply, the link
-fitted (:func:`fedsplit.devices.probe.fit_link`) once two exchanges of different sizes were timed
-(discovery's query and the first real message), then kept for the run, so every later row is
-modelled with the same profile.
+(:func:`fedsplit.devices.probe.measured_profile`): the FLOP/s from its first reply (discovery's
+query), the link fitted (:func:`fedsplit.devices.probe.fit_link`) again after each of its first
+:data:`LINK_SAMPLES` timed exchanges, then kept for the rest of the run. Until the throughput
+stands out of the jitter the declared bandwidths stay, with the measured mean overhead as latency.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from fedsplit.devices.probe import LinkFit, fit_link, measured_profile
 
 #: Seconds between two pulls of replies from the SuperLink (Flower's own Grid waits 3 s).
 POLL_S = 0.1
+#: Timed exchanges of a terminal its link is fitted on (discovery's query included).
+LINK_SAMPLES = 8
 
 
 def is_polled_grid(grid: object) -> bool:
@@ -110,13 +112,11 @@ class MeasuredTerminals:
         """
         terminal = self._terminals.setdefault(partition_id, _Terminal())
         terminal.flops_per_s = float(flops_per_s)
-        if seconds is None or terminal.link is not None:
+        if seconds is None or len(terminal.samples) >= LINK_SAMPLES:
             return
         terminal.samples.append((float(bytes_moved), max(float(seconds), 0.0)))
-        sizes = {b for b, _ in terminal.samples}
-        if len(sizes) >= 2:
-            b, s = zip(*terminal.samples)
-            terminal.link = fit_link(b, s)
+        b, s = zip(*terminal.samples)
+        terminal.link = fit_link(b, s)
 
     def profile(self, partition_id: int, declared: DeviceProfile) -> DeviceProfile:
         """The terminal's profile: ``declared`` with what was measured of it (``declared`` if nothing)."""
@@ -138,9 +138,10 @@ class MeasuredTerminals:
                 "measured_flops_per_s": terminal.flops_per_s,
                 "link_overhead_s": None if terminal.link is None else terminal.link.overhead_s,
                 "link_bps": None if terminal.link is None else terminal.link.bps,
+                "link_samples": len(terminal.samples),
                 "declared_uplink_bps": declared.uplink_bps,
             }
         return out
 
 
-__all__ = ["POLL_S", "MeasuredTerminals", "is_polled_grid", "timed_send_and_receive"]
+__all__ = ["LINK_SAMPLES", "POLL_S", "MeasuredTerminals", "is_polled_grid", "timed_send_and_receive"]

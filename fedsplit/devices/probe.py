@@ -15,8 +15,9 @@ What the numbers mean:
 - the link is what a byte costs through Flower's deployment engine on that device: the fit's
   intercept is the per-exchange overhead (polling, starting the ClientApp process, latency)
   and its slope the throughput. Up- and downlink are not told apart (one slope for both
-  directions). When the transfers are too short to stand out of the overhead's jitter (loopback,
-  small models) the slope is not resolvable and the declared bandwidths stay.
+  directions). The slope counts only when it stands out of the exchanges' jitter (a t statistic
+  of at least :data:`MIN_SLOPE_T`, so three exchanges of two sizes at least); when the transfers
+  are too short for that (loopback, small models) the declared bandwidths stay.
 
 Plain PyTorch/NumPy: no Flower imports.
 """
@@ -36,6 +37,8 @@ from fedsplit.devices.profile import DeviceProfile
 PROBE_N = 256
 #: Seconds the FLOP/s probe may take (the first product, a warm-up, included); well under 0.5 s.
 PROBE_BUDGET_S = 0.2
+#: A fitted throughput counts when its slope is at least this many standard errors above zero.
+MIN_SLOPE_T = 3.0
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class LinkFit:
     samples: int
 
 
-def fit_link(bytes_moved: Sequence[float], seconds: Sequence[float]) -> LinkFit:
+def fit_link(bytes_moved: Sequence[float], seconds: Sequence[float], min_t: float = MIN_SLOPE_T) -> LinkFit:
     """Fit ``seconds = overhead_s + 8 * bytes / bps`` over a device's exchanges (least squares).
 
     Parameters
@@ -136,13 +139,16 @@ def fit_link(bytes_moved: Sequence[float], seconds: Sequence[float]) -> LinkFit:
     seconds : sequence of float
         Real seconds each exchange took apart from the device's compute (round trip observed
         by the server minus the compute seconds the device reported).
+    min_t : float
+        The slope counts when it is at least ``min_t`` standard errors above zero (from the
+        residuals, so three exchanges at least; an exact fit of three or more counts whenever
+        its slope is positive).
 
     Returns
     -------
     LinkFit
-        ``bps`` is None with fewer than two distinct sizes or a slope that is not positive (the
-        transfers did not stand out of the overhead's variation); ``overhead_s`` is then the
-        mean of ``seconds``.
+        ``bps`` is None with fewer than three exchanges or two distinct sizes, or a slope that
+        does not stand out of the exchanges' jitter; ``overhead_s`` is then the mean of ``seconds``.
     """
     x = np.asarray(bytes_moved, dtype=float)
     y = np.asarray(seconds, dtype=float)
@@ -152,7 +158,11 @@ def fit_link(bytes_moved: Sequence[float], seconds: Sequence[float]) -> LinkFit:
         raise ValueError("fit_link: byte counts must be finite and >= 0, durations finite")
     if np.ptp(x) > 0:
         slope, intercept = np.polyfit(x, y, 1)
-        if slope > 0:
+        residual = y - (intercept + slope * x)
+        sxx = float(np.sum((x - x.mean()) ** 2))
+        ssr = float(np.sum(residual**2))
+        exact = ssr <= 1e-18 * max(float(np.sum(y**2)), 1e-300)
+        if slope > 0 and len(x) > 2 and (exact or slope / np.sqrt(ssr / (len(x) - 2) / sxx) >= min_t):
             return LinkFit(overhead_s=max(float(intercept), 0.0), bps=8.0 / float(slope), samples=len(x))
     return LinkFit(overhead_s=max(float(np.mean(y)), 0.0), bps=None, samples=len(x))
 
@@ -187,4 +197,4 @@ def measured_profile(base: DeviceProfile, flops_per_s: float | None = None, link
     return replace(base, **changes)
 
 
-__all__ = ["PROBE_BUDGET_S", "PROBE_N", "FlopsProbe", "LinkFit", "fit_link", "measured_profile", "probe_flops_per_s"]
+__all__ = ["MIN_SLOPE_T", "PROBE_BUDGET_S", "PROBE_N", "FlopsProbe", "LinkFit", "fit_link", "measured_profile", "probe_flops_per_s"]
