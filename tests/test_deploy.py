@@ -1,15 +1,21 @@
 """fedsplit on Flower's deployment engine, with real processes on loopback.
 
 One SuperLink (TLS, SuperNode authentication) and three SuperNodes (one per terminal, each with
-its node key) are started once for the module as separate processes; ``flwr run`` then starts
-fedsplit's ServerApp on them. Every process runs in its own session and its whole process group
-is killed by the fixture's finalizer, also when a test fails.
+its node key; terminal 0's measures its device, ``profile = "measure"``) are started once for the
+module as separate processes; ``flwr run`` then starts fedsplit's ServerApp on them. Every process
+runs in its own session and its whole process group is killed by the fixture's finalizer, also
+when a test fails.
 
-Run alone: ``.venv/bin/python -m pytest -q tests/test_deploy.py``.
+In CI (``pytest -q``): the fast checks, two rounds of FedAvg + top-k compared with the same run
+on fedsplit's serial engine, and the refusal of an unknown key. Marked ``lab_run`` (minutes each
+on 2 cores, left out of CI): SplitFed, a SuperNode joining late, a SuperNode dying mid-round; run
+them with ``.venv/bin/python -m pytest -q -m "lab_run or not lab_run" tests/test_deploy.py``
+(or ``-m lab_run`` alone: the module's lab starts either way).
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -48,6 +54,8 @@ OVERRIDES = [
     "compression.density=0.1",
     "progress=false",
 ]
+#: The terminal whose SuperNode measures its device (node config profile = "measure").
+MEASURING = 0
 
 
 # --- fast checks: no processes ---------------------------------------------------------------
@@ -93,6 +101,7 @@ def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     """Terminate ``proc``'s whole process group (it was started with ``start_new_session``)."""
     if proc.poll() is None:
         try:
+            os.killpg(proc.pid, signal.SIGCONT)  # in case a test stopped it
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=grace_s)
         except (ProcessLookupError, subprocess.TimeoutExpired):
@@ -128,13 +137,21 @@ class Lab:
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
 
-    def supernode(self, partition_id: int, key_name: str, **kwargs: object) -> subprocess.Popen:
+    def supernode(self, partition_id: int, key_name: str, num_partitions: int = NODES, **kwargs: object) -> subprocess.Popen:
         cmd = supernode_command(
-            self.address, partition_id, NODES, profile="laptop", root_certificates=self.certs.ca_cert,
+            self.address, partition_id, num_partitions, profile="laptop", root_certificates=self.certs.ca_cert,
             private_key=self.certs.node_key(key_name), runtime_port=(port := _free_port()), **kwargs,
         )
         self.ports.append(port)
         return self.start(cmd, f"supernode-{key_name}")
+
+    def register(self, *key_names: str) -> None:
+        """Admit the nodes' public keys (``flwr supernode register``, all at once)."""
+        runs = [subprocess.Popen(register_command(self.certs.node_public_key(k), FEDERATION), env=self.env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for k in key_names]
+        for key, run in zip(key_names, runs):
+            out, _ = run.communicate(timeout=120)
+            assert run.returncode == 0, f"register {key}: {out}"
 
 
 def _wait_for(predicate, timeout_s: float, what: str, lab: Lab) -> None:  # noqa: ANN001
@@ -144,7 +161,7 @@ def _wait_for(predicate, timeout_s: float, what: str, lab: Lab) -> None:  # noqa
             return
         if lab.superlink is not None and lab.superlink.poll() is not None:
             raise RuntimeError(f"SuperLink exited ({lab.superlink.returncode}):\n{lab.log('superlink')[-3000:]}")
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise TimeoutError(f"{what} not within {timeout_s:.0f} s:\n{lab.log('superlink')[-3000:]}")
 
 
@@ -155,9 +172,10 @@ def _port_open(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """SuperLink with TLS and node authentication, three registered SuperNodes, all running."""
+    """SuperLink with TLS and node authentication, three registered SuperNodes, all running
+    (terminal :data:`MEASURING`'s measures its device); keys for a late node and an intruder."""
     root = tmp_path_factory.mktemp("lab")
-    certs = make_lab_certificates(root / "certs", nodes=[f"node-{i}" for i in range(NODES)] + ["intruder"])
+    certs = make_lab_certificates(root / "certs", nodes=[f"node-{i}" for i in range(NODES + 1)] + ["intruder"])
     port = _free_port()
     address = f"127.0.0.1:{port}"
     env = deploy_env(flwr_home=root / "flwr-home")
@@ -166,11 +184,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     try:
         lab.superlink = lab.start(superlink_command("127.0.0.1", port, certs=root / "certs"), "superlink")
         _wait_for(lambda: _port_open(port), 60, "SuperLink listening", lab)
-        for i in range(NODES):
-            done = subprocess.run(register_command(certs.node_public_key(f"node-{i}"), FEDERATION), env=env,
-                                  capture_output=True, text=True, timeout=60)
-            assert done.returncode == 0, done.stdout + done.stderr
-        lab.nodes = [lab.supernode(i, f"node-{i}") for i in range(NODES)]
+        lab.register(*[f"node-{i}" for i in range(NODES)])
+        lab.nodes = [lab.supernode(i, f"node-{i}", measure=i == MEASURING) for i in range(NODES)]
         _wait_for(lambda: all("SuperNode ID" in lab.log(f"supernode-node-{i}") for i in range(NODES)), 60, "SuperNodes registered", lab)
         yield lab
     finally:
@@ -199,8 +214,8 @@ def _kill_strays(lab: Lab) -> None:
     psutil.wait_procs(strays, timeout=5)
 
 
-def _flwr_run(lab: Lab, out_dir: Path, extra: list[str] = ()) -> tuple[subprocess.CompletedProcess, dict]:
-    overrides = [*OVERRIDES, f"out_dir={out_dir}", "run_name=deploy", *extra]
+def _flwr_run(lab: Lab, out_dir: Path, overrides: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
+    overrides = [*overrides, f"out_dir={out_dir}", "run_name=deploy"]
     cmd = run_command(APP_DIR, FEDERATION, overrides=overrides)
     done = subprocess.run(cmd, env=lab.env, cwd=APP_DIR, capture_output=True, text=True, timeout=420, start_new_session=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -209,24 +224,73 @@ def _flwr_run(lab: Lab, out_dir: Path, extra: list[str] = ()) -> tuple[subproces
     return done, json.loads(summary_path.read_text())
 
 
+def _simulate(fedsplit_main, overrides: list[str], out_dir: Path) -> dict:  # noqa: ANN001 - conftest fixture
+    """The same run on fedsplit's serial engine, in this process (no Ray to start)."""
+    sets = [*overrides, "engine.name=serial", f"out_dir={out_dir}", "run_name=sim"]
+    sim = fedsplit_main("simulate", *[a for o in sets for a in ("--set", o)])
+    assert sim.returncode == 0, sim.stderr
+    return json.loads((out_dir / "sim" / "summary.json").read_text())
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _same_exchanges(deployed: Path, simulated: Path) -> None:
+    """Row by row, the deployment's ledger and the simulation's: the same exchanges, FLOPs and
+    downlink bytes; the same uplink bytes except the measuring terminal's, whose replies also
+    carry its measurements (a constant number of bytes more)."""
+    dep, sim = _rows(deployed / "clients.csv"), _rows(simulated / "clients.csv")
+    key = lambda r: (r["round"], r["phase"], r["client_id"], r["seq"])  # noqa: E731
+    assert [key(r) for r in dep] == [key(r) for r in sim]
+    extra = set()
+    for d, s in zip(dep, sim):
+        assert (d["status"], d["flops"], d["bytes_down"], d["message_type"]) == (s["status"], s["flops"], s["bytes_down"], s["message_type"]), key(d)
+        if int(d["client_id"]) == MEASURING:
+            extra.add(int(d["bytes_up"]) - int(s["bytes_up"]))
+        else:
+            assert d["bytes_up"] == s["bytes_up"], key(d)
+    assert len(extra) == 1 and extra.pop() > 0  # the fedsplit.measured record, in every reply
+
+
+def _check_measured(run_dir: Path, summary: dict, measuring: set[int]) -> None:
+    """Measured seconds next to the modelled ones for the measuring terminals, none for the others;
+    their modelled compute uses the probed FLOP/s."""
+    assert sorted(summary.get("measured_profiles", {})) == sorted(str(t) for t in measuring)
+    for row in _rows(run_dir / "clients.csv"):
+        client, measured = int(row["client_id"]), float(row["measured_compute_s"])
+        if client in measuring:
+            rate = summary["measured_profiles"][str(client)]["measured_flops_per_s"]
+            assert measured > 0 and float(row["measured_comm_s"]) > 0  # the round trip includes Flower's per-message work
+            assert float(row["compute_s"]) == pytest.approx(int(row["flops"]) / rate)
+        else:
+            assert measured == 0 and float(row["measured_comm_s"]) == 0
+
+
 @pytest.mark.slow
-@pytest.mark.lab_run
-def test_fedavg_topk_two_rounds_on_three_supernodes_matches_simulation(lab: Lab, tmp_path: Path, fedsplit_main, ray_session) -> None:  # noqa: ANN001
-    done, deployed = _flwr_run(lab, tmp_path / "deployed")
+@pytest.mark.parametrize(
+    "terminals",
+    # CI: two of the lab's three SuperNodes are the run's terminals (every message starts a
+    # ClientApp process of about 5 CPU seconds); the third answers discovery and is left out,
+    # as any node outside the population is. All three: lab_run.
+    [2, pytest.param(NODES, marks=pytest.mark.lab_run)],
+)
+def test_fedavg_topk_two_rounds_matches_simulation(lab: Lab, tmp_path: Path, fedsplit_main, terminals: int) -> None:  # noqa: ANN001
+    overrides = [*OVERRIDES, f"devices={{laptop={terminals}}}"]
+    done, deployed = _flwr_run(lab, tmp_path / "deployed", overrides)
+    run_dir = tmp_path / "deployed" / "deploy"
     assert "final_accuracy=" in done.stdout
     assert deployed["engine"] == "flwr-run" and deployed["rounds"] == 2 and deployed["failed"] == 0
     assert deployed["final_metrics"]["fedsplit.uplink-ratio"] > 5  # top-k at density 0.1 went on the wire
-    rows = (tmp_path / "deployed" / "deploy" / "clients.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * NODES  # one ledger row per terminal and round
-    rounds = (tmp_path / "deployed" / "deploy" / "rounds.csv").read_text().splitlines()
-    assert [line.split(",")[3] for line in rounds[1:]] == ["3", "3"]  # aggregated
+    assert len(_rows(run_dir / "clients.csv")) == 2 * terminals  # one ledger row per terminal and round
+    assert [r["aggregated"] for r in _rows(run_dir / "rounds.csv")] == [str(terminals)] * 2
+    _check_measured(run_dir, deployed, {MEASURING})
 
     # The same configuration on fedsplit's engine: same seed, same partitions, same final model.
-    sim = fedsplit_main("simulate", *[a for o in [*OVERRIDES, f"out_dir={tmp_path / 'sim'}", "run_name=sim"] for a in ("--set", o)])
-    assert sim.returncode == 0, sim.stderr
-    simulated = json.loads((tmp_path / "sim" / "sim" / "summary.json").read_text())
-    for key in ("bytes_up", "bytes_down", "flops"):
-        assert deployed[key] == simulated[key], key
+    simulated = _simulate(fedsplit_main, overrides, tmp_path / "sim")
+    assert deployed["flops"] == simulated["flops"] and deployed["bytes_down"] == simulated["bytes_down"]
+    _same_exchanges(run_dir, tmp_path / "sim" / "sim")
     assert abs(deployed["final_metrics"]["accuracy"] - simulated["final_metrics"]["accuracy"]) <= 1e-6
     assert abs(deployed["final_metrics"]["loss"] - simulated["final_metrics"]["loss"]) <= 1e-6
 
@@ -241,6 +305,89 @@ def test_supernode_with_unknown_key_is_refused(lab: Lab) -> None:
     assert intruder.returncode != 0
     assert "Failed to activate SuperNode" in lab.log("supernode-intruder")
     assert all(node.poll() is None for node in lab.nodes)  # the registered ones are still connected
+
+
+#: One round of SplitFed (v1: a server part per terminal) with the MLP cut after its hidden layer;
+#: 256-sample batches, so each terminal's epoch is two train.split steps (one message each).
+SPLITFED = [
+    "rounds=1",
+    f"devices={{laptop={NODES}}}",
+    "model.name=mlp",
+    "training.mode=splitfed-v1",
+    "split.cut=net.2",
+    "train.local_epochs=1",
+    "train.batch_size=256",
+    "progress=false",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.lab_run
+def test_splitfed_round_on_three_supernodes_matches_simulation(lab: Lab, tmp_path: Path, fedsplit_main) -> None:  # noqa: ANN001
+    """Split learning's terminal side (train.split messages, its state in Context.state between
+    them, each in a fresh flwr-clientapp process) under the deployment engine."""
+    _, deployed = _flwr_run(lab, tmp_path / "deployed", SPLITFED)
+    run_dir = tmp_path / "deployed" / "deploy"
+    assert deployed["rounds"] == 1 and deployed["failed"] == 0
+    rows = _rows(run_dir / "clients.csv")
+    assert {r["message_type"] for r in rows} == {"train.split"}
+    per_terminal = {t: sorted(int(r["seq"]) for r in rows if r["client_id"] == str(t)) for t in range(NODES)}
+    assert all(seqs == list(range(len(seqs))) and len(seqs) >= 2 for seqs in per_terminal.values()), per_terminal
+    assert [r["aggregated"] for r in _rows(run_dir / "rounds.csv")] == [str(NODES)]
+    _check_measured(run_dir, deployed, {MEASURING})
+
+    simulated = _simulate(fedsplit_main, SPLITFED, tmp_path / "sim")
+    _same_exchanges(run_dir, tmp_path / "sim" / "sim")
+    assert deployed["flops"] == simulated["flops"]
+    assert abs(deployed["final_metrics"]["accuracy"] - simulated["final_metrics"]["accuracy"]) <= 1e-6
+    assert abs(deployed["final_metrics"]["loss"] - simulated["final_metrics"]["loss"]) <= 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.lab_run
+def test_supernode_joining_late_trains_from_the_next_round(lab: Lab, tmp_path: Path) -> None:
+    """A fourth terminal's SuperNode connects while round 1 runs and trains in round 2.
+
+    The run starts with three of its four terminals (``deploy.min_nodes = 3``). Round 1 cannot end
+    while node 1's SuperNode is stopped (SIGSTOP as soon as it receives its round-1 train message:
+    its reply waits), and the late SuperNode is started and registered in that window; so it is
+    connected before round 2 begins and after round 1 chose its terminals, whatever the timing.
+    """
+    lab.register(f"node-{NODES}")
+    out_dir = tmp_path / "late"
+    overrides = [*OVERRIDES, f"devices={{laptop={NODES + 1}}}", f"deploy.min_nodes={NODES}", f"out_dir={out_dir}", "run_name=deploy"]
+    run = lab.start(run_command(APP_DIR, FEDERATION, overrides=overrides), "flwr-run-late")
+    paused = lab.nodes[1]
+    trains_before = lab.log("supernode-node-1").count("Receiving: train message")
+    late = None
+    try:
+        deadline = time.monotonic() + 240
+        while lab.log("supernode-node-1").count("Receiving: train message") == trains_before:
+            assert run.poll() is None, lab.log("flwr-run-late")[-3000:]
+            assert time.monotonic() < deadline, "node 1 never received round 1's train message"
+            time.sleep(0.05)
+        os.kill(paused.pid, signal.SIGSTOP)
+        try:
+            late = lab.supernode(NODES, f"node-{NODES}", num_partitions=NODES + 1, measure=True)
+            _wait_for(lambda: "SuperNode ID" in lab.log(f"supernode-node-{NODES}"), 60, "late SuperNode registered", lab)
+        finally:
+            os.kill(paused.pid, signal.SIGCONT)
+        run.wait(timeout=420)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run did not finish:\n" + lab.log("flwr-run-late")[-3000:])
+    finally:
+        if late is not None:  # leave the lab with its three nodes (it deactivates on SIGTERM)
+            _kill_group(late, grace_s=20)
+    assert run.returncode == 0, lab.log("flwr-run-late")[-3000:]
+    rounds = _rows(out_dir / "deploy" / "rounds.csv")
+    assert [r["online"] for r in rounds] == [str(NODES), str(NODES + 1)]
+    rows = _rows(out_dir / "deploy" / "clients.csv")
+    assert {r["client_id"] for r in rows if r["round"] == "1"} == {str(t) for t in range(NODES)}
+    late_rows = [r for r in rows if r["client_id"] == str(NODES)]
+    assert [(r["round"], r["phase"], r["status"]) for r in late_rows] == [("2", "train", "ok")]
+    assert rounds[1]["aggregated"] == str(NODES + 1)
+    summary = json.loads((out_dir / "deploy" / "summary.json").read_text())
+    _check_measured(out_dir / "deploy", summary, {MEASURING, NODES})  # the late node measures itself too
 
 
 @pytest.mark.slow
@@ -264,9 +411,7 @@ def test_run_finishes_when_a_supernode_dies_mid_round(lab: Lab, tmp_path: Path) 
     except subprocess.TimeoutExpired:
         pytest.fail("the run did not finish after a SuperNode died:\n" + lab.log("flwr-run-killed")[-3000:])
     assert run.returncode == 0, lab.log("flwr-run-killed")[-3000:]
-    header, *rows = (out_dir / "deploy" / "rounds.csv").read_text().splitlines()
-    cols = header.split(",")
-    table = [dict(zip(cols, row.split(","))) for row in rows]
+    table = _rows(out_dir / "deploy" / "rounds.csv")
     assert len(table) == 2
     assert [r["aggregated"] for r in table] == ["2", "2"]  # the round completed with the others
     assert [r["failed"] for r in table] == ["1", "1"]
