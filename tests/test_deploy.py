@@ -75,6 +75,16 @@ def test_deploy_cli_refuses_plaintext_superlink(fedsplit_main) -> None:  # noqa:
     assert "without TLS" in run.stderr and "fedsplit deploy certs" in run.stderr
 
 
+def test_measuring_supernode_gets_profile_measure_in_its_node_config(fedsplit_main) -> None:  # noqa: ANN001
+    cmd = supernode_command("127.0.0.1:9093", 1, 3, profile="raspberry-pi-4", measure=True)
+    config = cmd[cmd.index("--node-config") + 1]
+    assert config == 'partition-id=1 num-partitions=3 device-profile="raspberry-pi-4" profile="measure"'
+    assert 'profile="measure"' not in " ".join(supernode_command("127.0.0.1:9093", 1, 3))
+    run = fedsplit_main("deploy", "supernode", "--superlink", "127.0.0.1:9093", "--partition-id", "0",
+                        "--num-partitions", "2", "--measure-profile", "--dry-run")
+    assert run.returncode == 0 and 'profile="measure"' in run.stderr
+
+
 def test_lab_certificates_chain_and_keys(tmp_path: Path) -> None:
     certs = make_lab_certificates(tmp_path / "certs", hosts=["lab-server", "192.168.1.10"], nodes=["pi-0"])
     ca = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
