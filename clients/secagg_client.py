@@ -47,6 +47,7 @@ from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
 from fedsplit.clients.flop_meter import timed_flops
+from fedsplit.secagg import MASKED_KEY, STAGE_ACTIONS, WEIGHT_KEY
 
 __all__ = [
     "MASKED_KEY",
@@ -57,18 +58,6 @@ __all__ = [
     "secure_id",
 ]
 
-MASKED_KEY = "fedsplit.secagg-masked"
-"""Reply record of the masked vector (``uint32`` arrays by the model's keys, plus :data:`WEIGHT_KEY`)."""
-
-WEIGHT_KEY = "fedsplit.secagg-weight"
-"""Entry of the masked record holding the masked quantized weight (Flower's leading factor)."""
-
-STAGE_ACTIONS: dict[str, str] = {
-    Stage.SETUP: "secagg_setup",
-    Stage.SHARE_KEYS: "secagg_share",
-    Stage.UNMASK: "secagg_unmask",
-}
-"""The ``train.<action>`` message type of each stage without training (the masked upload is ``train``)."""
 
 _STAGE_OF_ACTION = {action: stage for stage, action in STAGE_ACTIONS.items()}
 

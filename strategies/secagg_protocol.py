@@ -26,7 +26,7 @@ the terminals that dropped after sharing keys (their first private keys reconstr
 ``num-examples``, goes to the configured strategy's ``aggregate_train``: FedAvg's result is the
 weighted average; FedAdam, FedYogi, FedAdagrad and FedAvgM apply their server optimiser to it.
 
-A round whose survivors are too few for the threshold (:func:`fedsplit.privacy.secagg.check_survivors`)
+A round whose survivors are too few for the threshold (:func:`fedsplit.secagg.check_survivors`)
 aggregates nothing: the survivors' updates are ``rejected`` in the ledger with the reason (the
 stage, the terminal short of neighbours, the counts), and the server loop applies its policy
 (``training.max_empty_rounds``, ``faults.min_clients``).
@@ -65,10 +65,9 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
-from fedsplit.clients.flop_meter import timed_flops
-from fedsplit.clients.secagg_client import MASKED_KEY, STAGE_ACTIONS, WEIGHT_KEY
 from fedsplit.config.names import SECAGG_STRATEGIES
-from fedsplit.privacy.secagg import SecAggSettings, check_survivors, neighbour_graph
+from fedsplit.host_rate import timed_flops
+from fedsplit.secagg import MASKED_KEY, STAGE_ACTIONS, WEIGHT_KEY, SecAggSettings, check_survivors, neighbour_graph
 from fedsplit.strategies.fedavg_protocol import round_metrics
 from fedsplit.strategies.protocol import ProtocolRun, TrainingProtocol
 

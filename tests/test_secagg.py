@@ -31,7 +31,7 @@ from fedsplit.clients.app import default_mods, make_client_app
 from fedsplit.clients.secagg_client import MASKED_KEY, WEIGHT_KEY
 from fedsplit.config import ConfigError, RunConfig, load_config
 from fedsplit.learning import config_to_json, task_for
-from fedsplit.privacy.secagg import SecAggSettings, check_survivors, neighbour_graph, quantization_error_bound
+from fedsplit.secagg import SecAggSettings, check_survivors, neighbour_graph, quantization_error_bound
 from fedsplit.simulation.loop import EmptyRoundsError
 from fedsplit.simulation.server_app import RunSession, run_server
 

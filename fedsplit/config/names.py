@@ -289,7 +289,7 @@ def check_secagg(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; importe
     from dataclasses import fields
 
     from fedsplit.config.schema import SecAggConfig
-    from fedsplit.privacy.secagg import SecAggSettings
+    from fedsplit.secagg import SecAggSettings
 
     sa = cfg.secagg
     if not sa.enabled:

@@ -30,8 +30,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SecAggSettings", "check_survivors", "neighbour_graph", "quantization_error_bound"]
+__all__ = ["MASKED_KEY", "STAGE_ACTIONS", "WEIGHT_KEY", "SecAggSettings", "check_survivors", "neighbour_graph", "quantization_error_bound"]
 
+
+MASKED_KEY = "fedsplit.secagg-masked"
+"""Reply record of the masked vector (``uint32`` arrays by the model's keys, plus :data:`WEIGHT_KEY`)."""
+
+WEIGHT_KEY = "fedsplit.secagg-weight"
+"""Entry of the masked record holding the masked quantized weight (Flower's leading factor)."""
+
+STAGE_ACTIONS: dict[str, str] = {
+    "setup": "secagg_setup",
+    "share_keys": "secagg_share",
+    "unmask": "secagg_unmask",
+}
+"""Flower's SecAgg+ stage names (``flwr.common.secure_aggregation.secaggplus_constants.Stage``) ->
+the ``train.<action>`` message type of each stage without training (the masked upload is ``train``)."""
 
 @dataclass(frozen=True)
 class SecAggSettings:
