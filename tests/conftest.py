@@ -49,6 +49,14 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
+# One torch thread in the test processes: the suite runs as two pytest-xdist workers on CI's two
+# cores, and the tests' models are tiny, where a second intra-op thread per worker only adds
+# contention (measured by the split and orchestration tests on a loaded 2-core box: a 2-round run
+# 21 s -> 1.1 s). Subprocesses and Ray actors set their own threads as fedsplit does for users.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def ray_session():
