@@ -59,6 +59,17 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture
+def task_identity():
+    """Flower needs a run/node identity to build instruction messages; restore it afterwards."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+@pytest.fixture
 def ray_session():
     """A local Ray with 2 CPUs (started if none is running; left running for later tests)."""
     import ray

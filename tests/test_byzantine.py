@@ -9,7 +9,6 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsplit.clients.app import make_client_app
 from fedsplit.clients.arrays import array_record_from_state, record_views
@@ -24,15 +23,6 @@ from fedsplit.simulation.server_app import RunSession, run_server
 from fedsplit.strategies.robust import NormDefenceStrategy
 
 POPULATION = ["profiles={on = {base = 'laptop', availability = 1.0}}", "devices={on = 10}"]
-
-@pytest.fixture
-def task_identity():
-    """Flower needs a run/node identity to build instruction messages; restore it afterwards."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
-
 
 
 def test_attackers_are_a_seeded_fraction():

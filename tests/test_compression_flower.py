@@ -10,7 +10,6 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsplit.clients.compression_mod import COMPRESSION_ERROR_CODE, compression_mod, to_numpy
 from fedsplit.compression import (
@@ -37,13 +36,7 @@ STRATEGY_LOGGER = "fedsplit.strategies.compression"
 DENSE_BYTES = 4 * (8 * 16 + 16) + 8
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Flower needs a run/node identity to build instruction messages; restore it afterwards."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")  # tests/conftest.py
 
 
 def global_model(seed: int = 0) -> dict[str, np.ndarray]:

@@ -17,7 +17,6 @@ from collections.abc import Iterable
 import numpy as np
 import pytest
 from flwr.app import Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedsplit.clients.app import make_client_app
 from fedsplit.clients.measure_mod import MEASURED_KEY, PROBE_STATE, measure_mod
@@ -32,13 +31,7 @@ from fedsplit.simulation.metered_grid import MeteredGrid
 LAPTOP = builtin_profiles()["laptop"]
 
 
-@pytest.fixture(autouse=True)
-def task_identity():
-    """Flower needs a run/node identity to build messages; restore it afterwards."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("task_identity")  # tests/conftest.py
 
 
 # --- the probe and the profile -------------------------------------------------------------------

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import PRVAccountant, RDPAccountant
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -48,15 +47,6 @@ def _run(overrides: list[str]) -> tuple[RunSession, SerialEngine]:
     engine = SerialEngine(make_client_app(config_json=config_to_json(cfg)), session.population)
     run_server(EngineGrid(engine), session)
     return session, engine
-
-@pytest.fixture
-def task_identity():
-    """Flower needs a run/node identity to build instruction messages; restore it afterwards."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
-
 
 
 def _offline_epsilon(noise: float, sample_rate: float, steps: int, delta: float, mechanism: str = "rdp") -> float:

@@ -170,17 +170,6 @@ def test_split_dp_epsilon_grows_and_equals_opacus_offline(mode):
     assert 0 < rounds[1].metrics["dp-epsilon"] < rounds[2].metrics["dp-epsilon"]  # rounds.csv: the terminals' mean
 
 
-@pytest.fixture
-def task_identity():
-    """Flower needs a run/node identity to build instruction messages; restore it afterwards."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
-
-
 def test_a_split_terminal_at_its_budget_refuses_the_round(task_identity):
     from fedsplit.clients.split_privacy import SplitPrivacy
 
