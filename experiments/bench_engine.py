@@ -8,9 +8,10 @@ evaluation after every round) runs four ways in one process:
 - ``fedsplit``: fedsplit's engine with one 1-CPU actor per core of the machine;
 - ``flower``: Flower's simulation engine with 1 CPU per client on all cores.
 
-The 1-CPU ways (pure, fedsplit1) run the server side (averaging, evaluation) with one torch
-thread; the all-CPU ways (fedsplit, flower) with one per core, as ``fedsplit simulate`` does (the
-actors are idle while the server evaluates).
+Every way runs the server side (averaging, evaluation) with one torch thread, as the pure loop
+does, so that all do the same server work: on the small models here a second thread makes the
+evaluation slower, not faster (the 64-64-10 MLP on 360 images: 0.15 ms on one thread, 24 ms
+median on two of this 2-core machine under load ~4, the OpenMP threads waiting on each other).
 
 Each way is run once untimed (warm-up) and then timed three times, the three ways on fedsplit's
 side interleaved pass by pass (Flower's engine, which starts its own Ray, runs after them); the
@@ -31,7 +32,11 @@ It prints one line per workload::
 
 ``efficiency = pure_s / (min(actors, terminals per round) * fedsplit_s)``: 1.0 when P actors take
 1/P of the pure loop's time (P = the cores, or fewer when fewer terminals train per round).
-The machine's load average is printed with it: other processes on the cores slow the actors.
+The machine's load average is printed with it, and ``capacity=<before>,<after>/<cores>``: the cores'
+worth of throughput that as many busy processes as cores got just before and just after the
+workload (:func:`parallel_capacity`; ``2.00/2`` on an idle 2-core machine, ``1.0/2`` while another
+job holds a core). Other processes on the cores slow the actors, and efficiency cannot exceed
+``capacity / actors``.
 """
 
 from __future__ import annotations
@@ -159,6 +164,37 @@ def terminals_per_round(cfg: RunConfig) -> int:
     return max(cfg.strategy.min_train_nodes, int(cfg.strategy.fraction_train * cfg.num_terminals))
 
 
+def _spin(seconds: float) -> float:
+    """Busy work for :func:`parallel_capacity`: the work units done in ``seconds`` of wall time."""
+    units, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        sum(i * i for i in range(2000))
+        units += 1
+    return float(units)
+
+
+def parallel_capacity(workers: int, seconds: float = 0.5) -> float:
+    """Cores' worth of throughput the machine gives ``workers`` busy processes right now.
+
+    One process spins alone for ``seconds``, then ``workers`` processes together, then one alone
+    again; the result is the work they did together over the mean work of the one alone
+    (``workers`` on an idle machine, less while other processes hold cores). On this project's
+    2-core VM a single core's rate itself varies by up to 2x from one half second to the next
+    (measured 5,600 to 9,900 units), so the figure is a rough indication, not a correction.
+    Efficiency can only reach about ``capacity / actors``: the figure tells whether a low
+    efficiency is the engine's or the machine's.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        list(pool.map(_spin, [0.05] * workers))  # start the processes before timing
+        before = pool.submit(_spin, seconds).result()
+        together = sum(pool.map(_spin, [seconds] * workers))
+        after = pool.submit(_spin, seconds).result()
+    return together / ((before + after) / 2)
+
+
 def efficiency(pure_s: float, fedsplit_s: float, actors: int, per_round: int) -> float:
     """``pure_s / (P * fedsplit_s)`` with ``P = min(actors, per_round)``: 1.0 = perfect scaling."""
     return pure_s / (min(actors, per_round) * fedsplit_s)
@@ -183,10 +219,10 @@ def profile_driver(name: str, overrides: list[str], top: int = 15) -> None:
     population = Population(cfg.devices, resolve_profiles(cfg.profiles))
     app = make_client_app(config_json=config_to_json(cfg))
     with RayEngine(app, population, num_actors=cpus, cpus_per_actor=1.0) as engine:
-        run_fedsplit(cfg, engine, server_threads=cpus)
+        run_fedsplit(cfg, engine, server_threads=1)
         profiler = cProfile.Profile()
         profiler.enable()
-        seconds, _ = run_fedsplit(cfg, engine, server_threads=cpus)
+        seconds, _ = run_fedsplit(cfg, engine, server_threads=1)
         profiler.disable()
     ray.shutdown()
     print(f"workload={name} profiled fedsplit_s={seconds:.3f} load_avg={os.getloadavg()[0]:.2f}")
@@ -205,6 +241,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool) -> di
 
     cfg = load_config(None, COMMON + overrides)
     cpus = os.cpu_count() or 1
+    capacity_before = parallel_capacity(cpus)
     # Both engines' actors exist at once so that the ways can be interleaved; only one engine
     # works at a time, so Ray is given one logical CPU more than the machine has for the idle one.
     ray.init(num_cpus=cpus + 1, include_dashboard=False, logging_level=logging.WARNING)
@@ -218,13 +255,13 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool) -> di
             {
                 "pure": lambda: run_pure(cfg),
                 "fedsplit1": lambda: run_fedsplit(cfg, one, server_threads=1),
-                "fedsplit": lambda: run_fedsplit(cfg, every, server_threads=cpus),
+                "fedsplit": lambda: run_fedsplit(cfg, every, server_threads=1),
             },
             passes,
         )
     ray.shutdown()
     if with_flower:
-        flower_times, flower_weights = best_interleaved({"flower": lambda: run_flower(cfg, server_threads=cpus)}, passes)
+        flower_times, flower_weights = best_interleaved({"flower": lambda: run_flower(cfg, server_threads=1)}, passes)
         times.update(flower_times)
         weights.update(flower_weights)
     else:
@@ -238,7 +275,8 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool) -> di
         f"overhead={times['fedsplit1'] / times['pure']:.3f} speedup={times['fedsplit1'] / times['fedsplit']:.3f} "
         f"flower_over_fedsplit={times['flower'] / times['fedsplit']:.3f} "
         f"efficiency={efficiency(times['pure'], times['fedsplit'], cpus, terminals_per_round(cfg)):.3f} "
-        f"actors={cpus} per_round={terminals_per_round(cfg)} load_avg={os.getloadavg()[0]:.2f}"
+        f"actors={cpus} per_round={terminals_per_round(cfg)} load_avg={os.getloadavg()[0]:.2f} "
+        f"capacity={capacity_before:.2f},{parallel_capacity(cpus):.2f}/{cpus}"
     )
     print(line, flush=True)
     return times
