@@ -53,6 +53,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedsplit.clients.flop_meter import metered_call
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
+from fedsplit.simulation import warm_actors as warm
 
 log = logging.getLogger("fedsplit")
 
@@ -115,6 +116,11 @@ class ClientAppActor:
 
         torch.set_num_threads(max(1, num_threads))
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, num_threads)))
+        self.app = client_app
+        self.meter = meter
+
+    def load_app(self, client_app: ClientApp, meter: bool = False) -> None:
+        """Host another run's ClientApp (a warm actor, :mod:`fedsplit.simulation.warm_actors`)."""
         self.app = client_app
         self.meter = meter
 
@@ -284,6 +290,7 @@ class RayEngine:
         cluster_gpus = float(resources.get("GPU", 0))
         budgets = [self.budget_of(p, cluster_gpus) for p in self.population.profiles.values()]
         plan = plan_pools(budgets, cluster_cpus, cluster_gpus, self.num_actors)
+        warm.release_idle(keep=plan)  # idle actors this run cannot use give their resources back
         for budget, count in plan.items():
             pool = ActorPool(budget=budget, size=count, actors=[])
             pool.actors = [self._new_actor(pool) for _ in range(count)]
@@ -310,14 +317,20 @@ class RayEngine:
         return (float(cpus), float(profile.num_gpus) if cluster_gpus > 0 else 0.0)
 
     def _new_actor(self, pool: ActorPool):  # noqa: ANN202
+        actor = warm.take(pool.budget)
+        if actor is not None:
+            actor.load_app.remote(self.client_app, self.meter)  # runs before any later call
+            return actor
         threads = max(1, math.floor(pool.budget[0]))
         return ClientAppActor.options(**pool.options()).remote(self.client_app, threads, self.meter)
 
     def shutdown(self) -> None:
-        """Kill the actors (and Ray, if this engine started it)."""
+        """Kill the actors (and Ray, if this engine started it); inside
+        :func:`~fedsplit.simulation.warm_actors.warm_actors` keep them for the next run instead."""
         for pool in self.pools.values():
             for actor in pool.actors:
-                ray.kill(actor, no_restart=True)
+                if self._started_ray or not warm.give_back(pool.budget, actor):
+                    ray.kill(actor, no_restart=True)
         self.pools.clear()
         if self._started_ray:
             ray.shutdown()

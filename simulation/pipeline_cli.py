@@ -38,6 +38,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         return 2
     import ray
     from fedsplit.simulation.loop import EmptyRoundsError
+    from fedsplit.simulation.warm_actors import warm_actors
 
     base = cfg.member_config(cfg.members[0], cfg.out_dir)
     started = False
@@ -51,7 +52,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             ray.init(**kwargs)
             started = True
     try:
-        result = run_pipeline(cfg, train_member, log=print)
+        with warm_actors():  # every member trains on the actors the first one started
+            result = run_pipeline(cfg, train_member, log=print)
     except EmptyRoundsError as exc:
         print(f"fedsplit: error: run: {exc}", file=sys.stderr)
         return 3

@@ -57,7 +57,9 @@ def run_on_flower_engine(session: RunSession) -> None:
     from flwr.simulation import run_simulation
 
     from fedsplit.clients.app import make_client_app
+    from fedsplit.simulation.warm_actors import release_idle
 
+    release_idle()  # Flower's actors need the CPUs that warm fedsplit actors would hold
     cfg = session.cfg
     init_args: dict[str, Any] = {"include_dashboard": False}
     if cfg.engine.ray_address:

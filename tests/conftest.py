@@ -69,9 +69,20 @@ def task_identity():
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
+@pytest.fixture(scope="session")
+def _warm_actors():
+    """fedsplit's actors outlive a test's run and host the next test's (each new actor costs a
+    process importing torch and Flower: ~25 s of a 2-round run on 2 loaded cores)."""
+    from fedsplit.simulation.warm_actors import warm_actors
+
+    with warm_actors():
+        yield
+
+
 @pytest.fixture
-def ray_session():
-    """A local Ray with 2 CPUs (started if none is running; left running for later tests)."""
+def ray_session(_warm_actors):
+    """A local Ray with 2 CPUs (started if none is running; left running for later tests), whose
+    runs keep their actors warm for the next test (:mod:`fedsplit.simulation.warm_actors`)."""
     import ray
 
     if not ray.is_initialized():
@@ -131,8 +142,9 @@ def fedsplit_main(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliRun]:
 
 
 def _ends_ray(item: pytest.Item) -> bool:
-    """Whether a test runs Flower's simulation engine, whose teardown shuts down the shared Ray."""
-    return any(mark in item.nodeid for mark in ("[flower", "both_engines", "across_engines", "flower_engine"))
+    """Whether a test ends the shared Ray: it runs Flower's simulation engine, whose teardown
+    shuts Ray down, or it is marked ``ends_ray``."""
+    return item.get_closest_marker("ends_ray") is not None or any(mark in item.nodeid for mark in ("[flower", "both_engines", "across_engines", "flower_engine"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:  # noqa: ARG001

@@ -131,6 +131,7 @@ def test_user_strategy_plugs_in_by_import_path(tmp_path, monkeypatch, ray_sessio
         load_strategy_class("no_such_module:X")
 
 
+@pytest.mark.ends_ray
 def test_cli_reports_unimportable_strategy_before_ray_starts(tmp_path, fedsplit_main):
     import ray
 
