@@ -164,13 +164,29 @@ def terminals_per_round(cfg: RunConfig) -> int:
     return max(cfg.strategy.min_train_nodes, int(cfg.strategy.fraction_train * cfg.num_terminals))
 
 
-def _spin(seconds: float) -> float:
-    """Busy work for :func:`parallel_capacity`: the work units done in ``seconds`` of wall time."""
-    units, end = 0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        sum(i * i for i in range(2000))
-        units += 1
-    return float(units)
+SPIN = """
+import sys, time
+start, seconds = float(sys.argv[1]), float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+units, end = 0, time.perf_counter() + seconds
+while time.perf_counter() < end:
+    sum(i * i for i in range(2000))
+    units += 1
+print(units)
+"""
+
+
+def _spin(workers: int, seconds: float) -> float:
+    """Work units that ``workers`` fresh processes (``python -c``) do together in ``seconds``."""
+    import subprocess
+
+    start = time.time() + 0.3  # every process has started by then
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SPIN, repr(start), repr(seconds)], stdout=subprocess.PIPE, text=True)
+        for _ in range(workers)
+    ]
+    return float(sum(int(p.communicate()[0]) for p in procs))
 
 
 def parallel_capacity(workers: int, seconds: float = 0.5) -> float:
@@ -182,16 +198,11 @@ def parallel_capacity(workers: int, seconds: float = 0.5) -> float:
     2-core VM a single core's rate itself varies by up to 2x from one half second to the next
     (measured 5,600 to 9,900 units), so the figure is a rough indication, not a correction.
     Efficiency can only reach about ``capacity / actors``: the figure tells whether a low
-    efficiency is the engine's or the machine's.
+    efficiency is the engine's or the machine's. Takes about ``3 * (seconds + 0.3)`` seconds.
     """
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        list(pool.map(_spin, [0.05] * workers))  # start the processes before timing
-        before = pool.submit(_spin, seconds).result()
-        together = sum(pool.map(_spin, [seconds] * workers))
-        after = pool.submit(_spin, seconds).result()
+    before = _spin(1, seconds)
+    together = _spin(workers, seconds)
+    after = _spin(1, seconds)
     return together / ((before + after) / 2)
 
 
@@ -232,7 +243,7 @@ def profile_driver(name: str, overrides: list[str], top: int = 15) -> None:
         print(out.getvalue().strip(), flush=True)
 
 
-def bench(name: str, overrides: list[str], passes: int, with_flower: bool) -> dict[str, float]:
+def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capacity: bool = True) -> dict[str, float]:
     import ray
 
     from fedsplit.clients.app import make_client_app
@@ -241,7 +252,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool) -> di
 
     cfg = load_config(None, COMMON + overrides)
     cpus = os.cpu_count() or 1
-    capacity_before = parallel_capacity(cpus)
+    capacity_before = parallel_capacity(cpus) if capacity else float("nan")
     # Both engines' actors exist at once so that the ways can be interleaved; only one engine
     # works at a time, so Ray is given one logical CPU more than the machine has for the idle one.
     ray.init(num_cpus=cpus + 1, include_dashboard=False, logging_level=logging.WARNING)
@@ -276,7 +287,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool) -> di
         f"flower_over_fedsplit={times['flower'] / times['fedsplit']:.3f} "
         f"efficiency={efficiency(times['pure'], times['fedsplit'], cpus, terminals_per_round(cfg)):.3f} "
         f"actors={cpus} per_round={terminals_per_round(cfg)} load_avg={os.getloadavg()[0]:.2f} "
-        f"capacity={capacity_before:.2f},{parallel_capacity(cpus):.2f}/{cpus}"
+        f"capacity={capacity_before:.2f},{parallel_capacity(cpus) if capacity else float('nan'):.2f}/{cpus}"
     )
     print(line, flush=True)
     return times
@@ -299,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     table = SMOKE if args.smoke else WORKLOADS
     names = list(table) if args.smoke else args.workloads.split(",")
     for name in names:
-        bench(name, table[name], 1 if args.smoke else args.passes, with_flower=not (args.smoke or args.no_flower))
+        bench(name, table[name], 1 if args.smoke else args.passes, with_flower=not (args.smoke or args.no_flower), capacity=not args.smoke)
     return 0
 
 
