@@ -69,20 +69,9 @@ def task_identity():
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
-@pytest.fixture(scope="session")
-def _warm_actors():
-    """fedsplit's actors outlive a test's run and host the next test's (each new actor costs a
-    process importing torch and Flower: ~25 s of a 2-round run on 2 loaded cores)."""
-    from fedsplit.simulation.warm_actors import warm_actors
-
-    with warm_actors():
-        yield
-
-
 @pytest.fixture
-def ray_session(_warm_actors):
-    """A local Ray with 2 CPUs (started if none is running; left running for later tests), whose
-    runs keep their actors warm for the next test (:mod:`fedsplit.simulation.warm_actors`)."""
+def ray_session():
+    """A local Ray with 2 CPUs (started if none is running; left running for later tests)."""
     import ray
 
     if not ray.is_initialized():
