@@ -116,8 +116,7 @@ class ClientAppActor:
 
         torch.set_num_threads(max(1, num_threads))
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, num_threads)))
-        self.app = client_app
-        self.meter = meter
+        self.load_app(client_app, meter)
 
     def load_app(self, client_app: ClientApp, meter: bool = False) -> None:
         """Host another run's ClientApp (a warm actor, :mod:`fedsplit.simulation.warm_actors`)."""

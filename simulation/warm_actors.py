@@ -69,16 +69,15 @@ def _forget_stale() -> None:
         _job = job
 
 
-def idle_count() -> int:
-    """Number of idle actors held (in this Ray session)."""
-    _forget_stale()
-    return sum(len(actors) for actors in _idle.values())
-
-
 def idle_actors() -> list:
     """The idle actors' handles (in this Ray session), oldest budget first."""
     _forget_stale()
     return [actor for actors in _idle.values() for actor in actors]
+
+
+def idle_count() -> int:
+    """Number of idle actors held (in this Ray session)."""
+    return len(idle_actors())
 
 
 def take(budget: Budget) -> object | None:
@@ -103,9 +102,8 @@ def release_idle(keep: dict[Budget, int] | None = None) -> None:
     _forget_stale()
     keep = keep or {}
     for budget in list(_idle):
-        actors = _idle[budget]
-        spare = actors[keep.get(budget, 0):]
-        del actors[keep.get(budget, 0):]
+        actors, kept = _idle[budget], keep.get(budget, 0)
+        spare, actors[kept:] = actors[kept:], []
         for actor in spare:
             try:
                 ray.kill(actor, no_restart=True)
