@@ -6,6 +6,8 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +54,39 @@ def quiet_flower() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
+@contextmanager
+def flower_keeps_callers_ray() -> Iterator[None]:
+    """Inside this block, a Flower simulation leaves a Ray session it did not start running.
+
+    Flower's ``RayBackend.terminate`` ends its actors and then calls ``ray.shutdown()`` even when
+    Ray was up before the run (a notebook's session, a sweep, a test session): the caller's next
+    Ray work would pay a fresh start (8-10 s on 2 cores) and lose its actors. When Ray is
+    initialised on entry, the backend's teardown here ends only Flower's actors; when it is not,
+    Flower starts and ends Ray as usual.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        yield
+        return
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    original = RayBackend.terminate
+
+    def terminate_actors_only(backend: RayBackend) -> None:
+        if backend.pool:
+            backend.pool.terminate_all_actors()
+
+    RayBackend.terminate = terminate_actors_only  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RayBackend.terminate = original  # type: ignore[method-assign]
+
+
 def run_on_flower_engine(session: RunSession) -> None:
-    """Run on Flower's own simulation engine (Ray backend; one budget for every client)."""
+    """Run on Flower's own simulation engine (Ray backend; one budget for every client); a Ray
+    session that is up before the run stays up after it (:func:`flower_keeps_callers_ray`)."""
     from flwr.simulation import run_simulation
 
     from fedsplit.clients.app import make_client_app
@@ -68,7 +101,7 @@ def run_on_flower_engine(session: RunSession) -> None:
         init_args["num_cpus"] = cfg.engine.num_cpus
     # Flower 1.41 warns that run_simulation is deprecated in favour of `flwr run`: advice to
     # fedsplit's maintainers (this engine's API), nothing about the user's run.
-    with _without_flower_warning("`run_simulation` function is deprecated"):
+    with _without_flower_warning("`run_simulation` function is deprecated"), flower_keeps_callers_ray():
         run_simulation(
             server_app=make_server_app(session),
             client_app=make_client_app(config_json=config_to_json(cfg)),

@@ -147,6 +147,8 @@ def run_secagg(cfg: RunConfig, engine: str, truth_dir: Path, drop: dict[int, set
         from flwr.serverapp import ServerApp
         from flwr.simulation import run_simulation
 
+        from fedsplit.simulation.runner import flower_keeps_callers_ray
+
         server_app = ServerApp()
 
         @server_app.main()
@@ -157,8 +159,9 @@ def run_secagg(cfg: RunConfig, engine: str, truth_dir: Path, drop: dict[int, set
                 session.error = exc
                 raise
 
-        run_simulation(server_app=server_app, client_app=app, num_supernodes=TERMINALS,
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"include_dashboard": False}})
+        with flower_keeps_callers_ray():
+            run_simulation(server_app=server_app, client_app=app, num_supernodes=TERMINALS,
+                           backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"include_dashboard": False}})
         if session.error is not None:
             raise session.error
     return session, spies[0]
