@@ -45,6 +45,14 @@ HYPOTHESIS_PROFILE = _register_hypothesis_profiles()
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Bytecode is cached: with PYTHONDONTWRITEBYTECODE set (some CI images and containers set it),
+# every process the suite starts (pytest-xdist workers, Ray actors, `fedsplit` subprocesses) would
+# compile torch, Flower and Ray from source again: ~10 s of each actor's and subprocess's start on
+# 2 cores (a 1-round serial `fedsplit simulate` 18.7 s -> 7.4 s once cached). Those processes
+# inherit this environment; this process's own later imports are cached too.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+    sys.dont_write_bytecode = False
+
 # Quiet, deterministic, CPU-only test runs.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -69,14 +77,35 @@ def task_identity():
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
+@pytest.fixture(scope="session")
+def _warm_actors():
+    """fedsplit's actors outlive a test's run and host the next test's (each new actor costs a
+    process importing torch and Flower: ~25 s of a 2-round run on 2 loaded cores)."""
+    from fedsplit.simulation.warm_actors import warm_actors
+
+    with warm_actors():
+        yield
+
+
 @pytest.fixture
-def ray_session():
-    """A local Ray with 2 CPUs (started if none is running; left running for later tests)."""
+def ray_session(_warm_actors):
+    """A local Ray with 2 CPUs (started if none is running; left running for later tests), whose
+    runs keep their actors warm for the next test (:mod:`fedsplit.simulation.warm_actors`)."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield ray
+
+
+@pytest.fixture(autouse=True)
+def _no_idle_actors_under_flower(request: pytest.FixtureRequest) -> None:
+    """Before a test on Flower's engine, give the warm actors' CPUs back: Flower's own actors
+    would otherwise wait for resources that fedsplit's idle actors hold (a hang, not a failure)."""
+    if _on_flower_engine(request.node):
+        from fedsplit.simulation.warm_actors import release_idle
+
+        release_idle()
 
 
 def small_overrides(tmp_path: Path, **extra: object) -> list[str]:
@@ -130,16 +159,25 @@ def fedsplit_main(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliRun]:
     return run
 
 
-def _ends_ray(item: pytest.Item) -> bool:
-    """Whether a test ends the shared Ray: it runs Flower's simulation engine, whose teardown
-    shuts Ray down, or it is marked ``ends_ray``."""
-    return item.get_closest_marker("ends_ray") is not None or any(mark in item.nodeid for mark in ("[flower", "both_engines", "across_engines", "flower_engine"))
+def _on_flower_engine(item: pytest.Item) -> bool:
+    """Whether a test runs Flower's simulation engine (its actors need the CPUs)."""
+    return any(mark in item.nodeid for mark in ("[flower", "both_engines", "across_engines", "flower_engine"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:  # noqa: ARG001
-    """Run the tests on Flower's engine last: each ends the session's Ray (Flower's backend calls
-    ``ray.shutdown()``), so the next test that needs Ray would pay a fresh start (8-10 s here)."""
-    items.sort(key=_ends_ray)  # stable: the order within each group is kept
+    """Order the tests so that Ray and its actors are started as rarely as possible.
+
+    - Files with tests on Flower's engine go last, their Flower tests last within them: before
+      such a test the warm fedsplit actors are released (Flower's need their CPUs), so the next
+      fedsplit run on that worker starts new actor processes (~10 s each here).
+    - Tests marked ``ends_ray`` go at the very end: each shuts the session's Ray down (a fresh
+      start costs 8-10 s here). Flower's engine leaves a running Ray up
+      (:func:`fedsplit.simulation.runner.flower_keeps_callers_ray`).
+
+    The sort is stable, and ``--dist loadfile`` keeps each file on one worker.
+    """
+    flower_files = {item.path for item in items if _on_flower_engine(item)}
+    items.sort(key=lambda item: (item.get_closest_marker("ends_ray") is not None, item.path in flower_files, _on_flower_engine(item)))
 
 
 @pytest.fixture(scope="session")
