@@ -6,10 +6,10 @@ module as separate processes; ``flwr run`` then starts fedsplit's ServerApp on t
 runs in its own session and its whole process group is killed by the fixture's finalizer, also
 when a test fails.
 
-In CI (``pytest -q``): the fast checks, two rounds of FedAvg + top-k compared with the same run
-on fedsplit's serial engine, and the refusal of an unknown key. Marked ``lab_run`` (minutes each
-on 2 cores, left out of CI): SplitFed, a SuperNode joining late, a SuperNode dying mid-round; run
-them with ``.venv/bin/python -m pytest -q -m "lab_run or not lab_run" tests/test_deploy.py``
+In CI (``pytest -q``): the fast checks, two rounds of FedAvg + top-k on two SuperNodes compared
+with the same run on fedsplit's serial engine, and the refusal of an unknown key. Marked
+``lab_run`` (about a minute each on 2 cores, left out of CI): the FedAvg run on three SuperNodes,
+SplitFed, a SuperNode joining late, a SuperNode dying mid-round; run them with ``.venv/bin/python -m pytest -q -m "lab_run or not lab_run" tests/test_deploy.py``
 (or ``-m lab_run`` alone: the module's lab starts either way).
 """
 
@@ -282,11 +282,10 @@ def _check_measured(run_dir: Path, summary: dict, measuring: set[int]) -> None:
 @pytest.mark.parametrize(
     "terminals",
     # Two of the lab's three SuperNodes are the run's terminals (every message starts a ClientApp
-    # process of about 5 CPU seconds); the third answers discovery and is left out, as any node
-    # outside the population is. lab_run, both: 43 s alone but 140 s in CI next to the other
-    # worker (.ci/run took 998 s with it, over the 15-minute budget); CI keeps the lab's real
-    # processes through the unknown-key and plaintext refusals.
-    [pytest.param(2, marks=pytest.mark.lab_run), pytest.param(NODES, marks=pytest.mark.lab_run)],
+    # process of a few CPU seconds); the third answers discovery and is left out, as any node
+    # outside the population is. CI runs the two-node case (45 s alone, once bytecode is cached:
+    # tests/conftest.py); the three-node one is lab_run.
+    [2, pytest.param(NODES, marks=pytest.mark.lab_run)],
 )
 def test_fedavg_topk_two_rounds_matches_simulation(lab: Lab, tmp_path: Path, fedsplit_main, terminals: int) -> None:  # noqa: ANN001
     overrides = [*OVERRIDES, f"devices={{laptop={terminals}}}"]
