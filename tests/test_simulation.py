@@ -29,9 +29,12 @@ def test_cli_simulate_writes_run_folder(tmp_path, engine, ray_session, fedsplit_
     args = ["simulate", "--engine", engine]
     for item in small_overrides(tmp_path):
         args += ["--set", item]
+    ray_address = ray_session.get_runtime_context().gcs_address
     proc = fedsplit_main(*args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "warn" not in proc.stderr.lower(), proc.stderr[-3000:]
+    # the caller's Ray session is still up, on either engine (runner.flower_keeps_callers_ray)
+    assert ray_session.is_initialized() and ray_session.get_runtime_context().gcs_address == ray_address
     run = tmp_path / "run"
     for name in ("config.toml", "rounds.csv", "clients.csv", "summary.json", "plots/accuracy.png", "plots/bytes_energy_by_device.png", "checkpoints/final.pt"):
         assert (run / name).is_file(), name
