@@ -182,10 +182,19 @@ def handle_evaluate(msg: Message, context: Context, config_json: str | None = No
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
+#: Node config key of a deployed node's device class, and the query reply's record that echoes it.
+DEVICE_PROFILE_KEY = "device-profile"
+NODE_RECORD = "fedsplit.node"
+
+
 def handle_query(msg: Message, context: Context) -> Message:
-    """Tell the server which terminal this node emulates (used to map node ids to terminals)."""
-    metrics = MetricRecord({"partition-id": _partition_id(context)})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    """Tell the server which terminal this node is (used to map node ids to terminals) and, when
+    its node config declares one (``device-profile``), which device class it is."""
+    content = RecordDict({"metrics": MetricRecord({"partition-id": _partition_id(context)})})
+    declared = context.node_config.get(DEVICE_PROFILE_KEY)
+    if declared is not None:
+        content[NODE_RECORD] = ConfigRecord({DEVICE_PROFILE_KEY: str(declared)})
+    return Message(content, reply_to=msg)
 
 
 def make_client_app(mods: list | None = None, config_json: str | None = None) -> ClientApp:

@@ -8,8 +8,9 @@ Flower commands around them, with fedsplit's defaults for a lab:
 - ``fedsplit deploy superlink``: ``flower-superlink`` with TLS and SuperNode authentication; on a
   non-loopback address without certificates it refuses to start unless ``--allow-insecure`` is given;
 - ``fedsplit deploy supernode``: ``flower-supernode`` with its terminal (``partition-id``,
-  ``num-partitions``) and device profile (``device-profile``) in its node config, reconnecting with
-  Flower's exponential back-off (``--max-retries``/``--max-wait-time`` bound it);
+  ``num-partitions``) and device profile (``device-profile``, checked by the server against the
+  class the run's ``devices`` give that terminal) in its node config, reconnecting with Flower's
+  exponential back-off (``--max-retries``/``--max-wait-time`` bound it);
 - ``fedsplit deploy register``: admit a SuperNode's public key (``flwr supernode register``);
 - ``fedsplit deploy run``: ``flwr run . <federation>`` with the run config's ``overrides``.
 

@@ -32,6 +32,8 @@ def main(grid: Grid, context: Context) -> None:
     extra = {"engine": "flwr-run", "terminals": cfg.num_terminals}
     if session.grid is not None and (measured := session.grid.measured.summary(session.population.profile_of)):
         extra["measured_profiles"] = measured  # SuperNodes with profile = "measure": probe and link fit
+    if session.grid is not None and (nodes := session.grid.nodes_summary()):
+        extra["nodes"] = nodes  # which SuperNode was which terminal, and the device class it declared
     summary = summarize(session.ledger, time.perf_counter() - started, extra)
     write_run_folder(run_dir, cfg, session.ledger, summary, session.final_state)
     print(f"run_dir={run_dir} final_accuracy={summary['final_metrics'].get('accuracy', float('nan')):.4f}")

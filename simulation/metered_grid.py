@@ -20,7 +20,10 @@ Under Flower's deployment engine (real SuperNodes) the grid also times every exc
 (:mod:`fedsplit.simulation.measured`: replies pulled every 0.1 s instead of Flower's 3 s), gives a
 terminal that measures itself (node config ``profile = "measure"``) its measured profile and the
 ledger's ``measured_compute_s``/``measured_comm_s``, and looks for SuperNodes that connected since
-the last round (``deploy.min_nodes`` of them are enough to start).
+the last round (``deploy.min_nodes`` of them are enough to start). A node that declares its device
+class (node config ``device-profile``) must be the class the run's ``devices`` give its terminal:
+one that is not is left out with a warning naming both, so no terminal is modelled as a device it
+is not.
 
 The server loop tells the grid when a round begins (:meth:`MeteredGrid.begin_round`), when it is
 tried again because too few updates arrived (:meth:`MeteredGrid.retry_round`: the attempt's kept
@@ -65,6 +68,17 @@ def _dp_epsilon_of(reply: Message) -> float:
     """The reply's ``"dp-epsilon"`` metric (the terminal's cumulative local-DP epsilon), else 0."""
     metrics = reply.content.metric_records.get("metrics")
     return float(metrics.get("dp-epsilon", 0.0)) if metrics is not None else 0.0
+
+
+def declared_device(content: RecordDict) -> str | None:
+    """The device class a node's discovery reply declares (its node config ``device-profile``,
+    echoed by :func:`fedsplit.clients.app.handle_query`), None when it declares none."""
+    from fedsplit.clients.app import DEVICE_PROFILE_KEY, NODE_RECORD
+
+    record = content.config_records.get(NODE_RECORD)
+    if record is None or DEVICE_PROFILE_KEY not in record:
+        return None
+    return str(record[DEVICE_PROFILE_KEY])
 
 
 class MeteredGrid(Grid):
@@ -141,6 +155,9 @@ class MeteredGrid(Grid):
         self._ignored: set[int] = set()  # nodes that are no terminal of this run (told once)
         self._timed = is_polled_grid(inner)  # a deployment: exchanges are timed, nodes may join late
         self.measured = MeasuredTerminals()
+        #: Terminal -> the device class its node declared (node config ``device-profile``; None:
+        #: none declared), for the terminals found by asking the nodes (deployments).
+        self.declared_devices: dict[int, str | None] = {}
         self.current_round = 0
         self.attempt = 0
         self.clock = RoundClock(round_deadline_s)
@@ -282,6 +299,16 @@ class MeteredGrid(Grid):
                     )
                     self._ignored.add(node)
                     continue
+                declared = declared_device(reply.content)
+                if declared is not None and declared != self.population.device_of(pid):
+                    log.warning(
+                        'node %d is terminal %d and says it is a %s (node config device-profile = "%s"), but the run\'s '
+                        "devices make terminal %d a %s: not used (give the SuperNode the right device-profile, or the run "
+                        "devices that match its nodes)", node, pid, declared, declared, pid, self.population.device_of(pid),
+                    )
+                    self._ignored.add(node)
+                    continue
+                self.declared_devices[pid] = declared
                 mapping[node] = pid
                 out = sent[reply.metadata.src_node_id]
                 self._observe(pid, reply, payload_bytes(out.content), payload_bytes(reply.content), round_trip.get(out.metadata.message_id))
@@ -345,6 +372,17 @@ class MeteredGrid(Grid):
         self._discover()
         assert self._node_of_partition is not None
         return np.array(sorted(self._node_of_partition), dtype=int)
+
+    def nodes_summary(self) -> dict[str, dict[str, int | str | None]]:
+        """Per terminal found by asking the nodes (keys are partition ids as strings): its node id
+        and the device class its node declared, for ``summary.json`` (empty on engines that map
+        nodes themselves)."""
+        if self._node_of_partition is None or not self.declared_devices:
+            return {}
+        return {
+            str(pid): {"node_id": self._node_of_partition[pid], "device": self.population.device_of(pid), "declared": self.declared_devices.get(pid)}
+            for pid in sorted(self._node_of_partition)
+        }
 
     def profile_of(self, partition_id: int) -> DeviceProfile:
         """The terminal's device profile: its class, with what it measured of itself if it did."""

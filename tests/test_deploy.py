@@ -297,6 +297,8 @@ def test_fedavg_topk_two_rounds_matches_simulation(lab: Lab, tmp_path: Path, fed
     assert len(_rows(run_dir / "clients.csv")) == 2 * terminals  # one ledger row per terminal and round
     assert [r["aggregated"] for r in _rows(run_dir / "rounds.csv")] == [str(terminals)] * 2
     _check_measured(run_dir, deployed, {MEASURING})
+    # each SuperNode's node config declared its class (device-profile = "laptop"); the server read it
+    assert {t: (n["device"], n["declared"]) for t, n in deployed["nodes"].items()} == {str(t): ("laptop", "laptop") for t in range(terminals)}
 
     # The same configuration on fedsplit's engine: same seed, same partitions, same final model.
     simulated = _simulate(fedsplit_main, overrides, tmp_path / "sim")

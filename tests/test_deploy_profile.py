@@ -122,11 +122,12 @@ class FakeDeployment:
     Each node has its own node config and ``Context.state``; ``connected`` says which are up.
     """
 
-    def __init__(self, config_json: str, num_partitions: int, measure: bool) -> None:
+    def __init__(self, config_json: str, num_partitions: int, measure: bool, declared: dict[int, str] | None = None) -> None:
         self.app = make_client_app(config_json=config_json)
         self.contexts = {
             100 + p: Context(run_id=1, node_id=100 + p, state=RecordDict(), run_config={},
-                             node_config={"partition-id": p, "num-partitions": num_partitions, **({"profile": "measure"} if measure else {})})
+                             node_config={"partition-id": p, "num-partitions": num_partitions, **({"profile": "measure"} if measure else {}),
+                                          **({"device-profile": declared[p]} if p in (declared or {}) else {})})
             for p in range(num_partitions)
         }
         self.connected: list[int] = []
@@ -230,3 +231,29 @@ def test_measuring_nodes_get_measured_profiles_and_seconds(tiny_run: tuple[str, 
     assert sorted(summary) == ["0", "1", "2"]
     assert all(s["declared_flops_per_s"] == LAPTOP.flops_per_s and s["measured_flops_per_s"] > 0 for s in summary.values())
     assert np.all([fake.received.count((100 + p, "query")) == 1 for p in range(3)])
+
+
+def test_node_declaring_another_device_class_is_left_out_with_both_named(tiny_run: tuple[str, dict], caplog: pytest.LogCaptureFixture) -> None:
+    config_json, initial = tiny_run
+    # terminal 0 declares the run's class, terminal 1 none, terminal 2 a Jetson where the run has a laptop
+    fake = FakeDeployment(config_json, 3, measure=False, declared={0: "laptop", 2: "jetson-nano"})
+    fake.connected = [100, 101, 102]
+    grid, ledger = _metered(fake, min_nodes=2)
+    with caplog.at_level("WARNING", logger="fedsplit"):
+        assert len(_train_round(grid, 1, initial)) == 2
+    assert sorted(r.client_id for r in ledger.rows_of(1)) == [0, 1]
+    warning = [r.getMessage() for r in caplog.records if "node 102" in r.getMessage()]
+    assert len(warning) == 1 and "jetson-nano" in warning[0] and "terminal 2 a laptop" in warning[0] and "not used" in warning[0]
+    assert grid.nodes_summary() == {
+        "0": {"node_id": 100, "device": "laptop", "declared": "laptop"},
+        "1": {"node_id": 101, "device": "laptop", "declared": None},
+    }
+    _train_round(grid, 2, initial)  # asked once: a node left out is not asked again each round
+    assert fake.received.count((102, "query")) == 1 and (102, "train") not in fake.received
+
+    # with every terminal required, the run stops at once and says why
+    fake = FakeDeployment(config_json, 3, measure=False, declared={2: "jetson-nano"})
+    fake.connected = [100, 101, 102]
+    grid, _ = _metered(fake, min_nodes=0)
+    with pytest.raises(RuntimeError, match="only 2 of the 3 connected nodes are terminals of this run"):
+        grid.get_node_ids()
