@@ -3,7 +3,9 @@
 The same training work (same terminals, partitions, rounds, epochs, seeds, FedAvg, server-side
 evaluation after every round) runs four ways in one process:
 
-- ``pure``: a sequential PyTorch loop with FedAvg averaging, torch threads = 1 (the limit);
+- ``pure``: a sequential PyTorch loop with FedAvg averaging, torch threads = 1 (the one-core limit);
+- ``limit``: the same loop on all cores (:class:`PlainParallel`: one process per core trains its
+  share of each round's terminals, the parent averages and evaluates): the machine's limit;
 - ``fedsplit1``: fedsplit's engine with one actor of 1 CPU (torch threads = 1);
 - ``fedsplit``: fedsplit's engine with one 1-CPU actor per core of the machine;
 - ``flower``: Flower's simulation engine with 1 CPU per client on all cores.
@@ -17,7 +19,7 @@ Each way is run once untimed (warm-up) and then timed three times, the three way
 side interleaved pass by pass (Flower's engine, which starts its own Ray, runs after them); the
 best time of each way is reported.
 Times are the strategy's wall time (``Strategy.start``), as Flower itself reports it; Ray start-up
-is excluded for both engines. The final global weights of pure, fedsplit1 and fedsplit must agree.
+is excluded for both engines. The final global weights of pure, limit, fedsplit1 and fedsplit must agree.
 
 Run::
 
@@ -28,10 +30,13 @@ Run::
 
 It prints one line per workload::
 
-    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=..
+    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=.. limit_s=.. limit_efficiency=.. vs_limit=..
 
 ``efficiency = pure_s / (min(actors, terminals per round) * fedsplit_s)``: 1.0 when P actors take
 1/P of the pure loop's time (P = the cores, or fewer when fewer terminals train per round).
+``limit_efficiency`` is the same ratio for the plain loop on all cores, so it shows how far this
+machine scales at all (the cores share caches and memory bandwidth, the server's averaging and
+evaluation stay serial); ``vs_limit = limit_s / fedsplit_s`` is fedsplit against that limit.
 The machine's load average is printed with it, and ``capacity=<before>,<after>/<cores>``: the cores'
 worth of throughput that as many busy processes as cores got just before and just after the
 workload (:func:`parallel_capacity`; ``2.00/2`` on an idle 2-core machine, ``1.0/2`` while another
@@ -85,36 +90,101 @@ def client_seed(cfg: RunConfig, pid: int, server_round: int) -> int:
     return _round_seed(cfg.seed, pid, server_round)
 
 
+def train_terminals(task, cfg: RunConfig, global_state: dict, pids: list[int], server_round: int) -> tuple[list[dict], list[int]]:  # noqa: ANN001 - Task
+    """Plain local training of ``pids`` from ``global_state``: their states (NumPy) and example counts."""
+    model, t = task.model, cfg.train
+    states, sizes = [], []
+    for pid in pids:
+        model.load_state_dict(global_state)
+        train_set, _ = task.data.partition(pid)
+        result = train_local(
+            model, train_set.x, train_set.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+            momentum=t.momentum, weight_decay=t.weight_decay, seed=client_seed(cfg, pid, server_round),
+        )
+        states.append({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
+        sizes.append(result.num_examples)
+    return states, sizes
+
+
+def fedavg_numpy(states: list[dict], sizes: list[int]) -> "OrderedDict[str, torch.Tensor]":
+    """FedAvg in float32, accumulating in terminal order (the arithmetic Flower's FedAvg does)."""
+    factors = [n / sum(sizes) for n in sizes]
+    averaged = {k: states[0][k] * factors[0] for k in states[0]}
+    for state, factor in zip(states[1:], factors[1:]):
+        for k in averaged:
+            averaged[k] += state[k] * factor
+    return OrderedDict((k, torch.from_numpy(v)) for k, v in averaged.items())
+
+
 def run_pure(cfg: RunConfig) -> tuple[float, dict[str, torch.Tensor]]:
-    """The limit: FedAvg in a sequential loop (one thread), with the same server evaluation."""
+    """The one-core limit: FedAvg in a sequential loop (one thread), with the same server evaluation."""
     torch.set_num_threads(1)
     task = task_for(config_to_json(cfg))
-    model = task.model
     global_state = task.initial_state()
     test = task.data.server_test
-    t = cfg.train
     start = time.perf_counter()
     for server_round in range(1, cfg.rounds + 1):
-        states, sizes = [], []
-        for pid in range(cfg.num_terminals):
-            model.load_state_dict(global_state)
-            train_set, _ = task.data.partition(pid)
-            result = train_local(
-                model, train_set.x, train_set.y, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
-                momentum=t.momentum, weight_decay=t.weight_decay, seed=client_seed(cfg, pid, server_round),
-            )
-            states.append({k: v.detach().numpy().copy() for k, v in model.state_dict().items()})
-            sizes.append(result.num_examples)
-        # FedAvg in float32, accumulating in terminal order (the arithmetic Flower's FedAvg does).
-        factors = [n / sum(sizes) for n in sizes]
-        averaged = {k: states[0][k] * factors[0] for k in states[0]}
-        for state, factor in zip(states[1:], factors[1:]):
-            for k in averaged:
-                averaged[k] += state[k] * factor
-        global_state = OrderedDict((k, torch.from_numpy(v)) for k, v in averaged.items())
-        model.load_state_dict(global_state)
-        evaluate(model, test.x, test.y)
+        states, sizes = train_terminals(task, cfg, global_state, list(range(cfg.num_terminals)), server_round)
+        global_state = fedavg_numpy(states, sizes)
+        task.model.load_state_dict(global_state)
+        evaluate(task.model, test.x, test.y)
     return time.perf_counter() - start, global_state
+
+
+_WORKER: dict = {}
+
+
+def _limit_worker_init(config_json: str) -> None:
+    torch.set_num_threads(1)
+    from fedsplit.config import RunConfig as _RunConfig  # noqa: F401 - the task needs the package loaded
+
+    _WORKER["task"] = task_for(config_json)
+    _WORKER["cfg"] = _WORKER["task"].cfg
+
+
+def _limit_worker_train(job: tuple[dict, list[int], int]) -> tuple[list[dict], list[int]]:
+    global_state, pids, server_round = job
+    state = OrderedDict((k, torch.from_numpy(v)) for k, v in global_state.items())
+    return train_terminals(_WORKER["task"], _WORKER["cfg"], state, pids, server_round)
+
+
+class PlainParallel:
+    """The machine's limit: the plain loop on all cores. ``workers`` processes (one torch thread
+    each, started once, outside the timing) train their share of each round's terminals
+    (consecutive, even blocks); this process averages in terminal order and evaluates, as the
+    pure loop does. What a user who writes the loop with :mod:`multiprocessing` gets, transfers
+    of the states through pipes included."""
+
+    def __init__(self, cfg: RunConfig, workers: int) -> None:
+        import multiprocessing
+
+        from fedsplit.simulation.engine import split_evenly
+
+        self.cfg, self.workers, self._split = cfg, workers, split_evenly
+        context = multiprocessing.get_context("spawn")  # no fork of a process that runs Ray's threads
+        self.pool = context.Pool(workers, initializer=_limit_worker_init, initargs=(config_to_json(cfg),))
+
+    def run(self) -> tuple[float, dict[str, torch.Tensor]]:
+        torch.set_num_threads(1)
+        task = task_for(config_to_json(self.cfg))
+        global_state = task.initial_state()
+        test = task.data.server_test
+        start = time.perf_counter()
+        for server_round in range(1, self.cfg.rounds + 1):
+            numpy_state = {k: v.detach().numpy() for k, v in global_state.items()}
+            blocks = self._split(list(range(self.cfg.num_terminals)), self.workers)
+            states, sizes = [], []
+            for block_states, block_sizes in self.pool.map(_limit_worker_train, [(numpy_state, b, server_round) for b in blocks], chunksize=1):
+                states += block_states
+                sizes += block_sizes
+            global_state = fedavg_numpy(states, sizes)
+            task.model.load_state_dict(global_state)
+            evaluate(task.model, test.x, test.y)
+        return time.perf_counter() - start, global_state
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
 
 
 def run_fedsplit(cfg: RunConfig, engine, server_threads: int) -> tuple[float, dict[str, torch.Tensor]]:  # noqa: ANN001
@@ -211,7 +281,7 @@ def efficiency(pure_s: float, fedsplit_s: float, actors: int, per_round: int) ->
     return pure_s / (min(actors, per_round) * fedsplit_s)
 
 
-def profile_driver(name: str, overrides: list[str], top: int = 15) -> None:
+def profile_driver(name: str, overrides: list[str], top: int = int(os.environ.get("FEDSPLIT_PROFILE_TOP", "15"))) -> None:
     """Print the top ``top`` entries (cumulative and own time) of a cProfile of the driver
     process during one fedsplit run (one actor per core), after an unprofiled warm-up."""
     import cProfile
@@ -243,7 +313,7 @@ def profile_driver(name: str, overrides: list[str], top: int = 15) -> None:
         print(out.getvalue().strip(), flush=True)
 
 
-def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capacity: bool = True) -> dict[str, float]:
+def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capacity: bool = True, batch_factor: int = 2) -> dict[str, float]:
     import ray
 
     from fedsplit.clients.app import make_client_app
@@ -253,31 +323,34 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
     cfg = load_config(None, COMMON + overrides)
     cpus = os.cpu_count() or 1
     capacity_before = parallel_capacity(cpus) if capacity else float("nan")
+    plain = PlainParallel(cfg, min(cpus, terminals_per_round(cfg)))
     # Both engines' actors exist at once so that the ways can be interleaved; only one engine
     # works at a time, so Ray is given one logical CPU more than the machine has for the idle one.
     ray.init(num_cpus=cpus + 1, include_dashboard=False, logging_level=logging.WARNING)
     population = Population(cfg.devices, resolve_profiles(cfg.profiles))
     app = make_client_app(config_json=config_to_json(cfg))
     with (
-        RayEngine(app, population, num_actors=1, cpus_per_actor=1.0) as one,
-        RayEngine(app, population, num_actors=cpus, cpus_per_actor=1.0) as every,
+        RayEngine(app, population, num_actors=1, cpus_per_actor=1.0, batch_factor=batch_factor) as one,
+        RayEngine(app, population, num_actors=cpus, cpus_per_actor=1.0, batch_factor=batch_factor) as every,
     ):
         times, weights = best_interleaved(
             {
                 "pure": lambda: run_pure(cfg),
+                "limit": plain.run,
                 "fedsplit1": lambda: run_fedsplit(cfg, one, server_threads=1),
                 "fedsplit": lambda: run_fedsplit(cfg, every, server_threads=1),
             },
             passes,
         )
     ray.shutdown()
+    plain.close()
     if with_flower:
         flower_times, flower_weights = best_interleaved({"flower": lambda: run_flower(cfg, server_threads=1)}, passes)
         times.update(flower_times)
         weights.update(flower_weights)
     else:
         times["flower"] = float("nan")
-    for way in ("fedsplit1", "fedsplit"):
+    for way in ("limit", "fedsplit1", "fedsplit"):
         diff = max_diff(weights["pure"], weights[way])
         print(f"workload={name} check weights_{way}_vs_pure max_abs_diff={diff:.2e} {'PASS' if diff <= 1e-5 else 'FAIL'}")
     line = (
@@ -286,6 +359,8 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
         f"overhead={times['fedsplit1'] / times['pure']:.3f} speedup={times['fedsplit1'] / times['fedsplit']:.3f} "
         f"flower_over_fedsplit={times['flower'] / times['fedsplit']:.3f} "
         f"efficiency={efficiency(times['pure'], times['fedsplit'], cpus, terminals_per_round(cfg)):.3f} "
+        f"limit_s={times['limit']:.3f} limit_efficiency={efficiency(times['pure'], times['limit'], cpus, terminals_per_round(cfg)):.3f} "
+        f"vs_limit={times['limit'] / times['fedsplit']:.3f} "
         f"actors={cpus} per_round={terminals_per_round(cfg)} load_avg={os.getloadavg()[0]:.2f} "
         f"capacity={capacity_before:.2f},{parallel_capacity(cpus) if capacity else float('nan'):.2f}/{cpus}"
     )
@@ -299,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="mlp,cnn", help=f"comma-separated: {','.join(WORKLOADS)}")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per way (best is reported)")
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's engine")
+    parser.add_argument("--batch-factor", type=int, default=2, help="fedsplit engine: batches per actor and round (RayEngine batch_factor)")
     parser.add_argument("--profile", metavar="WORKLOAD", help="only profile the driver on WORKLOAD (top 15 entries)")
     args = parser.parse_args(argv)
     from fedsplit.simulation.runner import quiet_flower
@@ -310,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     table = SMOKE if args.smoke else WORKLOADS
     names = list(table) if args.smoke else args.workloads.split(",")
     for name in names:
-        bench(name, table[name], 1 if args.smoke else args.passes, with_flower=not (args.smoke or args.no_flower), capacity=not args.smoke)
+        bench(name, table[name], 1 if args.smoke else args.passes, with_flower=not (args.smoke or args.no_flower), capacity=not args.smoke,
+              batch_factor=args.batch_factor)
     return 0
 
 

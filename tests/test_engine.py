@@ -226,9 +226,12 @@ def test_engine_benchmark_smoke_runs_and_models_agree():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("workload=mlp")]
-    assert [line.split()[-1] for line in lines[:2]] == ["PASS", "PASS"], lines
+    assert [line.split()[-1] for line in lines[:3]] == ["PASS", "PASS", "PASS"], lines  # limit, fedsplit1, fedsplit vs pure
     fields = dict(item.split("=", 1) for item in lines[-1].split())
-    assert {"workload", "pure_s", "fedsplit1_s", "fedsplit_s", "flower_s", "overhead", "speedup", "flower_over_fedsplit", "efficiency"} <= set(fields)
+    assert {"workload", "pure_s", "fedsplit1_s", "fedsplit_s", "flower_s", "overhead", "speedup", "flower_over_fedsplit", "efficiency",
+            "limit_s", "limit_efficiency", "vs_limit"} <= set(fields)
+    limit = float(fields["limit_s"])
+    assert float(fields["vs_limit"]) == pytest.approx(limit / float(fields["fedsplit_s"]), rel=0.0005 / limit + 0.0005 / float(fields["fedsplit_s"]) + 0.001)
     pure, one, many = (float(fields[k]) for k in ("pure_s", "fedsplit1_s", "fedsplit_s"))
     assert many > 0
     # Times are printed to 3 decimals: a ratio of two of them is known to within that rounding,
