@@ -1,7 +1,7 @@
 """Benchmark: fedsplit's engine against a plain PyTorch loop and Flower's simulation engine.
 
 The same training work (same terminals, partitions, rounds, epochs, seeds, FedAvg, server-side
-evaluation after every round) runs four ways in one process:
+evaluation after every round) runs five ways in one process:
 
 - ``pure``: a sequential PyTorch loop with FedAvg averaging, torch threads = 1 (the one-core limit);
 - ``limit``: the same loop on all cores (:class:`PlainParallel`: one process per core trains its
@@ -15,8 +15,8 @@ does, so that all do the same server work: on the small models here a second thr
 evaluation slower, not faster (the 64-64-10 MLP on 360 images: 0.15 ms on one thread, 24 ms
 median on two of this 2-core machine under load ~4, the OpenMP threads waiting on each other).
 
-Each way is run once untimed (warm-up) and then timed three times, the three ways on fedsplit's
-side interleaved pass by pass (Flower's engine, which starts its own Ray, runs after them); the
+Each way is run once untimed (warm-up) and then timed three times, pure, limit and the two
+fedsplit ways interleaved pass by pass (Flower's engine, which starts its own Ray, runs after them); the
 best time of each way is reported.
 Times are the strategy's wall time (``Strategy.start``), as Flower itself reports it; Ray start-up
 is excluded for both engines. The final global weights of pure, limit, fedsplit1 and fedsplit must agree.
@@ -136,8 +136,6 @@ _WORKER: dict = {}
 
 def _limit_worker_init(config_json: str) -> None:
     torch.set_num_threads(1)
-    from fedsplit.config import RunConfig as _RunConfig  # noqa: F401 - the task needs the package loaded
-
     _WORKER["task"] = task_for(config_json)
     _WORKER["cfg"] = _WORKER["task"].cfg
 
