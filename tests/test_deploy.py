@@ -9,7 +9,7 @@ when a test fails.
 In CI (``pytest -q``): the fast checks, two rounds of FedAvg + top-k on two SuperNodes compared
 with the same run on fedsplit's serial engine, and the refusal of an unknown key. Marked
 ``lab_run`` (about a minute each on 2 cores, left out of CI): the FedAvg run on three SuperNodes,
-SplitFed, a SuperNode joining late, a SuperNode dying mid-round; run them with ``.venv/bin/python -m pytest -q -m "lab_run or not lab_run" tests/test_deploy.py``
+SplitFed, DP-SGD, a SuperNode joining late, a SuperNode dying mid-round; run them with ``.venv/bin/python -m pytest -q -m "lab_run or not lab_run" tests/test_deploy.py``
 (or ``-m lab_run`` alone: the module's lab starts either way).
 """
 
@@ -352,6 +352,40 @@ def test_splitfed_round_on_three_supernodes_matches_simulation(lab: Lab, tmp_pat
     simulated = _simulate(fedsplit_main, SPLITFED, tmp_path / "sim")
     _same_exchanges(run_dir, tmp_path / "sim" / "sim")
     assert deployed["flops"] == simulated["flops"]
+    assert abs(deployed["final_metrics"]["accuracy"] - simulated["final_metrics"]["accuracy"]) <= 1e-6
+    assert abs(deployed["final_metrics"]["loss"] - simulated["final_metrics"]["loss"]) <= 1e-6
+
+
+#: Two rounds of DP-SGD on two terminals (privacy.mode = local, seeded noise): each terminal's
+#: privacy accountant lives in its SuperNode's Context.state between rounds.
+LOCAL_DP = [
+    "rounds=2",
+    "devices={laptop=2}",
+    "model.name=mlp",
+    "train.local_epochs=1",
+    "privacy.mode='local'",
+    "privacy.noise_multiplier=1.1",
+    "progress=false",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.lab_run
+def test_local_dp_two_rounds_matches_simulation(lab: Lab, tmp_path: Path, fedsplit_main) -> None:  # noqa: ANN001
+    """DP-SGD (Opacus) on real SuperNodes: the accountant's state survives between rounds (each
+    message runs in a fresh flwr-clientapp process), the epsilons and the model equal the simulation's."""
+    _, deployed = _flwr_run(lab, tmp_path / "deployed", LOCAL_DP)
+    run_dir = tmp_path / "deployed" / "deploy"
+    assert deployed["rounds"] == 2 and deployed["failed"] == 0
+    dep = _rows(run_dir / "clients.csv")
+    for t in range(2):
+        epsilons = [float(r["dp_epsilon"]) for r in sorted((r for r in dep if r["client_id"] == str(t)), key=lambda r: int(r["round"]))]
+        assert len(epsilons) == 2 and 0 < epsilons[0] < epsilons[1], epsilons  # cumulative: round 1's steps were kept
+
+    simulated = _simulate(fedsplit_main, LOCAL_DP, tmp_path / "sim")
+    _same_exchanges(run_dir, tmp_path / "sim" / "sim")
+    sim = _rows(tmp_path / "sim" / "sim" / "clients.csv")
+    assert [float(r["dp_epsilon"]) for r in dep] == pytest.approx([float(r["dp_epsilon"]) for r in sim], rel=1e-12)
     assert abs(deployed["final_metrics"]["accuracy"] - simulated["final_metrics"]["accuracy"]) <= 1e-6
     assert abs(deployed["final_metrics"]["loss"] - simulated["final_metrics"]["loss"]) <= 1e-6
 
