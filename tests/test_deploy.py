@@ -9,7 +9,7 @@ when a test fails.
 In CI (``pytest -q``): the fast checks, two rounds of FedAvg + top-k on two SuperNodes compared
 with the same run on fedsplit's serial engine, and the refusal of an unknown key. Marked
 ``lab_run`` (about a minute each on 2 cores, left out of CI): the FedAvg run on three SuperNodes,
-SplitFed, DP-SGD, a SuperNode joining late, a SuperNode dying mid-round; run them with ``.venv/bin/python -m pytest -q -m "lab_run or not lab_run" tests/test_deploy.py``
+SplitFed, DP-SGD, fine-tuning, a SuperNode joining late, a SuperNode dying mid-round; run them with ``.venv/bin/python -m pytest -q -m "lab_run or not lab_run" tests/test_deploy.py``
 (or ``-m lab_run`` alone: the module's lab starts either way).
 """
 
@@ -386,6 +386,29 @@ def test_local_dp_two_rounds_matches_simulation(lab: Lab, tmp_path: Path, fedspl
     _same_exchanges(run_dir, tmp_path / "sim" / "sim")
     sim = _rows(tmp_path / "sim" / "sim" / "clients.csv")
     assert [float(r["dp_epsilon"]) for r in dep] == pytest.approx([float(r["dp_epsilon"]) for r in sim], rel=1e-12)
+    assert abs(deployed["final_metrics"]["accuracy"] - simulated["final_metrics"]["accuracy"]) <= 1e-6
+    assert abs(deployed["final_metrics"]["loss"] - simulated["final_metrics"]["loss"]) <= 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.lab_run
+def test_federated_finetuning_matches_simulation(lab: Lab, tmp_path: Path, fedsplit_main) -> None:  # noqa: ANN001
+    """Transfer learning on real SuperNodes: a checkpoint pretrained on digits 0-4, its last layer
+    fine-tuned on 5-9 by two terminals; only the head travels, and the run equals the simulation."""
+    from fedsplit.config import load_config
+    from fedsplit.transfer.pretrain import pretrain
+
+    model = ["model.name=mlp", "model.hidden=32", "devices={laptop=2}", "train.local_epochs=1", "progress=false"]
+    source = pretrain(load_config(None, [*model, "data.classes='0-4'"]), tmp_path / "mlp.pt", epochs=2).path
+    finetune = [*model, "rounds=2", "data.classes='5-9'", f"model.pretrained='{source}'", "transfer.trainable='last:1'"]
+    _, deployed = _flwr_run(lab, tmp_path / "deployed", finetune)
+    run_dir = tmp_path / "deployed" / "deploy"
+    assert deployed["rounds"] == 2 and deployed["failed"] == 0
+    whole_model_bytes = 4 * (64 * 32 + 32 + 32 * 5 + 5)  # the 64-32-5 MLP in float32
+    assert all(int(r["bytes_down"]) < whole_model_bytes / 4 for r in _rows(run_dir / "clients.csv"))  # the head only
+
+    simulated = _simulate(fedsplit_main, finetune, tmp_path / "sim")
+    _same_exchanges(run_dir, tmp_path / "sim" / "sim")
     assert abs(deployed["final_metrics"]["accuracy"] - simulated["final_metrics"]["accuracy"]) <= 1e-6
     assert abs(deployed["final_metrics"]["loss"] - simulated["final_metrics"]["loss"]) <= 1e-6
 
