@@ -116,19 +116,26 @@ def fedavg_numpy(states: list[dict], sizes: list[int]) -> "OrderedDict[str, torc
     return OrderedDict((k, torch.from_numpy(v)) for k, v in averaged.items())
 
 
-def run_pure(cfg: RunConfig) -> tuple[float, dict[str, torch.Tensor]]:
-    """The one-core limit: FedAvg in a sequential loop (one thread), with the same server evaluation."""
+def fedavg_loop(cfg: RunConfig, train_round) -> tuple[float, dict[str, torch.Tensor]]:  # noqa: ANN001 - (state, pids, round) -> (states, sizes)
+    """FedAvg with ``train_round`` training each round's terminals, then averaging and the server
+    evaluation in this process (one thread); the wall time of the rounds and the final state."""
     torch.set_num_threads(1)
     task = task_for(config_to_json(cfg))
     global_state = task.initial_state()
     test = task.data.server_test
     start = time.perf_counter()
     for server_round in range(1, cfg.rounds + 1):
-        states, sizes = train_terminals(task, cfg, global_state, list(range(cfg.num_terminals)), server_round)
+        states, sizes = train_round(global_state, list(range(cfg.num_terminals)), server_round)
         global_state = fedavg_numpy(states, sizes)
         task.model.load_state_dict(global_state)
         evaluate(task.model, test.x, test.y)
     return time.perf_counter() - start, global_state
+
+
+def run_pure(cfg: RunConfig) -> tuple[float, dict[str, torch.Tensor]]:
+    """The one-core limit: FedAvg in a sequential loop (one thread), with the same server evaluation."""
+    task = task_for(config_to_json(cfg))
+    return fedavg_loop(cfg, lambda state, pids, server_round: train_terminals(task, cfg, state, pids, server_round))
 
 
 _WORKER: dict = {}
@@ -163,22 +170,16 @@ class PlainParallel:
         self.pool = context.Pool(workers, initializer=_limit_worker_init, initargs=(config_to_json(cfg),))
 
     def run(self) -> tuple[float, dict[str, torch.Tensor]]:
-        torch.set_num_threads(1)
-        task = task_for(config_to_json(self.cfg))
-        global_state = task.initial_state()
-        test = task.data.server_test
-        start = time.perf_counter()
-        for server_round in range(1, self.cfg.rounds + 1):
-            numpy_state = {k: v.detach().numpy() for k, v in global_state.items()}
-            blocks = self._split(list(range(self.cfg.num_terminals)), self.workers)
-            states, sizes = [], []
-            for block_states, block_sizes in self.pool.map(_limit_worker_train, [(numpy_state, b, server_round) for b in blocks], chunksize=1):
-                states += block_states
-                sizes += block_sizes
-            global_state = fedavg_numpy(states, sizes)
-            task.model.load_state_dict(global_state)
-            evaluate(task.model, test.x, test.y)
-        return time.perf_counter() - start, global_state
+        return fedavg_loop(self.cfg, self._train_round)
+
+    def _train_round(self, global_state: dict, pids: list[int], server_round: int) -> tuple[list[dict], list[int]]:
+        numpy_state = {k: v.detach().numpy() for k, v in global_state.items()}
+        jobs = [(numpy_state, block, server_round) for block in self._split(pids, self.workers)]
+        states, sizes = [], []
+        for block_states, block_sizes in self.pool.map(_limit_worker_train, jobs, chunksize=1):
+            states += block_states
+            sizes += block_sizes
+        return states, sizes
 
     def close(self) -> None:
         self.pool.terminate()

@@ -299,12 +299,12 @@ class MeteredGrid(Grid):
                     )
                     self._ignored.add(node)
                     continue
-                declared = declared_device(reply.content)
-                if declared is not None and declared != self.population.device_of(pid):
+                declared, device = declared_device(reply.content), self.population.device_of(pid)
+                if declared is not None and declared != device:
                     log.warning(
-                        'node %d is terminal %d and says it is a %s (node config device-profile = "%s"), but the run\'s '
-                        "devices make terminal %d a %s: not used (give the SuperNode the right device-profile, or the run "
-                        "devices that match its nodes)", node, pid, declared, declared, pid, self.population.device_of(pid),
+                        'node %d is terminal %d and says it is a %s (node config device-profile), but the run\'s devices '
+                        "make terminal %d a %s: not used (give the SuperNode the right device-profile, or the run devices "
+                        "that match its nodes)", node, pid, declared, pid, device,
                     )
                     self._ignored.add(node)
                     continue

@@ -264,6 +264,12 @@ def _same_exchanges(deployed: Path, simulated: Path) -> None:
     assert len(extra) == 1 and extra.pop() > 0  # the fedsplit.measured record, in every reply
 
 
+def _same_final_model(deployed: dict, simulated: dict) -> None:
+    """The deployed run's final accuracy and loss are the simulated run's (within 1e-6)."""
+    for metric in ("accuracy", "loss"):
+        assert abs(deployed["final_metrics"][metric] - simulated["final_metrics"][metric]) <= 1e-6, metric
+
+
 def _check_measured(run_dir: Path, summary: dict, measuring: set[int]) -> None:
     """Measured seconds next to the modelled ones for the measuring terminals, none for the others;
     their modelled compute uses the probed FLOP/s."""
@@ -304,8 +310,7 @@ def test_fedavg_topk_two_rounds_matches_simulation(lab: Lab, tmp_path: Path, fed
     simulated = _simulate(fedsplit_main, overrides, tmp_path / "sim")
     assert deployed["flops"] == simulated["flops"] and deployed["bytes_down"] == simulated["bytes_down"]
     _same_exchanges(run_dir, tmp_path / "sim" / "sim")
-    assert abs(deployed["final_metrics"]["accuracy"] - simulated["final_metrics"]["accuracy"]) <= 1e-6
-    assert abs(deployed["final_metrics"]["loss"] - simulated["final_metrics"]["loss"]) <= 1e-6
+    _same_final_model(deployed, simulated)
 
 
 @pytest.mark.slow
@@ -352,8 +357,7 @@ def test_splitfed_round_on_three_supernodes_matches_simulation(lab: Lab, tmp_pat
     simulated = _simulate(fedsplit_main, SPLITFED, tmp_path / "sim")
     _same_exchanges(run_dir, tmp_path / "sim" / "sim")
     assert deployed["flops"] == simulated["flops"]
-    assert abs(deployed["final_metrics"]["accuracy"] - simulated["final_metrics"]["accuracy"]) <= 1e-6
-    assert abs(deployed["final_metrics"]["loss"] - simulated["final_metrics"]["loss"]) <= 1e-6
+    _same_final_model(deployed, simulated)
 
 
 #: Two rounds of DP-SGD on two terminals (privacy.mode = local, seeded noise): each terminal's
@@ -386,8 +390,7 @@ def test_local_dp_two_rounds_matches_simulation(lab: Lab, tmp_path: Path, fedspl
     _same_exchanges(run_dir, tmp_path / "sim" / "sim")
     sim = _rows(tmp_path / "sim" / "sim" / "clients.csv")
     assert [float(r["dp_epsilon"]) for r in dep] == pytest.approx([float(r["dp_epsilon"]) for r in sim], rel=1e-12)
-    assert abs(deployed["final_metrics"]["accuracy"] - simulated["final_metrics"]["accuracy"]) <= 1e-6
-    assert abs(deployed["final_metrics"]["loss"] - simulated["final_metrics"]["loss"]) <= 1e-6
+    _same_final_model(deployed, simulated)
 
 
 @pytest.mark.slow
@@ -409,8 +412,7 @@ def test_federated_finetuning_matches_simulation(lab: Lab, tmp_path: Path, fedsp
 
     simulated = _simulate(fedsplit_main, finetune, tmp_path / "sim")
     _same_exchanges(run_dir, tmp_path / "sim" / "sim")
-    assert abs(deployed["final_metrics"]["accuracy"] - simulated["final_metrics"]["accuracy"]) <= 1e-6
-    assert abs(deployed["final_metrics"]["loss"] - simulated["final_metrics"]["loss"]) <= 1e-6
+    _same_final_model(deployed, simulated)
 
 
 @pytest.mark.slow
