@@ -21,6 +21,7 @@ another device.
 from __future__ import annotations
 
 import functools
+import itertools
 import warnings
 import zlib
 from collections.abc import Callable
@@ -110,7 +111,8 @@ def _load_global(task: Task, msg: Message, context: Context | None = None) -> to
     Anything else raises :class:`fedsplit.learning.task.TravellingKeysError` (an error reply).
     """
     device = _device()
-    task.model.to(device)
+    if any(t.device != device for t in itertools.chain(task.model.parameters(), task.model.buffers())):
+        task.model.to(device)  # once per process: Module.to walks every tensor even when none moves
     views = record_views(msg.content.array_records["arrays"])
     task.check_travelling(list(views))
     with warnings.catch_warnings():  # read-only views: load_state_dict copies them into the model

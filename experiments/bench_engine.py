@@ -312,7 +312,7 @@ def profile_driver(name: str, overrides: list[str], top: int = int(os.environ.ge
         print(out.getvalue().strip(), flush=True)
 
 
-def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capacity: bool = True, batch_factor: int = 2) -> dict[str, float]:
+def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capacity: bool = True, batch_factor: int = 1) -> dict[str, float]:
     import ray
 
     from fedsplit.clients.app import make_client_app
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="mlp,cnn", help=f"comma-separated: {','.join(WORKLOADS)}")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per way (best is reported)")
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's engine")
-    parser.add_argument("--batch-factor", type=int, default=2, help="fedsplit engine: batches per actor and round (RayEngine batch_factor)")
+    parser.add_argument("--batch-factor", type=int, default=1, help="fedsplit engine: batches per actor and round (RayEngine batch_factor)")
     parser.add_argument("--profile", metavar="WORKLOAD", help="only profile the driver on WORKLOAD (top 15 entries)")
     args = parser.parse_args(argv)
     from fedsplit.simulation.runner import quiet_flower

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 from flwr.app import Message, RecordDict
@@ -58,16 +58,29 @@ def payload_bytes(content: RecordDict) -> int:
     return recorddict_wire_bytes(content)
 
 
-def _gpu_mem_of(reply: Message) -> int:
-    """The reply's ``"gpu-mem-bytes"`` metric (peak CUDA memory of the terminal, bytes), else 0."""
+def _app_metrics(reply: Message) -> Mapping[str, object]:
+    """The reply's ``"metrics"`` record (the app's own metrics), empty without one."""
     metrics = reply.content.metric_records.get("metrics")
-    return int(metrics.get("gpu-mem-bytes", 0)) if metrics is not None else 0
+    return metrics if metrics is not None else {}
 
 
-def _dp_epsilon_of(reply: Message) -> float:
+def _gpu_mem_of(reply: Message, metrics: Mapping[str, object] | None = None) -> int:
+    """The reply's ``"gpu-mem-bytes"`` metric (peak CUDA memory of the terminal, bytes), else 0.
+    ``metrics``: the reply's :func:`_app_metrics`, when the caller has read them already."""
+    return int((_app_metrics(reply) if metrics is None else metrics).get("gpu-mem-bytes", 0))
+
+
+def _dp_epsilon_of(reply: Message, metrics: Mapping[str, object] | None = None) -> float:
     """The reply's ``"dp-epsilon"`` metric (the terminal's cumulative local-DP epsilon), else 0."""
-    metrics = reply.content.metric_records.get("metrics")
-    return float(metrics.get("dp-epsilon", 0.0)) if metrics is not None else 0.0
+    return float((_app_metrics(reply) if metrics is None else metrics).get("dp-epsilon", 0.0))
+
+
+def _size_once(sizes: dict[int, int], content: RecordDict) -> int:
+    """:func:`payload_bytes` of ``content``, computed once per content object in ``sizes``."""
+    size = sizes.get(id(content))
+    if size is None:
+        size = sizes[id(content)] = payload_bytes(content)
+    return size
 
 
 def declared_device(content: RecordDict) -> str | None:
@@ -439,7 +452,8 @@ class MeteredGrid(Grid):
             if self.current_round > 0:
                 self.close_round()
             self.begin_round(self.current_round + 1)
-        sent = {m.metadata.dst_node_id: (m, payload_bytes(m.content)) for m in messages}
+        sizes: dict[int, int] = {}  # by id(content): a strategy sends one content to every node
+        sent = {m.metadata.dst_node_id: (m, _size_once(sizes, m.content)) for m in messages}
         received, round_trip = self._exchange(messages, timeout)
         replies = {r.metadata.src_node_id: r for r in received}
         kept: list[Message] = []
@@ -476,7 +490,7 @@ class MeteredGrid(Grid):
         self.measured.observe(pid, flops_per_s, bytes_moved_down + bytes_up, comm_s)
         return compute_s, comm_s or 0.0
 
-    def _compute_of(self, reply: Message) -> tuple[int, str]:
+    def _compute_of(self, reply: Message, metrics: Mapping[str, object] | None = None) -> tuple[int, str]:
         """FLOPs of a reply's work and how they were obtained (see :class:`LedgerRow`).
 
         Precedence: the app's own ``"flops"`` metric (``reported``) > the engine's measurement
@@ -485,8 +499,8 @@ class MeteredGrid(Grid):
         """
         from fedsplit.clients.flop_meter import read_meter_record
 
-        metrics = reply.content.metric_records.get("metrics")
-        if metrics is not None and "flops" in metrics:
+        metrics = _app_metrics(reply) if metrics is None else metrics
+        if "flops" in metrics:
             return int(metrics["flops"]), "reported"
         measured = getattr(self.inner, "measured_compute", None)
         found = measured(reply) if callable(measured) else None
@@ -508,9 +522,10 @@ class MeteredGrid(Grid):
             status, reason = "failed", reply.error.reason.splitlines()[0][:200] if reply.error.reason else "error"
         else:
             bytes_up = 0 if on_device else payload_bytes(reply.content)
-            flops, method = self._compute_of(reply)
-            gpu_mem = _gpu_mem_of(reply)
-            dp_epsilon = _dp_epsilon_of(reply)
+            metrics = _app_metrics(reply)
+            flops, method = self._compute_of(reply, metrics)
+            gpu_mem = _gpu_mem_of(reply, metrics)
+            dp_epsilon = _dp_epsilon_of(reply, metrics)
             measured_compute_s, measured_comm_s = self._observe(pid, reply, bytes_down, bytes_up, round_trip_s)
         profile = self.profile_of(pid)
         cost = compute_cost(profile, flops) if on_device else exchange_cost(profile, flops, bytes_up, bytes_down)

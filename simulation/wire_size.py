@@ -12,6 +12,8 @@ against ``recorddict_to_proto(content).ByteSize()`` byte for byte.
 
 from __future__ import annotations
 
+import functools
+
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.serde import config_record_to_proto, metric_record_to_proto
 from flwr.proto.recorddict_pb2 import Array as ProtoArray
@@ -31,8 +33,20 @@ def _embedded_bytes(length: int) -> int:
     return 1 + _varint_bytes(length) + length
 
 
+@functools.lru_cache(maxsize=4096)
+def _array_head_bytes(dtype: str, shape: tuple[int, ...], stype: str) -> int:
+    """Bytes of an ``Array``'s fields other than its data (a run has a handful of layouts)."""
+    return ProtoArray(dtype=dtype, shape=shape, stype=stype).ByteSize()
+
+
+@functools.lru_cache(maxsize=4096)
+def _item_key_bytes(key: str) -> int:
+    """Bytes of an ``ArrayRecord`` item's key field."""
+    return ProtoArrayRecord.Item(key=key).ByteSize()
+
+
 def _array_bytes(array: Array) -> int:
-    head = ProtoArray(dtype=array.dtype, shape=array.shape, stype=array.stype).ByteSize()
+    head = _array_head_bytes(array.dtype, tuple(array.shape), array.stype)
     # proto3 leaves an empty ``bytes`` field off the wire.
     return head + (_embedded_bytes(len(array.data)) if array.data else 0)
 
@@ -41,7 +55,7 @@ def array_record_wire_bytes(record: ArrayRecord) -> int:
     """Bytes of ``record`` serialised as ``flwr.proto.ArrayRecord``."""
     total = 0
     for key, array in record.items():
-        item = ProtoArrayRecord.Item(key=key).ByteSize() + _embedded_bytes(_array_bytes(array))
+        item = _item_key_bytes(key) + _embedded_bytes(_array_bytes(array))
         total += _embedded_bytes(item)
     return total
 

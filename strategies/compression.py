@@ -32,7 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log as flwr_log
 
-from fedsplit.clients.arrays import array_record_from_state, array_view, record_views
+from fedsplit.clients.arrays import array_record_from_state, array_view, parsed_record, record_views
 from fedsplit.clients.arrays import array_record_from_state as to_array_record
 from fedsplit.compression import (
     BroadcastReference,
@@ -178,6 +178,8 @@ class GuardedStrategy(_DelegatingStrategy):
             node = msg.metadata.src_node_id
             reason = self._check(node, msg)
             if reason is None:
+                key = self._expected[node][0]
+                msg.content[key] = parsed_record(msg.content[key])  # its bytes are checked: parse them once
                 clean.append(msg)
             else:
                 self._reject(server_round, node, reason)
@@ -399,6 +401,6 @@ class CompressedStrategy(_DelegatingStrategy):
         if reason is not None:
             return f"rebuilt weights invalid: {reason}", len(payload)
         content = RecordDict({k: v for k, v in msg.content.items() if k != UPDATE_KEY})
-        content[sent.arrays_key] = to_array_record(rebuilt)
+        content[sent.arrays_key] = parsed_record(to_array_record(rebuilt))  # the inner strategy's numpy() skips np.load
         msg.content = content
         return None, len(payload)

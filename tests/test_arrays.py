@@ -7,7 +7,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedsplit.clients.arrays import array_from_numpy, array_record_from_state, array_view
+from fedsplit.clients.arrays import ParsedArray, array_from_numpy, array_record_from_state, array_view, parsed_record
 
 rng = np.random.default_rng(0)
 ARRAYS = {
@@ -63,3 +63,33 @@ def test_array_view_rejects_truncated_or_foreign_data() -> None:
         array_view(Array(dtype="float32", shape=(1,), stype="numpy.ndarray", data=b"\x93NUMPY"))
     with pytest.raises(TypeError, match="torch.tensor"):
         array_view(Array(dtype="float32", shape=(1,), stype="torch.tensor", data=good.data))
+
+
+@pytest.mark.parametrize("name", sorted(ARRAYS))
+def test_parsed_array_numpy_equals_flower_numpy(name: str) -> None:
+    """A ParsedArray gives what Array.numpy() gives: dtype, shape, memory order, a writable copy."""
+    flowers = Array(np.ascontiguousarray(ARRAYS[name]).reshape(ARRAYS[name].shape))
+    parsed = parsed_record(ArrayRecord({"x": flowers}))["x"]
+    assert isinstance(parsed, ParsedArray) and parsed.data is flowers.data  # the same bytes, not a copy
+    ours, theirs = parsed.numpy(), flowers.numpy()
+    assert (ours.dtype, ours.shape, ours.flags.f_contiguous) == (theirs.dtype, theirs.shape, theirs.flags.f_contiguous)
+    np.testing.assert_array_equal(ours, theirs)
+    ours += 1 if ours.dtype != bool else True  # writable, and a copy: the record's bytes do not change
+    np.testing.assert_array_equal(parsed.numpy(), theirs)
+
+
+def test_parsed_array_travels_and_arrives_as_a_plain_flower_array() -> None:
+    """Flower names an object's class on the wire and rebuilds it from its own classes: a
+    ParsedArray deflates to exactly the plain Array's bytes, so the receiver gets an Array."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+    plain = ArrayRecord({"w": Array(ARRAYS["float32-matrix"]), "b": Array(ARRAYS["int64-scalar"])})
+    parsed = parsed_record(plain)
+    assert [type(a) for a in parsed.values()] == [ParsedArray, ParsedArray]
+    assert parsed.object_id == plain.object_id
+    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(parsed).items()}
+    arrived = inflate_object_from_contents(parsed.object_id, contents)
+    assert [type(a) for a in arrived.values()] == [Array, Array]
+    for key in plain:
+        np.testing.assert_array_equal(arrived[key].numpy(), plain[key].numpy())

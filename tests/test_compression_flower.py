@@ -370,6 +370,34 @@ def test_guarded_strategy_rejects_nan_and_misshaped_arrays(caplog) -> None:
         np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=1e-6)
 
 
+def test_guarded_strategy_hands_the_inner_strategy_parsed_arrays_with_the_same_aggregate() -> None:
+    """The guard has parsed every accepted update: the inner strategy gets them as ParsedArrays
+    (its numpy() skips np.load's header parse) and aggregates exactly what it would from Arrays."""
+    from fedsplit.clients.arrays import ParsedArray
+
+    nodes = [1, 2, 3]
+    app, contexts, grid = make_app(), {n: context(n) for n in nodes}, StubGrid(nodes)
+    seen: list[type] = []
+
+    class Recording(FedAvg):
+        def aggregate_train(self, server_round, replies):  # noqa: ANN001, ANN202
+            replies = list(replies)
+            seen.extend(type(a) for r in replies for a in r.content["arrays"].values())
+            return super().aggregate_train(server_round, replies)
+
+    strategy = GuardedStrategy(Recording(min_available_nodes=3, min_train_nodes=3))
+    _, replies = run_round(strategy, 1, global_model(), grid, app, contexts)
+    assert {type(a) for r in replies for a in r.content["arrays"].values()} == {Array}  # as off the wire
+    plain = FedAvg(min_available_nodes=3).aggregate_train(1, replies)[0]  # Flower alone, on the same replies
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert seen and set(seen) == {ParsedArray}
+    for key in plain:
+        ours, flowers = arrays[key].numpy(), plain[key].numpy()
+        if ours.dtype != flowers.dtype:  # the guard gives integer buffers their dtype back (keep_dtypes)
+            flowers = flowers.astype(ours.dtype)
+        assert ours.tobytes() == flowers.tobytes(), key
+
+
 @pytest.mark.parametrize(
     "inner",
     [lambda: FedProx(min_available_nodes=2, proximal_mu=0.1), lambda: FedAdam(min_available_nodes=2)],
