@@ -31,6 +31,7 @@ fedsplit's ClientApp does), the actor runs each message through
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -125,8 +126,9 @@ class ClientAppActor:
 
     def run_batch(
         self, items: Sequence[tuple[Message, Context]], faults: Sequence[str | None] | None = None
-    ) -> list[tuple[Message, Context, Measured | None]]:
-        """Run the ClientApp on each ``(message, context)`` in turn: ``(reply, context, measured)``.
+    ) -> list[tuple[Message, Context, Measured | None, float]]:
+        """Run the ClientApp on each ``(message, context)`` in turn: ``(reply, context, measured,
+        seconds)``, ``seconds`` being the real seconds the app took on this actor.
 
         ``faults[i]`` is the injected fault of item ``i``: ``"kill"`` ends this process when the
         item is reached (the batch's replies are lost, as when any process dies).
@@ -136,7 +138,8 @@ class ClientAppActor:
         for (msg, ctx), fault in zip(items, faults):
             if fault == "kill":
                 os._exit(1)
-            out.append(run_client_app(self.app, msg, ctx, self.meter, fault))
+            started = time.perf_counter()
+            out.append((*run_client_app(self.app, msg, ctx, self.meter, fault), time.perf_counter() - started))
         return out
 
     def pid(self) -> int:
@@ -158,6 +161,25 @@ def split_evenly(items: Sequence, parts: int) -> list[list]:
         batches.append(list(items[start:end]))
         start = end
     return [b for b in batches if b]
+
+
+def split_balanced(items: Sequence, parts: int, cost: Callable[[object], float]) -> list[list]:
+    """``items`` in at most ``parts`` batches of about equal total ``cost`` (longest first: each
+    item, heaviest first, joins the batch with the least cost so far), heaviest batch first.
+
+    With equal costs the items are dealt in turn (batch sizes differ by at most one); within a
+    batch the items keep their order. Used with each terminal's last measured seconds, so that a pool's
+    actors finish a round together however unequal the terminals' data (Dirichlet partitions).
+    """
+    parts = max(1, min(parts, len(items)))
+    batches: list[list] = [[] for _ in range(parts)]
+    heap = [(0.0, i) for i in range(parts)]  # (cost so far, batch index): ties go to the lower index
+    for item in sorted(items, key=cost, reverse=True):  # a stable sort: equal costs keep their order
+        load, i = heapq.heappop(heap)
+        batches[i].append(item)
+        heapq.heappush(heap, (load + cost(item), i))
+    loads = {i: load for load, i in heap}
+    return [batches[i] for i in sorted(range(parts), key=lambda i: -loads[i]) if batches[i]]
 
 
 @dataclass
@@ -256,6 +278,8 @@ class RayEngine:
         self.meter = meters(client_app, meter_mode(meter))
         self.run_id = int.from_bytes(os.urandom(6), "big")
         self.contexts: dict[int, Context] = {}
+        self.seconds: dict[tuple[int, str], float] = {}  # (node, message type) -> last real seconds
+        self.last_batches: list[list[int]] = []  # terminals of each batch of the last execute, as dispatched
         self.pools: dict[Budget, ActorPool] = {}
         self._started_ray = False
         self.actor_restarts = 0
@@ -390,7 +414,9 @@ class RayEngine:
         queue: deque[tuple[Budget, list[Message], bool]] = deque()
         for budget, msgs in by_pool.items():
             pool = self.pools[budget]
-            queue.extend((budget, batch, False) for batch in split_evenly(msgs, pool.size * self.batch_factor))
+            batches = split_balanced(msgs, pool.size * self.batch_factor, self._expected_seconds(msgs))
+            queue.extend((budget, batch, False) for batch in batches)
+        self.last_batches = [[self.partition_of(m.metadata.dst_node_id) for m in batch] for _, batch, _ in queue]
         # Each actor takes up to ``inflight_per_actor`` batches at once: the next batch is already
         # queued at the actor when the current one ends, so no round trip is spent idle. A retry
         # (a message whose actor died) runs alone on its actor, so that if it kills the process
@@ -446,13 +472,22 @@ class RayEngine:
                 else:
                     queue.extend((budget, [m], True) for m in batch)
             else:
-                for reply, ctx, found in results:
+                for reply, ctx, found, seconds in results:
                     self.contexts[ctx.node_id] = ctx
+                    self.seconds[(ctx.node_id, reply.metadata.message_type)] = seconds
                     replies.append(reply)
                     if found is not None and measured is not None:
                         measured[reply.metadata.reply_to_message_id] = found
             dispatch()
         return replies
+
+    def _expected_seconds(self, messages: Sequence[Message]) -> Callable[[Message], float]:
+        """Each message's expected real seconds on an actor: its terminal's last measured time
+        for that message type, else the median of those measured in this batch of messages (all
+        equal before the first round: batches then split by count)."""
+        known = sorted(s for m in messages if (s := self.seconds.get((m.metadata.dst_node_id, m.metadata.message_type))) is not None)
+        default = known[len(known) // 2] if known else 1.0
+        return lambda m: self.seconds.get((m.metadata.dst_node_id, m.metadata.message_type), default)
 
     def _replace(self, dead, budget: Budget):  # noqa: ANN001, ANN202
         pool = self.pools[budget]

@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedsplit.devices import Population, builtin_profiles
-from fedsplit.simulation.engine import RayEngine, plan_pools, split_evenly
+from fedsplit.simulation.engine import RayEngine, plan_pools, split_balanced, split_evenly
 from tests.conftest import REPO, fedsplit_cmd
 
 
@@ -66,11 +66,11 @@ def test_failures_stay_with_their_client_and_state_persists(ray_session):
 
 
 def test_a_crash_loses_only_its_client_when_other_batches_are_queued_behind_it(ray_session):
-    # One actor, two batches queued at it at once ([0, 1] then [2, 3]); client 0 kills the process
-    # while [2, 3] waits behind it. Each message is retried alone, so only client 0 fails, and its
+    # One actor, two batches queued at it at once ([0, 2] then [1, 3]); client 0 kills the process
+    # while [1, 3] waits behind it. Each message is retried alone, so only client 0 fails, and its
     # own retry (which kills the fresh actor again) takes nobody with it.
     population = Population({"laptop": 4}, builtin_profiles())
-    with RayEngine(make_flaky_app(raise_pid=-1, crash_pid=0), population, num_actors=1) as engine:
+    with RayEngine(make_flaky_app(raise_pid=-1, crash_pid=0), population, num_actors=1, batch_factor=2) as engine:
         grid = engine.grid()
         nodes = list(grid.get_node_ids())
         first = send_round(grid, 1, nodes)
@@ -88,6 +88,43 @@ def test_batches_are_even_so_actors_finish_together():
     assert sizes(3, 8) == [1, 1, 1]
     assert sizes(0, 4) == []
     assert [x for b in split_evenly(list(range(17)), 5) for x in b] == list(range(17))  # order kept
+
+
+def test_balanced_batches_even_out_the_cost_longest_first():
+    cost = {"a": 9.0, "b": 5.0, "c": 4.0, "d": 3.0, "e": 1.0}
+    batches = split_balanced(list(cost), 2, cost.get)
+    assert batches == [["a", "d"], ["b", "c", "e"]]  # 12 against 10 (an even count split: 17 against 5)
+    assert sorted(x for b in batches for x in b) == sorted(cost)
+    equal = split_balanced(list(range(10)), 4, lambda _: 1.0)
+    assert [len(b) for b in equal] == [3, 3, 2, 2] and equal[0] == [0, 4, 8]  # dealt in turn, order kept
+    assert split_balanced([], 3, lambda _: 1.0) == []
+
+
+def make_sleepy_app(seconds: dict[int, float]) -> ClientApp:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        time.sleep(seconds.get(pid, 0.0))
+        return Message(RecordDict({"metrics": MetricRecord({"pid": pid, "num-examples": 1})}), reply_to=msg)
+
+    return app
+
+
+def test_terminals_measured_slow_get_a_batch_of_their_own_next_round(ray_session):
+    # Round 1 knows nothing and deals 4 terminals to 2 actors in turn ([0, 2], [1, 3]); the actors
+    # report each terminal's seconds, so round 2 puts the slow terminal 0 alone against 1, 2, 3.
+    population = Population({"laptop": 4}, builtin_profiles())
+    with RayEngine(make_sleepy_app({0: 0.4, 1: 0.02, 2: 0.02, 3: 0.02}), population, num_actors=2) as engine:
+        grid = engine.grid()
+        nodes = list(grid.get_node_ids())
+        send_round(grid, 1, nodes)
+        assert engine.last_batches == [[0, 2], [1, 3]]
+        assert engine.seconds[(engine.node_id_of(0), "train")] >= 0.4
+        second = send_round(grid, 2, nodes)
+        assert all(not r.has_error() for r in second.values())
+        assert engine.last_batches == [[0], [1, 2, 3]]
 
 
 def test_pools_fit_the_cluster():
