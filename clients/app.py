@@ -27,7 +27,7 @@ import zlib
 from collections.abc import Callable
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
@@ -37,6 +37,7 @@ from fedsplit.clients.secagg_client import STAGE_ACTIONS, handle_secagg_stage
 from fedsplit.clients.split_client import SPLIT_ACTION, handle_split
 from fedsplit.config import load_config
 from fedsplit.learning import Task, config_to_json, evaluate, task_for
+from fedsplit.records import record_of
 
 def _config_json(context: Context, config_json: str | None) -> str:
     if config_json is not None:
@@ -113,7 +114,10 @@ def _load_global(task: Task, msg: Message, context: Context | None = None) -> to
     device = _device()
     if any(t.device != device for t in itertools.chain(task.model.parameters(), task.model.buffers())):
         task.model.to(device)  # once per process: Module.to walks every tensor even when none moves
-    views = record_views(msg.content.array_records["arrays"])
+    arrays = record_of(msg.content, "arrays", ArrayRecord)
+    if arrays is None:
+        raise KeyError("the message carries no ArrayRecord 'arrays'")
+    views = record_views(arrays)
     task.check_travelling(list(views))
     with warnings.catch_warnings():  # read-only views: load_state_dict copies them into the model
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -129,7 +133,7 @@ def handle_train(msg: Message, context: Context, config_json: str | None = None)
     """Train the received global model on this terminal's partition."""
     task = task_for(_config_json(context, config_json))
     pid = _partition_id(context)
-    config = msg.content.config_records.get("config", ConfigRecord())
+    config = record_of(msg.content, "config", ConfigRecord) or ConfigRecord()
     server_round = int(config.get("server-round", 0))
     train_set, _ = task.data.partition(pid)
     device = _load_global(task, msg, context)

@@ -60,7 +60,7 @@ from fedsplit.compression.wire import (
     RESIDUAL_STATE_KEY,
     UPDATE_KEY,
 )
-from fedsplit.records import record_key, to_numpy
+from fedsplit.records import record_key, section, to_numpy
 
 __all__ = ["compression_mod", "COMPRESSION_ERROR_CODE", "to_numpy", "to_array_record"]
 
@@ -189,7 +189,7 @@ def compression_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) ->
     """Flower mod: see the module docstring."""
     if msg.metadata.message_type.split(".")[0] != MessageType.TRAIN or not msg.has_content():
         return call_next(msg, ctx)
-    config_key = record_key(dict(msg.content.config_records), CONFIG_RECORD_KEY)
+    config_key = record_key(section(msg.content, ConfigRecord), CONFIG_RECORD_KEY)
     if config_key is None or CONFIG_KEY not in msg.content[config_key]:
         return call_next(msg, ctx)
     config = msg.content[config_key]

@@ -66,6 +66,7 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedsplit.host_rate import CALIBRATION_N, CALIBRATION_REPEATS, CALIBRATION_TRIALS, host_flops_per_cpu_s, timed_flops
+from fedsplit.records import record_of
 
 __all__ = [
     "METER_KEY",
@@ -256,7 +257,7 @@ def metered_call(fn: ClientAppCallable, msg: Message, ctx: Context) -> tuple[Mes
 
 def reports_flops(content: RecordDict) -> bool:
     """Whether a reply's content carries the app's own ``"flops"`` in its ``"metrics"`` record."""
-    metrics = content.metric_records.get("metrics")
+    metrics = record_of(content, "metrics", MetricRecord)
     return metrics is not None and "flops" in metrics
 
 
@@ -270,7 +271,7 @@ def method_of_code(code: float) -> str:
 
 def read_meter_record(content: RecordDict) -> tuple[int, str] | None:
     """``(flops, method)`` from the mod's record in a reply's content, or None if it has none."""
-    record = content.metric_records.get(METER_KEY)
+    record = record_of(content, METER_KEY, MetricRecord)
     if record is None or "flops" not in record:
         return None
     return int(record["flops"]), method_of_code(record.get("method", 0))

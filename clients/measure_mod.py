@@ -26,6 +26,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsplit.devices.probe import probe_flops_per_s
+from fedsplit.records import record_of
 
 #: Node config key and the value that turns measuring on.
 PROFILE_KEY = "profile"
@@ -84,7 +85,7 @@ def measure_mod(msg: Message, context: Context, call_next: ClientAppCallable) ->
 
 def read_measured(content: RecordDict) -> tuple[float, float] | None:
     """``(flops_per_s, compute_s)`` from a reply's :data:`MEASURED_KEY` record, None without one."""
-    record = content.metric_records.get(MEASURED_KEY)
+    record = record_of(content, MEASURED_KEY, MetricRecord)
     if record is None:
         return None
     return float(record["flops-per-s"]), float(record["compute-s"])

@@ -46,6 +46,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
+from fedsplit.records import record_of
 from fedsplit.clients.flop_meter import timed_flops
 from fedsplit.secagg import MASKED_KEY, STAGE_ACTIONS, WEIGHT_KEY
 
@@ -131,7 +132,7 @@ def make_secagg_mod(config_json: str | None = None) -> Callable[[Message, Contex
     def secagg_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN or not msg.has_content():
             return call_next(msg, ctx)
-        configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        configs = record_of(msg.content, RECORD_KEY_CONFIGS, ConfigRecord)
         if configs is None:
             return call_next(msg, ctx)
         reply = call_next(msg, ctx)

@@ -67,6 +67,11 @@ WORKLOADS = {
     # the same with E=1 (not run by default): the server's evaluation of the global model on 360
     # test images, which no engine can run in parallel, is then ~1/6 of the pure loop's time.
     "cnn-e1": ["model.name=fedavg-cnn", "data.resolution=28", "rounds=2", "train.local_epochs=1", "devices={laptop=10}"],
+    # unequal terminals: the MLP workload on Dirichlet(0.3) partitions (41 to 266 digits a
+    # terminal), where splitting a round's terminals by count leaves one core waiting; fedsplit's
+    # engine balances its batches by each terminal's measured seconds, the limit way splits by count.
+    "mlp-skew": ["model.name=mlp", "model.hidden=64", "rounds=10", "train.local_epochs=5", "devices={laptop=10}",
+                 "data.partitioner=dirichlet", "data.alpha=0.3"],
     # many terminals: the MLP with 100 terminals trained each round, enough to fill 16 cores
     # (each terminal holds ~13 digits, so this is the most overhead-bound workload).
     "mlp100": ["model.name=mlp", "model.hidden=64", "rounds=5", "train.local_epochs=5", "devices={laptop=100}"],

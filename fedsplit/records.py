@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-__all__ = ["SupportsNumpy", "record_key", "to_numpy"]
+__all__ = ["SupportsNumpy", "record_key", "record_of", "section", "to_numpy"]
 
 _Record = TypeVar("_Record")
 
@@ -52,6 +52,23 @@ def record_key(records: Mapping[str, _Record], preferred: str) -> str | None:
     if preferred in records:
         return preferred
     return next(iter(records)) if len(records) == 1 else None
+
+
+def section(content: Mapping[str, object], kind: type[_Record]) -> dict[str, _Record]:
+    """The records of type ``kind`` in a ``RecordDict``, keys in order, as a plain dict.
+
+    What ``content.config_records`` (``array_records``, ``metric_records``) holds, for a tenth of
+    its cost: Flower builds and validates a new ``TypedDict`` on every access (~7 us), which the
+    ClientApp and the server pay several times per message.
+    """
+    return {key: record for key, record in content.items() if isinstance(record, kind)}
+
+
+def record_of(content: Mapping[str, object], key: str, kind: type[_Record]) -> _Record | None:
+    """The record named ``key`` in a ``RecordDict`` if it is a ``kind``, else None
+    (``content.<kind>_records.get(key)`` without building the section; keys are unique across kinds)."""
+    record = content.get(key)
+    return record if isinstance(record, kind) else None
 
 
 def to_numpy(record: Mapping[str, SupportsNumpy]) -> dict[str, np.ndarray]:

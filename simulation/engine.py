@@ -167,8 +167,8 @@ def split_balanced(items: Sequence, parts: int, cost: Callable[[object], float])
     """``items`` in at most ``parts`` batches of about equal total ``cost`` (longest first: each
     item, heaviest first, joins the batch with the least cost so far), heaviest batch first.
 
-    With equal costs the items are dealt in turn (batch sizes differ by at most one); within a
-    batch the items keep their order. Used with each terminal's last measured seconds, so that a pool's
+    A batch lists its items heaviest first. With equal costs the items are dealt in turn (batch
+    sizes differ by at most one), each batch keeping their order. Used with each terminal's last measured seconds, so that a pool's
     actors finish a round together however unequal the terminals' data (Dirichlet partitions).
     """
     parts = max(1, min(parts, len(items)))

@@ -39,11 +39,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
-from flwr.app import Message, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from fedsplit.devices import EDGE_SERVER_PROFILE, DeviceProfile, Population, RoundClock, builtin_profiles, compute_cost, exchange_cost
 from fedsplit.ledger import Ledger, LedgerRow, RoundRecord, terminal_statuses
+from fedsplit.records import record_of
 from fedsplit.simulation.measured import MeasuredTerminals, is_polled_grid, timed_send_and_receive
 from fedsplit.simulation.wire_size import recorddict_wire_bytes
 
@@ -60,7 +61,7 @@ def payload_bytes(content: RecordDict) -> int:
 
 def _app_metrics(reply: Message) -> Mapping[str, object]:
     """The reply's ``"metrics"`` record (the app's own metrics), empty without one."""
-    metrics = reply.content.metric_records.get("metrics")
+    metrics = record_of(reply.content, "metrics", MetricRecord)
     return metrics if metrics is not None else {}
 
 

@@ -124,7 +124,7 @@ def test_terminals_measured_slow_get_a_batch_of_their_own_next_round(ray_session
         assert engine.seconds[(engine.node_id_of(0), "train")] >= 0.4
         second = send_round(grid, 2, nodes)
         assert all(not r.has_error() for r in second.values())
-        assert engine.last_batches == [[0], [1, 2, 3]]
+        assert [sorted(b) for b in engine.last_batches] == [[0], [1, 2, 3]]  # each batch: heaviest first
 
 
 def test_pools_fit_the_cluster():
