@@ -25,6 +25,7 @@ Run::
 
     python experiments/bench_engine.py                       # mlp and cnn (~9 minutes on 2 cores)
     python experiments/bench_engine.py --workloads mlp100 --no-flower --passes 1   # 100 terminals a round
+    python experiments/bench_engine.py --workloads mlp-skew --no-flower             # unequal terminals
     python experiments/bench_engine.py --smoke               # seconds: tiny settings, checks only agreement
     python experiments/bench_engine.py --profile mlp         # cProfile of the driver in the fedsplit way
 
