@@ -46,8 +46,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
-from fedsplit.records import record_of
 from fedsplit.clients.flop_meter import timed_flops
+from fedsplit.records import record_of
 from fedsplit.secagg import MASKED_KEY, STAGE_ACTIONS, WEIGHT_KEY
 
 __all__ = [

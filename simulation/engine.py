@@ -168,8 +168,9 @@ def split_balanced(items: Sequence, parts: int, cost: Callable[[object], float])
     item, heaviest first, joins the batch with the least cost so far), heaviest batch first.
 
     A batch lists its items heaviest first. With equal costs the items are dealt in turn (batch
-    sizes differ by at most one), each batch keeping their order. Used with each terminal's last measured seconds, so that a pool's
-    actors finish a round together however unequal the terminals' data (Dirichlet partitions).
+    sizes differ by at most one), each batch keeping their order. The engine uses each terminal's
+    last measured seconds as the cost, so that a pool's actors finish a round together however
+    unequal the terminals' data (Dirichlet partitions).
     """
     parts = max(1, min(parts, len(items)))
     batches: list[list] = [[] for _ in range(parts)]
@@ -241,8 +242,9 @@ class RayEngine:
     cpus_per_actor : float, optional
         Override every device's CPU budget (benchmarks: one actor of 1 CPU).
     batch_factor : int
-        A round's messages go out in ``actors x batch_factor`` even batches per pool (default 1:
-        one Ray call per actor and round). More batches than ``actors x inflight_per_actor`` let
+        A round's messages go out in ``actors x batch_factor`` batches per pool, balanced by each
+        terminal's measured seconds (:func:`split_balanced`; default 1: one Ray call per actor
+        and round). More batches than ``actors x inflight_per_actor`` let
         the least busy actor take the next one (balancing uneven clients) at the cost of a Ray
         call each (~1 ms of the driver's time on a 2-core machine, during which actors wait).
     inflight_per_actor : int
@@ -483,8 +485,8 @@ class RayEngine:
 
     def _expected_seconds(self, messages: Sequence[Message]) -> Callable[[Message], float]:
         """Each message's expected real seconds on an actor: its terminal's last measured time
-        for that message type, else the median of those measured in this batch of messages (all
-        equal before the first round: batches then split by count)."""
+        for that message type, else the median of those known among ``messages`` (all equal
+        before the first round: batches then split by count)."""
         known = sorted(s for m in messages if (s := self.seconds.get((m.metadata.dst_node_id, m.metadata.message_type))) is not None)
         default = known[len(known) // 2] if known else 1.0
         return lambda m: self.seconds.get((m.metadata.dst_node_id, m.metadata.message_type), default)
