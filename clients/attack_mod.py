@@ -19,14 +19,14 @@ import logging
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.app.message_type import MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
 from fedsplit.clients.privacy_mod import _attackers, run_config
 from fedsplit.privacy.attacks import UPDATE_ATTACKS, poison_update
-from fedsplit.records import record_key, to_numpy
+from fedsplit.records import record_key, section, to_numpy
 
 log = logging.getLogger("fedsplit")
 
@@ -49,14 +49,14 @@ def make_attack_mod(config_json: str | None = None) -> Callable[[Message, Contex
         pid = int(ctx.node_config["partition-id"])
         if a.kind not in UPDATE_ATTACKS or pid not in _attackers(cfg.num_terminals, a.fraction, cfg.seed):
             return call_next(msg, ctx)
-        sent_key = record_key(dict(msg.content.array_records), "arrays")
+        sent_key = record_key(section(msg.content, ArrayRecord), "arrays")
         if sent_key is None:
             return call_next(msg, ctx)
         received = record_views(msg.content[sent_key])  # read-only views of what the server sent
         reply = call_next(msg, ctx)
         if reply.has_error():
             return reply
-        reply_key = record_key(dict(reply.content.array_records), "arrays")
+        reply_key = record_key(section(reply.content, ArrayRecord), "arrays")
         if reply_key is None:
             return reply
         config = msg.content.config_records.get("config", ConfigRecord())

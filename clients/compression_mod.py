@@ -142,7 +142,7 @@ def _compress_reply(
     reply: Message, received: dict[str, np.ndarray], arrays_key: str, spec: WireSpec, server_round: int, ctx: Context
 ) -> None:
     content = reply.content
-    local_key = record_key(dict(content.array_records), arrays_key)
+    local_key = record_key(section(content, ArrayRecord), arrays_key)
     if local_key is None:
         raise _ModError("train reply carries no single ArrayRecord to compress")
     try:
@@ -175,7 +175,7 @@ def _compress_reply(
     new_content[UPDATE_KEY] = ConfigRecord(
         {"codec": codec.name, "payload": step.payload, "server-round": server_round}
     )
-    metrics_key = record_key(dict(new_content.metric_records), METRICS_KEY)
+    metrics_key = record_key(section(new_content, MetricRecord), METRICS_KEY)
     if metrics_key is None:
         metrics_key = METRICS_KEY
         new_content[metrics_key] = MetricRecord()
@@ -202,7 +202,7 @@ def compression_mod(msg: Message, ctx: Context, call_next: ClientAppCallable) ->
 
     # Work on a shallow copy: the server may share one RecordDict between messages.
     content = RecordDict(dict(msg.content.items()))
-    arrays_key = record_key(dict(content.array_records), ARRAYS_KEY)
+    arrays_key = record_key(section(content, ArrayRecord), ARRAYS_KEY)
     try:
         if DOWNLINK_KEY in content:
             arrays_key = _receive_downlink(content, arrays_key, ctx)

@@ -39,7 +39,7 @@ def record_key(records: Mapping[str, _Record], preferred: str) -> str | None:
     Parameters
     ----------
     records : Mapping[str, record]
-        One section, e.g. ``dict(content.array_records)``.
+        One section, e.g. ``section(content, ArrayRecord)``.
     preferred : str
         The conventional key (``"arrays"``, ``"config"``, ``"metrics"``).
 

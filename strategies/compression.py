@@ -56,7 +56,7 @@ from fedsplit.compression.wire import (
     PAYLOAD_BYTES_METRIC,
     UPDATE_KEY,
 )
-from fedsplit.records import record_key, to_numpy
+from fedsplit.records import record_key, section, to_numpy
 
 __all__ = ["CompressedStrategy", "GuardedStrategy", "RejectCallback", "TrafficCallback"]
 
@@ -160,7 +160,7 @@ class GuardedStrategy(_DelegatingStrategy):
         self._expected = {}
         cache: dict[int, dict[str, TensorSpec]] = {}
         for msg in messages:
-            key = record_key(dict(msg.content.array_records), ARRAYS_KEY)
+            key = record_key(section(msg.content, ArrayRecord), ARRAYS_KEY)
             if key is None:
                 continue
             record = msg.content[key]
@@ -298,12 +298,12 @@ class CompressedStrategy(_DelegatingStrategy):
         for msg in messages:
             node = msg.metadata.dst_node_id
             content = RecordDict(dict(msg.content.items()))
-            cfg_key = record_key(dict(content.config_records), CONFIG_RECORD_KEY) or CONFIG_RECORD_KEY
+            cfg_key = record_key(section(content, ConfigRecord), CONFIG_RECORD_KEY) or CONFIG_RECORD_KEY
             cfg = ConfigRecord(dict(content[cfg_key])) if cfg_key in content else ConfigRecord()
             cfg[CONFIG_KEY] = spec_json
             cfg.setdefault("server-round", server_round)
             content[cfg_key] = cfg
-            arrays_key = record_key(dict(content.array_records), ARRAYS_KEY)
+            arrays_key = record_key(section(content, ArrayRecord), ARRAYS_KEY)
             if arrays_key is None:
                 raise ValueError(f"{type(self.inner).__name__}.configure_train sent no single ArrayRecord to node {node}")
 

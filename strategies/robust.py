@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 from fedsplit.clients.arrays import array_record_from_state, record_views
 from fedsplit.config import RunConfig
 from fedsplit.privacy.norms import bound, clip_update, update_norm
-from fedsplit.records import record_key
+from fedsplit.records import record_key, section
 from fedsplit.strategies.compression import RejectCallback, _DelegatingStrategy
 
 log = logging.getLogger("fedsplit")
@@ -72,7 +72,7 @@ class NormDefenceStrategy(_DelegatingStrategy):
         views: dict[int, dict[str, np.ndarray]] = {}
         self._sent = {}
         for msg in messages:
-            key = record_key(dict(msg.content.array_records), ARRAYS_KEY)
+            key = record_key(section(msg.content, ArrayRecord), ARRAYS_KEY)
             if key is not None:
                 record = msg.content[key]
                 self._sent[msg.metadata.dst_node_id] = views.setdefault(id(record), record_views(record))
@@ -81,7 +81,7 @@ class NormDefenceStrategy(_DelegatingStrategy):
     def _measure(self, msg: Message) -> tuple[str, dict[str, np.ndarray], float] | None:
         """(arrays key, the reply's arrays, its update norm), or None for a reply it cannot measure."""
         sent = self._sent.get(msg.metadata.src_node_id)
-        key = record_key(dict(msg.content.array_records), ARRAYS_KEY)
+        key = record_key(section(msg.content, ArrayRecord), ARRAYS_KEY)
         if sent is None or key is None:
             return None
         local = record_views(msg.content[key])
