@@ -48,7 +48,6 @@ job holds a core). Other processes on the cores slow the actors, and efficiency 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
@@ -297,11 +296,11 @@ def profile_driver(name: str, overrides: list[str], top: int = int(os.environ.ge
 
     from fedsplit.clients.app import make_client_app
     from fedsplit.devices import Population, resolve_profiles
-    from fedsplit.simulation.engine import RayEngine
+    from fedsplit.simulation.engine import RayEngine, ray_init_options
 
     cfg = load_config(None, COMMON + overrides)
     cpus = os.cpu_count() or 1
-    ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(**ray_init_options(num_cpus=cpus))
     population = Population(cfg.devices, resolve_profiles(cfg.profiles))
     app = make_client_app(config_json=config_to_json(cfg))
     with RayEngine(app, population, num_actors=cpus, cpus_per_actor=1.0) as engine:
@@ -323,7 +322,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
 
     from fedsplit.clients.app import make_client_app
     from fedsplit.devices import Population, resolve_profiles
-    from fedsplit.simulation.engine import RayEngine
+    from fedsplit.simulation.engine import RayEngine, ray_init_options
 
     cfg = load_config(None, COMMON + overrides)
     cpus = os.cpu_count() or 1
@@ -331,7 +330,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
     plain = PlainParallel(cfg, min(cpus, terminals_per_round(cfg)))
     # Both engines' actors exist at once so that the ways can be interleaved; only one engine
     # works at a time, so Ray is given one logical CPU more than the machine has for the idle one.
-    ray.init(num_cpus=cpus + 1, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(**ray_init_options(num_cpus=cpus + 1))
     population = Population(cfg.devices, resolve_profiles(cfg.profiles))
     app = make_client_app(config_json=config_to_json(cfg))
     with (

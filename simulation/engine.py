@@ -63,6 +63,28 @@ Measured = tuple[int, str]  # (FLOPs, method): the engine's measurement of one r
 FaultHook = Callable[[Message], "str | None"]  # message -> "crash" | "kill" | None (injected faults)
 KILLED_REASON = "actor process died: injected kill"
 METER_MODES = ("auto", "always", "off")
+#: Objects up to this size (bytes) travel inline in the reply to a Ray call, in place of Ray's
+#: shared-memory object store (Ray's default cut is 100 KiB). A batch's replies are just above it
+#: for small models: measured on this project's 2-core machine, 10 lists of 20 KB come back in
+#: 1.05 ms inline against 2.19 ms through the store, 1 MB in 1.85 against 4.42 ms; from about 4 MB
+#: on the two ways cost the same, so larger objects (CNN weights) still go through the store.
+INLINE_OBJECT_BYTES = 2 * 1024 * 1024
+
+
+def ray_init_options(address: str | None = None, num_cpus: int | None = None) -> dict:
+    """Keyword arguments of ``ray.init`` for a run's engine.
+
+    Attaching to a cluster (``address``) takes that cluster's settings as they are; a local
+    cluster started here also returns objects up to :data:`INLINE_OBJECT_BYTES` inline.
+    """
+    kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
+    if address:
+        kwargs["address"] = address
+        return kwargs
+    if num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    kwargs["_system_config"] = {"max_direct_call_object_size": INLINE_OBJECT_BYTES}
+    return kwargs
 
 
 def meter_mode(mode: str | None = None) -> str:
@@ -305,12 +327,7 @@ class RayEngine:
         """Start (or attach to) Ray and create the actor pools."""
         self.claim_task_identity()
         if not ray.is_initialized():
-            kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
-            if self.ray_address:
-                kwargs["address"] = self.ray_address
-            elif self.num_cpus:
-                kwargs["num_cpus"] = self.num_cpus
-            ray.init(**kwargs)
+            ray.init(**ray_init_options(self.ray_address, self.num_cpus))
             self._started_ray = True
         resources = ray.cluster_resources()
         cluster_cpus = float(resources.get("CPU", 1))

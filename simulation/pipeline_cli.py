@@ -8,7 +8,6 @@ member's training stops on empty rounds.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -37,19 +36,15 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         print(f"fedsplit: error: {exc}", file=sys.stderr)
         return 2
     import ray
+    from fedsplit.simulation.engine import ray_init_options
     from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.warm_actors import warm_actors
 
     base = cfg.member_config(cfg.members[0], cfg.out_dir)
     started = False
     if not ray.is_initialized():  # one Ray for every member (each simulate attaches to it)
-        kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
-        if base.engine.ray_address:
-            kwargs["address"] = base.engine.ray_address
-        elif base.engine.num_cpus:
-            kwargs["num_cpus"] = base.engine.num_cpus
         if base.engine.name == "fedsplit":
-            ray.init(**kwargs)
+            ray.init(**ray_init_options(base.engine.ray_address or None, base.engine.num_cpus or None))
             started = True
     try:
         with warm_actors():  # every member trains on the actors the first one started

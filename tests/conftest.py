@@ -93,8 +93,10 @@ def ray_session(_warm_actors):
     runs keep their actors warm for the next test (:mod:`fedsplit.simulation.warm_actors`)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    from fedsplit.simulation.engine import ray_init_options
+
+    if not ray.is_initialized():  # as a run's engine starts it (inline cut included), without the actors' logs
+        ray.init(**{**ray_init_options(num_cpus=2), "log_to_driver": False})
     yield ray
 
 

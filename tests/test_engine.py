@@ -275,3 +275,50 @@ def test_engine_benchmark_smoke_runs_and_models_agree():
     # which on a fast (or a loaded) machine is more than 1 % of sub-second times.
     slack = 0.0005 / one + 0.0005 / pure + 0.001
     assert float(fields["overhead"]) == pytest.approx(one / pure, rel=slack)
+
+
+INLINE_CHECK = """
+import json, ray
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.clientapp import ClientApp
+from fedsplit.devices import Population, builtin_profiles
+from fedsplit.simulation.engine import INLINE_OBJECT_BYTES, RayEngine
+
+app = ClientApp()
+
+@app.train()
+def train(msg, context):
+    weights = np.full(60_000, float(context.node_config["partition-id"]), dtype=np.float32)  # 240 KB
+    return Message(RecordDict({"arrays": ArrayRecord({"w": Array(weights)})}), reply_to=msg)
+
+with RayEngine(app, Population({"laptop": 2}, builtin_profiles()), num_actors=1, num_cpus=1) as engine:
+    grid = engine.grid()
+    msgs = [Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=n, message_type="train", group_id="1")
+            for n in grid.get_node_ids()]
+    replies = grid.send_and_receive(msgs)
+    print(json.dumps({
+        "inline": ray._private.worker.global_worker.node._config.get("max_direct_call_object_size"),
+        "expected": INLINE_OBJECT_BYTES,
+        "errors": [r.error.reason for r in replies if r.has_error()],
+        "sums": sorted(float(r.content["arrays"]["w"].numpy().sum()) for r in replies if not r.has_error()),
+    }))
+"""
+
+
+def test_an_engine_that_starts_ray_returns_batches_of_small_replies_inline():
+    """A RayEngine that starts its own Ray raises Ray's inline-object cut to INLINE_OBJECT_BYTES
+    (a batch of two 240 KB replies, over Ray's 100 KiB default, returns in the call's reply)."""
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.run([sys.executable, "-c", INLINE_CHECK], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["inline"] == out["expected"] == 2 * 1024 * 1024
+    assert out["errors"] == [] and out["sums"] == [0.0, 60_000.0]
+
+
+def test_attaching_to_a_cluster_keeps_its_settings():
+    from fedsplit.simulation.engine import ray_init_options
+
+    assert "_system_config" not in ray_init_options("127.0.0.1:6379", 4)  # Ray refuses it on attach
+    assert ray_init_options(None, 4)["num_cpus"] == 4
