@@ -122,9 +122,8 @@ def _load_global(task: Task, msg: Message, context: Context | None = None) -> to
     with warnings.catch_warnings():  # read-only views: load_state_dict copies them into the model
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         state = {key: torch.from_numpy(view) for key, view in views.items()}
-        local = {}
-        if context is not None and BATCHNORM_LOCAL_STATE in context.state.array_records:
-            local = {k: torch.from_numpy(v) for k, v in record_views(context.state.array_records[BATCHNORM_LOCAL_STATE]).items()}
+        own = None if context is None else record_of(context.state, BATCHNORM_LOCAL_STATE, ArrayRecord)
+        local = {} if own is None else {k: torch.from_numpy(v) for k, v in record_views(own).items()}
     task.model.load_state_dict(task.full_state(state, local), strict=True)
     return device
 

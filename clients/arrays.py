@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from io import BytesIO
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app.message.recorddict import _SyncedDict  # the views Flower hands out (tests/test_arrays.py checks it)
 
-__all__ = ["ParsedArray", "array_from_numpy", "as_parsed", "array_record_from_state", "array_view", "parsed_record", "record_views"]
+__all__ = ["ParsedArray", "SectionedRecordDict", "array_from_numpy", "as_parsed", "array_record_from_state", "array_view", "parsed_record", "record_views", "sectioned"]
 
 
 def array_from_numpy(ndarray: np.ndarray) -> Array:
@@ -131,9 +132,8 @@ class ParsedArray(Array):
 
 def parsed_record(record: ArrayRecord) -> ArrayRecord:
     """``record`` with every array as a :class:`ParsedArray` (the same bytes, no copy of them)."""
-    parsed = ArrayRecord()  # filled item by item: ArrayRecord(dict) would rebuild plain Arrays
-    for key, array in record.items():
-        parsed[key] = as_parsed(array)
+    parsed = ArrayRecord()  # ArrayRecord(dict) would rebuild plain Arrays; its items are Arrays already checked
+    parsed.__dict__["_data"] = {key: as_parsed(array) for key, array in record.__dict__["_data"].items()}
     return parsed
 
 
@@ -145,3 +145,48 @@ def as_parsed(array: Array) -> ParsedArray:
     parsed = object.__new__(ParsedArray)
     parsed.__dict__.update(array.__dict__)
     return parsed
+
+
+class SectionedRecordDict(RecordDict):
+    """A ``RecordDict`` whose ``array_records``, ``metric_records`` and ``config_records`` views
+    cost a dict comprehension.
+
+    Flower builds each view by ``view[key] = record`` for every record, and the view's
+    ``__setitem__`` also assigns the record back into the ``RecordDict`` (type checks and an
+    overwrite check each time): about 7 us per view, and Flower's FedAvg asks each reply for six
+    views (reply validation, then the array and metric aggregations), 0.2 ms a reply on a 100-reply
+    round. Here the view is the same Flower class (writes to it still reach this ``RecordDict``),
+    filled directly. It deflates as a plain ``RecordDict`` (Flower names the class on the wire).
+    """
+
+    def _view(self, kind: type) -> object:
+        view = _SyncedDict(self, kind)
+        view.__dict__["_data"] = {k: r for k, r in self.__dict__["_data"].items() if isinstance(r, kind)}
+        return view
+
+    @property
+    def array_records(self):  # noqa: ANN201 - Flower's TypedDict[str, ArrayRecord]
+        return self._view(ArrayRecord)
+
+    @property
+    def metric_records(self):  # noqa: ANN201 - Flower's TypedDict[str, MetricRecord]
+        return self._view(MetricRecord)
+
+    @property
+    def config_records(self):  # noqa: ANN201 - Flower's TypedDict[str, ConfigRecord]
+        return self._view(ConfigRecord)
+
+    def deflate(self) -> bytes:
+        plain = object.__new__(RecordDict)
+        plain.__dict__.update(self.__dict__)
+        return plain.deflate()
+
+
+def sectioned(content: RecordDict) -> SectionedRecordDict:
+    """``content``'s records (the same objects) in a :class:`SectionedRecordDict`."""
+    if isinstance(content, SectionedRecordDict):
+        return content
+    out = object.__new__(SectionedRecordDict)
+    out.__dict__.update(content.__dict__)
+    out.__dict__["_data"] = dict(content.__dict__["_data"])
+    return out

@@ -32,7 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log as flwr_log
 
-from fedsplit.clients.arrays import array_record_from_state, array_view, parsed_record, record_views
+from fedsplit.clients.arrays import array_record_from_state, array_view, parsed_record, record_views, sectioned
 from fedsplit.clients.arrays import array_record_from_state as to_array_record
 from fedsplit.compression import (
     BroadcastReference,
@@ -179,6 +179,7 @@ class GuardedStrategy(_DelegatingStrategy):
             reason = self._check(node, msg)
             if reason is None:
                 key = self._expected[node][0]
+                msg.content = sectioned(msg.content)  # the inner strategy reads its views several times
                 msg.content[key] = parsed_record(msg.content[key])  # its bytes are checked: parse them once
                 clean.append(msg)
             else:

@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from fedsplit.clients.arrays import ParsedArray, array_from_numpy, array_record_from_state, array_view, parsed_record
+from fedsplit.clients.arrays import (
+    ParsedArray,
+    SectionedRecordDict,
+    array_from_numpy,
+    array_record_from_state,
+    array_view,
+    parsed_record,
+    sectioned,
+)
 
 rng = np.random.default_rng(0)
 ARRAYS = {
@@ -93,3 +101,33 @@ def test_parsed_array_travels_and_arrives_as_a_plain_flower_array() -> None:
     assert [type(a) for a in arrived.values()] == [Array, Array]
     for key in plain:
         np.testing.assert_array_equal(arrived[key].numpy(), plain[key].numpy())
+
+
+def test_sectioned_record_dict_gives_flowers_views_and_writes_through_them() -> None:
+    plain = RecordDict({
+        "arrays": ArrayRecord({"w": Array(ARRAYS["float32-matrix"])}),
+        "metrics": MetricRecord({"num-examples": 7, "loss": 0.5}),
+        "config": ConfigRecord({"lr": 0.1}),
+    })
+    fast = sectioned(plain)
+    assert isinstance(fast, SectionedRecordDict) and sectioned(fast) is fast
+    for kind in ("array_records", "metric_records", "config_records"):
+        theirs, ours = getattr(plain, kind), getattr(fast, kind)
+        assert type(ours) is type(theirs) and dict(ours) == dict(theirs)
+    fast.metric_records["extra"] = MetricRecord({"n": 1})  # a write through the view reaches the dict
+    assert isinstance(fast["extra"], MetricRecord) and "extra" not in plain  # a copy: the original is untouched
+    with pytest.raises(TypeError):
+        fast.metric_records["bad"] = ConfigRecord({"x": 1})  # the view still checks the record type
+
+
+def test_sectioned_record_dict_travels_and_arrives_as_a_plain_record_dict() -> None:
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+    plain = RecordDict({"arrays": ArrayRecord({"w": Array(ARRAYS["float32-matrix"])}), "metrics": MetricRecord({"n": 3})})
+    fast = sectioned(plain)
+    assert fast.deflate() == plain.deflate() and fast.object_id == plain.object_id
+    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(fast).items()}
+    arrived = inflate_object_from_contents(fast.object_id, contents)
+    assert type(arrived) is RecordDict and list(arrived) == ["arrays", "metrics"]
+    np.testing.assert_array_equal(arrived["arrays"]["w"].numpy(), ARRAYS["float32-matrix"])
