@@ -12,6 +12,9 @@ checks them against ``Array(ndarray)`` and ``Array.numpy()`` for many dtypes and
 The ``.npy`` header of a layout (dtype, shape) is built once per process (:func:`_npy_header`):
 NumPy formats it through ``repr`` of a dict, about 70 us per array, paid for every tensor of
 every reply and of every message the server sends, though a run has a handful of layouts.
+
+On the server, checked updates reach the strategy as :class:`ParsedArray` items of a
+:class:`SectionedRecordDict`, which read the same bytes through those cached headers and views.
 """
 
 from __future__ import annotations

@@ -31,10 +31,13 @@ Run::
 
 It prints one line per workload::
 
-    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=.. limit_s=.. limit_efficiency=.. vs_limit=..
+    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=.. limit_s=.. limit_efficiency=.. vs_limit=.. server_s=..
 
 ``efficiency = pure_s / (min(actors, terminals per round) * fedsplit_s)``: 1.0 when P actors take
 1/P of the pure loop's time (P = the cores, or fewer when fewer terminals train per round).
+``server_s`` is the part of the fedsplit way's time spent outside the engine (the strategy's
+aggregation, the server's evaluation, metering, building the next round's messages): serial work
+that more actors do not shorten, so with P actors ``efficiency <= pure_s / (pure_s + P * server_s)``.
 ``limit_efficiency`` is the same ratio for the plain loop on all cores, so it shows how far this
 machine scales at all (the cores share caches and memory bandwidth, the server's averaging and
 evaluation stay serial); ``vs_limit = limit_s / fedsplit_s`` is fedsplit against that limit.
@@ -326,6 +329,14 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
 
     cfg = load_config(None, COMMON + overrides)
     cpus = os.cpu_count() or 1
+    server_s: list[float] = []
+
+    def timed_server(engine: RayEngine, run):  # noqa: ANN001, ANN202 - the run's time outside the engine
+        before = engine.execute_s
+        seconds, state = run()
+        server_s.append(seconds - (engine.execute_s - before))
+        return seconds, state
+
     capacity_before = parallel_capacity(cpus) if capacity else float("nan")
     plain = PlainParallel(cfg, min(cpus, terminals_per_round(cfg)))
     # Both engines' actors exist at once so that the ways can be interleaved; only one engine
@@ -342,7 +353,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
                 "pure": lambda: run_pure(cfg),
                 "limit": plain.run,
                 "fedsplit1": lambda: run_fedsplit(cfg, one, server_threads=1),
-                "fedsplit": lambda: run_fedsplit(cfg, every, server_threads=1),
+                "fedsplit": lambda: timed_server(every, lambda: run_fedsplit(cfg, every, server_threads=1)),
             },
             passes,
         )
@@ -364,7 +375,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
         f"flower_over_fedsplit={times['flower'] / times['fedsplit']:.3f} "
         f"efficiency={efficiency(times['pure'], times['fedsplit'], cpus, terminals_per_round(cfg)):.3f} "
         f"limit_s={times['limit']:.3f} limit_efficiency={efficiency(times['pure'], times['limit'], cpus, terminals_per_round(cfg)):.3f} "
-        f"vs_limit={times['limit'] / times['fedsplit']:.3f} "
+        f"vs_limit={times['limit'] / times['fedsplit']:.3f} server_s={min(server_s):.3f} "
         f"actors={cpus} per_round={terminals_per_round(cfg)} load_avg={os.getloadavg()[0]:.2f} "
         f"capacity={capacity_before:.2f},{parallel_capacity(cpus) if capacity else float('nan'):.2f}/{cpus}"
     )

@@ -304,6 +304,7 @@ class RayEngine:
         self.contexts: dict[int, Context] = {}
         self.seconds: dict[tuple[int, str], float] = {}  # (node, message type) -> last real seconds
         self.last_batches: list[list[int]] = []  # terminals of each batch of the last execute, as dispatched
+        self.execute_s = 0.0  # wall seconds spent in execute (dispatch, the actors' work, replies), all calls
         self.pools: dict[Budget, ActorPool] = {}
         self._started_ray = False
         self.actor_restarts = 0
@@ -425,6 +426,15 @@ class RayEngine:
         When the engine meters the app, each reply's ``(flops, method)`` is put in ``measured``
         under the id of the message it replies to.
         """
+        started = time.perf_counter()
+        try:
+            return self._execute_batches(messages, timeout, measured)
+        finally:
+            self.execute_s += time.perf_counter() - started
+
+    def _execute_batches(
+        self, messages: Sequence[Message], timeout: float | None, measured: dict[str, Measured] | None
+    ) -> list[Message]:
         cluster_gpus = 1.0 if any(b[1] > 0 for b in self.pools) else 0.0
         by_pool: dict[Budget, list[Message]] = {}
         for msg in messages:

@@ -266,7 +266,8 @@ def test_engine_benchmark_smoke_runs_and_models_agree():
     assert [line.split()[-1] for line in lines[:3]] == ["PASS", "PASS", "PASS"], lines  # limit, fedsplit1, fedsplit vs pure
     fields = dict(item.split("=", 1) for item in lines[-1].split())
     assert {"workload", "pure_s", "fedsplit1_s", "fedsplit_s", "flower_s", "overhead", "speedup", "flower_over_fedsplit", "efficiency",
-            "limit_s", "limit_efficiency", "vs_limit"} <= set(fields)
+            "limit_s", "limit_efficiency", "vs_limit", "server_s"} <= set(fields)
+    assert 0 < float(fields["server_s"]) < float(fields["fedsplit_s"])  # the part of the run outside the engine
     limit = float(fields["limit_s"])
     assert float(fields["vs_limit"]) == pytest.approx(limit / float(fields["fedsplit_s"]), rel=0.0005 / limit + 0.0005 / float(fields["fedsplit_s"]) + 0.001)
     pure, one, many = (float(fields[k]) for k in ("pure_s", "fedsplit1_s", "fedsplit_s"))
