@@ -61,6 +61,7 @@ log = logging.getLogger("fedsplit")
 Budget = tuple[float, float]  # (num_cpus, num_gpus)
 Measured = tuple[int, str]  # (FLOPs, method): the engine's measurement of one reply's compute
 FaultHook = Callable[[Message], "str | None"]  # message -> "crash" | "kill" | None (injected faults)
+RepliesHook = Callable[[list[Message]], None]  # called with each batch of replies as it arrives
 KILLED_REASON = "actor process died: injected kill"
 METER_MODES = ("auto", "always", "off")
 #: Objects up to this size (bytes) travel inline in the reply to a Ray call, in place of Ray's
@@ -419,21 +420,27 @@ class RayEngine:
 
     # --- execution -----------------------------------------------------------------------------
     def execute(
-        self, messages: Sequence[Message], timeout: float | None = None, measured: dict[str, Measured] | None = None
+        self,
+        messages: Sequence[Message],
+        timeout: float | None = None,
+        measured: dict[str, Measured] | None = None,
+        on_replies: RepliesHook | None = None,
     ) -> list[Message]:
         """Run every message on an actor of its terminal's pool; return the replies.
 
         When the engine meters the app, each reply's ``(flops, method)`` is put in ``measured``
-        under the id of the message it replies to.
+        under the id of the message it replies to. ``on_replies`` is called with each batch's
+        replies as the batch comes back, after the next batches are dispatched: the caller's
+        per-reply work then runs while the actors still train (the returned list is unchanged).
         """
         started = time.perf_counter()
         try:
-            return self._execute_batches(messages, timeout, measured)
+            return self._execute_batches(messages, timeout, measured, on_replies)
         finally:
             self.execute_s += time.perf_counter() - started
 
     def _execute_batches(
-        self, messages: Sequence[Message], timeout: float | None, measured: dict[str, Measured] | None
+        self, messages: Sequence[Message], timeout: float | None, measured: dict[str, Measured] | None, on_replies: RepliesHook | None
     ) -> list[Message]:
         cluster_gpus = 1.0 if any(b[1] > 0 for b in self.pools) else 0.0
         by_pool: dict[Budget, list[Message]] = {}
@@ -487,6 +494,7 @@ class RayEngine:
             actor, budget, batch, retry = running.pop(ref)
             inflight[id(actor)] -= 1
             exclusive.discard(id(actor))
+            arrived: list[Message] = []
             try:
                 results = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
@@ -497,17 +505,20 @@ class RayEngine:
                     for msg in batch:
                         injected = self.faults is not None and self.faults(msg) == "kill"
                         reason = KILLED_REASON if injected else f"actor process died: {type(exc).__name__}: {str(exc)[-1500:]}"
-                        replies.append(_error_reply(msg, ErrorCode.CLIENT_APP_CRASHED, reason))
+                        arrived.append(_error_reply(msg, ErrorCode.CLIENT_APP_CRASHED, reason))
                 else:
                     queue.extend((budget, [m], True) for m in batch)
             else:
                 for reply, ctx, found, seconds in results:
                     self.contexts[ctx.node_id] = ctx
                     self.seconds[(ctx.node_id, reply.metadata.message_type)] = seconds
-                    replies.append(reply)
+                    arrived.append(reply)
                     if found is not None and measured is not None:
                         measured[reply.metadata.reply_to_message_id] = found
             dispatch()
+            replies += arrived
+            if on_replies is not None and arrived:
+                on_replies(arrived)
         return replies
 
     def _expected_seconds(self, messages: Sequence[Message]) -> Callable[[Message], float]:
@@ -594,15 +605,21 @@ class EngineGrid(Grid):
             self._replies[reply.metadata.reply_to_message_id] = reply
         return [self._replies.pop(i) for i in wanted if i in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Run the messages on the actors and return the replies (all of them unless ``timeout``)."""
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None, on_replies: RepliesHook | None = None
+    ) -> Iterable[Message]:
+        """Run the messages on the actors and return the replies (all of them unless ``timeout``).
+
+        ``on_replies`` (beyond Flower's ``Grid``) is called with each batch of replies as it
+        arrives, while later batches still run.
+        """
         messages = list(messages)
         for msg in messages:
             self._stamp(msg)
-        return self._execute(messages, timeout=timeout)
+        return self._execute(messages, timeout=timeout, on_replies=on_replies)
 
-    def _execute(self, messages: list[Message], timeout: float | None = None) -> list[Message]:
-        replies = self.engine.execute(messages, timeout=timeout, measured=self._measured)
+    def _execute(self, messages: list[Message], timeout: float | None = None, on_replies: RepliesHook | None = None) -> list[Message]:
+        replies = self.engine.execute(messages, timeout=timeout, measured=self._measured, on_replies=on_replies)
         excess = len(self._measured) - self._measured_cap
         if excess > 0:  # drop the oldest (dicts keep insertion order)
             for key in list(islice(self._measured, excess)):
@@ -631,7 +648,17 @@ class SerialEngine(RayEngine):
         """Where the engine runs: in this process (no Ray)."""
         return {"actors": {"in-process": 1}}
 
-    def execute(self, messages: Sequence[Message], timeout: float | None = None, measured: dict | None = None) -> list[Message]:  # noqa: ARG002
+    def execute(  # noqa: ARG002 - RayEngine's signature
+        self, messages: Sequence[Message], timeout: float | None = None, measured: dict | None = None, on_replies: RepliesHook | None = None
+    ) -> list[Message]:
+        """Run each message on the ClientApp in turn; return the replies in message order
+        (``on_replies`` is called with all of them at the end)."""
+        replies = self._run_in_order(messages)
+        if on_replies is not None and replies:
+            on_replies(replies)
+        return replies
+
+    def _run_in_order(self, messages: Sequence[Message]) -> list[Message]:
         """Run each message on the ClientApp in turn; return the replies in message order.
 
         An injected ``kill`` (see :attr:`RayEngine.faults`) gets the ``CLIENT_APP_CRASHED`` reply a

@@ -34,6 +34,7 @@ updates become ``rejected``, the clock goes on) and closes it (:meth:`MeteredGri
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -74,6 +75,14 @@ def _gpu_mem_of(reply: Message, metrics: Mapping[str, object] | None = None) -> 
 def _dp_epsilon_of(reply: Message, metrics: Mapping[str, object] | None = None) -> float:
     """The reply's ``"dp-epsilon"`` metric (the terminal's cumulative local-DP epsilon), else 0."""
     return float((_app_metrics(reply) if metrics is None else metrics).get("dp-epsilon", 0.0))
+
+
+def _takes_keyword(fn: Callable | None, name: str) -> bool:
+    """Whether ``fn`` takes a keyword argument ``name`` (a wrapper of a grid may not pass it on)."""
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature to read
+        return False
 
 
 def _size_once(sizes: dict[int, int], content: RecordDict) -> int:
@@ -168,6 +177,8 @@ class MeteredGrid(Grid):
         self._refreshed_round: int | None = None
         self._ignored: set[int] = set()  # nodes that are no terminal of this run (told once)
         self._timed = is_polled_grid(inner)  # a deployment: exchanges are timed, nodes may join late
+        self._arrived_bytes: dict[int, tuple[Message, int]] = {}  # id(reply) -> (reply, uplink bytes) read on arrival
+        self._streams = _takes_keyword(getattr(inner, "send_and_receive", None), "on_replies")  # hands replies over as they arrive
         self.measured = MeasuredTerminals()
         #: Terminal -> the device class its node declared (node config ``device-profile``; None:
         #: none declared), for the terminals found by asking the nodes (deployments).
@@ -430,7 +441,17 @@ class MeteredGrid(Grid):
         return [self._node_of_partition[int(p)] for p in online]
 
     # --- metered exchange ----------------------------------------------------------------------
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None, on_device: bool = False) -> Iterable[Message]:
+    #: ``send_and_receive`` takes ``on_reply`` (a hook called with each reply as it arrives).
+    takes_reply_hook = True
+
+    def send_and_receive(
+        self,
+        messages: Iterable[Message],
+        *,
+        timeout: float | None = None,
+        on_device: bool = False,
+        on_reply: Callable[[Message], None] | None = None,
+    ) -> Iterable[Message]:
         """Deliver through the inner grid, write one ledger row per exchange, drop stragglers.
 
         Parameters
@@ -444,6 +465,11 @@ class MeteredGrid(Grid):
             not send over any link (gossip: a node training its own model, held server-side only
             because the engine reaches terminals through messages). Their rows count the compute
             (FLOPs, seconds, joules) and no bytes, no communication time and no link latency.
+        on_reply : callable, optional
+            Called once with each reply as it arrives (over fedsplit's engine, while other
+            terminals still train; over other grids, after the exchange), before any row is
+            written: per-reply work of the caller, such as checking an update, then overlaps the
+            terminals' training. An exception in it is logged and the reply kept.
         """
         messages = list(messages)
         if not messages:
@@ -455,7 +481,7 @@ class MeteredGrid(Grid):
             self.begin_round(self.current_round + 1)
         sizes: dict[int, int] = {}  # by id(content): a strategy sends one content to every node
         sent = {m.metadata.dst_node_id: (m, _size_once(sizes, m.content)) for m in messages}
-        received, round_trip = self._exchange(messages, timeout)
+        received, round_trip = self._exchange(messages, timeout, on_reply)
         replies = {r.metadata.src_node_id: r for r in received}
         kept: list[Message] = []
         # Rows are written, and replies handed to the strategy, in terminal order whatever order
@@ -468,12 +494,51 @@ class MeteredGrid(Grid):
                 kept.append(reply)
         return kept
 
-    def _exchange(self, messages: list[Message], timeout: float | None) -> tuple[list[Message], dict[str, float]]:
+    def _exchange(
+        self, messages: list[Message], timeout: float | None, on_reply: Callable[[Message], None] | None = None
+    ) -> tuple[list[Message], dict[str, float]]:
         """Deliver ``messages``: the replies, and the round trip of each in real seconds (by the
-        id of the message sent) when the inner Grid reaches real nodes (else empty)."""
+        id of the message sent) when the inner Grid reaches real nodes (else empty).
+
+        Over a grid whose ``send_and_receive`` takes ``on_replies`` (fedsplit's
+        :class:`~fedsplit.simulation.engine.EngineGrid`) each reply's uplink bytes are computed,
+        and ``on_reply`` called, as its batch arrives.
+        """
+        self._arrived_bytes = {}
         if self._timed:
-            return timed_send_and_receive(self.inner, messages, timeout)
-        return list(self.inner.send_and_receive(messages, timeout=timeout)), {}
+            received, round_trip = timed_send_and_receive(self.inner, messages, timeout)
+        elif self._streams:
+            def arrived(batch: list[Message]) -> None:
+                for reply in batch:
+                    if not reply.has_error():
+                        try:
+                            self._arrived_bytes[id(reply)] = (reply, payload_bytes(reply.content))
+                        except ValueError:  # a record Flower cannot send: _record raises it, as without streaming
+                            pass
+                    self._hand(on_reply, reply)
+
+            return list(self.inner.send_and_receive(messages, timeout=timeout, on_replies=arrived)), {}
+        else:
+            received, round_trip = list(self.inner.send_and_receive(messages, timeout=timeout)), {}
+        for reply in received:
+            self._hand(on_reply, reply)
+        return received, round_trip
+
+    @staticmethod
+    def _hand(on_reply: Callable[[Message], None] | None, reply: Message) -> None:
+        if on_reply is None:
+            return
+        try:
+            on_reply(reply)
+        except Exception:  # noqa: BLE001 - the caller's early look at a reply must not lose the round
+            log.exception("a reply hook failed on the reply of node %d; the reply is kept", reply.metadata.src_node_id)
+
+    def _uplink_bytes(self, reply: Message) -> int:
+        """:func:`payload_bytes` of ``reply``, as computed when it arrived (else now)."""
+        found = self._arrived_bytes.pop(id(reply), None)
+        if found is not None and found[0] is reply:
+            return found[1]
+        return payload_bytes(reply.content)
 
     def _observe(self, pid: int, reply: Message, bytes_moved_down: int, bytes_up: int, round_trip_s: float | None) -> tuple[float, float]:
         """Feed a measuring terminal's reply to :attr:`measured` and take its measurements out of
@@ -522,7 +587,7 @@ class MeteredGrid(Grid):
         elif reply.has_error():
             status, reason = "failed", reply.error.reason.splitlines()[0][:200] if reply.error.reason else "error"
         else:
-            bytes_up = 0 if on_device else payload_bytes(reply.content)
+            bytes_up = 0 if on_device else self._uplink_bytes(reply)
             metrics = _app_metrics(reply)
             flops, method = self._compute_of(reply, metrics)
             gpu_mem = _gpu_mem_of(reply, metrics)

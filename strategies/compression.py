@@ -154,6 +154,7 @@ class GuardedStrategy(_DelegatingStrategy):
     def __init__(self, inner: Strategy, on_reject: RejectCallback | None = None) -> None:
         super().__init__(inner, on_reject)
         self._expected: dict[int, tuple[str, dict[str, TensorSpec]]] = {}
+        self._verdicts: dict[int, tuple[Message, str | None]] = {}  # id(reply) -> (reply, reason) checked on arrival
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
@@ -169,24 +170,43 @@ class GuardedStrategy(_DelegatingStrategy):
             self._expected[msg.metadata.dst_node_id] = (key, cache[id(record)])
         return messages
 
+    def precheck_reply(self, msg: Message) -> None:
+        """Check a train reply as soon as it arrives, while other terminals still train (the
+        ``on_reply`` hook of :meth:`fedsplit.simulation.metered_grid.MeteredGrid.send_and_receive`);
+        :meth:`aggregate_train` then takes the verdict instead of checking the reply again."""
+        if not msg.has_error():
+            self._verdicts[id(msg)] = (msg, self._accept(msg))
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         clean = []
         for msg in replies:
             if msg.has_error():
                 clean.append(msg)
                 continue
-            node = msg.metadata.src_node_id
-            reason = self._check(node, msg)
+            early = self._verdicts.pop(id(msg), None)
+            reason = early[1] if early is not None and early[0] is msg else self._accept(msg)
             if reason is None:
-                key = self._expected[node][0]
-                msg.content = sectioned(msg.content)  # the inner strategy reads its views several times
-                msg.content[key] = parsed_record(msg.content[key])  # its bytes are checked: parse them once
+                msg.content = sectioned(msg.content)  # again: a meter may have replaced the content since
                 clean.append(msg)
             else:
-                self._reject(server_round, node, reason)
+                self._reject(server_round, msg.metadata.src_node_id, reason)
+        self._verdicts.clear()
         arrays, metrics = self.inner.aggregate_train(server_round, clean)
         specs = next(iter(self._expected.values()), (None, None))[1]
         return keep_dtypes(arrays, specs), metrics
+
+    def _accept(self, msg: Message) -> str | None:
+        """None when ``msg``'s update passes :meth:`_check` (its content is then a
+        :class:`~fedsplit.clients.arrays.SectionedRecordDict`, whose views the inner strategy
+        reads several times, with the update as ParsedArrays: its bytes are checked, parse them
+        once); else the reason to reject it."""
+        node = msg.metadata.src_node_id
+        reason = self._check(node, msg)
+        if reason is None:
+            key = self._expected[node][0]
+            msg.content = sectioned(msg.content)
+            msg.content[key] = parsed_record(msg.content[key])
+        return reason
 
     def _check(self, node: int, msg: Message) -> str | None:
         expected = self._expected.get(node)

@@ -116,9 +116,12 @@ class StrategyProtocol(TrainingProtocol):
     def step(self, run: ProtocolRun, server_round: int) -> dict[str, float]:
         assert self.arrays is not None, "start() first"
         grid = run.grid
-        replies = grid.send_and_receive(
-            self.strategy.configure_train(server_round, self.arrays, run.train_config, grid), timeout=run.timeout_s
-        )
+        messages = self.strategy.configure_train(server_round, self.arrays, run.train_config, grid)
+        precheck = getattr(self.strategy, "precheck_reply", None)  # checks each update as it arrives
+        if precheck is not None and getattr(grid, "takes_reply_hook", False):
+            replies = grid.send_and_receive(messages, timeout=run.timeout_s, on_reply=precheck)
+        else:
+            replies = grid.send_and_receive(messages, timeout=run.timeout_s)
         arrays, train_metrics = self.strategy.aggregate_train(server_round, replies)
         grid.server_work(aggregation_flops(self._num_values, grid.kept_terminals("train")))
         if arrays is not None:

@@ -396,6 +396,37 @@ def test_guarded_strategy_hands_the_inner_strategy_parsed_arrays_with_the_same_a
         assert arrays[key].numpy().tobytes() == plain[key].numpy().tobytes(), key
 
 
+def test_guarded_strategy_checks_replies_as_they_arrive_once(caplog) -> None:
+    """precheck_reply (the hook the engine calls as each batch of replies arrives) gives the
+    verdicts aggregate_train then uses: each update is checked once, a bad one is rejected once
+    (one log line), and the aggregate is the FedAvg of the good ones, also for a reply whose
+    content a meter replaced after the check (MeteredGrid strips a measuring terminal's record)."""
+    nodes = [1, 2, 3, 4]
+    app, contexts, grid = make_app(), {n: context(n) for n in nodes}, StubGrid(nodes)
+    strategy = GuardedStrategy(FedAvg(min_available_nodes=4, min_train_nodes=4))  # logs each rejection itself
+    _, replies = run_round(strategy, 1, global_model(), grid, app, contexts)
+    by_node = {r.metadata.src_node_id: r for r in replies}
+    nan = to_numpy(by_node[1].content["arrays"])
+    nan["w"][0, 0] = np.nan
+    by_node[1].content["arrays"] = record(nan)
+    expected = fedavg_of({n: to_numpy(by_node[n].content["arrays"]) for n in (2, 3, 4)})
+    checks = []
+    check = strategy._check
+    strategy._check = lambda node, msg: checks.append(node) or check(node, msg)
+    for reply in replies:
+        strategy.precheck_reply(reply)
+    assert sorted(checks) == nodes and strategy.rejections == []  # checked on arrival, rejected when aggregated
+    by_node[3].content = RecordDict(dict(by_node[3].content))  # replaced after its check
+    with caplog.at_level(logging.WARNING, logger=STRATEGY_LOGGER):
+        arrays, _ = strategy.aggregate_train(1, replies)
+    assert sorted(checks) == nodes  # no update checked twice
+    assert [n for _, n, _ in strategy.rejections] == [1]
+    assert sum("rejected" in r.getMessage() for r in caplog.records if r.name == STRATEGY_LOGGER) == 1
+    got = to_numpy(arrays)
+    for k in expected:
+        np.testing.assert_allclose(got[k], expected[k], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "inner",
     [lambda: FedProx(min_available_nodes=2, proximal_mu=0.1), lambda: FedAdam(min_available_nodes=2)],

@@ -128,6 +128,33 @@ def test_metered_exchange_rows_equal_the_clock_arithmetic(setup):
     assert record.selected == 4 and record.failed == 1 and record.aggregated == 3
 
 
+def test_reply_hook_sees_every_reply_before_the_rows_and_cannot_lose_one(setup, caplog):
+    """``on_reply`` is called once per reply as it arrives; a hook that raises is logged and the
+    reply still counted; the uplink bytes read on arrival are the reply's payload bytes."""
+    from fedsplit.simulation.metered_grid import payload_bytes
+
+    cfg, grid, ledger, _ = setup
+    task = task_for(config_to_json(cfg))
+    grid.begin_round(1)
+    config = ConfigRecord({"lr": 0.05, "local-epochs": 1, "batch-size": 32, "server-round": 1})
+    msgs = [Message(RecordDict({"arrays": ArrayRecord(task.initial_state()), "config": config}), dst_node_id=n, message_type="train", group_id="1")
+            for n in grid.get_node_ids()]
+    seen: list[tuple[int, int]] = []
+
+    def hook(reply: Message) -> None:
+        seen.append((grid.partition_of(reply.metadata.src_node_id), len(ledger.rows)))
+        if grid.partition_of(reply.metadata.src_node_id) == 2:
+            raise RuntimeError("a hook's own bug")
+
+    with caplog.at_level("ERROR", logger="fedsplit"):
+        replies = list(grid.send_and_receive(msgs, on_reply=hook))
+    assert sorted(p for p, _ in seen) == [0, 1, 2, 3] and all(rows == 0 for _, rows in seen)  # before any row
+    assert len(replies) == 4 and [r.status for r in ledger.rows] == ["ok"] * 4
+    assert any("reply hook failed" in r.getMessage() for r in caplog.records)
+    by_pid = {grid.partition_of(r.metadata.src_node_id): r for r in replies}
+    assert {r.client_id: r.bytes_up for r in ledger.rows} == {p: payload_bytes(r.content) for p, r in by_pid.items()}
+
+
 def test_auto_rounds_begin_at_each_train_batch(setup):
     """Round 1 trains and evaluates, round 2 only trains (fraction_evaluate = 0), round 3 trains."""
     cfg, grid, ledger, _ = setup

@@ -76,11 +76,11 @@ def run_until_killed(cfg, monkeypatch, *, after_checkpoint: int | None = None, i
     if in_round is not None:
         original_execute = SerialEngine.execute
 
-        def execute_then_die(self, messages, timeout=None, measured=None):  # noqa: ANN001, ANN202
-            replies = original_execute(self, messages[:1], timeout, measured)
+        def execute_then_die(self, messages, timeout=None, measured=None, on_replies=None):  # noqa: ANN001, ANN202
+            replies = original_execute(self, messages[:1], timeout, measured, on_replies)
             if self._round() == in_round:
                 raise Killed
-            return replies + original_execute(self, messages[1:], timeout, measured)
+            return replies + original_execute(self, messages[1:], timeout, measured, on_replies)
 
         monkeypatch.setattr(SerialEngine, "execute", execute_then_die)
         original_run_server = server_app.run_server
