@@ -159,6 +159,7 @@ class GuardedStrategy(_DelegatingStrategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self._expected = {}
+        self._verdicts.clear()  # of a round whose aggregation never came
         cache: dict[int, dict[str, TensorSpec]] = {}
         for msg in messages:
             key = record_key(section(msg.content, ArrayRecord), ARRAYS_KEY)
