@@ -19,6 +19,10 @@ from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
 from fedsplit.config.schema import STRATEGY_NAMES
+from fedsplit.strategies.metric_average import weighted_metric_average
+
+#: Flower's strategy arguments for averaging the replies' metrics (FedAvg and its family).
+METRIC_AVERAGE_HOOKS = ("train_metrics_aggr_fn", "evaluate_metrics_aggr_fn")
 
 
 def _builtin_strategies() -> dict[str, type[Strategy]]:
@@ -84,7 +88,9 @@ def build_strategy(
 
     The sampling arguments (``fraction_train``, ``fraction_evaluate``, ``min_*_nodes``) are passed
     only where the class accepts them; ``params`` are passed as they are, and an argument the class
-    does not take is reported by name.
+    does not take is reported by name. A class that takes Flower's ``train_metrics_aggr_fn`` /
+    ``evaluate_metrics_aggr_fn`` gets :func:`~fedsplit.strategies.metric_average.weighted_metric_average`
+    unless ``params`` name another.
     """
     cls = load_strategy_class(name)
     signature = inspect.signature(cls.__init__)
@@ -105,6 +111,9 @@ def build_strategy(
         "min_available_nodes": min_train_nodes,
     }
     kwargs = {k: v for k, v in sampling.items() if k in accepted or accepts_kwargs}
+    for hook in METRIC_AVERAGE_HOOKS:  # Flower's metric averaging, float for float, cheaper
+        if hook in accepted:
+            kwargs[hook] = weighted_metric_average
     kwargs.update(params)
     try:
         return cls(**kwargs)
