@@ -4,8 +4,8 @@ fraction of its cost.
 Flower's :func:`flwr.serverapp.strategy.strategy_utils.aggregate_metricrecords` accumulates into a
 ``MetricRecord``, whose ``__setitem__`` type-checks every value on every write, and reads each
 reply's records through ``content.metric_records`` views rebuilt on every access: on the
-100-terminal MLP benchmark it was the largest part of the server's serial work per round after
-the updates' own average. :func:`weighted_metric_average` does the same arithmetic in the same
+100-terminal MLP benchmark it took as much of the server's serial time as averaging the updates
+themselves (cProfile: 28 against 25 ms over 5 rounds). :func:`weighted_metric_average` does the same arithmetic in the same
 order (so the floats are identical) in a plain dict, and builds the ``MetricRecord`` once.
 :func:`fedsplit.strategies.registry.build_strategy` gives it to every strategy that takes
 ``train_metrics_aggr_fn`` / ``evaluate_metrics_aggr_fn`` (Flower's hooks for this) unless the
