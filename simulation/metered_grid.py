@@ -142,6 +142,13 @@ class MeteredGrid(Grid):
         Real seconds to wait for ``min_nodes`` nodes before giving up with an error.
     """
 
+    #: ``send_and_receive`` takes ``on_reply`` (a hook called with each reply as it arrives).
+    takes_reply_hook = True
+    #: Read replies (uplink bytes, ``on_reply``) as their batches arrive, where the inner grid
+    #: hands them over so (fedsplit's engine); False: after the whole exchange, the same work
+    #: done serially (``experiments/bench_overlap.py`` compares the two).
+    stream_replies = True
+
     def __init__(
         self,
         inner: Grid,
@@ -178,7 +185,7 @@ class MeteredGrid(Grid):
         self._ignored: set[int] = set()  # nodes that are no terminal of this run (told once)
         self._timed = is_polled_grid(inner)  # a deployment: exchanges are timed, nodes may join late
         self._arrived_bytes: dict[int, tuple[Message, int]] = {}  # id(reply) -> (reply, uplink bytes) read on arrival
-        self._streams = _takes_keyword(getattr(inner, "send_and_receive", None), "on_replies")  # hands replies over as they arrive
+        self._streams = self.stream_replies and _takes_keyword(getattr(inner, "send_and_receive", None), "on_replies")
         self.measured = MeasuredTerminals()
         #: Terminal -> the device class its node declared (node config ``device-profile``; None:
         #: none declared), for the terminals found by asking the nodes (deployments).
@@ -441,9 +448,6 @@ class MeteredGrid(Grid):
         return [self._node_of_partition[int(p)] for p in online]
 
     # --- metered exchange ----------------------------------------------------------------------
-    #: ``send_and_receive`` takes ``on_reply`` (a hook called with each reply as it arrives).
-    takes_reply_hook = True
-
     def send_and_receive(
         self,
         messages: Iterable[Message],

@@ -93,6 +93,11 @@ InProcessEngine = SerialEngine  # the in-process engine the other protocol tests
 
 @pytest.fixture
 def setup(tmp_path):
+    return metered_serial_grid(tmp_path)
+
+
+def metered_serial_grid(tmp_path):
+    """A MeteredGrid over the in-process engine: 2 Raspberry Pis and 2 laptops training the MLP."""
     cfg = load_config(None, ["devices={raspberry-pi-4 = 2, laptop = 2}", "model.name=mlp", "train.local_epochs=1", f"out_dir={tmp_path}"])
     population = Population(cfg.devices, builtin_profiles())
     engine = InProcessEngine(make_client_app(config_json=config_to_json(cfg)), population)
@@ -128,12 +133,16 @@ def test_metered_exchange_rows_equal_the_clock_arithmetic(setup):
     assert record.selected == 4 and record.failed == 1 and record.aggregated == 3
 
 
-def test_reply_hook_sees_every_reply_before_the_rows_and_cannot_lose_one(setup, caplog):
-    """``on_reply`` is called once per reply as it arrives; a hook that raises is logged and the
-    reply still counted; the uplink bytes read on arrival are the reply's payload bytes."""
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "after-the-exchange"])
+def test_reply_hook_sees_every_reply_before_the_rows_and_cannot_lose_one(tmp_path, caplog, monkeypatch, stream):
+    """``on_reply`` is called once per reply as it arrives (or, with ``stream_replies = False``,
+    after the exchange); a hook that raises is logged and the reply still counted; the uplink
+    bytes read on arrival are the reply's payload bytes."""
     from fedsplit.simulation.metered_grid import payload_bytes
 
-    cfg, grid, ledger, _ = setup
+    monkeypatch.setattr(MeteredGrid, "stream_replies", stream)
+    cfg, grid, ledger, _ = metered_serial_grid(tmp_path)  # after the switch: the grid reads it when made
+    assert grid._streams is stream
     task = task_for(config_to_json(cfg))
     grid.begin_round(1)
     config = ConfigRecord({"lr": 0.05, "local-epochs": 1, "batch-size": 32, "server-round": 1})

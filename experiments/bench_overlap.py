@@ -1,0 +1,97 @@
+"""Benchmark: the server's per-reply work overlapped with training, against the same work done after
+the whole exchange.
+
+fedsplit's engine hands each batch of replies to the server as it comes back
+(:attr:`fedsplit.simulation.metered_grid.MeteredGrid.stream_replies`): the updates are checked and
+their bytes counted while other actors still train. With ``stream_replies = False`` the same work
+runs after the last reply. Both ways run in one process on the same actors, interleaved pass by
+pass, one actor per core; the final weights must be identical.
+
+Run::
+
+    python experiments/bench_overlap.py                        # mlp100 and mlp, 8 passes each (~1 minute)
+    python experiments/bench_overlap.py --workloads mlp --passes 3
+
+It prints one line per workload::
+
+    workload=<name> serial_s=.. overlap_s=.. speedup=.. serial_server_s=.. overlap_server_s=.. serial_median_s=.. overlap_median_s=..
+
+``*_s`` is the best wall time of the rounds (``Strategy.start``), ``*_median_s`` the median, and
+``*_server_s`` the best time spent outside the engine (the serial work more actors do not shorten,
+as in ``bench_engine.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+from bench_engine import COMMON, WORKLOADS, max_diff, run_fedsplit
+
+from fedsplit.config import load_config
+
+
+def bench(name: str, passes: int) -> dict[str, float]:
+    import ray
+
+    from fedsplit.clients.app import make_client_app
+    from fedsplit.devices import Population, resolve_profiles
+    from fedsplit.learning import config_to_json
+    from fedsplit.simulation.engine import RayEngine, ray_init_options
+    from fedsplit.simulation.metered_grid import MeteredGrid
+
+    cfg = load_config(None, COMMON + WORKLOADS[name])
+    cpus = os.cpu_count() or 1
+    ray.init(**ray_init_options(num_cpus=cpus))
+    population = Population(cfg.devices, resolve_profiles(cfg.profiles))
+    app = make_client_app(config_json=config_to_json(cfg))
+    walls: dict[bool, list[float]] = {True: [], False: []}
+    server: dict[bool, list[float]] = {True: [], False: []}
+    weights: dict[bool, dict] = {}
+    try:
+        with RayEngine(app, population, num_actors=cpus, cpus_per_actor=1.0) as engine:
+            for timed in [False] + [True] * passes:  # one untimed warm-up pass of both ways
+                for stream in (True, False):
+                    MeteredGrid.stream_replies = stream
+                    inside = engine.execute_s
+                    seconds, weights[stream] = run_fedsplit(cfg, engine, server_threads=1)
+                    if timed:
+                        walls[stream].append(seconds)
+                        server[stream].append(seconds - (engine.execute_s - inside))
+    finally:
+        MeteredGrid.stream_replies = True
+        ray.shutdown()
+    diff = max_diff(weights[True], weights[False])
+    print(f"workload={name} check weights_overlap_vs_serial max_abs_diff={diff:.2e} {'PASS' if diff == 0 else 'FAIL'}")
+    result = {
+        "serial_s": min(walls[False]), "overlap_s": min(walls[True]),
+        "serial_server_s": min(server[False]), "overlap_server_s": min(server[True]),
+        "serial_median_s": statistics.median(walls[False]), "overlap_median_s": statistics.median(walls[True]),
+    }
+    print(
+        f"workload={name} serial_s={result['serial_s']:.3f} overlap_s={result['overlap_s']:.3f} "
+        f"speedup={result['serial_s'] / result['overlap_s']:.3f} serial_server_s={result['serial_server_s']:.3f} "
+        f"overlap_server_s={result['overlap_server_s']:.3f} serial_median_s={result['serial_median_s']:.3f} "
+        f"overlap_median_s={result['overlap_median_s']:.3f} actors={cpus} load_avg={os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workloads", default="mlp100,mlp", help=f"comma-separated: {','.join(WORKLOADS)}")
+    parser.add_argument("--passes", type=int, default=8, help="timed passes per way (best and median are reported)")
+    args = parser.parse_args(argv)
+    from fedsplit.simulation.runner import quiet_flower
+
+    quiet_flower()
+    for name in args.workloads.split(","):
+        bench(name, args.passes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
