@@ -4,7 +4,7 @@
 # outside the repo root, e.g. `source .devpack/install.sh && cd /tmp && bash $REPO/experiments/device_check.sh`.
 # Prints one line per run: `run=<name> final_accuracy=<x> ...` and the CUDA memory of the terminals,
 # then the GPU tests (tests/test_gpu.py: CUDA replies equal the CPU's) and bench_engine's
-# 100-terminal workload on every core (`efficiency=` ...). About 3 minutes on a 16-core H200 host.
+# 100-terminal workload on every core (`efficiency=` ...) and bench_overlap on it. About 3.5 minutes on a 16-core H200 host.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-/tmp/fedsplit-device-check}
@@ -32,3 +32,5 @@ PY
 timeout 150 python3 -m pytest -q "$repo/tests/test_gpu.py" -rs -p no:cacheprovider 2>&1 | tail -5
 # The engine on every core with 100 terminals a round (one warm-up and one timed pass; no Flower).
 timeout 180 python3 "$repo/experiments/bench_engine.py" --workloads mlp100 --no-flower --passes 1 2>&1 | grep '^workload='
+# The overlap of the server's per-reply work with training, against the same work after the exchange.
+timeout 120 python3 "$repo/experiments/bench_overlap.py" --workloads mlp100 --passes 3 2>&1 | grep '^workload='
