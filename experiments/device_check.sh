@@ -4,7 +4,8 @@
 # outside the repo root, e.g. `source .devpack/install.sh && cd /tmp && bash $REPO/experiments/device_check.sh`.
 # Prints one line per run: `run=<name> final_accuracy=<x> ...` and the CUDA memory of the terminals,
 # then the GPU tests (tests/test_gpu.py: CUDA replies equal the CPU's) and bench_engine's
-# 100-terminal workload on every core (`efficiency=` ...) and bench_overlap on it. About 3.5 minutes on a 16-core H200 host.
+# 100-terminal workload on every core (`efficiency=` ...), then bench_overlap on it. About 3 minutes on a 16-core
+# H200 host without bench_overlap, which takes ~20 s on the 2-core development machine.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-/tmp/fedsplit-device-check}
