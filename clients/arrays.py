@@ -26,7 +26,11 @@ from io import BytesIO
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-from flwr.app.message.recorddict import _SyncedDict  # the views Flower hands out (tests/test_arrays.py checks it)
+
+try:  # the class of the views Flower hands out (tests/test_arrays.py checks it)
+    from flwr.app.message.recorddict import _SyncedDict
+except ImportError:  # a Flower that moved it: SectionedRecordDict gives Flower's own views
+    _SyncedDict = None
 
 __all__ = ["ParsedArray", "SectionedRecordDict", "array_from_numpy", "as_parsed", "array_record_from_state", "array_view", "parsed_record", "record_views", "sectioned"]
 
@@ -150,6 +154,9 @@ def as_parsed(array: Array) -> ParsedArray:
     return parsed
 
 
+_VIEW_OF = {ArrayRecord: "array_records", MetricRecord: "metric_records", ConfigRecord: "config_records"}
+
+
 class SectionedRecordDict(RecordDict):
     """A ``RecordDict`` whose ``array_records``, ``metric_records`` and ``config_records`` views
     cost a dict comprehension.
@@ -163,6 +170,8 @@ class SectionedRecordDict(RecordDict):
     """
 
     def _view(self, kind: type) -> object:
+        if _SyncedDict is None:
+            return getattr(RecordDict, _VIEW_OF[kind]).fget(self)
         view = _SyncedDict(self, kind)
         view.__dict__["_data"] = {k: r for k, r in self.__dict__["_data"].items() if isinstance(r, kind)}
         return view

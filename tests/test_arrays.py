@@ -131,3 +131,14 @@ def test_sectioned_record_dict_travels_and_arrives_as_a_plain_record_dict() -> N
     arrived = inflate_object_from_contents(fast.object_id, contents)
     assert type(arrived) is RecordDict and list(arrived) == ["arrays", "metrics"]
     np.testing.assert_array_equal(arrived["arrays"]["w"].numpy(), ARRAYS["float32-matrix"])
+
+
+def test_sectioned_record_dict_falls_back_to_flowers_views(monkeypatch) -> None:
+    """Where Flower no longer has the private view class, the views are Flower's own."""
+    import fedsplit.clients.arrays as arrays
+
+    monkeypatch.setattr(arrays, "_SyncedDict", None)
+    plain = RecordDict({"arrays": ArrayRecord({"w": Array(ARRAYS["float32-matrix"])}), "metrics": MetricRecord({"n": 3})})
+    fast = sectioned(plain)
+    for kind in ("array_records", "metric_records", "config_records"):
+        assert dict(getattr(fast, kind)) == dict(getattr(plain, kind))
