@@ -134,7 +134,7 @@ class ParsedArray(Array):
         """The bytes of the plain ``Array``: Flower's wire header names an object's class and the
         receiver rebuilds it from Flower's own classes, so a ParsedArray that reaches the wire (a
         strategy may return an update it was given) travels, and arrives, as an ``Array``."""
-        return Array(dtype=self.dtype, shape=tuple(self.shape), stype=self.stype, data=self.data).deflate()
+        return _recast(self, Array).deflate()
 
 
 def parsed_record(record: ArrayRecord) -> ArrayRecord:
@@ -147,11 +147,15 @@ def parsed_record(record: ArrayRecord) -> ArrayRecord:
 def as_parsed(array: Array) -> ParsedArray:
     """``array`` as a :class:`ParsedArray`: its fields (the same bytes object) in the subclass,
     without Flower's ``Array.__init__`` (which sorts out its three signatures, ~10 us)."""
-    if isinstance(array, ParsedArray):
-        return array
-    parsed = object.__new__(ParsedArray)
-    parsed.__dict__.update(array.__dict__)
-    return parsed
+    return array if isinstance(array, ParsedArray) else _recast(array, ParsedArray)
+
+
+def _recast(obj: object, cls: type) -> object:
+    """A shallow copy of ``obj`` as a ``cls`` (the same field objects), without ``cls.__init__``:
+    how this module moves Flower objects between Flower's class and its subclasses here."""
+    out = object.__new__(cls)
+    out.__dict__.update(obj.__dict__)
+    return out
 
 
 _VIEW_OF = {ArrayRecord: "array_records", MetricRecord: "metric_records", ConfigRecord: "config_records"}
@@ -189,16 +193,13 @@ class SectionedRecordDict(RecordDict):
         return self._view(ConfigRecord)
 
     def deflate(self) -> bytes:
-        plain = object.__new__(RecordDict)
-        plain.__dict__.update(self.__dict__)
-        return plain.deflate()
+        return _recast(self, RecordDict).deflate()
 
 
 def sectioned(content: RecordDict) -> SectionedRecordDict:
     """``content``'s records (the same objects) in a :class:`SectionedRecordDict`."""
     if isinstance(content, SectionedRecordDict):
         return content
-    out = object.__new__(SectionedRecordDict)
-    out.__dict__.update(content.__dict__)
-    out.__dict__["_data"] = dict(content.__dict__["_data"])
+    out = _recast(content, SectionedRecordDict)
+    out.__dict__["_data"] = dict(content.__dict__["_data"])  # its own dict: setting a record leaves ``content`` as it was
     return out

@@ -77,8 +77,10 @@ def _dp_epsilon_of(reply: Message, metrics: Mapping[str, object] | None = None) 
     return float((_app_metrics(reply) if metrics is None else metrics).get("dp-epsilon", 0.0))
 
 
-def _takes_keyword(fn: Callable | None, name: str) -> bool:
-    """Whether ``fn`` takes a keyword argument ``name`` (a wrapper of a grid may not pass it on)."""
+def accepts_keyword(fn: Callable | None, name: str) -> bool:
+    """Whether ``fn`` takes a keyword argument ``name``: how callers tell a grid that takes the
+    reply hooks (``on_replies``, ``on_reply``) from one that does not (Flower's, or a wrapper that
+    does not pass them on)."""
     try:
         return name in inspect.signature(fn).parameters
     except (TypeError, ValueError):  # no signature to read
@@ -142,8 +144,6 @@ class MeteredGrid(Grid):
         Real seconds to wait for ``min_nodes`` nodes before giving up with an error.
     """
 
-    #: ``send_and_receive`` takes ``on_reply`` (a hook called with each reply as it arrives).
-    takes_reply_hook = True
     #: Read replies (uplink bytes, ``on_reply``) as their batches arrive, where the inner grid
     #: hands them over so (fedsplit's engine); False: after the whole exchange, the same work
     #: done serially (``experiments/bench_overlap.py`` compares the two).
@@ -185,7 +185,7 @@ class MeteredGrid(Grid):
         self._ignored: set[int] = set()  # nodes that are no terminal of this run (told once)
         self._timed = is_polled_grid(inner)  # a deployment: exchanges are timed, nodes may join late
         self._arrived_bytes: dict[int, tuple[Message, int]] = {}  # id(reply) -> (reply, uplink bytes) read on arrival
-        self._streams = self.stream_replies and _takes_keyword(getattr(inner, "send_and_receive", None), "on_replies")
+        self._streams = self.stream_replies and accepts_keyword(getattr(inner, "send_and_receive", None), "on_replies")
         self.measured = MeasuredTerminals()
         #: Terminal -> the device class its node declared (node config ``device-profile``; None:
         #: none declared), for the terminals found by asking the nodes (deployments).

@@ -25,6 +25,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
 from fedsplit.devices import aggregation_flops
+from fedsplit.simulation.metered_grid import accepts_keyword
 from fedsplit.strategies.protocol import ProtocolRun, TrainingProtocol
 
 log = logging.getLogger("fedsplit")
@@ -118,7 +119,7 @@ class StrategyProtocol(TrainingProtocol):
         grid = run.grid
         messages = self.strategy.configure_train(server_round, self.arrays, run.train_config, grid)
         precheck = getattr(self.strategy, "precheck_reply", None)  # checks each update as it arrives
-        if precheck is not None and getattr(grid, "takes_reply_hook", False):
+        if precheck is not None and accepts_keyword(getattr(grid, "send_and_receive", None), "on_reply"):
             replies = grid.send_and_receive(messages, timeout=run.timeout_s, on_reply=precheck)
         else:
             replies = grid.send_and_receive(messages, timeout=run.timeout_s)
