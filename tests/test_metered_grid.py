@@ -213,6 +213,22 @@ def test_strategy_with_its_own_start_is_paced_by_the_loop_and_still_guarded(setu
     assert all(record.server_flops > 0 for record in ledger.rounds.values())
 
 
+def test_step_protocol_checks_each_update_as_it_arrives(setup):
+    """StrategyProtocol hands the guard's precheck_reply to the grid: every train reply is checked
+    on arrival, before the round's aggregation, and aggregate_train checks none again."""
+    cfg, grid, _, _ = setup
+    task = task_for(config_to_json(cfg))
+    strategy = GuardedStrategy(FedAvg(), on_reject=grid.reject)
+    events: list[str] = []
+    precheck, check, aggregate = strategy.precheck_reply, strategy._check, strategy.inner.aggregate_train
+    strategy.precheck_reply = lambda msg: events.append("precheck") or precheck(msg)
+    strategy._check = lambda node, msg: events.append("check") or check(node, msg)
+    strategy.inner.aggregate_train = lambda rnd, replies: events.append("aggregate") or aggregate(rnd, replies)
+    run = ProtocolRun(grid=grid, num_rounds=1, initial_state=task.initial_state(), train_config=ConfigRecord({"lr": 0.05}))
+    run_protocol(StrategyProtocol(strategy), run)
+    assert events == ["precheck", "check"] * 4 + ["aggregate"]
+
+
 def test_step_protocol_and_own_start_protocol_give_the_same_ledger(tmp_path):
     ledgers, durations, finals = [], [], []
     for protocol_of in (lambda s: StrategyProtocol(s), lambda s: StartDrivenProtocol(s)):
