@@ -330,3 +330,20 @@ def test_attaching_to_a_cluster_keeps_its_settings():
 
     assert "_system_config" not in ray_init_options("127.0.0.1:6379", 4)  # Ray refuses it on attach
     assert ray_init_options(None, 4)["num_cpus"] == 4
+
+
+def test_driver_benchmark_smoke_times_the_server_without_training():
+    """``experiments/bench_driver.py --smoke``: the timed runs replay replies computed beforehand
+    (the script asserts the ClientApp is not called again) and the bound is the ratio it states."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "bench_driver.py"), "--smoke"],
+        capture_output=True, text=True, timeout=600, cwd=REPO / "experiments",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("workload=mlp"))
+    fields = dict(item.split("=", 1) for item in line.split())
+    driver, pure = float(fields["driver_round_ms"]), float(fields["pure_round_ms"])
+    assert 0 < driver <= float(fields["driver_round_median_ms"])
+    assert fields["replies_per_round"] == "4"
+    assert float(fields["per_reply_us"]) == pytest.approx(driver * 1e3 / 4, rel=0.01)
+    assert float(fields["bound_16"]) == pytest.approx(pure / (16 * driver), rel=0.02)
