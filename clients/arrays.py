@@ -128,19 +128,38 @@ class ParsedArray(Array):
     """
 
     def numpy(self) -> np.ndarray:
-        return array_view(self).copy(order="K")
+        view = self.__dict__.get("_view")
+        return (array_view(self) if view is None else view).copy(order="K")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name in ("dtype", "shape", "stype", "data"):
+            self.__dict__.pop("_view", None)  # the kept view reads the old bytes
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_view", None)  # a view of ``data``: rebuilt on demand
+        return state
 
     def deflate(self) -> bytes:
         """The bytes of the plain ``Array``: Flower's wire header names an object's class and the
         receiver rebuilds it from Flower's own classes, so a ParsedArray that reaches the wire (a
         strategy may return an update it was given) travels, and arrives, as an ``Array``."""
-        return _recast(self, Array).deflate()
+        plain = _recast(self, Array)
+        plain.__dict__.pop("_view", None)
+        return plain.deflate()
 
 
-def parsed_record(record: ArrayRecord) -> ArrayRecord:
-    """``record`` with every array as a :class:`ParsedArray` (the same bytes, no copy of them)."""
+def parsed_record(record: ArrayRecord, views: Mapping[str, np.ndarray] | None = None) -> ArrayRecord:
+    """``record`` with every array as a :class:`ParsedArray` (the same bytes, no copy of them).
+
+    ``views``, when given, are :func:`record_views` of ``record`` already read (by a check of the
+    update): each ParsedArray keeps its own, so that ``numpy()`` does not parse it again.
+    """
     parsed = ArrayRecord()  # ArrayRecord(dict) would rebuild plain Arrays; its items are Arrays already checked
-    parsed.__dict__["_data"] = {key: as_parsed(array) for key, array in record.__dict__["_data"].items()}
+    parsed.__dict__["_data"] = items = {key: as_parsed(array) for key, array in record.__dict__["_data"].items()}
+    for key, view in (views or {}).items():
+        items[key].__dict__["_view"] = view
     return parsed
 
 
@@ -169,8 +188,10 @@ class SectionedRecordDict(RecordDict):
     ``__setitem__`` also assigns the record back into the ``RecordDict`` (type checks and an
     overwrite check each time): about 7 us per view, and Flower's FedAvg asks each reply for six
     views (reply validation, then the array and metric aggregations). Here the view is the same
-    Flower class (writes to it still reach this ``RecordDict``), filled directly: 2.2 us. It
-    deflates as a plain ``RecordDict`` (Flower names the class on the wire).
+    Flower class (writes to it still reach this ``RecordDict``), filled directly: 2.2 us. Views
+    are not kept: a kept view refers back to its ``RecordDict``, a reference cycle that would hold
+    every reply's arrays until Python's cyclic collector runs. It deflates as a plain
+    ``RecordDict`` (Flower names the class on the wire).
     """
 
     def _view(self, kind: type) -> object:

@@ -202,26 +202,27 @@ class GuardedStrategy(_DelegatingStrategy):
         reads several times, with the update as ParsedArrays: its bytes are checked, parse them
         once); else the reason to reject it."""
         node = msg.metadata.src_node_id
-        reason = self._check(node, msg)
+        reason, views = self._check(node, msg)
         if reason is None:
             key = self._expected[node][0]
             msg.content = sectioned(msg.content)
-            msg.content[key] = parsed_record(msg.content[key])
+            msg.content[key] = parsed_record(msg.content[key], views)  # the checked views: not parsed again
         return reason
 
-    def _check(self, node: int, msg: Message) -> str | None:
+    def _check(self, node: int, msg: Message) -> tuple[str | None, dict[str, np.ndarray]]:
+        """Why ``msg``'s update cannot be aggregated (None when it can), and the views of its arrays read for the check."""
         expected = self._expected.get(node)
         if expected is None:
-            return "no train message was sent to this node in this round"
+            return "no train message was sent to this node in this round", {}
         key, specs = expected
         record = msg.content.get(key)
         if not isinstance(record, ArrayRecord):
-            return f"reply carries no ArrayRecord {key!r}"
+            return f"reply carries no ArrayRecord {key!r}", {}
         try:
             arrays = record_views(record)  # read-only views: no copy of the update
         except Exception as exc:  # malformed Array bytes
-            return f"arrays cannot be read: {type(exc).__name__}: {exc}"
-        return check_arrays(arrays, specs)
+            return f"arrays cannot be read: {type(exc).__name__}: {exc}", {}
+        return check_arrays(arrays, specs), arrays
 
 
 class CompressedStrategy(_DelegatingStrategy):

@@ -142,3 +142,24 @@ def test_sectioned_record_dict_falls_back_to_flowers_views(monkeypatch) -> None:
     fast = sectioned(plain)
     for kind in ("array_records", "metric_records", "config_records"):
         assert dict(getattr(fast, kind)) == dict(getattr(plain, kind))
+
+
+def test_parsed_array_reads_through_the_view_it_was_given_until_its_bytes_change() -> None:
+    import pickle
+
+    from fedsplit.clients.arrays import ParsedArray, array_from_numpy, parsed_record, record_views
+
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    record = ArrayRecord({"w": array_from_numpy(values)})
+    views = record_views(record)
+    parsed = parsed_record(record, views)["w"]
+    assert isinstance(parsed, ParsedArray) and parsed.__dict__["_view"] is views["w"]
+    out = parsed.numpy()
+    assert out.flags.writeable and not np.shares_memory(out, views["w"])  # a fresh copy, as Array.numpy()
+    np.testing.assert_array_equal(out, values)
+    parsed.data = array_from_numpy(values + 1).data  # new bytes: the kept view is dropped
+    assert "_view" not in parsed.__dict__
+    np.testing.assert_array_equal(parsed.numpy(), values + 1)
+    again = parsed_record(record, record_views(record))["w"]
+    assert "_view" not in pickle.loads(pickle.dumps(again)).__dict__
+    assert again.deflate() == record["w"].deflate()  # travels as the plain Array, view left behind
