@@ -18,6 +18,8 @@ Run::
     python experiments/bench_driver.py                        # mlp100 (~20 s)
     python experiments/bench_driver.py --workloads mlp100,mlp --passes 10
     python experiments/bench_driver.py --smoke                # seconds: tiny settings
+    python experiments/bench_driver.py --ray-actors 4         # also on Ray, 4 actors answering at once
+    python experiments/bench_driver.py --gc 200               # 200-round runs, objects frozen or not (~30 s)
 
 It prints one line per workload::
 
@@ -35,6 +37,7 @@ import argparse
 import pickle
 import statistics
 import sys
+import time
 
 import torch
 from bench_engine import COMMON, SMOKE, WORKLOADS, run_pure, terminals_per_round
@@ -71,7 +74,23 @@ class InstantEngine(SerialEngine):
         return replies
 
 
-def driver_rounds(cfg: RunConfig, engine: InstantEngine) -> float:
+def replay_app(canned: dict[tuple[int, str], bytes]):  # noqa: ANN201 - a ClientApp
+    """A ClientApp that answers each message at once with the content :class:`InstantEngine`
+    recorded for its terminal (by node id) and message type, unpickled afresh."""
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+    app.reports_flops = True  # the recorded replies carry the real app's "flops"
+
+    def replay(msg: Message, context) -> Message:  # noqa: ANN001 - Flower's Context
+        return Message(pickle.loads(canned[(context.node_id, msg.metadata.message_type)]), reply_to=msg)
+
+    app.train()(replay)
+    app.evaluate()(replay)
+    return app
+
+
+def driver_rounds(cfg: RunConfig, engine) -> float:  # noqa: ANN001 - InstantEngine or RayEngine
     """Seconds of one whole run of ``cfg`` against ``engine`` (the driver's time, all rounds)."""
     from fedsplit.simulation.server_app import RunSession, run_server
 
@@ -80,7 +99,7 @@ def driver_rounds(cfg: RunConfig, engine: InstantEngine) -> float:
     return session.strategy_wall_s
 
 
-def bench(name: str, overrides: list[str], passes: int) -> dict[str, float]:
+def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0) -> dict[str, float]:
     from fedsplit.clients.app import make_client_app
     from fedsplit.devices import Population, resolve_profiles
     from fedsplit.learning import config_to_json
@@ -103,7 +122,80 @@ def bench(name: str, overrides: list[str], passes: int) -> dict[str, float]:
         f"bound_16={pure_round / (16 * best):.3f} bound_64={pure_round / (64 * best):.3f} replies_per_round={per_round}"
     )
     print(line, flush=True)
+    if ray_actors:
+        ray_round, ray_cpu = ray_rounds(cfg, engine.canned, passes, ray_actors)
+        print(
+            f"workload={name} engine=ray actors={ray_actors} round_ms={ray_round * 1e3:.2f} driver_cpu_ms={ray_cpu * 1e3:.2f} "
+            f"per_reply_us={ray_round / per_round * 1e6:.1f} bound_{ray_actors}={pure_round / (ray_actors * ray_round):.3f}",
+            flush=True,
+        )
     return {"driver_round_s": best, "pure_round_s": pure_round}
+
+
+def ray_rounds(cfg: RunConfig, canned: dict[tuple[int, str], bytes], passes: int, actors: int) -> tuple[float, float]:
+    """Best seconds per round, and the driver process's CPU seconds per round in that run, of ``cfg`` on fedsplit's Ray engine with ``actors`` actors whose
+    terminals answer at once (:func:`replay_app`): the server, Ray's calls and the actors' message
+    handling, without training. On a machine with fewer cores than ``actors`` the actors share
+    them, so the figure is an upper bound of what a machine with a core per actor gives."""
+    import ray
+
+    from fedsplit.devices import Population, resolve_profiles
+    from fedsplit.simulation.engine import RayEngine, ray_init_options
+
+    ray.init(**ray_init_options(num_cpus=actors))
+    try:
+        population = Population(cfg.devices, resolve_profiles(cfg.profiles))
+        with RayEngine(replay_app(canned), population, num_actors=actors, cpus_per_actor=1.0) as engine:
+            driver_rounds(cfg, engine)  # warm-up: every actor has run
+            best = (float("inf"), 0.0)
+            for _ in range(passes):
+                cpu = time.process_time()
+                wall = driver_rounds(cfg, engine)
+                best = min(best, (wall, time.process_time() - cpu))
+            return best[0] / cfg.rounds, best[1] / cfg.rounds
+    finally:
+        ray.shutdown()
+
+
+def gc_bench(name: str, overrides: list[str], rounds: int, passes: int = 2) -> None:
+    """One ``rounds``-round run with the server's long-lived objects frozen out of the cyclic
+    collector (what ``run_server`` does) and one without, interleaved ``passes`` times: seconds per
+    round and seconds spent in collections (all generations)."""
+    import contextlib
+    import gc
+
+    import fedsplit.simulation.server_app as server_app
+    from fedsplit.clients.app import make_client_app
+    from fedsplit.devices import Population, resolve_profiles
+    from fedsplit.learning import config_to_json
+
+    torch.set_num_threads(1)
+    cfg = load_config(None, COMMON + overrides + [f"rounds={rounds}"])
+    app = make_client_app(config_json=config_to_json(cfg))
+    engine = InstantEngine(app, Population(cfg.devices, resolve_profiles(cfg.profiles)))
+    driver_rounds(load_config(None, COMMON + overrides + ["rounds=1"]), engine)  # records the replies
+    spent = {"s": 0.0, "t": 0.0, "full": 0}
+
+    def timed(phase: str, info: dict) -> None:
+        if phase == "start":
+            spent["t"] = time.perf_counter()
+        else:
+            spent["s"] += time.perf_counter() - spent["t"]
+            spent["full"] += info["generation"] == 2
+
+    frozen = server_app.long_lived_objects_frozen
+    gc.callbacks.append(timed)
+    try:
+        for _ in range(passes):
+            for freeze in (False, True):
+                server_app.long_lived_objects_frozen = frozen if freeze else contextlib.nullcontext
+                spent.update(s=0.0, full=0)
+                seconds = driver_rounds(cfg, engine)
+                print(f"workload={name} rounds={rounds} frozen={freeze} round_ms={seconds / rounds * 1e3:.2f} "
+                      f"gc_ms={spent['s'] * 1e3:.1f} full_collections={spent['full']}", flush=True)
+    finally:
+        server_app.long_lived_objects_frozen = frozen
+        gc.callbacks.remove(timed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,15 +203,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="mlp100", help=f"comma-separated: {','.join(WORKLOADS)}")
     parser.add_argument("--passes", type=int, default=10, help="timed runs per workload (best and median reported)")
     parser.add_argument("--smoke", action="store_true", help="tiny settings, two passes (seconds)")
+    parser.add_argument("--ray-actors", type=int, default=0, metavar="P",
+                        help="also time the rounds on fedsplit's Ray engine with P actors answering at once")
+    parser.add_argument("--gc", type=int, default=0, metavar="ROUNDS",
+                        help="instead: ROUNDS-round runs with and without the server's objects frozen out of the collector")
     args = parser.parse_args(argv)
     from fedsplit.simulation.runner import quiet_flower
 
     quiet_flower()
+    if args.gc:
+        for name in args.workloads.split(","):
+            gc_bench(name, WORKLOADS[name], args.gc)
+        return 0
     if args.smoke:
         bench("mlp", SMOKE["mlp"], 2)
         return 0
     for name in args.workloads.split(","):
-        bench(name, WORKLOADS[name], args.passes)
+        bench(name, WORKLOADS[name], args.passes, args.ray_actors)
     return 0
 
 
