@@ -19,7 +19,7 @@ Run::
     python experiments/bench_driver.py --workloads mlp100,mlp --passes 10
     python experiments/bench_driver.py --smoke                # seconds: tiny settings
     python experiments/bench_driver.py --ray-actors 4         # also on Ray, 4 actors answering at once
-    python experiments/bench_driver.py --gc 200               # 200-round runs, objects frozen or not (~30 s)
+    python experiments/bench_driver.py --gc 200               # one 200-round run: the collector's share (~10 s)
 
 It prints one line per workload::
 
@@ -157,14 +157,12 @@ def ray_rounds(cfg: RunConfig, canned: dict[tuple[int, str], bytes], passes: int
         ray.shutdown()
 
 
-def gc_bench(name: str, overrides: list[str], rounds: int, passes: int = 2) -> None:
-    """One ``rounds``-round run with the server's long-lived objects frozen out of the cyclic
-    collector (what ``run_server`` does) and one without, interleaved ``passes`` times: seconds per
-    round and seconds spent in collections (all generations)."""
-    import contextlib
+def gc_bench(name: str, overrides: list[str], rounds: int) -> None:
+    """One ``rounds``-round run: seconds per round and seconds spent in Python's cyclic collector,
+    by generation (a full collection walks every tracked object of the process: torch, Flower and
+    Ray leave ~600k, and a run adds its ledger rows)."""
     import gc
 
-    import fedsplit.simulation.server_app as server_app
     from fedsplit.clients.app import make_client_app
     from fedsplit.devices import Population, resolve_profiles
     from fedsplit.learning import config_to_json
@@ -174,28 +172,23 @@ def gc_bench(name: str, overrides: list[str], rounds: int, passes: int = 2) -> N
     app = make_client_app(config_json=config_to_json(cfg))
     engine = InstantEngine(app, Population(cfg.devices, resolve_profiles(cfg.profiles)))
     driver_rounds(load_config(None, COMMON + overrides + ["rounds=1"]), engine)  # records the replies
-    spent = {"s": 0.0, "t": 0.0, "full": 0}
+    started, spent, count = [0.0], [0.0, 0.0, 0.0], [0, 0, 0]
 
     def timed(phase: str, info: dict) -> None:
         if phase == "start":
-            spent["t"] = time.perf_counter()
+            started[0] = time.perf_counter()
         else:
-            spent["s"] += time.perf_counter() - spent["t"]
-            spent["full"] += info["generation"] == 2
+            spent[info["generation"]] += time.perf_counter() - started[0]
+            count[info["generation"]] += 1
 
-    frozen = server_app.long_lived_objects_frozen
     gc.callbacks.append(timed)
     try:
-        for _ in range(passes):
-            for freeze in (False, True):
-                server_app.long_lived_objects_frozen = frozen if freeze else contextlib.nullcontext
-                spent.update(s=0.0, full=0)
-                seconds = driver_rounds(cfg, engine)
-                print(f"workload={name} rounds={rounds} frozen={freeze} round_ms={seconds / rounds * 1e3:.2f} "
-                      f"gc_ms={spent['s'] * 1e3:.1f} full_collections={spent['full']}", flush=True)
+        seconds = driver_rounds(cfg, engine)
     finally:
-        server_app.long_lived_objects_frozen = frozen
         gc.callbacks.remove(timed)
+    print(f"workload={name} rounds={rounds} round_ms={seconds / rounds * 1e3:.2f} gc_ms={sum(spent) * 1e3:.1f} "
+          f"gc_share={sum(spent) / seconds:.3f} collections={','.join(map(str, count))} "
+          f"by_generation_ms={','.join(f'{s * 1e3:.0f}' for s in spent)} tracked_objects={len(gc.get_objects())}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-actors", type=int, default=0, metavar="P",
                         help="also time the rounds on fedsplit's Ray engine with P actors answering at once")
     parser.add_argument("--gc", type=int, default=0, metavar="ROUNDS",
-                        help="instead: ROUNDS-round runs with and without the server's objects frozen out of the collector")
+                        help="instead: one ROUNDS-round run, with the time Python's cyclic collector took")
     args = parser.parse_args(argv)
     from fedsplit.simulation.runner import quiet_flower
 

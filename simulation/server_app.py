@@ -6,7 +6,6 @@ and on Flower's simulation engine (both call ``main(grid, context)``).
 
 from __future__ import annotations
 
-import gc
 import logging
 import random
 import time
@@ -283,28 +282,6 @@ def _without_flower_warning(text: str):  # noqa: ANN202
         flwr_logger.removeFilter(keep)
 
 
-@contextmanager
-def long_lived_objects_frozen():  # noqa: ANN201 - a context manager
-    """Keep the objects alive when the rounds start out of Python's cyclic collector until they end.
-
-    torch, Flower and Ray leave ~600k objects in the server process; every full collection walks
-    all of them (280-316 ms on this project's 2-core machine, once every ~70-200 rounds of the
-    100-terminal MLP: collections took 15 % of the server's time over 200 rounds, 8 % frozen,
-    ``experiments/bench_driver.py --gc 200``). Frozen (:func:`gc.freeze`) they are skipped, and
-    handed back (:func:`gc.unfreeze`) when the rounds end, so garbage that existed before the run
-    is still collected after it. A process that froze objects itself, or disabled the collector,
-    keeps its own policy.
-    """
-    if gc.get_freeze_count() or not gc.isenabled():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
 def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], int] | None = None) -> None:
     """Run the whole training of ``session.cfg`` against ``grid``."""
     cfg = session.cfg
@@ -352,26 +329,25 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
     )
     started = time.perf_counter()
     try:
-        with long_lived_objects_frozen():
-            final = run_protocol(
-                protocol,
-                run,
-                evaluate=evaluate_global,
-                settings=LoopSettings(
-                    eval_every=t.eval_every,
-                    checkpoint_every=t.checkpoint_every,
-                    max_empty_rounds=t.max_empty_rounds,
-                    resume_every=t.resume_every,
-                    min_clients=f.min_clients,
-                    too_few=f.too_few,
-                    max_retries=f.max_retries,
-                ),
-                on_round=on_round,
-                resume=lambda: session.restore(protocol, metered),
-                save_resume_point=lambda server_round: session.save_resume_point(server_round, protocol, metered),
-                checkpoint=lambda server_round, state: session.checkpoint(server_round, task.full_state(state)),
-                on_stop=lambda server_round, reason: setattr(session, "stopped", {"after_round": server_round, "of_rounds": cfg.rounds, "reason": reason}),
-            )
+        final = run_protocol(
+            protocol,
+            run,
+            evaluate=evaluate_global,
+            settings=LoopSettings(
+                eval_every=t.eval_every,
+                checkpoint_every=t.checkpoint_every,
+                max_empty_rounds=t.max_empty_rounds,
+                resume_every=t.resume_every,
+                min_clients=f.min_clients,
+                too_few=f.too_few,
+                max_retries=f.max_retries,
+            ),
+            on_round=on_round,
+            resume=lambda: session.restore(protocol, metered),
+            save_resume_point=lambda server_round: session.save_resume_point(server_round, protocol, metered),
+            checkpoint=lambda server_round, state: session.checkpoint(server_round, task.full_state(state)),
+            on_stop=lambda server_round, reason: setattr(session, "stopped", {"after_round": server_round, "of_rounds": cfg.rounds, "reason": reason}),
+        )
     finally:
         session.strategy_wall_s = time.perf_counter() - started
     session.final_state = {k: v.clone() for k, v in task.full_state(final).items()}
