@@ -4,8 +4,9 @@
 # outside the repo root, e.g. `source .devpack/install.sh && cd /tmp && bash $REPO/experiments/device_check.sh`.
 # Prints one line per run: `run=<name> final_accuracy=<x> ...` and the CUDA memory of the terminals,
 # then the GPU tests (tests/test_gpu.py: CUDA replies equal the CPU's) and bench_engine's
-# 100-terminal workload on every core (`efficiency=` ...), then bench_overlap on it. About 3 minutes on a 16-core
-# H200 host without bench_overlap, which takes ~20 s on the 2-core development machine.
+# 100-terminal workload on every core (`efficiency=` ...), then bench_overlap and bench_driver on it. About 3
+# minutes on a 16-core H200 host without bench_overlap and bench_driver, which take ~20 s and ~30 s on the
+# 2-core development machine.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-/tmp/fedsplit-device-check}
@@ -35,3 +36,5 @@ timeout 150 python3 -m pytest -q "$repo/tests/test_gpu.py" -rs -p no:cacheprovid
 timeout 180 python3 "$repo/experiments/bench_engine.py" --workloads mlp100 --no-flower --passes 1 2>&1 | grep '^workload='
 # The overlap of the server's per-reply work with training, against the same work after the exchange.
 timeout 120 python3 "$repo/experiments/bench_overlap.py" --workloads mlp100 --passes 3 2>&1 | grep '^workload='
+# The server's own time per round (terminals that answer at once), in-process and on Ray with an actor per core.
+timeout 120 python3 "$repo/experiments/bench_driver.py" --workloads mlp100 --passes 5 --ray-actors "$(nproc)" 2>&1 | grep '^workload='

@@ -5,10 +5,10 @@ Serialising a model's ``ArrayRecord`` just to learn its size copies every tensor
 (milliseconds per message for a 1.6 M-parameter CNN); this module computes the same number from
 the arrays' byte lengths and the small protobuf heads, so metering a message costs microseconds.
 
-The array payloads and scalar metrics are sized by arithmetic (a reply's ``MetricRecord`` through
-protobuf took as long as all of its arrays); the small parts that repeat (keys, an array's dtype,
-shape and stype) by protobuf once per process, and the rest (config records, metric lists) by
-protobuf itself. ``tests/test_wire_size.py`` checks the result against
+Keys, array payloads and scalar metrics are sized by arithmetic (a reply's ``MetricRecord``
+through protobuf took as long as all of its arrays); an array's other fields (dtype, shape,
+stype) by protobuf once per layout, and the rest (config records, metric lists) by protobuf
+itself. ``tests/test_wire_size.py`` checks the result against
 ``recorddict_to_proto(content).ByteSize()`` byte for byte.
 """
 
@@ -67,8 +67,8 @@ def _string_field_bytes(text: str) -> int:
 
 def _metric_value_bytes(value: object) -> int | None:
     """Bytes of a scalar ``flwr.proto.MetricRecordValue`` as Flower fills it (a float as
-    ``double``, an int, bool included, as ``sint64``, or ``uint64`` above the int64 range); None
-    for a list, left to protobuf."""
+    ``double``, an int as ``sint64``, or as ``uint64`` above the int64 range); None for a list
+    (and an int below the int64 range, which Flower's serialiser refuses), left to protobuf."""
     if isinstance(value, float):
         return 9  # tag + 8 bytes: a set oneof member is written even when it is 0.0
     if isinstance(value, int) and value >= -_INT64_MAX - 1:
