@@ -123,20 +123,23 @@ def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0) -> 
     )
     print(line, flush=True)
     if ray_actors:
-        ray_round, ray_cpu = ray_rounds(cfg, engine.canned, passes, ray_actors)
+        ray_round, ray_cpu, ray_main = ray_rounds(cfg, engine.canned, passes, ray_actors)
         print(
             f"workload={name} engine=ray actors={ray_actors} round_ms={ray_round * 1e3:.2f} driver_cpu_ms={ray_cpu * 1e3:.2f} "
+            f"main_thread_cpu_ms={ray_main * 1e3:.2f} "
             f"per_reply_us={ray_round / per_round * 1e6:.1f} bound_{ray_actors}={pure_round / (ray_actors * ray_round):.3f}",
             flush=True,
         )
     return {"driver_round_s": best, "pure_round_s": pure_round}
 
 
-def ray_rounds(cfg: RunConfig, canned: dict[tuple[int, str], bytes], passes: int, actors: int) -> tuple[float, float]:
-    """Best seconds per round, and the driver process's CPU seconds per round in that run, of ``cfg`` on fedsplit's Ray engine with ``actors`` actors whose
+def ray_rounds(cfg: RunConfig, canned: dict[tuple[int, str], bytes], passes: int, actors: int) -> tuple[float, float, float]:
+    """Best seconds per round of ``cfg`` on fedsplit's Ray engine with ``actors`` actors whose
     terminals answer at once (:func:`replay_app`): the server, Ray's calls and the actors' message
-    handling, without training. On a machine with fewer cores than ``actors`` the actors share
-    them, so the figure is an upper bound of what a machine with a core per actor gives."""
+    handling, without training; and the driver process's CPU seconds per round in that run (all
+    its threads, Ray's included, then its main thread alone, where the ServerApp runs). On a
+    machine with fewer cores than ``actors`` the actors share them, so the figures are upper
+    bounds of what a machine with a core per actor gives."""
     import ray
 
     from fedsplit.devices import Population, resolve_profiles
@@ -147,12 +150,12 @@ def ray_rounds(cfg: RunConfig, canned: dict[tuple[int, str], bytes], passes: int
         population = Population(cfg.devices, resolve_profiles(cfg.profiles))
         with RayEngine(replay_app(canned), population, num_actors=actors, cpus_per_actor=1.0) as engine:
             driver_rounds(cfg, engine)  # warm-up: every actor has run
-            best = (float("inf"), 0.0)
+            best = (float("inf"), 0.0, 0.0)
             for _ in range(passes):
-                cpu = time.process_time()
+                cpu, main = time.process_time(), time.thread_time()
                 wall = driver_rounds(cfg, engine)
-                best = min(best, (wall, time.process_time() - cpu))
-            return best[0] / cfg.rounds, best[1] / cfg.rounds
+                best = min(best, (wall, time.process_time() - cpu, time.thread_time() - main))
+            return best[0] / cfg.rounds, best[1] / cfg.rounds, best[2] / cfg.rounds
     finally:
         ray.shutdown()
 
