@@ -23,12 +23,18 @@ Run::
 
 It prints one line per workload::
 
-    workload=<name> driver_round_ms=.. per_reply_us=.. pure_round_ms=.. bound_16=.. bound_64=..
+    workload=<name> driver_round_ms=.. driver_round_median_ms=.. per_reply_us=.. pure_round_ms=.. bound_16=.. bound_64=.. replies_per_round=..
 
 ``driver_round_ms`` is the best (then the median) driver time of one round, ``per_reply_us`` that
 over the replies of a round, ``pure_round_ms`` the plain loop's round (one core), and
 ``bound_P = pure_round_ms / (P * driver_round_ms)`` the efficiency no engine built on this server
-reaches with P actors (a bound from two measurements, not a measurement at P cores).
+reaches with P actors (a bound from two measurements, not a measurement at P cores). With
+``--ray-actors P`` a second line gives the same rounds on Ray::
+
+    workload=<name> engine=ray actors=P round_ms=.. driver_cpu_ms=.. main_thread_cpu_ms=.. per_reply_us=.. bound_P=..
+
+and ``--gc ROUNDS`` one line of a long run: ``round_ms``, the collector's ``gc_ms`` and
+``gc_share`` of the run, collections and milliseconds by generation, tracked objects.
 """
 
 from __future__ import annotations
