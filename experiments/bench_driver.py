@@ -20,6 +20,7 @@ Run::
     python experiments/bench_driver.py --smoke                # seconds: tiny settings
     python experiments/bench_driver.py --ray-actors 4         # also on Ray, 4 actors answering at once
     python experiments/bench_driver.py --gc 200               # one 200-round run: the collector's share (~10 s)
+    python experiments/bench_driver.py --ray-call-cost 16     # Ray alone: driver CPU per actor call, 16 actors
 
 It prints one line per workload::
 
@@ -33,8 +34,9 @@ reaches with P actors (a bound from two measurements, not a measurement at P cor
 
     workload=<name> engine=ray actors=P round_ms=.. driver_cpu_ms=.. main_thread_cpu_ms=.. per_reply_us=.. bound_P=..
 
-and ``--gc ROUNDS`` one line of a long run: ``round_ms``, the collector's ``gc_ms`` and
-``gc_share`` of the run, collections and milliseconds by generation, tracked objects.
+``--gc ROUNDS`` one line of a long run: ``round_ms``, the collector's ``gc_ms`` and ``gc_share`` of
+the run, collections and milliseconds by generation, tracked objects; and ``--ray-call-cost P``
+Ray's own driver CPU per actor call (``call_cpu_ms``) with P plain actors, one call each a round.
 """
 
 from __future__ import annotations
@@ -200,6 +202,39 @@ def gc_bench(name: str, overrides: list[str], rounds: int) -> None:
           f"by_generation_ms={','.join(f'{s * 1e3:.0f}' for s in spent)} tracked_objects={len(gc.get_objects())}", flush=True)
 
 
+def ray_call_cost(actors: int, rounds: int = 20, passes: int = 3) -> None:
+    """Ray's own cost on the driver, without fedsplit: CPU seconds of the calling thread per actor
+    call, each of ``actors`` plain actors getting one call a round with six 20 KB items (about a
+    batch of the 100-terminal MLP's replies) and returning them, waited for one at a time as the
+    engine does. Best of ``passes``."""
+    import ray
+
+    from fedsplit.simulation.engine import ray_init_options
+
+    @ray.remote(num_cpus=1)
+    class Echo:
+        def echo(self, items: list) -> list:
+            return items
+
+    ray.init(**ray_init_options(num_cpus=actors))
+    try:
+        echoes = [Echo.remote() for _ in range(actors)]
+        ray.get([e.echo.remote([]) for e in echoes])
+        items = [b"x" * 20_000] * 6
+        best = (float("inf"), float("inf"))
+        for _ in range(passes):
+            cpu, wall = time.thread_time(), time.perf_counter()
+            for _ in range(rounds):
+                running = [e.echo.remote(items) for e in echoes]
+                while running:
+                    done, running = ray.wait(running, num_returns=1)
+                    ray.get(done[0])
+            best = min(best, ((time.thread_time() - cpu) / (rounds * actors), (time.perf_counter() - wall) / rounds))
+        print(f"engine=ray-only actors={actors} call_cpu_ms={best[0] * 1e3:.3f} round_ms={best[1] * 1e3:.2f}", flush=True)
+    finally:
+        ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="mlp100", help=f"comma-separated: {','.join(WORKLOADS)}")
@@ -209,10 +244,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the rounds on fedsplit's Ray engine with P actors answering at once")
     parser.add_argument("--gc", type=int, default=0, metavar="ROUNDS",
                         help="instead: one ROUNDS-round run, with the time Python's cyclic collector took")
+    parser.add_argument("--ray-call-cost", type=int, default=0, metavar="P",
+                        help="instead: Ray's own driver CPU per actor call with P plain actors (no fedsplit code)")
     args = parser.parse_args(argv)
     from fedsplit.simulation.runner import quiet_flower
 
     quiet_flower()
+    if args.ray_call_cost:
+        ray_call_cost(args.ray_call_cost)
+        return 0
     if args.gc:
         for name in args.workloads.split(","):
             gc_bench(name, WORKLOADS[name], args.gc)
