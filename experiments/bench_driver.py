@@ -64,12 +64,24 @@ class InstantEngine(SerialEngine):
         self.canned: dict[tuple[int, str], bytes] = {}
         self.app_calls = 0  # messages the real ClientApp ran (the first reply of each terminal and type)
 
+    @classmethod
+    def recorded(cls, cfg: RunConfig) -> "InstantEngine":
+        """An engine for ``cfg``'s terminals whose replies one run of ``cfg`` on fedsplit's
+        ClientApp has recorded (and every cache warmed)."""
+        from fedsplit.clients.app import make_client_app
+        from fedsplit.devices import Population, resolve_profiles
+        from fedsplit.learning import config_to_json
+
+        engine = cls(make_client_app(config_json=config_to_json(cfg)), Population(cfg.devices, resolve_profiles(cfg.profiles)))
+        driver_rounds(cfg, engine)
+        return engine
+
     def _run_in_order(self, messages):  # noqa: ANN001, ANN202 - SerialEngine's
         replies, first = [], []
         for msg in messages:
             key = (msg.metadata.dst_node_id, msg.metadata.message_type)
             if key in self.canned:
-                replies.append(Message(pickle.loads(self.canned[key]), reply_to=msg))
+                replies.append(replayed(self.canned, key, msg))
             else:
                 first.append(len(replies))
                 replies.append(None)
@@ -82,6 +94,11 @@ class InstantEngine(SerialEngine):
         return replies
 
 
+def replayed(canned: dict[tuple[int, str], bytes], key: tuple[int, str], msg: Message) -> Message:
+    """The reply to ``msg`` with the content recorded under ``key`` (node id, message type), unpickled afresh."""
+    return Message(pickle.loads(canned[key]), reply_to=msg)
+
+
 def replay_app(canned: dict[tuple[int, str], bytes]):  # noqa: ANN201 - a ClientApp
     """A ClientApp that answers each message at once with the content :class:`InstantEngine`
     recorded for its terminal (by node id) and message type, unpickled afresh."""
@@ -91,7 +108,7 @@ def replay_app(canned: dict[tuple[int, str], bytes]):  # noqa: ANN201 - a Client
     app.reports_flops = True  # the recorded replies carry the real app's "flops"
 
     def replay(msg: Message, context) -> Message:  # noqa: ANN001 - Flower's Context
-        return Message(pickle.loads(canned[(context.node_id, msg.metadata.message_type)]), reply_to=msg)
+        return replayed(canned, (context.node_id, msg.metadata.message_type), msg)
 
     app.train()(replay)
     app.evaluate()(replay)
@@ -107,16 +124,10 @@ def driver_rounds(cfg: RunConfig, engine) -> float:  # noqa: ANN001 - InstantEng
     return session.strategy_wall_s
 
 
-def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0) -> dict[str, float]:
-    from fedsplit.clients.app import make_client_app
-    from fedsplit.devices import Population, resolve_profiles
-    from fedsplit.learning import config_to_json
-
+def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0) -> None:
     torch.set_num_threads(1)
     cfg = load_config(None, COMMON + overrides)
-    app = make_client_app(config_json=config_to_json(cfg))
-    engine = InstantEngine(app, Population(cfg.devices, resolve_profiles(cfg.profiles)))
-    driver_rounds(cfg, engine)  # the first run computes the replies (and warms every cache)
+    engine = InstantEngine.recorded(cfg)
     calls = engine.app_calls
     pure = min(run_pure(cfg)[0] for _ in range(2))
     times = sorted(driver_rounds(cfg, engine) / cfg.rounds for _ in range(passes))
@@ -131,32 +142,29 @@ def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0) -> 
     )
     print(line, flush=True)
     if ray_actors:
-        ray_round, ray_cpu, ray_main = ray_rounds(cfg, engine.canned, passes, ray_actors)
+        ray_round, ray_cpu, ray_main = ray_rounds(cfg, engine, passes, ray_actors)
         print(
             f"workload={name} engine=ray actors={ray_actors} round_ms={ray_round * 1e3:.2f} driver_cpu_ms={ray_cpu * 1e3:.2f} "
             f"main_thread_cpu_ms={ray_main * 1e3:.2f} "
             f"per_reply_us={ray_round / per_round * 1e6:.1f} bound_{ray_actors}={pure_round / (ray_actors * ray_round):.3f}",
             flush=True,
         )
-    return {"driver_round_s": best, "pure_round_s": pure_round}
 
 
-def ray_rounds(cfg: RunConfig, canned: dict[tuple[int, str], bytes], passes: int, actors: int) -> tuple[float, float, float]:
+def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int) -> tuple[float, float, float]:
     """Best seconds per round of ``cfg`` on fedsplit's Ray engine with ``actors`` actors whose
-    terminals answer at once (:func:`replay_app`): the server, Ray's calls and the actors' message
+    terminals answer at once with the replies ``recorded`` holds (:func:`replay_app`): the server, Ray's calls and the actors' message
     handling, without training; and the driver process's CPU seconds per round in that run (all
     its threads, Ray's included, then its main thread alone, where the ServerApp runs). On a
     machine with fewer cores than ``actors`` the actors share them, so the figures are upper
     bounds of what a machine with a core per actor gives."""
     import ray
 
-    from fedsplit.devices import Population, resolve_profiles
     from fedsplit.simulation.engine import RayEngine, ray_init_options
 
     ray.init(**ray_init_options(num_cpus=actors))
     try:
-        population = Population(cfg.devices, resolve_profiles(cfg.profiles))
-        with RayEngine(replay_app(canned), population, num_actors=actors, cpus_per_actor=1.0) as engine:
+        with RayEngine(replay_app(recorded.canned), recorded.population, num_actors=actors, cpus_per_actor=1.0) as engine:
             driver_rounds(cfg, engine)  # warm-up: every actor has run
             best = (float("inf"), 0.0, 0.0)
             for _ in range(passes):
@@ -174,15 +182,9 @@ def gc_bench(name: str, overrides: list[str], rounds: int) -> None:
     Ray leave ~600k, and a run adds its ledger rows)."""
     import gc
 
-    from fedsplit.clients.app import make_client_app
-    from fedsplit.devices import Population, resolve_profiles
-    from fedsplit.learning import config_to_json
-
     torch.set_num_threads(1)
     cfg = load_config(None, COMMON + overrides + [f"rounds={rounds}"])
-    app = make_client_app(config_json=config_to_json(cfg))
-    engine = InstantEngine(app, Population(cfg.devices, resolve_profiles(cfg.profiles)))
-    driver_rounds(load_config(None, COMMON + overrides + ["rounds=1"]), engine)  # records the replies
+    engine = InstantEngine.recorded(load_config(None, COMMON + overrides + ["rounds=1"]))
     started, spent, count = [0.0], [0.0, 0.0, 0.0], [0, 0, 0]
 
     def timed(phase: str, info: dict) -> None:

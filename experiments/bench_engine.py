@@ -204,6 +204,14 @@ def run_fedsplit(cfg: RunConfig, engine, server_threads: int) -> tuple[float, di
     return session.strategy_wall_s, session.final_state
 
 
+def run_fedsplit_timed(cfg: RunConfig, engine, server_threads: int) -> tuple[float, dict[str, torch.Tensor], float]:  # noqa: ANN001
+    """:func:`run_fedsplit`, and the seconds of the run spent outside ``engine.execute`` (its
+    ``server_s``: the server's serial work)."""
+    inside = engine.execute_s
+    seconds, state = run_fedsplit(cfg, engine, server_threads)
+    return seconds, state, seconds - (engine.execute_s - inside)
+
+
 def run_flower(cfg: RunConfig, server_threads: int) -> tuple[float, dict[str, torch.Tensor]]:
     """Flower's simulation engine; its ServerApp runs in this process with ``server_threads``."""
     from fedsplit.simulation.runner import run_on_flower_engine
@@ -331,10 +339,9 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
     cpus = os.cpu_count() or 1
     server_s: list[float] = []
 
-    def timed_server(engine: RayEngine, run):  # noqa: ANN001, ANN202 - the run's time outside the engine
-        before = engine.execute_s
-        seconds, state = run()
-        server_s.append(seconds - (engine.execute_s - before))
+    def run_every(engine: RayEngine):  # noqa: ANN202 - the fedsplit way, its server_s kept
+        seconds, state, outside = run_fedsplit_timed(cfg, engine, server_threads=1)
+        server_s.append(outside)
         return seconds, state
 
     capacity_before = parallel_capacity(cpus) if capacity else float("nan")
@@ -353,7 +360,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
                 "pure": lambda: run_pure(cfg),
                 "limit": plain.run,
                 "fedsplit1": lambda: run_fedsplit(cfg, one, server_threads=1),
-                "fedsplit": lambda: timed_server(every, lambda: run_fedsplit(cfg, every, server_threads=1)),
+                "fedsplit": lambda: run_every(every),
             },
             passes,
         )

@@ -28,7 +28,7 @@ import os
 import statistics
 import sys
 
-from bench_engine import COMMON, WORKLOADS, max_diff, run_fedsplit
+from bench_engine import COMMON, WORKLOADS, max_diff, run_fedsplit_timed
 
 from fedsplit.config import load_config
 
@@ -55,11 +55,10 @@ def bench(name: str, passes: int) -> dict[str, float]:
             for timed in [False] + [True] * passes:  # one untimed warm-up pass of both ways
                 for stream in (True, False):
                     MeteredGrid.stream_replies = stream
-                    inside = engine.execute_s
-                    seconds, weights[stream] = run_fedsplit(cfg, engine, server_threads=1)
+                    seconds, weights[stream], outside = run_fedsplit_timed(cfg, engine, server_threads=1)
                     if timed:
                         walls[stream].append(seconds)
-                        server[stream].append(seconds - (engine.execute_s - inside))
+                        server[stream].append(outside)
     finally:
         MeteredGrid.stream_replies = True
         ray.shutdown()
