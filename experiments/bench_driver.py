@@ -32,7 +32,10 @@ over the replies of a round, ``pure_round_ms`` the plain loop's round (one core)
 reaches with P actors (a bound from two measurements, not a measurement at P cores). With
 ``--ray-actors P`` a second line gives the same rounds on Ray::
 
-    workload=<name> engine=ray actors=P round_ms=.. driver_cpu_ms=.. main_thread_cpu_ms=.. per_reply_us=.. bound_P=..
+    workload=<name> engine=ray actors=P shared_records=on|off round_ms=.. driver_cpu_ms=.. main_thread_cpu_ms=.. per_reply_us=.. bound_P=..
+
+(``shared_records=off``: the same with the round's global model pickled into every actor call
+instead of put in the object store once; :func:`ray_rounds`.)
 
 ``--gc ROUNDS`` one line of a long run: ``round_ms``, the collector's ``gc_ms`` and ``gc_share`` of
 the run, collections and milliseconds by generation, tracked objects; and ``--ray-call-cost P``
@@ -142,22 +145,26 @@ def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0) -> 
     )
     print(line, flush=True)
     if ray_actors:
-        ray_round, ray_cpu, ray_main = ray_rounds(cfg, engine, passes, ray_actors)
-        print(
-            f"workload={name} engine=ray actors={ray_actors} round_ms={ray_round * 1e3:.2f} driver_cpu_ms={ray_cpu * 1e3:.2f} "
-            f"main_thread_cpu_ms={ray_main * 1e3:.2f} "
-            f"per_reply_us={ray_round / per_round * 1e6:.1f} bound_{ray_actors}={pure_round / (ray_actors * ray_round):.3f}",
-            flush=True,
-        )
+        for shared, (ray_round, ray_cpu, ray_main) in ray_rounds(cfg, engine, passes, ray_actors).items():
+            print(
+                f"workload={name} engine=ray actors={ray_actors} shared_records={shared} round_ms={ray_round * 1e3:.2f} "
+                f"driver_cpu_ms={ray_cpu * 1e3:.2f} main_thread_cpu_ms={ray_main * 1e3:.2f} "
+                f"per_reply_us={ray_round / per_round * 1e6:.1f} bound_{ray_actors}={pure_round / (ray_actors * ray_round):.3f}",
+                flush=True,
+            )
 
 
-def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int) -> tuple[float, float, float]:
+def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int) -> dict[str, tuple[float, float, float]]:
     """Best seconds per round of ``cfg`` on fedsplit's Ray engine with ``actors`` actors whose
     terminals answer at once with the replies ``recorded`` holds (:func:`replay_app`): the server, Ray's calls and the actors' message
     handling, without training; and the driver process's CPU seconds per round in that run (all
     its threads, Ray's included, then its main thread alone, where the ServerApp runs). On a
     machine with fewer cores than ``actors`` the actors share them, so the figures are upper
-    bounds of what a machine with a core per actor gives."""
+    bounds of what a machine with a core per actor gives.
+
+    Two ways, pass by pass on the same actors: ``on``, the engine as it is (a large global model
+    goes to the object store once a round, :mod:`fedsplit.simulation.shared_content`), and
+    ``off``, that switched off (the model pickled into every actor call)."""
     import ray
 
     from fedsplit.simulation.engine import RayEngine, ray_init_options
@@ -166,12 +173,15 @@ def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int
     try:
         with RayEngine(replay_app(recorded.canned), recorded.population, num_actors=actors, cpus_per_actor=1.0) as engine:
             driver_rounds(cfg, engine)  # warm-up: every actor has run
-            best = (float("inf"), 0.0, 0.0)
+            sizes = {"on": engine.shared_record_bytes, "off": float("inf")}
+            best = {way: (float("inf"), 0.0, 0.0) for way in sizes}
             for _ in range(passes):
-                cpu, main = time.process_time(), time.thread_time()
-                wall = driver_rounds(cfg, engine)
-                best = min(best, (wall, time.process_time() - cpu, time.thread_time() - main))
-            return best[0] / cfg.rounds, best[1] / cfg.rounds, best[2] / cfg.rounds
+                for way, size in sizes.items():
+                    engine.shared_record_bytes = size
+                    cpu, main = time.process_time(), time.thread_time()
+                    wall = driver_rounds(cfg, engine)
+                    best[way] = min(best[way], (wall, time.process_time() - cpu, time.thread_time() - main))
+            return {way: (wall / cfg.rounds, cpu / cfg.rounds, main / cfg.rounds) for way, (wall, cpu, main) in best.items()}
     finally:
         ray.shutdown()
 

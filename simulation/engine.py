@@ -8,7 +8,10 @@ Flower strategy or ServerApp runs on it unchanged.
 Why it is fast: a round's messages are sent to the actors in a few batched calls (not one Ray call
 per client), actors are reused for every client and round, and nothing is O(population) per round:
 a terminal's :class:`~flwr.app.Context` is created the first time it is sampled and then kept by the
-driver (so ``Context.state`` persists across rounds whichever actor runs the terminal next).
+driver (so ``Context.state`` persists across rounds whichever actor runs the terminal next). A
+large record that the round's batches share (the global model) is put in Ray's object store once
+a round instead of being pickled into every call (:mod:`fedsplit.simulation.shared_content`;
+``engine.shared_record_bytes`` is the size from which it is).
 
 Failures: an exception inside the ClientApp becomes an error reply for that client only; an actor
 process that dies is replaced, and the messages of the batches it held are retried one by one, each
@@ -44,7 +47,7 @@ from dataclasses import dataclass
 from uuid import uuid4
 
 import ray
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
@@ -55,6 +58,7 @@ from fedsplit.clients.flop_meter import metered_call
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
 from fedsplit.simulation import warm_actors as warm
+from fedsplit.simulation.shared_content import SHARED_RECORD_BYTES, Layout, restore, shared_records, strip
 
 log = logging.getLogger("fedsplit")
 
@@ -148,19 +152,27 @@ class ClientAppActor:
         self.meter = meter
 
     def run_batch(
-        self, items: Sequence[tuple[Message, Context]], faults: Sequence[str | None] | None = None
+        self,
+        items: Sequence[tuple[Message, Context]],
+        faults: Sequence[str | None] | None = None,
+        shared: Sequence[ArrayRecord] | None = None,
+        layouts: Sequence[Layout | None] | None = None,
     ) -> list[tuple[Message, Context, Measured | None, float]]:
         """Run the ClientApp on each ``(message, context)`` in turn: ``(reply, context, measured,
         seconds)``, ``seconds`` being the real seconds the app took on this actor.
 
         ``faults[i]`` is the injected fault of item ``i``: ``"kill"`` ends this process when the
-        item is reached (the batch's replies are lost, as when any process dies).
+        item is reached (the batch's replies are lost, as when any process dies). ``shared`` are
+        the round's records sent once through the object store and ``layouts[i]`` where they go
+        back into message ``i`` (:mod:`fedsplit.simulation.shared_content`).
         """
         faults = faults or [None] * len(items)
+        layouts = layouts or [None] * len(items)
         out = []
-        for (msg, ctx), fault in zip(items, faults):
+        for (msg, ctx), fault, layout in zip(items, faults, layouts):
             if fault == "kill":
                 os._exit(1)
+            msg = restore(msg, layout, shared)
             started = time.perf_counter()
             out.append((*run_client_app(self.app, msg, ctx, self.meter, fault), time.perf_counter() - started))
         return out
@@ -310,6 +322,7 @@ class RayEngine:
         self._started_ray = False
         self.actor_restarts = 0
         self.faults: FaultHook | None = None
+        self.shared_record_bytes = SHARED_RECORD_BYTES  # records sent once a round from this size on
 
     @classmethod
     def from_run_config(cls, cfg, client_app: ClientApp) -> "RayEngine":  # noqa: ANN001 - RunConfig
@@ -453,6 +466,11 @@ class RayEngine:
             batches = split_balanced(msgs, pool.size * self.batch_factor, self._expected_seconds(msgs))
             queue.extend((budget, batch, False) for batch in batches)
         self.last_batches = [[self.partition_of(m.metadata.dst_node_id) for m in batch] for _, batch, _ in queue]
+        # The round's large records that several batches carry (the global model) go to the
+        # object store once; each call carries a reference and the messages without them.
+        shared = shared_records([batch for _, batch, _ in queue], self.shared_record_bytes)
+        positions = {id(record): index for index, record in enumerate(shared)}
+        shared_ref = ray.put(shared) if shared else None
         # Each actor takes up to ``inflight_per_actor`` batches at once: the next batch is already
         # queued at the actor when the current one ends, so no round trip is spent idle. A retry
         # (a message whose actor died) runs alone on its actor, so that if it kills the process
@@ -479,9 +497,11 @@ class RayEngine:
                 inflight[id(actor)] = inflight.get(id(actor), 0) + 1
                 if retry:
                     exclusive.add(id(actor))
-                items = [(m, self.context_of(m.metadata.dst_node_id)) for m in batch]
+                stripped = [strip(m, positions) for m in batch] if positions else [(m, None) for m in batch]
+                items = [(sent, self.context_of(m.metadata.dst_node_id)) for (sent, _), m in zip(stripped, batch)]
+                layouts = [layout for _, layout in stripped] if positions else None
                 faults = [self.faults(m) for m in batch] if self.faults is not None else None
-                running[actor.run_batch.remote(items, faults)] = (actor, budget, batch, retry)
+                running[actor.run_batch.remote(items, faults, shared_ref, layouts)] = (actor, budget, batch, retry)
 
         dispatch()
         while running:
