@@ -47,8 +47,9 @@ def shared_records(batches: Sequence[Sequence[Message]], min_bytes: int = SHARED
     for index, batch in enumerate(batches):
         for msg in batch:
             if msg.has_content():
-                for record in msg.content.array_records.values():
-                    seen.setdefault(id(record), (record, set()))[1].add(index)
+                for record in msg.content.values():  # not ``array_records``: a view built per call
+                    if isinstance(record, ArrayRecord):
+                        seen.setdefault(id(record), (record, set()))[1].add(index)
     return [record for record, where in seen.values() if len(where) > 1 and record_bytes(record) >= min_bytes]
 
 
