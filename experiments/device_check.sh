@@ -4,9 +4,9 @@
 # outside the repo root, e.g. `source .devpack/install.sh && cd /tmp && bash $REPO/experiments/device_check.sh`.
 # Prints one line per run: `run=<name> final_accuracy=<x> ...` and the CUDA memory of the terminals,
 # then the GPU tests (tests/test_gpu.py: CUDA replies equal the CPU's) and bench_engine's
-# 100-terminal workload on every core (`efficiency=` ...), then bench_overlap and bench_driver on it. About 3
-# minutes on a 16-core H200 host without bench_overlap and bench_driver, which take ~20 s and ~30 s on the
-# 2-core development machine.
+# 100-terminal workload on every core (`efficiency=` ...), then bench_overlap and bench_driver on it (the MLP, then the CNN's
+# shared-model A/B). About 3 minutes on a 16-core H200 host without bench_overlap and bench_driver, which take
+# ~20 s, ~30 s and ~50 s on the 2-core development machine.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-/tmp/fedsplit-device-check}
@@ -38,3 +38,6 @@ timeout 180 python3 "$repo/experiments/bench_engine.py" --workloads mlp100 --no-
 timeout 120 python3 "$repo/experiments/bench_overlap.py" --workloads mlp100 --passes 3 2>&1 | grep '^workload='
 # The server's own time per round (terminals that answer at once), in-process and on Ray with an actor per core.
 timeout 120 python3 "$repo/experiments/bench_driver.py" --workloads mlp100 --passes 5 --ray-actors "$(nproc)" 2>&1 | grep '^workload='
+# A large global model on an actor per core: put in the object store once a round (shared_records=on) against
+# pickled into every call (off), pass by pass (~50 s on the 2-core development machine).
+timeout 180 python3 "$repo/experiments/bench_driver.py" --workloads cnn --passes 3 --ray-actors "$(nproc)" 2>&1 | grep '^workload='
