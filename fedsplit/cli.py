@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from fedsplit.config.errors import RayUnreachableError
+
 #: Modules that contribute sub-commands, in the order they appear in ``fedsplit --help``.
 COMMAND_MODULES: tuple[str, ...] = (
     "fedsplit.simulation.cli",
@@ -43,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: File-system errors a user's paths cause (a folder that is a file, no permission, ...): one line,
+#: exit 2, in place of a traceback. Sub-commands check their outputs first
+#: (:mod:`fedsplit.output_paths`); these are what only writing shows (an immutable folder, a full disk).
+PATH_ERRORS = (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError, FileNotFoundError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``fedsplit`` command and return its exit code."""
     parser = build_parser()
@@ -51,7 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fedsplit.simulation.runner import quiet_ray
 
         quiet_ray()
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except PATH_ERRORS as exc:
+        if exc.filename is None:
+            raise
+        print(f"fedsplit: error: {exc.filename}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
+        return 2
+    except RayUnreachableError as exc:  # engine.ray_address does not answer
+        print(f"fedsplit: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ import sys
 
 from fedsplit.config import ConfigError, iter_fields, load_config
 from fedsplit.config.schema import ENGINES, RunConfig
+from fedsplit.output_paths import unwritable_reason
 
 
 def _fields_help() -> str:
@@ -99,6 +100,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"fedsplit: error: {exc}", file=sys.stderr)
+        return 2
+    if not resume and (reason := unwritable_reason(cfg.out_dir, folder=True)) is not None:
+        print(f"fedsplit: error: config: out_dir = {cfg.out_dir!r}: cannot write there ({reason})", file=sys.stderr)
         return 2
     if getattr(args, "dry_run", False):  # (a Namespace built by hand may lack it)
         return dry_run(cfg)

@@ -34,6 +34,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fedsplit.output_paths import output_folder
 from fedsplit.simulation.certs import LabCertificates, make_lab_certificates
 
 #: The federation name ``fedsplit deploy`` writes into the Flower config by default.
@@ -341,7 +342,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub.required = True
 
     c = sub.add_parser("certs", help="make a CA, the SuperLink's TLS certificate and SuperNode key pairs")
-    c.add_argument("--out", default="certs", help="folder to write (default: certs)")
+    c.add_argument("--out", default="certs", type=output_folder, help="folder to write (default: certs)")
     c.add_argument("--host", action="append", metavar="NAME_OR_IP", help="an address devices dial to reach the SuperLink (repeat); loopback is always included")
     c.add_argument("--node", action="append", metavar="NAME", help="a SuperNode to make a key pair for (repeat), e.g. pi-0")
     c.add_argument("--days", type=int, default=365, help="validity of the certificates")

@@ -38,6 +38,7 @@ import heapq
 import logging
 import math
 import os
+import socket
 import time
 import traceback
 from collections import deque
@@ -55,6 +56,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsplit.clients.flop_meter import metered_call
+from fedsplit.config.errors import RayUnreachableError
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
 from fedsplit.simulation import warm_actors as warm
@@ -74,6 +76,27 @@ METER_MODES = ("auto", "always", "off")
 #: 1.05 ms inline against 2.19 ms through the store, 1 MB in 1.85 against 4.42 ms; from about 4 MB
 #: on the two ways cost the same, so larger objects (CNN weights) still go through the store.
 INLINE_OBJECT_BYTES = 2 * 1024 * 1024
+
+
+def check_ray_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """Raise :class:`RayUnreachableError` unless a TCP connection to ``address`` (``HOST:PORT`` or
+    ``ray://HOST:PORT``) opens within ``timeout_s`` seconds; empty and ``auto`` are not checked.
+
+    Without it ``ray.init`` retries an address where nothing listens for minutes, printing
+    "Failed to connect to GCS" again and again.
+    """
+    if not address or address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise RayUnreachableError(
+            f"engine.ray_address = {address!r}: no Ray cluster answers there ({reason}); start one with "
+            "`ray start --head --port=6379` on that machine, or leave engine.ray_address empty for a local Ray"
+        ) from None
 
 
 def ray_init_options(address: str | None = None, num_cpus: int | None = None) -> dict:
@@ -342,6 +365,7 @@ class RayEngine:
         """Start (or attach to) Ray and create the actor pools."""
         self.claim_task_identity()
         if not ray.is_initialized():
+            check_ray_reachable(self.ray_address)
             ray.init(**ray_init_options(self.ray_address, self.num_cpus))
             self._started_ray = True
         resources = ray.cluster_resources()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fedsplit.config import ConfigError, RunConfig, parse_override
 from fedsplit.config.loader import apply_override
+from fedsplit.output_paths import unwritable_reason
 
 
 def train_member(cfg: RunConfig) -> Path:
@@ -35,8 +36,11 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fedsplit: error: {exc}", file=sys.stderr)
         return 2
+    if (reason := unwritable_reason(cfg.out_dir, folder=True)) is not None:
+        print(f"fedsplit: error: pipeline: out_dir = {str(cfg.out_dir)!r}: cannot write there ({reason})", file=sys.stderr)
+        return 2
     import ray
-    from fedsplit.simulation.engine import ray_init_options
+    from fedsplit.simulation.engine import check_ray_reachable, ray_init_options
     from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.warm_actors import warm_actors
 
@@ -44,6 +48,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     started = False
     if not ray.is_initialized():  # one Ray for every member (each simulate attaches to it)
         if base.engine.name == "fedsplit":
+            check_ray_reachable(base.engine.ray_address)
             ray.init(**ray_init_options(base.engine.ray_address or None, base.engine.num_cpus or None))
             started = True
     try:

@@ -22,6 +22,7 @@ from ray import cloudpickle as ray_cloudpickle
 
 from fedsplit.devices import Population, resolve_profiles
 from fedsplit.ledger import Ledger
+from fedsplit.output_paths import output_folder
 
 
 class AppLoadError(ValueError):
@@ -148,5 +149,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", help="device mix, e.g. raspberry-pi-4=6,laptop=4 (default: all laptop)")
     p.add_argument("--run-config", action="append", metavar="KEY=VALUE", help="Flower run config entry")
     p.add_argument("--ray-address", help="attach to an existing Ray cluster")
-    p.add_argument("--out", default="runs/run-app", help="folder for clients.csv and rounds.csv")
+    p.add_argument("--out", default="runs/run-app", type=output_folder, help="folder for clients.csv and rounds.csv")
     p.set_defaults(func=cmd_run_app)

@@ -183,6 +183,13 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None, resume: 
     """
     quiet_flower()
     quiet_ray()
+    if engine is None and cfg.engine.name == "fedsplit":  # before a run folder is made for nothing
+        import ray
+
+        from fedsplit.simulation.engine import check_ray_reachable
+
+        if not ray.is_initialized():
+            check_ray_reachable(cfg.engine.ray_address)
     session = RunSession.from_config(cfg)
     if resume is not None:
         run_dir = Path(resume)

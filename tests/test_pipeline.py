@@ -40,9 +40,9 @@ def smoke_tree(tmp_path) -> dict:
     return tomllib.loads(SMOKE.format(out=tmp_path))
 
 
-def test_the_shipped_example_validates(monkeypatch):
-    monkeypatch.chdir(REPO)  # its base_config is relative to the repository root, where the README runs it
-    cfg = load_pipeline("experiments/configs/pipeline.toml")
+def test_the_shipped_example_validates(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # its base_config is found beside it, from any working directory
+    cfg = load_pipeline(REPO / "experiments/configs/pipeline.toml")
     assert [m.name for m in cfg.members] == ["cnn-5px-w0.125", "cnn-8px-w0.125", "cnn-8px-w0.25", "cnn-8px-w1"]
     assert [d.member for d in cfg.distilled] == ["cnn-8px-w0.125-kd"] and cfg.distilled[0].teacher == "cnn-8px-w1"
     assert [p.member for p in cfg.pruned] == ["cnn-8px-w1-pruned80"] and [q.member for q in cfg.int8] == ["cnn-8px-w1-int8"]

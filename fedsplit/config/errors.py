@@ -1,4 +1,4 @@
-"""The one error type of the configuration room."""
+"""The error types of the configuration room."""
 
 from __future__ import annotations
 
@@ -9,3 +9,9 @@ class ConfigError(ValueError):
     The line reads ``config: FIELD = VALUE: what is wrong (allowed: ...)``; the ``fedsplit``
     command prints it after ``fedsplit: error:`` and exits with status 2.
     """
+
+
+class RayUnreachableError(ConnectionError):
+    """``engine.ray_address`` names a Ray cluster that does not answer (checked before a run
+    starts, :func:`fedsplit.simulation.engine.check_ray_reachable`); the ``fedsplit`` command
+    prints the message after ``fedsplit: error:`` and exits with status 2."""

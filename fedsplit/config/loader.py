@@ -129,6 +129,20 @@ def _build(cls: type, tree: Mapping[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def check_ray_address(address: str) -> None:
+    """``engine.ray_address``: empty (start a local Ray), ``auto``, ``HOST:PORT`` or
+    ``ray://HOST:PORT`` (Ray Client), the port an integer in 1..65535."""
+    if address in ("", "auto"):
+        return
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"config: engine.ray_address = {address!r}: expected HOST:PORT (e.g. 192.168.1.10:6379), "
+            "ray://HOST:PORT, auto, or empty to start a local Ray"
+        )
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Checks that a single field's rules cannot express: across fields, and against the rooms.
 
@@ -159,6 +173,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"(known: {', '.join(sorted(profiles))})"
         )
     check_strategy_name(cfg.strategy.name)
+    check_ray_address(cfg.engine.ray_address)
     if cfg.strategy.min_train_nodes > cfg.num_terminals:
         raise ConfigError(
             f"config: strategy.min_train_nodes = {cfg.strategy.min_train_nodes}: more than the "
@@ -200,6 +215,8 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config: {str(path)!r} is a directory, not a TOML file")
         if not path.is_file():
             raise ConfigError(f"config: file {str(path)!r} not found")
         try:

@@ -20,6 +20,7 @@ from fedsplit.inference.feasibility import infeasible_pairs
 from fedsplit.inference.paper_scenario import PaperScenarioConfig, generate_paper_scenario
 from fedsplit.inference.scenario import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, load_scenario, number_field, problem_to_dict
 from fedsplit.inference.solve import SOLVERS, solve
+from fedsplit.output_paths import output_file
 
 EXIT_BAD_INPUT = 2
 EXIT_SEARCH_LIMIT = 3
@@ -64,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="edge cycles per input bit of the paper's models (default 100)")
     scenario.add_argument("--edge-cycles-per-flop", type=float,
                           help="edge cycles per catalog FLOP (default 1)")
-    scenario.add_argument("--out", metavar="FILE.json", help="write to a file instead of stdout")
+    scenario.add_argument("--out", metavar="FILE.json", type=output_file, help="write to a file instead of stdout")
     scenario.set_defaults(func=run_scenario)
 
 

@@ -4,7 +4,7 @@ Layout (every table optional except ``family``; ``experiments/configs/pipeline.t
 
     name = "pipeline"            # run folder <out_dir>/<name> (a suffix is added if it exists)
     out_dir = "runs"
-    base_config = "experiments/configs/digits_fedavg.toml"   # a fedsplit simulate config
+    base_config = "digits_fedavg.toml"   # a fedsplit simulate config, beside this file
 
     [base]                       # simulate keys applied on top of base_config, for every member
     rounds = 15
@@ -369,7 +369,12 @@ def pipeline_from_dict(tree: dict[str, Any]) -> PipelineConfig:
 
 
 def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read and validate a pipeline TOML file (``overrides``: a tree merged over it)."""
+    """Read and validate a pipeline TOML file (``overrides``: a tree merged over it).
+
+    A relative ``base_config`` in the file is found beside the file (else in the working
+    directory, where earlier examples put it); one given in ``overrides`` (``--set``) is relative
+    to the working directory. ``out_dir`` is always relative to the working directory.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"pipeline: file {str(path)!r} not found")
@@ -377,6 +382,11 @@ def load_pipeline(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         tree = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"pipeline: {path}: not valid TOML ({exc})") from None
+    base_config = tree.get("base_config")
+    if isinstance(base_config, str) and not Path(base_config).is_absolute():
+        beside = path.parent / base_config  # the file's own folder first, then the working directory
+        if beside.is_file() or not Path(base_config).is_file():
+            tree["base_config"] = str(beside)
     return pipeline_from_dict(merge_tree(tree, overrides or {}))
 
 

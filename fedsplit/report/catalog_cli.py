@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from fedsplit.inference.errors import ScenarioError
+from fedsplit.output_paths import output_file
 
 EXIT_BAD_INPUT = 2
 
@@ -67,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "here, modelled latency and energy on every device profile) and write catalog.json.",
     )
     build.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of fedsplit simulate, or derived members")
-    build.add_argument("--out", default="catalog.json", help="output file (default: catalog.json)")
+    build.add_argument("--out", default="catalog.json", type=output_file, help="output file (default: catalog.json)")
     build.add_argument("--bits-per-value", type=int, default=8, help="bits per input value a terminal uploads (default 8)")
     build.add_argument("--latency-repeats", type=int, default=50,
                        help="timed batch-1 CPU runs per model; the median is kept (default 50)")

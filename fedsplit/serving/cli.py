@@ -13,6 +13,7 @@ import sys
 from collections import defaultdict
 
 from fedsplit.inference.errors import ScenarioError
+from fedsplit.output_paths import output_file
 
 EXIT_BAD_INPUT = 2
 EXIT_SEARCH_LIMIT = 3
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="the constant the scenario was generated with (default 1)")
     p.add_argument("--latency-repeats", type=int, default=20, help="timed batch-1 CPU runs per served model (default 20)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--out", metavar="FILE.json", help="also write the JSON report to a file")
+    p.add_argument("--out", metavar="FILE.json", type=output_file, help="also write the JSON report to a file")
     p.set_defaults(func=run_serve_sim)
 
 

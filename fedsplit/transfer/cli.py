@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fedsplit.output_paths import output_file
+
 EXIT_BAD_INPUT = 2
 
 
@@ -20,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", "-c", help="TOML configuration file (data.*, model.*, train.*, seed are read)")
     p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a field, e.g. --set data.classes=0-4")
-    p.add_argument("--out", "-o", required=True, help="checkpoint file to write (.pt)")
+    p.add_argument("--out", "-o", required=True, type=output_file, help="checkpoint file to write (.pt)")
     p.add_argument("--epochs", type=int, default=20, help="passes over the data (default 20)")
     p.add_argument("--batch-size", type=int, default=None, help="samples per step (default train.batch_size)")
     p.add_argument("--lr", type=float, default=None, help="SGD learning rate (default train.lr)")
