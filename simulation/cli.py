@@ -41,8 +41,10 @@ def check_strategy(cfg: RunConfig) -> int:
 def dry_run(cfg: RunConfig) -> int:
     """Check everything that ``fedsplit simulate`` checks before training, and start nothing.
 
-    The strategy is built as the run would build it (a user's class is imported, its
-    ``strategy.params`` checked against its constructor); no Ray, no data, no model.
+    With ``training.mode = fl`` the strategy is built as the run would build it (a user's class
+    is imported, its ``strategy.params`` checked against its constructor); the other modes run
+    their own protocol (split learning, FedBuff/FedAsync, gossip) and use no ``strategy.name``.
+    No Ray, no data, no model.
 
     Parameters
     ----------
@@ -53,17 +55,19 @@ def dry_run(cfg: RunConfig) -> int:
     -------
     int
         0, after printing the resolved configuration as TOML with a closing ``# config OK``
-        comment line; 2 (one line on stderr, as a real run) when the strategy cannot be built.
+        comment line naming the training mode (and, for ``fl``, its strategy); 2 (one line on
+        stderr, as a real run) when the strategy of an ``fl`` run cannot be built.
     """
     import tomli_w
 
     from fedsplit.config import config_to_dict
 
-    if (code := check_strategy(cfg)) != 0:
+    mode = cfg.training.mode
+    if mode == "fl" and (code := check_strategy(cfg)) != 0:  # as cmd_simulate: only fl builds one
         return code
-    s = cfg.strategy
+    what = f"{mode} (strategy {cfg.strategy.name})" if mode == "fl" else mode
     print(tomli_w.dumps(config_to_dict(cfg)), end="")
-    print(f"# config OK: {cfg.rounds} rounds of {s.name} on {cfg.num_terminals} terminals "
+    print(f"# config OK: {cfg.rounds} rounds of {what} on {cfg.num_terminals} terminals "
           f"(engine {cfg.engine.name}); --dry-run started nothing")
     return 0
 

@@ -146,6 +146,18 @@ def test_catalog_build_and_show_commands(measured, tmp_path, fedsplit_main):
     assert proc.stderr.strip() == "fedsplit catalog show: error: catalog.models[1].accuracy (model 'cnn-8px-w0.5'): got 1.5; expected a number in [0, 1]"
 
 
+def test_catalog_show_off_a_terminal_prints_every_cell_in_full(measured, tmp_path, fedsplit_main):
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(measured))
+    proc = fedsplit_main("catalog", "show", str(path))  # no --width; stdout is captured, not a terminal
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout
+    cells = {c.strip() for line in proc.stdout.splitlines() for c in line.replace("┃", "│").split("│")}
+    for m in measured["models"]:
+        assert {m["name"], m["kind"], f"{m['flops']:,.0f}", f"{m['nonzero_params']:,}"} <= cells
+    assert {"accuracy", "nonzero", "FLOPs"} <= cells and set(measured["models"][0]["devices"]) <= cells
+
+
 def test_catalog_build_refuses_an_unfinished_run(tmp_path, fedsplit_main):
     proc = fedsplit_main("catalog", "build", str(tmp_path))
     assert proc.returncode == 2

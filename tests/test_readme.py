@@ -191,7 +191,7 @@ def test_the_installed_fedsplit_command_dry_runs_the_main_job(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == (
-        "# config OK: 10 rounds of fedavg on 10 terminals (engine fedsplit); --dry-run started nothing"
+        "# config OK: 10 rounds of fl (strategy fedavg) on 10 terminals (engine fedsplit); --dry-run started nothing"
     )
     assert proc.stderr == ""  # no warning
     assert not any(tmp_path.iterdir())  # nothing ran

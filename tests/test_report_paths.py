@@ -11,8 +11,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedsplit.ledger import RoundRecord
-from fedsplit.report import RoundProgress, shown_path
+from fedsplit.ledger import Ledger, LedgerRow, RoundRecord
+from fedsplit.report import RoundProgress, print_summary, shown_path, summarize, table_console
+from fedsplit.report.console import UNBOUNDED_WIDTH
 
 
 def test_shown_path_is_relative_below_the_working_directory(tmp_path, monkeypatch):
@@ -50,6 +51,40 @@ def test_progress_disabled_prints_nothing():
     with RoundProgress(2, enabled=False, console=Console(file=out, force_terminal=False)) as progress:
         progress.on_round(_round(1), sim_elapsed_s=1.0)
     assert out.getvalue() == ""
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_table_console_is_unbounded_off_a_terminal_and_the_terminals_width_on_one(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    assert table_console(file=io.StringIO()).width == UNBOUNDED_WIDTH  # a pipe or a file: no 80-column cut
+    assert table_console(file=_Tty()).width == 100
+    assert table_console(60, file=io.StringIO()).width == 60 and table_console(60, file=_Tty()).width == 60
+
+
+def test_closing_tables_print_in_full_off_a_terminal_and_say_the_device_columns_are_means(capsys):
+    ledger = Ledger()
+    ledger.rounds[1] = _round(1)
+    for client, device in enumerate(["laptop"] * 4 + ["a-device-class-with-a-long-profile-name"]):
+        ledger.add(LedgerRow(1, "train", client, device, "ok", "", 10, 0.25, 1000, 1000, 0.5, 0.125))
+    ledger.add(LedgerRow(1, "evaluate", 0, "laptop", "ok", "", 10, 9.0, 1000, 1000, 9.0, 9.0))  # not a train exchange
+    summary = summarize(ledger, wall_s=3.0)
+    run_dir = "/a/run/folder/whose/path/alone/is/wider/than/eighty/columns/of/a/default/console/run-1"
+    print_summary(summary, run_dir)  # the default console, on pytest's captured stdout: not a terminal
+    out = capsys.readouterr().out
+    assert "…" not in out and run_dir in out.replace("\n", "").replace(" ", "")
+    header = next(line for line in out.splitlines() if "┃" in line and "exchanges" in line)
+    cells = [c.strip() for c in header.strip("┃ ").split("┃")]
+    assert cells == ["device", "exchanges", "mean compute s", "mean comm s", "mean energy J", "total energy J", "stragglers"]
+    laptop = next(line for line in out.splitlines() if "│" in line and "laptop" in line)
+    assert [c.strip() for c in laptop.strip("│ ").split("│")] == ["laptop", "4", "0.2500", "0.5000", "0.1250", "0.5000", "0"]
+    assert "a-device-class-with-a-long-profile-name" in out and "mean = per train exchange" in out
+    assert summary["devices"]["laptop"] == {  # summary.json keeps its per-exchange means
+        "exchanges": 4, "mean_compute_s": 0.25, "mean_comm_s": 0.5, "mean_energy_j": 0.125, "mean_bytes_up": 1000.0, "stragglers": 0,
+    }
 
 
 def test_quiet_ray_filters_the_tip_ray_really_prints_and_keeps_gpus_from_cpu_actors(monkeypatch):

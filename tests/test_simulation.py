@@ -147,6 +147,52 @@ def test_cli_reports_unimportable_strategy_before_ray_starts(tmp_path, fedsplit_
     assert not ray.is_initialized()
 
 
+@pytest.mark.parametrize(
+    ("mode", "named"),
+    [("fl", "fl (strategy fedavg)"), ("splitfed-v1", "splitfed-v1"), ("sl-vanilla", "sl-vanilla"),
+     ("fedbuff", "fedbuff"), ("gossip", "gossip")],
+)
+def test_dry_run_names_the_training_mode_and_a_strategy_only_where_it_runs_one(tmp_path, fedsplit_main, mode, named):
+    args = ["simulate", "--dry-run"] + [x for item in small_overrides(tmp_path, **{"training.mode": mode}) for x in ("--set", item)]
+    proc = fedsplit_main(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == (
+        f"# config OK: 2 rounds of {named} on 4 terminals (engine fedsplit); --dry-run started nothing"
+    )
+    if mode != "fl":  # as the run itself, a mode without a strategy does not build strategy.name
+        proc = fedsplit_main(*args, "--set", "strategy.name=nope.mod:Strat")
+        assert proc.returncode == 0, proc.stderr
+        assert "fedavg" not in proc.stdout.splitlines()[-1] and "nope" not in proc.stdout.splitlines()[-1]
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_run_plots_tick_rounds_at_whole_numbers(tmp_path, monkeypatch, rounds):
+    from fedsplit.ledger import Ledger, LedgerRow, RoundRecord
+    from fedsplit.report import plots
+
+    ledger = Ledger()
+    for r in range(1, rounds + 1):
+        ledger.rounds[r] = RoundRecord(
+            round=r, online=2, selected=2, aggregated=2, stragglers=0, failed=0, rejected=0, flops=1, bytes_up=10**6,
+            bytes_down=10**6, energy_j=1.0, server_s=0.1, sim_s=1.5, metrics={"accuracy": 0.5 + r / 10},
+        )
+        for device in ("laptop", "raspberry-pi-4"):
+            ledger.add(LedgerRow(r, "train", 0, device, "ok", "", 1, 0.1, 10**6, 10**6, 0.2, 0.5 * r))
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)  # keep the figures to look at their axes
+    paths = plots.plot_run(ledger, tmp_path)
+    assert [p.name for p in paths] == ["accuracy.png", "bytes_energy_by_device.png"] and len(figures) == 2
+    round_axes = [ax for fig in figures for ax in fig.axes if ax.get_xlabel() == "round"]
+    assert len(round_axes) == 3  # accuracy, MB and energy per round
+    for ax in round_axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    monkeypatch.undo()
+    for fig in figures:
+        plots.plt.close(fig)
+
+
 def test_nan_updates_are_rejected_and_the_run_goes_on(tmp_path, ray_session):
     """A diverging terminal's NaN/Inf update is refused before aggregation and counted (the
     empty-round stop is switched off here to see every round's rows)."""

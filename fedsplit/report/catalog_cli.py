@@ -33,17 +33,16 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Handler of ``fedsplit catalog show``."""
-    from rich.console import Console
-
     from fedsplit.inference.catalog import read_catalog
     from fedsplit.report.catalog import catalog_tables
+    from fedsplit.report.console import table_console
 
     try:
         catalog = read_catalog(args.catalog)
     except ScenarioError as exc:
         print(f"fedsplit catalog show: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    console = Console(width=args.width) if args.width else Console()
+    console = table_console(args.width)
     title = f"{args.catalog}: {len(catalog['models'])} models ({catalog.get('dataset', '?')}; CPU: {catalog.get('host', '?')})"
     for table in catalog_tables(catalog, title):
         console.print(table)
@@ -76,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="print a catalog as tables",
                               description="Validate a catalog against the shipped schema and print it.")
     show.add_argument("catalog", metavar="FILE", help="catalog.json")
-    show.add_argument("--width", type=int, default=0, help="console width in characters (default: the terminal's)")
+    show.add_argument("--width", type=int, default=0, help="console width in characters (default: the terminal's; off a terminal, as wide as the tables)")
     show.set_defaults(func=cmd_show)
 
 

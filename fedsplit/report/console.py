@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedsplit.ledger import RoundRecord
+
+
+#: Width of a table console off a terminal: wider than any table, so none is cut or wrapped.
+UNBOUNDED_WIDTH = 10_000
+
+
+def table_console(width: int | None = None, file: IO[str] | None = None) -> Console:
+    """A :class:`~rich.console.Console` to print tables on (default: on stdout).
+
+    On a terminal it takes the terminal's width. Anywhere else (a pipe, a file, CI) rich would
+    assume 80 columns and cut every wider table with ``…``; there the width is unbounded, so each
+    table prints in full, as wide as its content (``COLUMNS`` is not consulted).
+
+    Parameters
+    ----------
+    width : int, optional
+        Columns to render at, terminal or not (None or 0: as above).
+    file : file-like, optional
+        Where to print (default: ``sys.stdout`` at print time).
+    """
+    console = Console(file=file, width=width or None)
+    if not width and not console.is_terminal:
+        console.width = UNBOUNDED_WIDTH
+    return console
 
 
 class RoundProgress:
@@ -80,8 +104,9 @@ def empty_round_reason(record: RoundRecord) -> str:
 
 
 def print_summary(summary: dict[str, Any], run_dir: str, console: Console | None = None) -> None:
-    """Print the closing table of a run."""
-    console = console or Console()
+    """Print the closing tables of a run: its totals, then its train exchanges per device class
+    (the means per exchange that ``summary.json`` holds as ``mean_*``, and the class's total energy)."""
+    console = console or table_console()
     table = Table(title=f"fedsplit run: {run_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -101,8 +126,8 @@ def print_summary(summary: dict[str, Any], run_dir: str, console: Console | None
         stopped = summary["stopped"]
         table.add_row("stopped", f"after round {stopped['after_round']} of {stopped['of_rounds']}: {stopped['reason']}")
     console.print(table)
-    devices = Table(title="per device class (train exchanges)")
-    for col in ("device", "exchanges", "compute s", "comm s", "energy J", "stragglers"):
+    devices = Table(title="per device class (train exchanges)", caption="mean = per train exchange; total = over all the class's train exchanges")
+    for col in ("device", "exchanges", "mean compute s", "mean comm s", "mean energy J", "total energy J", "stragglers"):
         devices.add_column(col, justify="right")
     for name, d in summary["devices"].items():
         devices.add_row(
@@ -111,6 +136,7 @@ def print_summary(summary: dict[str, Any], run_dir: str, console: Console | None
             f"{d['mean_compute_s']:.4f}",
             f"{d['mean_comm_s']:.4f}",
             f"{d['mean_energy_j']:.4f}",
+            f"{d['mean_energy_j'] * d['exchanges']:.4f}",
             str(d["stragglers"]),
         )
     console.print(devices)

@@ -9,8 +9,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedsplit.ledger import Ledger  # noqa: E402
+
+
+def round_axis(ax: plt.Axes) -> None:
+    """Label the x axis of ``ax`` "round" and tick it at whole rounds only (never 1.25, 1.5).
+
+    ``min_n_ticks=1``: a one-round run gets the single tick 1 (with the default 2, matplotlib
+    falls back to fractional ticks when the view holds fewer than two integers).
+    """
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def plot_run(ledger: Ledger, out_dir: str | Path) -> list[Path]:
@@ -27,7 +38,7 @@ def plot_run(ledger: Ledger, out_dir: str | Path) -> list[Path]:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].plot(rounds, acc, marker="o")
-    axes[0].set_xlabel("round")
+    round_axis(axes[0])
     axes[0].set_ylabel("server test accuracy")
     axes[1].plot(elapsed, acc, marker="o")
     axes[1].set_xlabel("simulated time (s)")
@@ -52,7 +63,7 @@ def plot_run(ledger: Ledger, out_dir: str | Path) -> list[Path]:
     axes[0].set_ylabel("MB on the air per round")
     axes[1].set_ylabel("energy per round (J)")
     for ax in axes:
-        ax.set_xlabel("round")
+        round_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
