@@ -219,6 +219,8 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None, resume: 
     extra: dict[str, Any] = {"engine": cfg.engine.name, "terminals": cfg.num_terminals, **session.engine_info}
     extra.update(compression_extra(session.strategy))
     extra.update(privacy_extra(cfg, session.strategy, session.ledger))
+    if session.split_cut is not None:
+        extra["split_cut"] = session.split_cut  # the cut trained with (what split.cut = auto chose)
     if session.stopped:
         extra["stopped"] = dict(session.stopped)  # why the run ended before cfg.rounds
     summary = summarize(session.ledger, wall_s, extra)

@@ -48,6 +48,7 @@ from fedsplit.strategies.protocol import ProtocolRun, TrainingProtocol
 from fedsplit.strategies.robust import wrap_robustness
 from fedsplit.strategies.split_protocol import SPLIT_MODES, SplitProtocol, SplitSettings
 from fedsplit.split import choose_cut, describe_cut_choice
+from fedsplit.split.cut_select import MODE_PROTOCOL
 
 log = logging.getLogger("fedsplit")
 
@@ -77,6 +78,9 @@ class RunSession:
     stopped: dict[str, Any] | None = None
     """Set when the protocol ended the run before its last round: ``after_round``, ``of_rounds``,
     ``reason`` (e.g. a resource budget spent); None when the run did every round."""
+    split_cut: str | dict[str, str] | None = None
+    """The cut a split run trains with (``split.cut`` as given, or the one ``auto`` chose), for
+    ``summary.json``: see :func:`split_cut_summary`; None outside split learning."""
 
     def checkpoint(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
         """Save the global weights of ``server_round`` to ``checkpoint_dir/round-<r>.pt`` (atomically)."""
@@ -212,9 +216,6 @@ def build_orchestration_protocol(cfg: RunConfig) -> TrainingProtocol:
     )
 
 
-CUT_SELECT_PROTOCOL = {"sl-vanilla": "vanilla", "sl-ushape": "u-shape", "splitfed-v1": "splitfed", "splitfed-v2": "splitfed"}
-
-
 def split_cuts(cfg: RunConfig, population: Population, server_profile: DeviceProfile) -> dict[str, str]:
     """The cut of every device class: ``split.cut`` as given, or chosen by predicted time (auto).
 
@@ -226,7 +227,7 @@ def split_cuts(cfg: RunConfig, population: Population, server_profile: DevicePro
     classes = sorted({population.profile_of(p).name for p in range(population.size)})
     if cfg.split.cut != "auto":
         return {name: cfg.split.cut for name in classes}
-    protocol = CUT_SELECT_PROTOCOL[cfg.training.mode]
+    protocol = MODE_PROTOCOL[cfg.training.mode]
     input_shape = tuple(task.data.input_shape)
     sizes = [len(task.data.partition(p)[0]) for p in range(population.size)]
     samples = max(1, round(sum(sizes) / len(sizes))) * cfg.train.local_epochs
@@ -243,6 +244,19 @@ def split_cuts(cfg: RunConfig, population: Population, server_profile: DevicePro
     best = min(cuts, key=lambda c: sum(counts[n] * times[n]["times"][c] for n in classes))
     log.info("split.cut = auto for the population (%s): %s", cfg.training.mode, label(best))
     return {name: label(best) for name in classes}
+
+
+def split_cut_summary(protocol: TrainingProtocol, population: Population) -> str | dict[str, str] | None:
+    """The cut ``protocol`` trains with, in ``split.cut``'s syntax (``"a"``; ``"a,b"`` in U-shape):
+    one string when every terminal has the same cut, else ``{device class: cut}`` (SplitFed v1 with
+    ``auto``); None for a protocol that is not split learning."""
+    if not isinstance(protocol, SplitProtocol):
+        return None
+    by_class: dict[str, str] = {}
+    for pid in range(population.size):
+        by_class.setdefault(population.profile_of(pid).name, str(protocol.cut_of(pid)))
+    cuts = set(by_class.values())
+    return cuts.pop() if len(cuts) == 1 else dict(sorted(by_class.items()))
 
 
 def build_split_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtocol:
@@ -304,6 +318,7 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
     attach_faults(grid, FaultPlan(f.crash_rate, f.kill_rate, f.seed), metered)
     protocol = (session.protocol_factory or build_protocol)(cfg, metered)
     session.strategy = getattr(protocol, "strategy", None)
+    session.split_cut = split_cut_summary(protocol, metered.population)
     metered.get_node_ids()  # learn the node <-> terminal mapping before the clock starts
     model = task.model
     test_set = task.data.server_test

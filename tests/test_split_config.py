@@ -27,3 +27,12 @@ def test_bad_split_settings_name_the_field(mode, cut, message):
 def test_good_split_settings_load(mode, cut):
     cfg = load_config(None, [f"training.mode={mode}", "model.name=fedavg-cnn", f"split.cut={cut}", "split.noise_std=0.1"])
     assert cfg.training.mode == mode and cfg.split.cut == cut.strip("'")
+
+
+def test_auto_without_a_cut_that_leaves_the_server_work_is_refused_before_the_run():
+    # The MLP's two layers with parameters cannot be on the terminal's front and in the server's
+    # middle at once: no U-shaped pair does both, so auto is refused with the cuts to name instead.
+    with pytest.raises(ConfigError, match=r"split.cut = 'auto': model.name = 'mlp' has no pair of cuts .* \(cuts: net.0, net.1, net.2\)"):
+        load_config(None, ["training.mode=sl-ushape", "model.name=mlp"])
+    assert load_config(None, ["training.mode=sl-vanilla", "model.name=mlp"]).split.cut == "auto"  # net.1 or net.2: a Linear on each side
+    assert load_config(None, ["training.mode=sl-ushape", "model.name=mlp", "split.cut='net.0,net.1'"]).split.cut == "net.0,net.1"

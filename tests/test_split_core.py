@@ -30,6 +30,7 @@ from fedsplit.split import (
     predict_batch_time,
     predict_epoch_time,
     profile_split,
+    server_cuts,
     server_step,
     sgd_state,
     split_model,
@@ -472,7 +473,10 @@ def test_choose_cut_minimises_predicted_time() -> None:
     line = describe_cut_choice("fast", best, times)
     assert "auto for fast: features.5" in line and "features.0=" in line
     best, times = choose_cut(model, SHAPE, BATCH, 32, fast, server, "u-shape")
-    assert isinstance(best, tuple) and len(times) == math.comb(len(cut_points(model)), 2)
+    # the increasing pairs whose middle (the server's part) holds a parameter and costs FLOPs
+    names = cut_points(model)
+    assert isinstance(best, tuple) and list(times) == [(names[a], names[b]) for a, b in server_cuts(model, SHAPE, BATCH, "u-shape")]
+    assert 0 < len(times) < math.comb(len(names), 2) and ("features.0", "features.1") not in times  # a ReLU alone
 
 
 def test_auto_cut_keeps_a_layer_with_parameters_on_the_terminal() -> None:
@@ -486,8 +490,10 @@ def test_auto_cut_keeps_a_layer_with_parameters_on_the_terminal() -> None:
     for device in (_profile("slow", flops_per_s=1e3, uplink_bps=1e12, downlink_bps=1e12), _profile("fast", flops_per_s=1e15)):
         best, times = choose_cut(model, SHAPE, BATCH, 32, device, server)
         assert best == "net.1" and "net.0" not in times
-        best, times = choose_cut(model, SHAPE, BATCH, 32, device, server, "u-shape")
-        assert best == ("net.1", "net.2") and list(times) == [("net.1", "net.2")]
+        # U-shape: the one pair with a parameter on the front (net.1, net.2) leaves the server a
+        # ReLU, which computes nothing: auto refuses (the cuts can be named explicitly)
+        with pytest.raises(ValueError, match="the middle part between the two cuts"):
+            choose_cut(model, SHAPE, BATCH, 32, device, server, "u-shape")
     # named explicitly, the parameter-free cut is still a candidate (and the slow terminal's best)
     best, _ = choose_cut(model, SHAPE, BATCH, 32, _profile("slow", flops_per_s=1e3, uplink_bps=1e12, downlink_bps=1e12), server, candidates=[0, 1])
     assert best == "net.0"

@@ -126,12 +126,19 @@ def check_split(mode: str, model_name: str, cut: str) -> None:
 
     Cut names do not depend on the input size, so the model is built at a nominal input of
     3x32x32 only to list them (:func:`fedsplit.models.contract.cut_points`); ``auto`` is left to
-    the run, which chooses by predicted time.
+    the run, which chooses by predicted time among the cuts :func:`check_auto_cut` finds.
     """
-    if mode == "fl" or cut == "auto":
+    if mode == "fl":
         return
     from fedsplit.models.contract import cut_points, resolve_cut
     from fedsplit.models.zoo import build_model
+
+    if cut == "auto":
+        from fedsplit.split.cut_select import MODE_PROTOCOL
+
+        if mode in MODE_PROTOCOL:  # split learning (the orchestration modes take no cut)
+            check_auto_cut(mode, model_name, build_model(model_name, (3, 32, 32), 10))
+        return
 
     parts = [p.strip() for p in cut.split(",")]
     wanted = 2 if mode == "sl-ushape" else 1
@@ -145,6 +152,29 @@ def check_split(mode: str, model_name: str, cut: str) -> None:
         raise ConfigError(f"config: split.cut = {cut!r}: {exc}") from None
     if wanted == 2 and not indices[0] < indices[1]:
         raise ConfigError(f"config: split.cut = {cut!r}: the first cut must come before the second")
+
+
+def check_auto_cut(mode: str, model_name: str, model: "torch.nn.Module") -> None:  # noqa: F821 - torch imported lazily
+    """``split.cut = auto`` needs a cut that leaves a layer with parameters on the terminal's input
+    side and the server a part that computes (:func:`fedsplit.split.cut_select.local_cuts`,
+    :func:`~fedsplit.split.cut_select.server_cuts`): the MLP has no such U-shaped pair."""
+    from fedsplit.models.contract import cut_points
+    from fedsplit.split.cut_select import MODE_PROTOCOL, local_cuts, server_cuts
+
+    protocol = MODE_PROTOCOL[mode]
+    local = set(local_cuts(model))
+    try:  # 2 samples: BatchNorm in training mode needs more than one value per channel
+        working = server_cuts(model, (3, 32, 32), 2, protocol)
+    except (ValueError, RuntimeError):  # a model the nominal input does not fit: the run decides
+        return
+    usable = [c for c in working if (c[0] if protocol == "u-shape" else c) in local]
+    if not usable:
+        names = ", ".join(cut_points(model))
+        raise ConfigError(
+            f"config: split.cut = 'auto': model.name = {model_name!r} has no {'pair of cuts' if protocol == 'u-shape' else 'cut'} "
+            f"for training.mode = {mode!r} that leaves parameters on the terminal and a part that computes on the server; "
+            f"name {'the cuts' if protocol == 'u-shape' else 'a cut'} (cuts: {names}) or take another model"
+        )
 
 
 def check_transfer(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader

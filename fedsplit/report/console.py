@@ -113,6 +113,9 @@ def print_summary(summary: dict[str, Any], run_dir: str, console: Console | None
     for key, value in summary["final_metrics"].items():
         table.add_row(f"final {key}", f"{value:.4f}")
     table.add_row("rounds", str(summary["rounds"]))
+    if "split_cut" in summary:  # split learning: the cut trained with (what split.cut = auto chose)
+        cut = summary["split_cut"]
+        table.add_row("split cut", cut if isinstance(cut, str) else "; ".join(f"{k}: {v}" for k, v in cut.items()))
     table.add_row("simulated time (s)", f"{summary['sim_time_s']:.2f}")
     table.add_row("mean simulated round (s)", f"{summary['mean_round_sim_s']:.3f}")
     table.add_row("wall time (s)", f"{summary['wall_time_s']:.2f}")

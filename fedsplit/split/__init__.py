@@ -7,7 +7,8 @@
 - :mod:`~fedsplit.split.optim`: SGD per part and its momentum state as named tensors.
 - :mod:`~fedsplit.split.profile`: exact per-part FLOPs, parameters and bytes across each cut.
 - :mod:`~fedsplit.split.cut_select`: predicted time per epoch and the cut that minimises it
-  (among the cuts that keep a layer with parameters, and so the raw samples, on the terminal).
+  (among the cuts that keep a layer with parameters, and so the raw samples, on the terminal,
+  and leave the server a part with parameters and FLOPs).
 """
 
 from fedsplit.models.contract import blocks, cut_points, resolve_cut, trainable_names
@@ -20,6 +21,7 @@ from fedsplit.split.cut_select import (
     local_cuts,
     predict_batch_time,
     predict_epoch_time,
+    server_cuts,
 )
 from fedsplit.split.optim import load_sgd_state, make_sgd, sgd_state
 from fedsplit.split.parts import (
@@ -102,6 +104,7 @@ __all__ = [
     "resolve_cut",
     "server_backward_from_state",
     "server_backward_recompute",
+    "server_cuts",
     "server_forward",
     "server_step",
     "sgd_state",

@@ -38,6 +38,15 @@ terminal's input side (:func:`local_cuts`): a cut before the first such layer (t
 learning exists to avoid, and leave the terminal nothing to train. It is often the fastest
 prediction (no terminal compute), so without this rule ``auto`` picked it. Such a cut can still be
 named explicitly; the protocols then send no gradient back across it.
+
+Likewise by default only cuts that leave the edge server a part that does real work
+(:func:`server_cuts`): at least one layer with parameters (trainable or frozen) and non-zero
+FLOPs per batch in the server's part (vanilla, SplitFed: everything after the cut; U-shape: the
+middle part between the two cuts). Without this rule U-shape ``auto`` picked, for the compact CNN
+(``cnn``), the cuts ``head.0,head.1``: a middle part of one ``Flatten``, so the server computed
+nothing and the split only shipped activations back and forth. A model with no such cut (the MLP
+in U-shape: its two layers with parameters cannot be on the terminal's front and in the server's
+middle at once) gets a ``ValueError`` from ``auto``; its cuts can still be named explicitly.
 """
 
 from __future__ import annotations
@@ -54,6 +63,8 @@ from fedsplit.split.profile import SplitProfile, profile_blocks, split_profile_f
 
 #: Protocols whose time can be predicted; ``splitfed`` has vanilla's per-batch exchange.
 PROTOCOLS = ("vanilla", "splitfed", "u-shape")
+#: The cut-selection protocol of each split ``training.mode``.
+MODE_PROTOCOL = {"sl-vanilla": "vanilla", "sl-ushape": "u-shape", "splitfed-v1": "splitfed", "splitfed-v2": "splitfed"}
 
 
 @dataclass(frozen=True)
@@ -182,6 +193,41 @@ def local_cuts(model: nn.Module) -> list[int]:
     return list(range(first, len(named) - 1))
 
 
+def _part_works(holds_parameters: list[bool], profiles: tuple, first: int, stop: int) -> bool:
+    """Blocks ``first .. stop - 1`` hold a parameter and cost FLOPs."""
+    return any(holds_parameters[first:stop]) and sum(b.forward_flops + b.backward_flops for b in profiles[first:stop]) > 0
+
+
+def server_cuts(
+    model: nn.Module, input_shape: tuple[int, ...], batch_size: int, protocol: str = "vanilla"
+) -> list[int] | list[tuple[int, int]]:
+    """Cuts (indices into :func:`~fedsplit.models.contract.cut_points`; increasing pairs of them
+    for U-shape) whose server part does real work: it holds at least one parameter (trainable or
+    frozen) and costs non-zero FLOPs per batch (:func:`~fedsplit.split.profile_blocks`).
+
+    The server's part is everything after the cut (vanilla, SplitFed) or the middle part between
+    the two cuts (U-shape).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model honouring the split contract.
+    input_shape : tuple of int
+        One sample's shape.
+    batch_size : int
+        Samples per batch (for the FLOP count; whether a part costs FLOPs does not depend on it).
+    protocol : str
+        ``vanilla``, ``splitfed`` or ``u-shape``.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol = {protocol!r}: unknown (allowed: {', '.join(PROTOCOLS)})")
+    profiles = profile_blocks(model, input_shape, batch_size)
+    holds = [any(True for _ in block.parameters()) for _, block in model_blocks(model)]
+    if protocol == "u-shape":
+        return [(a, b) for a, b in candidate_cuts(len(profiles) - 1, protocol) if _part_works(holds, profiles, a + 1, b + 1)]
+    return [c for c in range(len(profiles) - 1) if _part_works(holds, profiles, c + 1, len(profiles))]
+
+
 def choose_cut(
     model: nn.Module,
     input_shape: tuple[int, ...],
@@ -210,7 +256,8 @@ def choose_cut(
         ``vanilla``, ``splitfed`` or ``u-shape`` (then cuts are pairs).
     candidates : list, optional
         Cuts to compare (names/indices, or pairs for u-shape); default: every cut whose
-        input-side part holds a parameter (:func:`local_cuts`; the first cut of a pair).
+        input-side part holds a parameter (:func:`local_cuts`; the first cut of a pair) and whose
+        server part holds a parameter and costs FLOPs (:func:`server_cuts`; U-shape: the middle).
     recompute : bool
         See :func:`predict_batch_time`.
 
@@ -224,7 +271,8 @@ def choose_cut(
     ------
     ValueError
         An unknown protocol, or (default candidates) a model whose every cut leaves no parameter
-        on the terminal.
+        on the terminal, or none of whose cuts that do leaves the server a part with parameters and
+        FLOPs.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol = {protocol!r}: unknown (allowed: {', '.join(PROTOCOLS)})")
@@ -236,6 +284,17 @@ def choose_cut(
             raise ValueError(
                 "split.cut = auto: every cut of this model leaves no layer with parameters on the terminal "
                 "(the raw samples would be sent); name a cut explicitly"
+            )
+        working = set(server_cuts(model, input_shape, batch_size, protocol))
+        candidates = [c for c in candidates if c in working]
+        if not candidates:
+            server_part = "the middle part between the two cuts" if protocol == "u-shape" else "the part after the cut"
+            allowed = ", ".join(f"{i}={b.name}" for i, b in enumerate(blocks[:-1]))
+            raise ValueError(
+                f"split.cut = auto ({protocol}): no cut of this model leaves both a layer with parameters on the "
+                f"terminal's input side and the server a part that computes ({server_part} holds no parameter or "
+                f"costs no FLOPs for every such cut); name the cut{'s' if protocol == 'u-shape' else ''} explicitly "
+                f"(cuts: {allowed})"
             )
     times: dict[str | tuple[str, str], float] = {}
     for cut in candidates:
@@ -261,6 +320,7 @@ def describe_cut_choice(device_name: str, best: str | tuple[str, str], times: di
 
 
 __all__ = [
+    "MODE_PROTOCOL",
     "PROTOCOLS",
     "BatchTime",
     "candidate_cuts",
@@ -269,4 +329,5 @@ __all__ = [
     "local_cuts",
     "predict_batch_time",
     "predict_epoch_time",
+    "server_cuts",
 ]
