@@ -175,11 +175,14 @@ def step_client_share(cfg: RunConfig, mode: str) -> float:
 
 
 def plot(runs: list[MethodRun], path: Path) -> None:
+    from fedsplit.report.plots import round_axis
+
     pyplot = plt()
     fig, axes = pyplot.subplots(1, 4, figsize=(18, 4.2))
     for run in runs:
         style = "--" if run.noise_std else "-"
         axes[0].plot(range(1, len(run.accuracy) + 1), run.accuracy, style, marker="o", ms=3, label=run.method)
+    round_axis(axes[0])
     axes[0].set_xlabel("round (1 epoch of data each)")
     axes[0].set_ylabel("server test accuracy")
     axes[0].set_title("accuracy")

@@ -179,12 +179,14 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from fedsplit.report.plots import round_axis
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for m in METHODS:
         rows = curves[m]
         axes[0].plot([r["round"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=m)
         axes[1].plot([r["uplink_bytes"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=m)
-    axes[0].set_xlabel("round")
+    round_axis(axes[0])
     axes[1].set_xlabel("uplink bytes, all terminals (cumulative)")
     axes[1].set_xscale("log")
     for ax in axes:
