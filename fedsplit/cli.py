@@ -69,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RayUnreachableError as exc:  # engine.ray_address does not answer
         print(f"fedsplit: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the stacks of every thread Ray and torch were in
+        hint = "; the run folder keeps every finished round: continue with `fedsplit simulate --resume RUN_DIR`"
+        print(f"fedsplit: interrupted{hint if args.command == 'simulate' else ''}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

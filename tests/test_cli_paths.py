@@ -115,3 +115,17 @@ def test_a_pipeline_finds_its_base_config_beside_it_from_any_folder(tmp_path, mo
     with pytest.raises(ConfigError, match="base_config = .*missing.toml.*no such file"):
         load_pipeline(configs / "r.toml")
 
+
+
+def test_ctrl_c_prints_one_line_and_for_simulate_how_to_resume(monkeypatch, capsys) -> None:
+    import fedsplit.simulation.cli as simulation_cli
+    from fedsplit.cli import main
+
+    def interrupted(args):  # noqa: ANN001, ANN202 - stands for a run stopped by Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simulation_cli, "cmd_simulate", interrupted)
+    assert main(["simulate"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["fedsplit: interrupted; the run folder keeps every finished round: continue with "
+                   "`fedsplit simulate --resume RUN_DIR`"]

@@ -71,3 +71,13 @@ def test_infeasible_scenario_answers_feasible_false_with_reasons(fedsplit, scena
     out = json.loads(done.stdout)
     assert out["feasible"] is False and out["total_latency_s"] is None
     assert any("accuracy" in r for r in out["reasons"])
+
+
+@pytest.mark.parametrize("command", [["scenario", "--terminals", "3"], ["schedule", "--scenario", "unused.json"]])
+def test_a_negative_seed_is_refused_in_one_line(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from fedsplit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--seed", "-1"])
+    assert exit_.value.code == 2
+    assert "--seed: -1 is outside 0 .. 2**32 - 1" in capsys.readouterr().err

@@ -26,6 +26,17 @@ EXIT_BAD_INPUT = 2
 EXIT_SEARCH_LIMIT = 3
 
 
+def seed_type(text: str) -> int:
+    """argparse type of ``--seed``: an integer NumPy can seed with (0 .. 2**32 - 1)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"{seed} is outside 0 .. 2**32 - 1")
+    return seed
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``schedule`` and ``scenario`` sub-commands to the ``fedsplit`` parser."""
     schedule = subparsers.add_parser(
@@ -42,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or a baseline (default: auto)",
     )
     schedule.add_argument("--json", action="store_true", help="print the result as JSON")
-    schedule.add_argument("--seed", type=int, default=0, help="seed of the random baseline")
+    schedule.add_argument("--seed", type=seed_type, default=0, help="seed of the random baseline")
     schedule.set_defaults(func=run_schedule)
 
     scenario = subparsers.add_parser(
@@ -52,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "section III) and print the scenario JSON.",
     )
     scenario.add_argument("--terminals", type=int, required=True, help="number of terminals N")
-    scenario.add_argument("--seed", type=int, default=0, help="seed of positions, fading, CPU speeds")
+    scenario.add_argument("--seed", type=seed_type, default=0, help="seed of positions, fading, CPU speeds")
     scenario.add_argument("--catalog", metavar="catalog.json", help="take the models from a training catalog")
     scenario.add_argument("--accuracy-target", type=float, help="chi, in [0, 1] (default 0.67)")
     scenario.add_argument("--bandwidth-hz", type=float, help="total uplink band B [Hz] (default 20e6)")
