@@ -21,6 +21,7 @@ Run::
     python experiments/bench_driver.py --ray-actors 4         # also on Ray, 4 actors answering at once
     python experiments/bench_driver.py --gc 200               # one 200-round run: the collector's share (~10 s)
     python experiments/bench_driver.py --ray-call-cost 16     # Ray alone: driver CPU per actor call, 16 actors
+    python experiments/bench_driver.py --ray-call-cost 2 --compiled  # the same through a Ray Compiled Graph
 
 It prints one line per workload::
 
@@ -214,11 +215,16 @@ def gc_bench(name: str, overrides: list[str], rounds: int) -> None:
           f"by_generation_ms={','.join(f'{s * 1e3:.0f}' for s in spent)} tracked_objects={len(gc.get_objects())}", flush=True)
 
 
-def ray_call_cost(actors: int, rounds: int = 20, passes: int = 3) -> None:
+def ray_call_cost(actors: int, rounds: int = 20, passes: int = 3, compiled: bool = False) -> None:
     """Ray's own cost on the driver, without fedsplit: CPU seconds of the calling thread per actor
     call, each of ``actors`` plain actors getting one call a round with six 20 KB items (about a
     batch of the 100-terminal MLP's replies) and returning them, waited for one at a time as the
-    engine does. Best of ``passes``."""
+    engine does. Best of ``passes``.
+
+    ``compiled``: the same round through a Ray Compiled Graph (one ``MultiOutputNode`` over the
+    actors, shared-memory channels in place of Ray's task submission), each actor's output got in
+    order (a ``CompiledDAGRef`` cannot be passed to ``ray.wait``); every get times out after 60 s
+    so a stuck graph ends the benchmark instead of hanging it."""
     import ray
 
     from fedsplit.simulation.engine import ray_init_options
@@ -233,16 +239,34 @@ def ray_call_cost(actors: int, rounds: int = 20, passes: int = 3) -> None:
         echoes = [Echo.remote() for _ in range(actors)]
         ray.get([e.echo.remote([]) for e in echoes])
         items = [b"x" * 20_000] * 6
+        graph = None
+        if compiled:
+            from ray.dag import InputNode, MultiOutputNode
+
+            with InputNode() as given:
+                graph = MultiOutputNode([e.echo.bind(given) for e in echoes]).experimental_compile()
+            ray.get(graph.execute(items), timeout=60)
+
+        def one_round() -> None:
+            if graph is not None:
+                for ref in graph.execute(items):
+                    ray.get(ref, timeout=60)
+                return
+            running = [e.echo.remote(items) for e in echoes]
+            while running:
+                done, running = ray.wait(running, num_returns=1)
+                ray.get(done[0])
+
         best = (float("inf"), float("inf"))
         for _ in range(passes):
             cpu, wall = time.thread_time(), time.perf_counter()
             for _ in range(rounds):
-                running = [e.echo.remote(items) for e in echoes]
-                while running:
-                    done, running = ray.wait(running, num_returns=1)
-                    ray.get(done[0])
+                one_round()
             best = min(best, ((time.thread_time() - cpu) / (rounds * actors), (time.perf_counter() - wall) / rounds))
-        print(f"engine=ray-only actors={actors} call_cpu_ms={best[0] * 1e3:.3f} round_ms={best[1] * 1e3:.2f}", flush=True)
+        engine = "ray-compiled" if compiled else "ray-only"
+        print(f"engine={engine} actors={actors} call_cpu_ms={best[0] * 1e3:.3f} round_ms={best[1] * 1e3:.2f}", flush=True)
+        if graph is not None:
+            graph.teardown()
     finally:
         ray.shutdown()
 
@@ -258,12 +282,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: one ROUNDS-round run, with the time Python's cyclic collector took")
     parser.add_argument("--ray-call-cost", type=int, default=0, metavar="P",
                         help="instead: Ray's own driver CPU per actor call with P plain actors (no fedsplit code)")
+    parser.add_argument("--compiled", action="store_true",
+                        help="with --ray-call-cost: the same calls through a Ray Compiled Graph")
     args = parser.parse_args(argv)
     from fedsplit.simulation.runner import quiet_flower
 
     quiet_flower()
     if args.ray_call_cost:
-        ray_call_cost(args.ray_call_cost)
+        ray_call_cost(args.ray_call_cost, compiled=args.compiled)
         return 0
     if args.gc:
         for name in args.workloads.split(","):
