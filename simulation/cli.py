@@ -88,6 +88,8 @@ def resume_config(run_dir: str, args: argparse.Namespace) -> RunConfig:
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.toml there (not a run folder of fedsplit simulate)")
+    if (Path(run_dir) / "summary.json").is_file():  # written when a run ends: resuming would rewrite its results
+        raise ConfigError(f"--resume {run_dir}: that run already finished (its summary.json is there); nothing to resume")
     return load_config(path)
 
 

@@ -218,6 +218,11 @@ def test_resume_refuses_changes_and_folders_that_are_not_runs(tmp_path, fedsplit
     assert changed.returncode == 2 and "--config, --set and --engine cannot change it" in changed.stderr
     missing = fedsplit_main("simulate", "--resume", str(tmp_path))
     assert missing.returncode == 2 and "no config.toml there" in missing.stderr
+    (tmp_path / "config.toml").write_text("rounds = 1\n")
+    (tmp_path / "summary.json").write_text('{"final_accuracy": 0.9}')
+    finished = fedsplit_main("simulate", "--resume", str(tmp_path))
+    assert finished.returncode == 2 and "that run already finished" in finished.stderr
+    assert (tmp_path / "summary.json").read_text() == '{"final_accuracy": 0.9}'  # left as it was
 
 
 # --- the real thing: SIGKILL of a `fedsplit simulate` process, at two moments ----------------------
