@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +50,28 @@ def load_object(ref: str, kind: type) -> Any:
     return obj
 
 
-def parse_devices(text: str | None, nodes: int) -> dict[str, int]:
-    """``"raspberry-pi-4=6,laptop=4"`` -> counts; default: all ``nodes`` are laptops."""
+def parse_devices(text: str | None, nodes: int, known: Collection[str] = ()) -> dict[str, int]:
+    """``"raspberry-pi-4=6,laptop=4"`` -> counts; default: all ``nodes`` are laptops.
+
+    Raises :class:`AppLoadError` for fewer than one node, a count that is not an integer >= 0,
+    a profile name not in ``known`` (when given), or counts that do not add up to ``nodes``.
+    """
+    if nodes < 1:
+        raise AppLoadError(f"--nodes {nodes}: at least 1 terminal")
     if not text:
         return {"laptop": nodes}
     counts: dict[str, int] = {}
     for part in text.split(","):
         name, _, count = part.partition("=")
+        name = name.strip()
         try:
-            counts[name.strip()] = int(count)
+            counts[name] = int(count)
         except ValueError:
             raise AppLoadError(f"--devices {text!r}: expected NAME=COUNT[,NAME=COUNT...]") from None
+        if counts[name] < 0:
+            raise AppLoadError(f"--devices {text!r}: {name}={counts[name]}: a count is an integer >= 0")
+        if known and name not in known:
+            raise AppLoadError(f"--devices {text!r}: unknown device profile {name!r} (known: {', '.join(sorted(known))})")
     if sum(counts.values()) != nodes:
         raise AppLoadError(f"--devices {text!r}: counts add up to {sum(counts.values())}, not --nodes {nodes}")
     return counts
@@ -95,7 +107,8 @@ def run_app(
 
     server_app = load_object(server_ref, ServerApp)
     client_app = load_object(client_ref, ClientApp)
-    population = Population(parse_devices(devices, nodes), resolve_profiles())
+    profiles = resolve_profiles()
+    population = Population(parse_devices(devices, nodes, profiles), profiles)
     ledger = Ledger()
     with RayEngine(client_app, population, run_config=run_config, ray_address=ray_address) as engine:
         grid = MeteredGrid(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -219,6 +220,25 @@ def test_run_app_rejects_bad_references():
     assert proc.returncode == 2
     assert "cannot import 'nope_mod'" in proc.stderr
 
+
+
+@pytest.mark.parametrize(
+    ("nodes", "devices", "message"),
+    [
+        (0, None, "--nodes 0: at least 1 terminal"),
+        (2, "laptop=-1,raspberry-pi-4=3", "laptop=-1: a count is an integer >= 0"),
+        (2, "toaster=2", "unknown device profile 'toaster'"),
+        (2, "laptop=x", "expected NAME=COUNT"),
+        (3, "laptop=2", "counts add up to 2, not --nodes 3"),
+    ],
+)
+def test_run_app_device_mix_is_checked_before_any_actor_starts(nodes, devices, message):
+    from fedsplit.devices import resolve_profiles
+    from fedsplit.simulation.run_app import AppLoadError, parse_devices
+
+    with pytest.raises(AppLoadError, match=re.escape(message)):
+        parse_devices(devices, nodes, resolve_profiles())
+    assert parse_devices("laptop=1,raspberry-pi-4=1", 2, resolve_profiles()) == {"laptop": 1, "raspberry-pi-4": 1}
 
 def free_port() -> int:
     with socket.socket() as s:
