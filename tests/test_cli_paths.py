@@ -116,7 +116,6 @@ def test_a_pipeline_finds_its_base_config_beside_it_from_any_folder(tmp_path, mo
         load_pipeline(configs / "r.toml")
 
 
-
 def test_ctrl_c_prints_one_line_and_for_simulate_how_to_resume(monkeypatch, capsys) -> None:
     import fedsplit.simulation.cli as simulation_cli
     from fedsplit.cli import main

@@ -221,7 +221,6 @@ def test_run_app_rejects_bad_references():
     assert "cannot import 'nope_mod'" in proc.stderr
 
 
-
 @pytest.mark.parametrize(
     ("nodes", "devices", "message"),
     [
@@ -239,6 +238,7 @@ def test_run_app_device_mix_is_checked_before_any_actor_starts(nodes, devices, m
     with pytest.raises(AppLoadError, match=re.escape(message)):
         parse_devices(devices, nodes, resolve_profiles())
     assert parse_devices("laptop=1,raspberry-pi-4=1", 2, resolve_profiles()) == {"laptop": 1, "raspberry-pi-4": 1}
+
 
 def free_port() -> int:
     with socket.socket() as s:
