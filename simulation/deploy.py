@@ -12,7 +12,9 @@ Flower commands around them, with fedsplit's defaults for a lab:
   class the run's ``devices`` give that terminal) in its node config, reconnecting with Flower's
   exponential back-off (``--max-retries``/``--max-wait-time`` bound it);
 - ``fedsplit deploy register``: admit a SuperNode's public key (``flwr supernode register``);
-- ``fedsplit deploy run``: ``flwr run . <federation>`` with the run config's ``overrides``.
+- ``fedsplit deploy run``: ``flwr run . <federation>`` with the run config's ``overrides``, checked
+  here first; it follows the run to its end (``flwr log --stream``) and exits non-zero unless the
+  SuperLink reports it completed (Ctrl-C stops the run there, :func:`follow_run`).
 
 Runtime dependencies: flwr 1.41 installs an app's dependencies per run with ``uv`` unless told
 not to. fedsplit's devices are provisioned once (``pip install`` of fedsplit and its wheels), so
@@ -282,6 +284,99 @@ def run_command(app_dir: str | Path, federation: str = DEFAULT_FEDERATION, *, ov
     return cmd
 
 
+# --- a run, followed to its end ----------------------------------------------------------------
+#: Exit status of ``fedsplit deploy run`` when the run ended other than ``finished:completed``.
+RUN_FAILED_EXIT = 1
+#: Exit status after Ctrl-C (the run was stopped on the SuperLink), as for any interrupted command.
+INTERRUPTED_EXIT = 130
+
+
+def check_run_config(config_file: str | None, overrides: Sequence[str]) -> None:
+    """Build the run's configuration here, as the ServerApp will, so a malformed override or
+    file is refused before anything reaches the SuperLink.
+
+    A ``config_file`` that does not exist on this machine (it is read on the SuperLink's) is
+    skipped; the overrides are then checked against the defaults only when there is no file.
+
+    Raises
+    ------
+    DeployError
+        With the configuration error's one line.
+    """
+    from fedsplit.config import ConfigError, load_config
+
+    if config_file is not None and not Path(config_file).is_file():
+        print(f"fedsplit deploy: {config_file} is not on this machine; the SuperLink's machine checks it", file=sys.stderr)
+        return
+    try:
+        load_config(config_file, overrides)
+    except ConfigError as exc:
+        raise DeployError(f"{exc} (nothing was started)") from None
+
+
+def _flwr_json(args: list[str], env: Mapping[str, str]) -> dict:
+    """Run a ``flwr`` sub-command with ``--format json`` and return its JSON answer.
+
+    Raises
+    ------
+    DeployError
+        When it fails; with Flower's own error message.
+    """
+    import json
+    import subprocess
+
+    done = subprocess.run([*args, "--format", "json"], env=dict(env), capture_output=True, text=True)
+    try:
+        payload = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        payload = {"success": False, "error-message": (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]}
+    if done.returncode != 0 or not payload.get("success", False):
+        message = payload.get("error-message") or payload
+        raise DeployError(f"{shlex.join(args[:3])} failed: {message}")
+    return payload
+
+
+def run_status(run_id: int, federation: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """``(status, details)`` of a run on the SuperLink, e.g. ``("finished:failed", "...")``."""
+    payload = _flwr_json([flower_executable("flwr"), "ls", federation, "--run-id", str(run_id)], env)
+    runs = payload.get("runs") or [{}]
+    return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
+
+
+def follow_run(cmd: list[str], federation: str, env: Mapping[str, str]) -> int:
+    """Start the run ``cmd`` (``flwr run`` without ``--stream``), stream its log until it ends
+    and return an exit status that says how it ended.
+
+    ``0`` when the run finished ``completed``; :data:`RUN_FAILED_EXIT` with one line naming the
+    run's status and Flower's details otherwise (the ServerApp raised, too few SuperNodes ...);
+    :data:`INTERRUPTED_EXIT` after Ctrl-C, which also stops the run on the SuperLink (``flwr
+    stop``) so it does not go on unattended.
+    """
+    import subprocess
+
+    flwr = flower_executable("flwr")
+    run_id = int(_flwr_json(cmd, env)["run-id"])
+    print(f"fedsplit deploy: started run {run_id} on {federation}; streaming its log (Ctrl-C stops the run)", file=sys.stderr, flush=True)
+    log = subprocess.Popen([flwr, "log", str(run_id), federation, "--stream"], env=dict(env))
+    try:
+        log.wait()
+    except KeyboardInterrupt:
+        log.terminate()
+        stop = subprocess.run([flwr, "stop", str(run_id), federation], env=dict(env), capture_output=True, text=True)
+        if stop.returncode == 0:
+            print(f"fedsplit: interrupted: run {run_id} stopped on the SuperLink", file=sys.stderr)
+        else:
+            print(f"fedsplit: interrupted, but run {run_id} could not be stopped ({(stop.stderr or stop.stdout).strip()[-300:]}); "
+                  f"it goes on: `flwr stop {run_id} {federation}`", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    status, details = run_status(run_id, federation, env)
+    if status == "finished:completed":
+        return 0
+    reason = f": {details}" if details else ""
+    print(f"fedsplit: error: run {run_id} ended {status}{reason} (its log is above; `flwr log {run_id} {federation} --show` prints it again)", file=sys.stderr)
+    return RUN_FAILED_EXIT
+
+
 # --- sub-command -------------------------------------------------------------------------------
 def _exec(cmd: list[str], env: dict[str, str], dry_run: bool) -> int:
     """Print ``cmd`` and become it (signals then reach Flower's process directly)."""
@@ -321,8 +416,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if args.deploy_command == "register":
             return _exec(register_command(args.public_key, args.federation), env, args.dry_run)
         if args.deploy_command == "run":
-            cmd = run_command(args.app, args.federation, overrides=args.set or [], config_file=args.config)
-            return _exec(cmd, env, args.dry_run)
+            check_run_config(args.config, args.set or [])
+            cmd = run_command(args.app, args.federation, overrides=args.set or [], config_file=args.config, stream=False)
+            print("fedsplit deploy: " + shlex.join(cmd), file=sys.stderr, flush=True)
+            return 0 if args.dry_run else follow_run(cmd, args.federation, env)
     except (DeployError, FileExistsError, ValueError) as exc:
         print(f"fedsplit: error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from fedsplit.simulation.deploy import (
     deploy_env,
     register_command,
     run_command,
+    run_status,
     superlink_command,
     supernode_command,
     write_flower_config,
@@ -224,10 +226,18 @@ def _kill_strays(lab: Lab) -> None:
     psutil.wait_procs(strays, timeout=5)
 
 
+def _deploy_run_command(overrides: list[str]) -> list[str]:
+    """``fedsplit deploy run`` of this checkout on the lab's federation (the console script beside this Python)."""
+    return [str(Path(sys.executable).parent / "fedsplit"), "deploy", "run", str(APP_DIR), "--federation", FEDERATION,
+            *[a for o in overrides for a in ("--set", o)]]
+
+
 def _flwr_run(lab: Lab, out_dir: Path, overrides: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
+    """The run through ``fedsplit deploy run``: it starts the run, streams its log and exits 0 once
+    the SuperLink says the run completed."""
     overrides = [*overrides, f"out_dir={out_dir}", "run_name=deploy"]
-    cmd = run_command(APP_DIR, FEDERATION, overrides=overrides)
-    done = subprocess.run(cmd, env=lab.env, cwd=APP_DIR, capture_output=True, text=True, timeout=420, start_new_session=True)
+    done = subprocess.run(_deploy_run_command(overrides), env=lab.env, cwd=APP_DIR, capture_output=True, text=True,
+                          timeout=420, start_new_session=True)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     summary_path = out_dir / "deploy" / "summary.json"
     assert summary_path.exists(), done.stdout[-4000:] + done.stderr[-4000:]
@@ -323,6 +333,61 @@ def test_supernode_with_unknown_key_is_refused(lab: Lab) -> None:
     assert intruder.returncode != 0
     assert "Failed to activate SuperNode" in lab.log("supernode-intruder")
     assert all(node.poll() is None for node in lab.nodes)  # the registered ones are still connected
+
+
+@pytest.mark.slow
+def test_deploy_run_refuses_a_malformed_override_before_starting_anything(lab: Lab) -> None:
+    before = subprocess.run([*_flwr_ls(), "--format", "json"], env=lab.env, capture_output=True, text=True).stdout
+    done = subprocess.run(_deploy_run_command(["rounds=two"]), env=lab.env, cwd=APP_DIR, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "rounds = 'two': expected an integer (nothing was started)" in done.stderr
+    after = subprocess.run([*_flwr_ls(), "--format", "json"], env=lab.env, capture_output=True, text=True).stdout
+    assert len(json.loads(after)["runs"]) == len(json.loads(before)["runs"])
+
+
+def _flwr_ls() -> list[str]:
+    return [str(Path(sys.executable).parent / "flwr"), "ls", FEDERATION]
+
+
+@pytest.mark.slow
+def test_deploy_run_exits_nonzero_naming_why_when_the_server_app_fails(lab: Lab, tmp_path: Path) -> None:
+    """Five terminals on a lab of three SuperNodes: the ServerApp gives up waiting for the
+    other two (deploy.wait_s), the run ends finished:failed and ``deploy run`` says so."""
+    overrides = ["rounds=1", "devices={laptop=5}", "model.name=mlp", "deploy.wait_s=2", f"out_dir={tmp_path}", "progress=false"]
+    done = subprocess.run(_deploy_run_command(overrides), env=lab.env, cwd=APP_DIR, capture_output=True, text=True,
+                          timeout=300, start_new_session=True)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("fedsplit: error: run ") and "ended finished:failed" in last
+    assert "only 3 of 5 nodes connected within 2 s" in last
+    assert not any(tmp_path.iterdir())  # no run folder for a run that never trained
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_deploy_run_stops_the_run_on_the_superlink(lab: Lab, tmp_path: Path) -> None:
+    """Ctrl-C while the log streams: exit 130, and the run is stopped on the SuperLink instead
+    of going on with nobody watching."""
+    overrides = ["rounds=200", "devices={laptop=2}", "model.name=mlp", f"out_dir={tmp_path}", "progress=false"]
+    err = tmp_path / "stderr.log"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen(_deploy_run_command(overrides), env=lab.env, cwd=APP_DIR, stdout=subprocess.DEVNULL, stderr=fh)
+    try:
+        run_id = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (found := [w for w in err.read_text().split() if w.isdigit()]) and "started run" in err.read_text():
+                run_id = int(found[0])
+                if run_status(run_id, FEDERATION, lab.env)[0] == "running":
+                    break
+            time.sleep(0.5)
+        assert run_id is not None and proc.poll() is None, err.read_text()[-3000:]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert f"run {run_id} stopped on the SuperLink" in err.read_text()
+    assert run_status(run_id, FEDERATION, lab.env)[0] == "finished:stopped"
 
 
 #: One round of SplitFed (v1: a server part per terminal) with the MLP cut after its hidden layer;
