@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 import tomllib
+import traceback
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from ray import cloudpickle as ray_cloudpickle
 from fedsplit.devices import Population, resolve_profiles
 from fedsplit.ledger import Ledger
 from fedsplit.output_paths import output_folder
+from fedsplit.report import shown_path
 
 
 class AppLoadError(ValueError):
@@ -100,8 +103,14 @@ def run_app(
     run_config: dict[str, Any] | None = None,
     ray_address: str | None = None,
     seed: int = 0,
+    ledger: Ledger | None = None,
 ) -> Ledger:
-    """Run a third-party app pair on fedsplit's engine and return the ledger of what ran."""
+    """Run a third-party app pair on fedsplit's engine and return the ledger of what ran.
+
+    ``ledger`` (a new one by default) is filled as rounds end, so a caller that passes its own
+    still holds the finished rounds when the ServerApp raises or the run is interrupted; the
+    round in progress is closed on the way out.
+    """
     from fedsplit.simulation.engine import RayEngine
     from fedsplit.simulation.metered_grid import MeteredGrid
 
@@ -109,7 +118,7 @@ def run_app(
     client_app = load_object(client_ref, ClientApp)
     profiles = resolve_profiles()
     population = Population(parse_devices(devices, nodes, profiles), profiles)
-    ledger = Ledger()
+    ledger = Ledger() if ledger is None else ledger
     with RayEngine(client_app, population, run_config=run_config, ray_address=ray_address) as engine:
         grid = MeteredGrid(
             engine.grid(), population, ledger, seed=seed, partition_of=engine.partition_of,
@@ -118,34 +127,83 @@ def run_app(
         context = Context(
             run_id=engine.run_id, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config=dict(run_config or {})
         )
-        server_app(grid, context)
-        if grid.current_round > 0:
-            grid.close_round()
+        try:
+            server_app(grid, context)
+        finally:
+            if grid.current_round > 0:
+                grid.close_round()
     return ledger
+
+
+#: Where ``run-app`` writes without ``--out``: a new timestamped folder per run below it.
+DEFAULT_OUT_ROOT = Path("runs") / "run-app"
+#: The files ``run-app`` writes in its folder.
+LEDGER_FILES = ("clients.csv", "rounds.csv")
+
+
+def output_dir(out: str | None) -> Path:
+    """The folder this run writes its ledgers to: ``out`` when given (refused when it already
+    holds a run's ledgers), else a new ``runs/run-app/<YYYYmmdd-HHMMSS>[-k]``.
+
+    Raises
+    ------
+    AppLoadError
+        When ``out`` already holds ``clients.csv`` or ``rounds.csv`` (they would be overwritten).
+    """
+    if out is not None:
+        path = Path(out)
+        if existing := [name for name in LEDGER_FILES if (path / name).exists()]:
+            raise AppLoadError(f"--out {out}: already holds a run's {' and '.join(existing)}; name a new folder (or remove them)")
+        return path
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, suffix = DEFAULT_OUT_ROOT / stamp, 1
+    while path.exists():
+        path, suffix = DEFAULT_OUT_ROOT / f"{stamp}-{suffix}", suffix + 1
+    return path
+
+
+def write_ledgers(ledger: Ledger, out: Path) -> None:
+    """Write ``clients.csv`` and ``rounds.csv`` of ``ledger`` into ``out`` (made if missing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ledger.write_clients_csv(out / "clients.csv")
+    ledger.write_rounds_csv(out / "rounds.csv")
 
 
 def cmd_run_app(args: argparse.Namespace) -> int:
     """Handler of ``fedsplit run-app``."""
     sys.path.insert(0, str(Path.cwd()))
+    ledger = Ledger()
     try:
-        ledger = run_app(
+        out = output_dir(args.out)
+        run_app(
             args.server_app,
             args.client_app,
             nodes=args.nodes,
             devices=args.devices,
             run_config=parse_run_config(args.run_config or []),
             ray_address=args.ray_address,
+            ledger=ledger,
         )
     except AppLoadError as exc:
         print(f"fedsplit: error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    ledger.write_clients_csv(out / "clients.csv")
-    ledger.write_rounds_csv(out / "rounds.csv")
+    except BaseException as exc:  # the ServerApp raised, or Ctrl-C: keep the rounds that ran
+        if ledger.rounds:
+            write_ledgers(ledger, out)
+            kept = f"the ledgers of its {len(ledger.rounds)} finished round(s) are in {shown_path(out)}"
+        else:
+            kept = "no round finished, nothing was written"
+        if isinstance(exc, KeyboardInterrupt):
+            print(f"fedsplit: run-app interrupted; {kept}", file=sys.stderr)
+            raise  # fedsplit.cli.main: exit 130
+        traceback.print_exc()  # the app's own code: its stack is what its developer needs
+        print(f"fedsplit: error: the ServerApp raised {type(exc).__name__}: {exc}; {kept}", file=sys.stderr)
+        return 1
+    write_ledgers(ledger, out)
     for record in ledger.rounds.values():
         print(f"round={record.round} clients={record.selected} ok={record.aggregated} failed={record.failed} "
               f"bytes_up={record.bytes_up} bytes_down={record.bytes_down} sim_s={record.sim_s:.4f}")
+    print(f"out={shown_path(out)} (clients.csv: one row per terminal and exchange; rounds.csv: one per round)")
     return 0
 
 
@@ -162,5 +220,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", help="device mix, e.g. raspberry-pi-4=6,laptop=4 (default: all laptop)")
     p.add_argument("--run-config", action="append", metavar="KEY=VALUE", help="Flower run config entry")
     p.add_argument("--ray-address", help="attach to an existing Ray cluster")
-    p.add_argument("--out", default="runs/run-app", type=output_folder, help="folder for clients.csv and rounds.csv")
+    p.add_argument("--out", type=output_folder, help="folder for clients.csv and rounds.csv, new or empty "
+                   "(default: a new runs/run-app/<date-time>)")
     p.set_defaults(func=cmd_run_app)

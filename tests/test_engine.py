@@ -198,6 +198,17 @@ def main(grid: Grid, context: Context) -> None:
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0)
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), train_config=ConfigRecord({"lr": 0.5}), num_rounds=rounds)
     RESULTS["arrays"] = result.arrays
+
+
+failing_server_app = ServerApp()
+
+
+@failing_server_app.main()
+def failing(grid: Grid, context: Context) -> None:
+    """One round of FedAvg, then what run config ``fail-with`` names (a bug, or Ctrl-C)."""
+    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0)
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), train_config=ConfigRecord({"lr": 0.5}), num_rounds=1)
+    raise {"error": RuntimeError, "interrupt": KeyboardInterrupt}[context.run_config["fail-with"]]("after round 1")
 '''
 
 
@@ -213,6 +224,36 @@ def test_third_party_quickstart_app_runs_unchanged(tmp_path, monkeypatch, ray_se
     assert sorted(ledger.rounds) == [1, 2]
     assert all(r.status == "ok" and r.bytes_up > 0 and r.bytes_down > 0 for r in ledger.rows)
     assert len(ledger.rows) == 8
+
+
+def test_run_app_writes_a_new_folder_per_run_and_says_where(tmp_path, monkeypatch, ray_session, fedsplit_main):
+    (tmp_path / "quickstart_app.py").write_text(QUICKSTART)
+    monkeypatch.chdir(tmp_path)
+    args = ("run-app", "quickstart_app:server_app", "quickstart_app:app", "--nodes", "2", "--run-config", "num-server-rounds=1")
+    first, second = fedsplit_main(*args), fedsplit_main(*args)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    outs = [run.stdout.strip().splitlines()[-1].split()[0].removeprefix("out=") for run in (first, second)]
+    assert outs[0] != outs[1] and all(o.startswith("runs/run-app/") for o in outs)  # the first run's ledgers are kept
+    assert all((tmp_path / o / "clients.csv").exists() and (tmp_path / o / "rounds.csv").exists() for o in outs)
+    refused = fedsplit_main(*args, "--out", outs[0])
+    assert refused.returncode == 2
+    assert f"--out {outs[0]}: already holds a run's clients.csv and rounds.csv" in refused.stderr
+
+
+@pytest.mark.parametrize(("fail_with", "code", "line"), [
+    ("error", 1, "fedsplit: error: the ServerApp raised RuntimeError: after round 1; the ledgers of its 1 finished round(s) are in out"),
+    ("interrupt", 130, "fedsplit: run-app interrupted; the ledgers of its 1 finished round(s) are in out"),
+])
+def test_run_app_keeps_the_finished_rounds_when_the_server_app_fails(tmp_path, monkeypatch, ray_session, fedsplit_main, fail_with, code, line):
+    (tmp_path / "quickstart_app.py").write_text(QUICKSTART)
+    monkeypatch.chdir(tmp_path)
+    run = fedsplit_main("run-app", "quickstart_app:failing_server_app", "quickstart_app:app", "--nodes", "2",
+                        "--run-config", f"fail-with='{fail_with}'", "--out", "out")
+    assert run.returncode == code
+    assert line in run.stderr.splitlines()
+    rows = (tmp_path / "out" / "clients.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2  # header, then the two terminals' round-1 exchanges
+    assert (tmp_path / "out" / "rounds.csv").read_text().count("\n") == 2
 
 
 def test_run_app_rejects_bad_references():
