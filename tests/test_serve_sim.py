@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from fedsplit.devices import resolve_profiles
-from fedsplit.inference.catalog import CatalogCosts
+from fedsplit.inference.catalog import CatalogCosts, read_catalog
 from fedsplit.inference.device_scenario import device_scenario
 from fedsplit.inference.errors import ScenarioError
 from fedsplit.inference.paper_scenario import PaperScenarioConfig
@@ -36,7 +38,7 @@ def scheduled(catalog: dict, costs: CatalogCosts, target: float | None = None):
 
 
 def test_realised_accuracy_matches_the_catalog_within_one_point(catalog_file):
-    catalog = json.loads(catalog_file.read_text())
+    catalog = read_catalog(catalog_file)
     costs = CatalogCosts()
     problem, devices, schedule = scheduled(catalog, costs)
     assert schedule.feasible
@@ -59,7 +61,7 @@ def test_realised_accuracy_matches_the_catalog_within_one_point(catalog_file):
 
 
 def test_a_scenario_made_with_other_constants_shows_in_the_latency(catalog_file):
-    catalog = json.loads(catalog_file.read_text())
+    catalog = read_catalog(catalog_file)
     problem, _, schedule = scheduled(catalog, CatalogCosts(edge_cycles_per_flop=0.5))
     report = serve(catalog, problem, schedule, costs=CatalogCosts(edge_cycles_per_flop=1.0), latency_repeats=3)
     assert report.modelled_total_latency_s > report.promised_total_latency_s
@@ -67,7 +69,7 @@ def test_a_scenario_made_with_other_constants_shows_in_the_latency(catalog_file)
 
 
 def test_sampled_requests_report_their_standard_error(catalog_file):
-    catalog = json.loads(catalog_file.read_text())
+    catalog = read_catalog(catalog_file)
     problem, _, schedule = scheduled(catalog, CatalogCosts())
     report = serve(catalog, problem, schedule, requests=40, seed=1, latency_repeats=3)
     assert all(t.requests == 40 for t in report.terminals)
@@ -77,7 +79,23 @@ def test_sampled_requests_report_their_standard_error(catalog_file):
         serve(catalog, problem, schedule, requests=-1)
 
 
-def test_serve_sim_command(catalog_file, tmp_path, fedsplit_main):
+def test_catalog_runs_are_found_beside_the_catalog_whatever_the_working_directory(catalog_file, tmp_path, monkeypatch, small_family):
+    stored = [m["run_dir"] for m in json.loads(catalog_file.read_text())["models"]]
+    assert stored and not any(Path(d).is_absolute() for d in stored)  # relative to the catalog's folder
+    monkeypatch.chdir(tmp_path)  # neither the catalog's folder nor where it was built
+    resolved = {m["name"]: Path(m["run_dir"]).resolve() for m in read_catalog(catalog_file)["models"]}
+    assert sorted(resolved.values()) == sorted(Path(small_family[k]).resolve() for k in ("small", "large", "int8"))
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    legacy = json.loads(catalog_file.read_text())
+    for m in legacy["models"]:  # a catalog written before: paths relative to where it was built (here: cwd)
+        m["run_dir"] = os.path.relpath(resolved[m["name"]], tmp_path)
+    (moved / "catalog.json").write_text(json.dumps(legacy))
+    assert {m["name"]: Path(m["run_dir"]).resolve() for m in read_catalog(moved / "catalog.json")["models"]} == resolved
+
+
+def test_serve_sim_command(catalog_file, tmp_path, fedsplit_main, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the catalog's runs are found from any working directory
     scenario = tmp_path / "scenario.json"
     proc = fedsplit_main("scenario", "--terminals", "4", "--seed", "2", "--catalog", str(catalog_file),
                          "--accuracy-target", "0.3", "--out", str(scenario))

@@ -171,8 +171,21 @@ def validate_catalog(data: object) -> dict[str, Any]:
 
 
 def read_catalog(path: str | Path) -> dict[str, Any]:
-    """Read and validate a ``catalog.json`` (:class:`ScenarioError` on ``--catalog`` or a field)."""
-    return validate_catalog(read_json_file(path, "--catalog"))
+    """Read and validate a ``catalog.json`` (:class:`ScenarioError` on ``--catalog`` or a field).
+
+    Each model's ``run_dir`` is returned as a path this process can open: a relative one is
+    relative to the catalog file's folder (how ``fedsplit catalog build`` writes it, so a catalog
+    moved together with its runs still finds them, whatever the working directory). A catalog
+    written before that held paths relative to the folder it was built in: when the path does not
+    exist beside the catalog but does from the working directory, that one is taken.
+    """
+    catalog = validate_catalog(read_json_file(path, "--catalog"))
+    base = Path(path).parent
+    for entry in catalog["models"]:
+        run_dir = Path(entry["run_dir"])
+        beside = run_dir if run_dir.is_absolute() else base / run_dir
+        entry["run_dir"] = str(run_dir if not beside.exists() and run_dir.exists() else beside)
+    return catalog
 
 
 def models_from_catalog(data: object, costs: CatalogCosts | None = None) -> list[ModelSpec]:

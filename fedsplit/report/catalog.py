@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,9 +121,16 @@ def build_catalog(run_dirs: Sequence[str | Path], bits_per_value: int = 8, laten
 def write_catalog(
     run_dirs: Sequence[str | Path], out: str | Path, bits_per_value: int = 8, latency_repeats: int = 50
 ) -> dict[str, Any]:
-    """Build ``catalog.json`` from member folders (see :func:`build_catalog`) and write it."""
+    """Build ``catalog.json`` from member folders (see :func:`build_catalog`) and write it.
+
+    The file holds each ``run_dir`` relative to its own folder (``members/cnn-w0.5``), so the
+    catalog and its runs can move together; :func:`fedsplit.inference.catalog.read_catalog`
+    resolves them. The returned catalog keeps the paths as given.
+    """
     catalog = build_catalog(run_dirs, bits_per_value, latency_repeats)
-    Path(out).write_text(json.dumps(catalog, indent=2) + "\n", encoding="utf-8")
+    folder = Path(out).resolve().parent
+    stored = {**catalog, "models": [{**m, "run_dir": os.path.relpath(Path(m["run_dir"]).resolve(), folder)} for m in catalog["models"]]}
+    Path(out).write_text(json.dumps(stored, indent=2) + "\n", encoding="utf-8")
     return catalog
 
 
