@@ -81,3 +81,20 @@ def test_a_negative_seed_is_refused_in_one_line(command: list[str], capsys: pyte
         main([*command, "--seed", "-1"])
     assert exit_.value.code == 2
     assert "--seed: -1 is outside 0 .. 2**32 - 1" in capsys.readouterr().err
+
+
+def test_exact_search_on_a_large_scenario_says_its_limit_and_stops_there(fedsplit, tmp_path):
+    path = tmp_path / "forty.json"
+    assert fedsplit("scenario", "--terminals", "40", "--seed", "1", "--out", str(path)).returncode == 0
+    done = fedsplit("schedule", "--scenario", str(path), "--solver", "exact", "--time-limit", "0.5")
+    assert done.returncode == 3
+    notice, error = done.stderr.strip().splitlines()
+    assert "exact search over up to 3^40 model choices; it gives up after 0.5 s (--time-limit)" in notice
+    assert error == ("fedsplit schedule: error: --solver exact: branch and bound exceeded its time limit; "
+                     "use --solver fast for this size (or a larger --time-limit)")
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "nan", "inf", "soon"])
+def test_time_limit_must_be_a_positive_number_of_seconds(fedsplit, scenario_file, limit):
+    done = fedsplit("schedule", "--scenario", str(scenario_file), "--time-limit", limit)
+    assert done.returncode == 2 and "argument --time-limit:" in done.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 
@@ -19,7 +20,7 @@ from fedsplit.inference.exact import SearchLimitReached
 from fedsplit.inference.feasibility import infeasible_pairs
 from fedsplit.inference.paper_scenario import PaperScenarioConfig, generate_paper_scenario
 from fedsplit.inference.scenario import NON_NEGATIVE, POSITIVE, UNIT_INTERVAL, load_scenario, number_field, problem_to_dict
-from fedsplit.inference.solve import SOLVERS, solve
+from fedsplit.inference.solve import AUTO_EXACT_MAX_VECTORS, EXACT_TIME_LIMIT_S, SOLVERS, solve
 from fedsplit.output_paths import output_file
 
 EXIT_BAD_INPUT = 2
@@ -35,6 +36,17 @@ def seed_type(text: str) -> int:
     if not 0 <= seed < 2**32:
         raise argparse.ArgumentTypeError(f"{seed} is outside 0 .. 2**32 - 1")
     return seed
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type of a duration [s]: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of seconds > 0")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,6 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     schedule.add_argument("--json", action="store_true", help="print the result as JSON")
     schedule.add_argument("--seed", type=seed_type, default=0, help="seed of the random baseline")
+    schedule.add_argument("--time-limit", type=positive_seconds, default=EXACT_TIME_LIMIT_S, metavar="S",
+                          help=f"wall-clock limit of the exact search in seconds (default {EXACT_TIME_LIMIT_S:g}); "
+                          "past it the command exits 3")
     schedule.set_defaults(func=run_schedule)
 
     scenario = subparsers.add_parser(
@@ -91,11 +106,16 @@ def run_schedule(args: argparse.Namespace) -> int:
         problem = load_scenario(args.scenario)
     except ScenarioError as error:
         return _fail("schedule", error)
+    vectors = problem.n_models ** problem.n_terminals
+    if args.solver == "exact" and vectors > AUTO_EXACT_MAX_VECTORS:
+        print(f"fedsplit schedule: exact search over up to {problem.n_models}^{problem.n_terminals} model choices; "
+              f"it gives up after {args.time_limit:g} s (--time-limit). --solver fast answers in "
+              "milliseconds with a certified gap", file=sys.stderr, flush=True)
     try:
-        schedule = solve(problem, args.solver, seed=args.seed)
+        schedule = solve(problem, args.solver, seed=args.seed, time_limit_s=args.time_limit)
     except SearchLimitReached as error:
-        print(f"fedsplit schedule: error: --solver exact: {error}; use --solver fast for this size",
-              file=sys.stderr)
+        print(f"fedsplit schedule: error: --solver exact: {error}; use --solver fast for this size "
+              "(or a larger --time-limit)", file=sys.stderr)
         return EXIT_SEARCH_LIMIT
     result = schedule.to_dict(problem)
     result["infeasible_pairs"] = [

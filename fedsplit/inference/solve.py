@@ -12,9 +12,11 @@ SOLVERS = ("auto", "exact", "fast", *BASELINES)
 
 #: ``auto`` uses the exact solver while the model vectors number at most this many.
 AUTO_EXACT_MAX_VECTORS = 20_000
+#: Default wall-clock limit [s] of the exact search.
+EXACT_TIME_LIMIT_S = 120.0
 
 
-def solve(problem: Problem, solver: str = "auto", *, seed: int = 0) -> Schedule:
+def solve(problem: Problem, solver: str = "auto", *, seed: int = 0, time_limit_s: float = EXACT_TIME_LIMIT_S) -> Schedule:
     """Schedule a problem with the named solver.
 
     Parameters
@@ -25,12 +27,15 @@ def solve(problem: Problem, solver: str = "auto", *, seed: int = 0) -> Schedule:
         (exact when ``M**N <= 20000``, else fast) or a baseline from :data:`BASELINES`.
     seed : int
         Seed of the ``random`` baseline.
+    time_limit_s : float
+        Wall-clock limit [s] of the exact search; past it
+        :class:`~fedsplit.inference.exact.SearchLimitReached` is raised.
     """
     if solver == "auto":
         small = problem.n_models ** problem.n_terminals <= AUTO_EXACT_MAX_VECTORS
         solver = "exact" if small else "fast"
     if solver == "exact":
-        return solve_exact(problem)
+        return solve_exact(problem, time_limit_s=time_limit_s)
     if solver == "fast":
         return solve_fast(problem)
     if solver in BASELINES:
