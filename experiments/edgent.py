@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                for p in POLICIES}, **{f"{p}_partition": int(table.partition[results[p].index[i]]) for p in POLICIES},
                **{f"{p}_latency_s": float(results[p].latency_s[i]) for p in POLICIES}}
                for i, (t, b) in enumerate(zip(test_trace.times_s, test_trace.bps))], args.out / "replay.csv")
-    calibration = {"latency_model": latency.to_dict(), "accuracies": accuracies, "width": WIDTH,
+    calibration = {"latency_model": latency.to_dict(), "accuracies": accuracies, "model": "multiexit-cnn", "width": WIDTH,
                    "input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes,
                    "device": device.name, "edge": edge.name, "mdape_held_out_pct": errors}
     (args.out / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")

@@ -37,3 +37,21 @@ def test_edgent_bad_input(tmp_path, capsys):
     assert main(["edgent", "--latency-ms", "100", "--bandwidth-mbps", "5", "--calibration", str(path),
                  "--device", "toaster"]) == 2
     assert "toaster" in capsys.readouterr().err
+
+
+def test_calibrated_accuracies_are_used_only_for_the_model_they_were_measured_on(tmp_path, capsys):
+    path = _calibration(tmp_path)
+    assert main(["edgent", "--latency-ms", "100", "--bandwidth-mbps", "5", "--calibration", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy_measured"] is True
+    assert main(["edgent", "--latency-ms", "100", "--bandwidth-mbps", "5", "--calibration", str(path), "--width", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["accuracy_measured"] is False
+    assert "measured on multiexit-cnn at width 0.5, not multiexit-cnn at width 1: exits are ranked by depth instead" in captured.err
+
+
+def test_a_calibration_without_a_latency_model_is_named(tmp_path, capsys):
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"accuracies": [0.9]}), encoding="utf-8")
+    assert main(["edgent", "--latency-ms", "100", "--bandwidth-mbps", "5", "--calibration", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"fedsplit edgent: error: --calibration {path}: no 'latency_model' entry; "
+                                               "expected the calibration.json that experiments/edgent.py writes")

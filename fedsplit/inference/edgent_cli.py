@@ -61,19 +61,30 @@ def run_edgent(args: argparse.Namespace) -> int:
     if args.calibration:
         try:
             calibration = json.loads(Path(args.calibration).read_text(encoding="utf-8"))
+            if not isinstance(calibration, dict) or "latency_model" not in calibration:
+                return _fail(f"--calibration {args.calibration}: no 'latency_model' entry; expected the "
+                             "calibration.json that experiments/edgent.py writes")
             latency = LatencyModel.from_dict(calibration["latency_model"])
         except (OSError, ValueError, KeyError) as error:
             return _fail(f"--calibration {args.calibration}: {error}")
     else:
         latency, _ = profile_and_fit(count_per_kind=8, seed=0, trials=7)
     width = args.width if args.width is not None else float(calibration.get("width", 0.5))
+    accuracies = calibration.get("accuracies")
+    measured_on = (calibration.get("model", "multiexit-cnn"), float(calibration.get("width", 0.5)))
+    if accuracies is not None and (args.model, width) != measured_on:
+        # the latency model holds for any layer sizes; the exits' accuracies only for the model measured
+        print(f"fedsplit edgent: the calibration's accuracies were measured on {measured_on[0]} at width "
+              f"{measured_on[1]:g}, not {args.model} at width {width:g}: exits are ranked by depth instead",
+              file=sys.stderr)
+        accuracies = None
     try:
         device = get_profile(args.device or calibration.get("device", DEFAULT_DEVICE))
         edge = get_profile(args.edge or calibration.get("edge", DEFAULT_EDGE))
         model = build_multiexit(args.model, tuple(calibration.get("input_shape", (1, 32, 32))),
                                 int(calibration.get("num_classes", 10)), width=width, seed=0)
         link = None if args.link_latency_ms is None else args.link_latency_ms / 1e3
-        table = build_config_table(model, latency, device, edge, calibration.get("accuracies"), link_latency_s=link)
+        table = build_config_table(model, latency, device, edge, accuracies, link_latency_s=link)
         start = time.perf_counter()
         chosen = plan(table, args.latency_ms / 1e3, args.bandwidth_mbps * 1e6, args.mode)
         plan_s = time.perf_counter() - start
