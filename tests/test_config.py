@@ -69,3 +69,12 @@ def test_simulate_help_lists_every_field(fedsplit_main):
     assert proc.returncode == 0
     for name in ("rounds", "strategy.name", "data.partitioner", "clock.round_deadline_s", "engine.name", "devices"):
         assert name in proc.stdout
+
+
+@pytest.mark.parametrize("count", [-1, 1.5, True])
+def test_population_refuses_a_count_that_is_not_a_whole_number_of_terminals(count):
+    from fedsplit.devices import Population, builtin_profiles
+
+    with pytest.raises(ValueError, match=rf"devices.laptop = {count!r}: a count is an integer >= 0"):
+        Population({"laptop": count, "raspberry-pi-4": 2}, builtin_profiles())
+    assert Population({"laptop": 0, "raspberry-pi-4": 2}, builtin_profiles()).counts == {"raspberry-pi-4": 2}

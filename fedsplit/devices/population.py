@@ -27,7 +27,10 @@ class Population:
     """
 
     def __init__(self, counts: Mapping[str, int], profiles: Mapping[str, DeviceProfile]) -> None:
-        self.counts = {name: int(n) for name, n in counts.items() if int(n) > 0}
+        for name, n in counts.items():
+            if isinstance(n, bool) or int(n) != n or n < 0:
+                raise ValueError(f"devices.{name} = {n!r}: a count is an integer >= 0")
+        self.counts = {name: int(n) for name, n in counts.items() if int(n) > 0}  # a class of 0 terminals is left out
         missing = [name for name in self.counts if name not in profiles]
         if missing:
             raise ValueError(f"devices.{missing[0]}: unknown device profile (known: {', '.join(sorted(profiles))})")
