@@ -38,6 +38,9 @@ def load_object(ref: str, kind: type) -> Any:
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise AppLoadError(f"{ref!r}: expected MODULE:ATTRIBUTE, e.g. my_app.server_app:app")
+    if module_name.endswith(".py") or "/" in module_name or "\\" in module_name:
+        dotted = module_name.removesuffix(".py").replace("\\", "/").strip("/").replace("/", ".")
+        raise AppLoadError(f"{ref!r}: name the module, not its file: {dotted}:{attr} (run from the folder above it)")
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - reported to the user as is

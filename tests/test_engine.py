@@ -262,6 +262,15 @@ def test_run_app_rejects_bad_references():
     assert "cannot import 'nope_mod'" in proc.stderr
 
 
+def test_run_app_names_the_module_when_given_a_file():
+    from flwr.serverapp import ServerApp
+
+    from fedsplit.simulation.run_app import AppLoadError, load_object
+
+    with pytest.raises(AppLoadError, match=re.escape("'my_app/server_app.py:app': name the module, not its file: my_app.server_app:app")):
+        load_object("my_app/server_app.py:app", ServerApp)
+
+
 @pytest.mark.parametrize(
     ("nodes", "devices", "message"),
     [
