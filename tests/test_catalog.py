@@ -162,3 +162,9 @@ def test_catalog_build_refuses_an_unfinished_run(tmp_path, fedsplit_main):
     proc = fedsplit_main("catalog", "build", str(tmp_path))
     assert proc.returncode == 2
     assert "not a finished run folder (config.toml is missing)" in proc.stderr
+
+
+def test_two_members_of_one_name_are_refused_naming_their_folders(small_family):
+    folder = small_family["small"]
+    with pytest.raises(ValueError, match=f"{folder}, {folder} are all named '[^']+' \\(a member is named by its run's run_name"):
+        build_catalog([folder, folder], latency_repeats=1)

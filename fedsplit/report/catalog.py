@@ -111,7 +111,10 @@ def build_catalog(run_dirs: Sequence[str | Path], bits_per_value: int = 8, laten
     names = [m["name"] for m in entries]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ValueError(f"catalog: model names must be unique, got {duplicates} (set run_name)")
+        name = duplicates[0]
+        folders = ", ".join(str(d) for d, m in zip(run_dirs, entries) if m["name"] == name)
+        raise ValueError(f"catalog: model names must be unique: {folders} are all named {name!r} (a member is named by "
+                         "its run's run_name, else its folder; train them with distinct --set run_name=...)")
     models = sorted(entries, key=lambda m: (m["flops"], m["accuracy"], m["name"]))
     datasets = sorted({read_run_config(d).data.name for d in run_dirs})
     catalog = {"schema": CATALOG_FORMAT, "dataset": ", ".join(datasets), "host": host_name(), "models": models}
