@@ -331,8 +331,9 @@ def _flwr_json(args: list[str], env: Mapping[str, str]) -> dict:
     except json.JSONDecodeError:
         payload = {"success": False, "error-message": (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]}
     if done.returncode != 0 or not payload.get("success", False):
-        message = payload.get("error-message") or payload
-        raise DeployError(f"{shlex.join(args[:3])} failed: {message}")
+        lines = str(payload.get("error-message") or payload).splitlines()
+        message = " ".join(line.strip() for line in lines if line.strip() and not line.startswith("Using SuperLink"))
+        raise DeployError(f"`flwr {args[1]}` failed: {message}")
     return payload
 
 
@@ -369,7 +370,12 @@ def follow_run(cmd: list[str], federation: str, env: Mapping[str, str]) -> int:
             print(f"fedsplit: interrupted, but run {run_id} could not be stopped ({(stop.stderr or stop.stdout).strip()[-300:]}); "
                   f"it goes on: `flwr stop {run_id} {federation}`", file=sys.stderr)
         return INTERRUPTED_EXIT
-    status, details = run_status(run_id, federation, env)
+    try:
+        status, details = run_status(run_id, federation, env)
+    except DeployError as exc:  # the SuperLink went away (killed, restarted, network)
+        print(f"fedsplit: error: lost the SuperLink while following run {run_id}, how it ended is unknown ({exc}); "
+              f"once it is back: `flwr ls {federation} --run-id {run_id}`", file=sys.stderr)
+        return RUN_FAILED_EXIT
     if status == "finished:completed":
         return 0
     reason = f": {details}" if details else ""
