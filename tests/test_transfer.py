@@ -3,6 +3,8 @@ FLOPs of frozen layers, the distillation loss, and the ClientApp on real Flower 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -291,3 +293,76 @@ def test_torchvision_weights_on_disk_load_into_a_tv_model(tmp_path):
     model = build_model("tv:resnet18", (3, 32, 32), 10, seed=0)
     assert load_pretrained(model, tmp_path / "resnet18.pth") == ["fc.weight", "fc.bias"]  # 1000 -> 10 classes
     assert torch.equal(model.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+
+
+# ------------------------------------------------------------------------------ pretrain: input checks, progress
+BAD_NUMBERS = [
+    ("--lr", "0", "--lr 0: must be a finite number > 0"),  # was taken as "no --lr": trained with train.lr
+    ("--lr", "nan", "--lr nan: must be a finite number > 0"),  # trained, and wrote a checkpoint of NaNs
+    ("--lr", "inf", "--lr inf: must be a finite number > 0"),
+    ("--lr", "-0.1", "--lr -0.1: must be a finite number > 0"),  # a traceback from torch.optim.SGD
+    ("--batch-size", "0", "--batch-size 0: must be an integer >= 1"),  # was taken as train.batch_size
+    ("--batch-size", "-5", "--batch-size -5: must be an integer >= 1"),  # a traceback
+    ("--epochs", "0", "--epochs 0: must be an integer >= 1"),
+    ("--temperature", "nan", "--temperature nan: must be a finite number > 0"),  # nan <= 0 is False: distilled with NaN
+    ("--temperature", "0", "--temperature 0: must be a finite number > 0"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), BAD_NUMBERS, ids=[f"{f}={v}" for f, v, _ in BAD_NUMBERS])
+def test_pretrain_command_refuses_numbers_out_of_range_in_one_line(tmp_path, fedsplit_main, flag, value, message):
+    out = tmp_path / "p.pt"
+    run = fedsplit_main("pretrain", "--set", "model.name=mlp", "--epochs", "1", "--out", str(out), flag, value)
+    assert run.returncode == 2 and run.stderr == f"fedsplit: error: {message}\n" and run.stdout == ""
+    assert not out.exists()
+
+
+def test_pretrain_and_distill_refuse_numbers_out_of_range_before_loading_data(source_cnn, tmp_path, monkeypatch):
+    """The library functions check what the command checks (for Python callers), naming the parameter."""
+    import fedsplit.transfer.pretrain as module
+
+    monkeypatch.setattr(module, "_source", lambda cfg: pytest.fail("data loaded before the check"))
+    cfg = _config("model.name=mlp")
+    out = tmp_path / "p.pt"
+    for kwargs, message in [
+        ({"epochs": 1, "lr": 0.0}, "lr = 0.0: must be a finite number > 0"),
+        ({"epochs": 1, "lr": float("nan")}, "lr = nan: must be a finite number > 0"),
+        ({"epochs": 1, "lr": -0.1}, "lr = -0.1: must be a finite number > 0"),
+        ({"epochs": 1, "batch_size": 0}, "batch_size = 0: must be an integer >= 1"),
+        ({"epochs": 1, "batch_size": 2.5}, "batch_size = 2.5: must be an integer >= 1"),
+        ({"epochs": 0}, "epochs = 0: must be an integer >= 1"),
+        ({"epochs": True}, "epochs = True: must be an integer >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            pretrain(cfg, out, **kwargs)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            distill_student(cfg, source_cnn, out, temperature=4.0, **kwargs)
+    with pytest.raises(ValueError, match=re.escape("temperature = nan: must be a finite number > 0")):
+        distill_student(cfg, source_cnn, out, epochs=1, temperature=float("nan"))
+    assert not out.exists()
+
+
+def test_pretrain_prints_a_line_per_epoch_and_refuses_to_write_a_diverged_model(tmp_path, fedsplit_main):
+    small = ["--set", "model.name=mlp", "--set", "model.hidden=16", "--set", "data.classes=0-4"]
+    out = tmp_path / "p.pt"
+    run = fedsplit_main("pretrain", *small, "--epochs", "2", "--lr", "0.05", "--out", str(out))
+    lines = run.stderr.splitlines()
+    assert run.returncode == 0 and out.is_file() and len(lines) == 2, run.stderr
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert re.fullmatch(r"epoch 2/2: loss=\d+\.\d{4} \d+\.\d\ds \(total \d+\.\ds\)", lines[1])
+    quiet = fedsplit_main("pretrain", *small, "--set", "progress=false", "--epochs", "1", "--out", str(tmp_path / "q.pt"))
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    # an lr so large that the loss ends NaN: no checkpoint of NaNs, one line saying so
+    diverged = fedsplit_main("pretrain", *small, "--set", "progress=false", "--epochs", "1", "--lr", "1e30", "--out", str(tmp_path / "nan.pt"))
+    assert diverged.returncode == 2 and not (tmp_path / "nan.pt").exists()
+    assert diverged.stderr.startswith("fedsplit: error: pretraining diverged: its loss is nan") and diverged.stderr.count("\n") == 1
+
+
+def test_epoch_progress_does_not_change_the_training(tmp_path):
+    cfg = _config("model.name=mlp", "model.hidden=16", "data.classes='0-4'")
+    seen: list[tuple[int, float, float]] = []
+    a = pretrain(cfg, tmp_path / "a.pt", epochs=2, on_epoch=lambda *report: seen.append(report))
+    b = pretrain(cfg, tmp_path / "b.pt", epochs=2)
+    assert [epoch for epoch, _, _ in seen] == [1, 2] and all(seconds >= 0 for _, _, seconds in seen)
+    wa, wb = read_checkpoint(a.path).state_dict, read_checkpoint(b.path).state_dict
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

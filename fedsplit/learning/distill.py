@@ -8,6 +8,7 @@ gradient scale comparable across temperatures), mixed with the hard-label cross-
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +78,7 @@ def distill(
     momentum: float = 0.9,
     temperature: float = 4.0,
     seed: int = 0,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> DistillResult:
     """Train ``student`` in place to match ``teacher``'s soft labels on unlabeled inputs ``x``.
 
@@ -94,6 +96,9 @@ def distill(
         Softmax temperature of the KD term.
     seed : int
         Seed of the batch order.
+    on_epoch : callable, optional
+        ``(epoch, loss) -> None``, called after each epoch with its number (from 1) and its mean
+        KD loss (progress reports; it does not change the training).
     """
     from fedsplit.models.flops import step_flops
 
@@ -107,7 +112,7 @@ def distill(
     shape = tuple(x.shape[1:])
     steps = flops = 0
     epoch_loss = 0.0
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         order = torch.randperm(n, generator=generator)
         epoch_loss, seen = 0.0, 0
         for start in range(0, n, batch_size):
@@ -124,6 +129,8 @@ def distill(
             epoch_loss += float(loss.detach()) * b
             seen += b
         epoch_loss /= max(seen, 1)
+        if on_epoch is not None:
+            on_epoch(epoch, epoch_loss)
     return DistillResult(steps=steps, flops=flops, loss=epoch_loss)
 
 

@@ -12,6 +12,7 @@ the teacher's inference FLOPs count with the batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,7 @@ def train_local(
     temperature: float = 2.0,
     alpha: float = 0.5,
     batchnorm_eval: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place with SGD on ``(x, y)``.
 
@@ -95,6 +97,9 @@ def train_local(
         Distillation temperature (> 0) and weight of its term (0..1).
     batchnorm_eval : bool
         Keep every BatchNorm layer in eval mode (frozen pretrained statistics).
+    on_epoch : callable, optional
+        ``(epoch, loss) -> None``, called after each epoch with its number (from 1) and its mean
+        training loss (progress reports; it does not change the training).
     """
     n = int(x.shape[0])
     if n == 0:
@@ -119,7 +124,7 @@ def train_local(
         batch_flops = {b: f + step_flops(teacher, input_shape, b, train=False) for b, f in batch_flops.items()}
     steps = flops = 0
     epoch_loss = 0.0
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         order = torch.randperm(n, generator=generator).to(x.device)
         # One gather per epoch; the mini-batches are then views (same values as gathering each).
         x_epoch, y_epoch = x.index_select(0, order), y.index_select(0, order)
@@ -146,6 +151,8 @@ def train_local(
             epoch_loss += float(loss.detach()) * len(yb)
             seen += len(yb)
         epoch_loss /= max(seen, 1)
+        if on_epoch is not None:
+            on_epoch(epoch, epoch_loss)
     return TrainResult(num_examples=n, steps=steps, flops=flops, loss=epoch_loss)
 
 
