@@ -4,7 +4,8 @@ The apps are the ones ``flwr run .`` names in ``pyproject.toml``; this module on
 Flower commands around them, with fedsplit's defaults for a lab:
 
 - ``fedsplit deploy certs``: a CA, the SuperLink's TLS certificate and SuperNode keys
-  (:mod:`fedsplit.simulation.certs`);
+  (:mod:`fedsplit.simulation.certs`); run again with ``--node`` alone, it adds node keys beside
+  the existing CA;
 - ``fedsplit deploy superlink``: ``flower-superlink`` with TLS and SuperNode authentication; on a
   non-loopback address without certificates it refuses to start unless ``--allow-insecure`` is given;
 - ``fedsplit deploy supernode``: ``flower-supernode`` with its terminal (``partition-id``,
@@ -33,11 +34,18 @@ import shlex
 import shutil
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from fedsplit.output_paths import output_folder
-from fedsplit.simulation.certs import LabCertificates, make_lab_certificates
+from fedsplit.simulation.certs import (
+    LabCertificates,
+    add_node_keys,
+    check_hosts,
+    check_node_names,
+    hosts_covered,
+    make_lab_certificates,
+)
 
 #: The federation name ``fedsplit deploy`` writes into the Flower config by default.
 DEFAULT_FEDERATION = "fedsplit-lab"
@@ -383,6 +391,27 @@ def follow_run(cmd: list[str], federation: str, env: Mapping[str, str]) -> int:
     return RUN_FAILED_EXIT
 
 
+# --- command-line values -----------------------------------------------------------------------
+def _whole_number(low: int, high: int | None, allowed: str) -> Callable[[str], int]:
+    """An ``argparse`` type: an integer in ``low..high`` (no upper bound for None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {allowed}")
+        return value
+
+    parse.__name__ = allowed
+    return parse
+
+
+#: ``argparse`` type of a count that must be at least 1.
+positive_int = _whole_number(1, None, "a whole number, at least 1")
+
+
 # --- sub-command -------------------------------------------------------------------------------
 def _exec(cmd: list[str], env: dict[str, str], dry_run: bool) -> int:
     """Print ``cmd`` and become it (signals then reach Flower's process directly)."""
@@ -398,10 +427,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     env = deploy_env(flwr_home=getattr(args, "flwr_home", None))
     try:
         if args.deploy_command == "certs":
-            certs = make_lab_certificates(args.out, args.host or [], args.node or [], days=args.days, overwrite=args.force)
-            print(f"wrote {certs.root}: ca.pem (copy to every device), server.pem/server.key (SuperLink), "
-                  f"nodes/<name> (one per device; register nodes/<name>.pub); keep ca.key off the devices")
-            return 0
+            return _certs(args)
         if args.deploy_command == "superlink":
             cmd = superlink_command(args.host, args.port, certs=args.certs, node_auth=not args.no_node_auth,
                                     allow_insecure=args.allow_insecure, database=args.database, log_file=args.log_file)
@@ -432,6 +458,39 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     raise AssertionError(args.deploy_command)
 
 
+def _certs(args: argparse.Namespace) -> int:
+    """``fedsplit deploy certs``: a new lab, or node keys added beside an existing CA.
+
+    With a CA in ``--out`` and only ``--node`` asked for (``--host`` absent or already in
+    ``server.pem``), the new key pairs are added and ``ca.pem``/``server.pem`` are left alone;
+    ``--force`` then only lets a named node's key pair be replaced. Otherwise a new CA is made,
+    over an existing one only with ``--force``.
+    """
+    hosts, nodes = check_hosts(args.host or []), check_node_names(args.node or [])
+    certs = LabCertificates(Path(args.out))
+    if certs.ca_cert.exists() and nodes and hosts_covered(certs, hosts):
+        add_node_keys(certs.root, nodes, overwrite=args.force)
+        print(f"added to {certs.root}: " + ", ".join(f"nodes/{n}" for n in nodes) + " (copy each to its device; register "
+              "nodes/<name>.pub); ca.pem and server.pem unchanged")
+        return 0
+    replacing = certs.ca_cert.exists()
+    if replacing and not args.force:
+        raise DeployError(_existing_ca_advice(certs, hosts))
+    make_lab_certificates(certs.root, hosts, nodes, days=args.days, overwrite=args.force)
+    print(f"wrote {certs.root}: ca.pem (copy to every device{', replacing the old one there' if replacing else ''}), "
+          "server.pem/server.key (SuperLink), nodes/<name> (one per device; register nodes/<name>.pub); keep ca.key off the devices")
+    return 0
+
+
+def _existing_ca_advice(certs: LabCertificates, hosts: Sequence[str]) -> str:
+    """Why ``deploy certs`` will not replace the CA in ``certs`` without ``--force``, and what to do."""
+    if hosts and not hosts_covered(certs, hosts):
+        return (f"{certs.server_cert} is not valid for --host {' '.join(hosts)}: a new address needs a new CA; pass --force "
+                "to replace the CA (every device then needs the new ca.pem; node keys are kept)")
+    return (f"{certs.root} already has a CA: add node keys with --node NAME, or pass --force to replace the CA "
+            "(every device then needs the new ca.pem; node keys are kept)")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``deploy`` to the ``fedsplit`` command."""
     p = subparsers.add_parser(
@@ -447,9 +506,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c = sub.add_parser("certs", help="make a CA, the SuperLink's TLS certificate and SuperNode key pairs")
     c.add_argument("--out", default="certs", type=output_folder, help="folder to write (default: certs)")
     c.add_argument("--host", action="append", metavar="NAME_OR_IP", help="an address devices dial to reach the SuperLink (repeat); loopback is always included")
-    c.add_argument("--node", action="append", metavar="NAME", help="a SuperNode to make a key pair for (repeat), e.g. pi-0")
-    c.add_argument("--days", type=int, default=365, help="validity of the certificates")
-    c.add_argument("--force", action="store_true", help="replace an existing CA (every device then needs the new ca.pem)")
+    c.add_argument("--node", action="append", metavar="NAME",
+                   help="a SuperNode to make a key pair for (repeat), e.g. pi-0; with a CA already in --out, only the new key pairs are added")
+    c.add_argument("--days", type=positive_int, default=365, help="validity of the certificates in days (at least 1; default 365)")
+    c.add_argument("--force", action="store_true",
+                   help="replace an existing CA (every device then needs the new ca.pem); when only adding --node keys, replace those nodes' key pairs")
 
     s = sub.add_parser("superlink", help="start flower-superlink (TLS + SuperNode authentication with --certs)")
     s.add_argument("--host", default="127.0.0.1", help="listen address; anything but loopback needs --certs or --allow-insecure")

@@ -102,6 +102,108 @@ def test_lab_certificates_chain_and_keys(tmp_path: Path) -> None:
         make_lab_certificates(tmp_path / "certs")
 
 
+def _error_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that report an error (argparse adds its usage lines before its one)."""
+    return [line for line in stderr.splitlines() if "error:" in line]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` and its content."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--node", "../evil"], "--node '../evil'"),
+        (["--node", ""], "--node ''"),
+        (["--node", ".hidden"], "--node '.hidden'"),
+        (["--node", "pi-0.pub"], "--node 'pi-0.pub'"),
+        (["--node", "pi-0", "--node", "pi-0"], "more than once"),
+        (["--host", "192.168.1.10:9093"], "--host '192.168.1.10:9093'"),
+        (["--days", "-5"], "argument --days: '-5'"),
+        (["--days", "0"], "argument --days: '0'"),  # was an already expired certificate
+    ],
+)
+def test_deploy_certs_refuses_bad_input_before_writing_anything(fedsplit_main, tmp_path: Path, args: list[str], flag: str) -> None:  # noqa: ANN001
+    out = tmp_path / "certs"
+    run = fedsplit_main("deploy", "certs", "--out", str(out), "--node", "pi-1", *args)
+    assert run.returncode == 2, run.stderr
+    assert len(_error_lines(run.stderr)) == 1 and flag in run.stderr, run.stderr
+    assert not out.exists(), _tree(out)
+    assert not (tmp_path / "evil").exists() and not (tmp_path / "evil.pub").exists()
+
+
+def test_deploy_certs_writes_all_or_nothing(fedsplit_main, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A failure while moving the files into place (a full disk, a permission) takes back what the call did."""
+    real_rename, calls = os.rename, []
+
+    def failing_rename(src, dst) -> None:  # noqa: ANN001
+        calls.append(dst)
+        if len(calls) == 3:
+            raise PermissionError(13, "Permission denied", str(dst))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    fresh = tmp_path / "new" / "certs"
+    run = fedsplit_main("deploy", "certs", "--out", str(fresh), "--node", "pi-0")
+    assert run.returncode == 2 and "Permission denied" in run.stderr, run.stderr
+    assert len(calls) == 3 and not (tmp_path / "new").exists()
+
+    monkeypatch.setattr(os, "rename", real_rename)
+    existing = tmp_path / "lab"
+    assert fedsplit_main("deploy", "certs", "--out", str(existing), "--node", "pi-0").returncode == 0
+    before = _tree(existing)
+    calls.clear()
+    monkeypatch.setattr(os, "rename", failing_rename)
+    run = fedsplit_main("deploy", "certs", "--out", str(existing), "--node", "pi-0", "--node", "pi-1", "--force", "--host", "lab-server")
+    assert run.returncode == 2 and "Permission denied" in run.stderr, run.stderr
+    assert _tree(existing) == before  # the old CA and pi-0's key are back, no pi-1
+    assert sorted(p.name for p in existing.iterdir()) == ["ca.key", "ca.pem", "nodes", "server.key", "server.pem"]
+
+
+def test_deploy_certs_adds_node_keys_beside_an_existing_ca(fedsplit_main, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "certs"
+    lab = LabCertificates(out)
+    assert fedsplit_main("deploy", "certs", "--out", str(out), "--host", "lab-server", "--node", "pi-0").returncode == 0
+    ca = {p: p.read_bytes() for p in (lab.ca_cert, lab.ca_key, lab.server_cert, lab.server_key, lab.node_key("pi-0"))}
+
+    run = fedsplit_main("deploy", "certs", "--out", str(out), "--node", "pi-3")
+    assert run.returncode == 0, run.stderr
+    assert "nodes/pi-3" in run.stdout and "unchanged" in run.stdout
+    assert lab.node_public_key("pi-3").read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert lab.node_key("pi-3").stat().st_mode & 0o077 == 0
+    run = fedsplit_main("deploy", "certs", "--out", str(out), "--node", "pi-4", "--host", "lab-server")  # hosts unchanged
+    assert run.returncode == 0, run.stderr
+    assert all(p.read_bytes() == data for p, data in ca.items())
+
+    # the same name again: refused, naming the flag (not a Python keyword); with --force its key alone is new
+    run = fedsplit_main("deploy", "certs", "--out", str(out), "--node", "pi-3")
+    assert run.returncode == 2 and len(_error_lines(run.stderr)) == 1, run.stderr
+    assert "--force" in run.stderr and "overwrite" not in run.stderr and "pi-3" in run.stderr
+    pi3 = lab.node_key("pi-3").read_bytes()
+    assert fedsplit_main("deploy", "certs", "--out", str(out), "--node", "pi-3", "--force").returncode == 0
+    assert lab.node_key("pi-3").read_bytes() != pi3
+    assert all(p.read_bytes() == data for p, data in ca.items())
+
+    # another address needs another CA: refused without --force, saying what --force costs
+    for args in (["--host", "192.168.1.10", "--node", "pi-5"], ["--host", "192.168.1.10"], []):
+        run = fedsplit_main("deploy", "certs", "--out", str(out), *args)
+        assert run.returncode == 2 and len(_error_lines(run.stderr)) == 1, run.stderr
+        assert "--force" in run.stderr and "ca.pem" in run.stderr and "overwrite" not in run.stderr
+    assert not lab.node_key("pi-5").exists()
+    with pytest.raises(FileExistsError) as refused:
+        make_lab_certificates(out)
+    assert "--force" in str(refused.value) and "overwrite" not in str(refused.value)
+
+    run = fedsplit_main("deploy", "certs", "--out", str(out), "--host", "192.168.1.10", "--force")
+    assert run.returncode == 0, run.stderr
+    assert lab.ca_cert.read_bytes() != ca[lab.ca_cert] and lab.node_key("pi-0").read_bytes() == ca[lab.node_key("pi-0")]
+    server = x509.load_pem_x509_certificate(lab.server_cert.read_bytes())
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "192.168.1.10" in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+
+
 # --- the loopback lab ------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
