@@ -249,12 +249,36 @@ def write_flower_config(
 
     Other connections already in the file are kept; ``name`` is replaced.
     """
+    path, text = flower_config_text(flwr_home, address, name=name, root_certificates=root_certificates, default=default)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def flower_config_text(
+    flwr_home: str | Path,
+    address: str,
+    *,
+    name: str = DEFAULT_FEDERATION,
+    root_certificates: str | Path | None = None,
+    default: bool = True,
+) -> tuple[Path, str]:
+    """What :func:`write_flower_config` would write: ``($FLWR_HOME/config.toml, its new text)``; writes nothing.
+
+    Raises
+    ------
+    DeployError
+        When the existing file is not valid TOML.
+    """
     import tomllib
 
     import tomli_w
 
     path = Path(flwr_home) / "config.toml"
-    data = tomllib.loads(path.read_text()) if path.exists() else {}
+    try:
+        data = tomllib.loads(path.read_text()) if path.exists() else {}
+    except tomllib.TOMLDecodeError as exc:
+        raise DeployError(f"{path}: not valid TOML ({exc}): fix it, or give --flwr-home a fresh folder") from None
     links = data.setdefault("superlink", {})
     entry: dict[str, object] = {"address": address}
     if root_certificates is None:
@@ -264,9 +288,7 @@ def write_flower_config(
     links[name] = entry
     if default or "default" not in links:
         links["default"] = name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(data))
-    return path
+    return path, tomli_w.dumps(data)
 
 
 def register_command(public_key: str | Path, federation: str = DEFAULT_FEDERATION) -> list[str]:
@@ -413,9 +435,11 @@ positive_int = _whole_number(1, None, "a whole number, at least 1")
 
 
 # --- sub-command -------------------------------------------------------------------------------
-def _exec(cmd: list[str], env: dict[str, str], dry_run: bool) -> int:
-    """Print ``cmd`` and become it (signals then reach Flower's process directly)."""
-    print("fedsplit deploy: " + shlex.join(cmd), file=sys.stderr, flush=True)
+def _exec(cmd: list[str], env: dict[str, str], dry_run: bool, flwr_home: str | None = None) -> int:
+    """Print ``cmd`` (after ``FLWR_HOME=...`` when it depends on one, so it can be pasted into a
+    shell) and become it (signals then reach Flower's process directly)."""
+    prefix = f"FLWR_HOME={shlex.quote(str(flwr_home))} " if flwr_home else ""
+    print("fedsplit deploy: " + prefix + shlex.join(cmd), file=sys.stderr, flush=True)
     if dry_run:
         return 0
     os.execve(cmd[0], cmd, env)
@@ -432,11 +456,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             cmd = superlink_command(args.host, args.port, certs=args.certs, node_auth=not args.no_node_auth,
                                     allow_insecure=args.allow_insecure, database=args.database, log_file=args.log_file)
             if args.flwr_home:
-                address = f"{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
-                ca = LabCertificates(Path(args.certs)).ca_cert if args.certs else None
-                path = write_flower_config(args.flwr_home, address, name=args.federation, root_certificates=ca)
-                print(f"fedsplit deploy: federation {args.federation!r} -> {address} in {path}", file=sys.stderr)
-            return _exec(cmd, env, args.dry_run)
+                _federation_config(args)
+            return _exec(cmd, env, args.dry_run, args.flwr_home)
         if args.deploy_command == "supernode":
             cmd = supernode_command(
                 args.superlink, args.partition_id, args.num_partitions, profile=args.profile,
@@ -446,7 +467,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             )
             return _exec(cmd, env, args.dry_run)
         if args.deploy_command == "register":
-            return _exec(register_command(args.public_key, args.federation), env, args.dry_run)
+            return _exec(register_command(args.public_key, args.federation), env, args.dry_run, args.flwr_home)
         if args.deploy_command == "run":
             check_run_config(args.config, args.set or [])
             cmd = run_command(args.app, args.federation, overrides=args.set or [], config_file=args.config, stream=False)
@@ -491,6 +512,19 @@ def _existing_ca_advice(certs: LabCertificates, hosts: Sequence[str]) -> str:
             "(every device then needs the new ca.pem; node keys are kept)")
 
 
+def _federation_config(args: argparse.Namespace) -> None:
+    """Write the federation into ``--flwr-home``'s ``config.toml``; with ``--dry-run`` print it instead."""
+    address = f"{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    ca = LabCertificates(Path(args.certs)).ca_cert if args.certs else None
+    if args.dry_run:
+        path, text = flower_config_text(args.flwr_home, address, name=args.federation, root_certificates=ca)
+        print(f"fedsplit deploy: would write federation {args.federation!r} -> {address} into {path} (--dry-run: not written):\n"
+              + text, file=sys.stderr, end="" if text.endswith("\n") else "\n")
+        return
+    path = write_flower_config(args.flwr_home, address, name=args.federation, root_certificates=ca)
+    print(f"fedsplit deploy: federation {args.federation!r} -> {address} in {path}", file=sys.stderr)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``deploy`` to the ``fedsplit`` command."""
     p = subparsers.add_parser(
@@ -520,7 +554,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--allow-insecure", action="store_true", help="run without TLS on a non-loopback address (you insist)")
     s.add_argument("--database", help="SQLite file for the SuperLink's state (default: in memory)")
     s.add_argument("--log-file", help="also write the SuperLink's log to this file")
-    s.add_argument("--flwr-home", help="write the federation into FLWR_HOME/config.toml for `fedsplit deploy run`")
+    s.add_argument("--flwr-home", type=output_folder,
+                   help="write the federation into FLWR_HOME/config.toml for `fedsplit deploy run` (--dry-run prints it instead)")
     s.add_argument("--federation", default=DEFAULT_FEDERATION, help="federation name in the Flower config")
 
     n = sub.add_parser("supernode", help="start flower-supernode for one terminal (partition) and device profile")

@@ -204,6 +204,16 @@ def test_deploy_certs_adds_node_keys_beside_an_existing_ca(fedsplit_main, tmp_pa
     assert "192.168.1.10" in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
 
 
+def test_superlink_dry_run_writes_no_flower_config_and_prints_flwr_home(fedsplit_main, tmp_path: Path) -> None:  # noqa: ANN001
+    home = tmp_path / "flwr home"
+    run = fedsplit_main("deploy", "superlink", "--dry-run", "--flwr-home", str(home), "--federation", "lab")
+    assert run.returncode == 0, run.stderr
+    assert not home.exists()
+    assert "[superlink.lab]" in run.stderr and 'address = "127.0.0.1:9093"' in run.stderr
+    command = next(line for line in run.stderr.splitlines() if "flower-superlink" in line)
+    assert f"fedsplit deploy: FLWR_HOME='{home}' " in command
+
+
 # --- the loopback lab ------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
