@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import os
 import shlex
 import shutil
@@ -170,8 +171,11 @@ def node_config_string(
 ) -> str:
     """``--node-config`` of a SuperNode: its terminal, the population size and its device profile
     (``measure``: ``profile="measure"``, the ClientApp probes the device, :mod:`fedsplit.clients.measure_mod`)."""
+    if num_partitions < 1:
+        raise DeployError(f"--num-partitions {num_partitions}: there must be at least 1 terminal")
     if not 0 <= partition_id < num_partitions:
-        raise DeployError(f"partition-id {partition_id} is outside 0..{num_partitions - 1} (num-partitions {num_partitions})")
+        raise DeployError(f"--partition-id {partition_id} is outside 0..{num_partitions - 1} (--num-partitions {num_partitions}): "
+                          "number the devices 0 to N-1")
     items = {"partition-id": str(partition_id), "num-partitions": str(num_partitions)}
     if profile:
         items["device-profile"] = f'"{profile}"'
@@ -430,8 +434,69 @@ def _whole_number(low: int, high: int | None, allowed: str) -> Callable[[str], i
     return parse
 
 
+#: ``argparse`` type of a TCP port.
+port_number = _whole_number(1, 65535, "a port, 1 to 65535")
 #: ``argparse`` type of a count that must be at least 1.
 positive_int = _whole_number(1, None, "a whole number, at least 1")
+#: ``argparse`` type of a count that may be 0.
+non_negative_int = _whole_number(0, None, "a whole number, at least 0")
+
+
+def positive_seconds(text: str) -> float:
+    """``argparse`` type of a duration: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of seconds above 0")
+    return value
+
+
+def superlink_address(text: str) -> str:
+    """``argparse`` type of ``--superlink``: ``HOST:PORT`` with a port in 1..65535."""
+    host, _, port = text.rpartition(":")
+    try:
+        port_number(port)
+    except argparse.ArgumentTypeError:
+        host = ""
+    if not host.strip("[]"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT of the SuperLink, e.g. 192.168.1.10:{DEFAULT_PORT}")
+    return text
+
+
+def check_profile(profile: str | None, config_file: str | None = None) -> None:
+    """Refuse a ``--profile`` that no run could match: neither a built-in device profile nor
+    one ``config_file``'s ``[profiles]`` define (the server compares the names).
+
+    Raises
+    ------
+    DeployError
+        Naming the profile, the known ones and how to declare a custom one.
+    """
+    if profile is None:
+        return
+    if profile == "measure":
+        raise DeployError("--profile measure: to measure this device use --measure-profile "
+                          "(--profile then names the class it is declared as, e.g. raspberry-pi-4)")
+    known = _known_profiles(config_file)
+    if profile not in known:
+        where = f"in fedsplit or {config_file}" if config_file else "in fedsplit"
+        raise DeployError(f"--profile {profile!r}: no such device profile {where} (known: {', '.join(sorted(known))}); "
+                          "for one your run config defines under [profiles.<name>], also pass --config with that file")
+
+
+def _known_profiles(config_file: str | None) -> set[str]:
+    """The built-in device profile names, with ``config_file``'s ``[profiles]`` when given."""
+    from fedsplit.config import ConfigError, load_config
+    from fedsplit.devices import builtin_profiles, resolve_profiles
+
+    if config_file is None:
+        return set(builtin_profiles())
+    try:
+        return set(resolve_profiles(load_config(config_file).profiles))
+    except (ConfigError, ValueError) as exc:
+        raise DeployError(f"--config {config_file}: {exc}") from None
 
 
 # --- sub-command -------------------------------------------------------------------------------
@@ -459,6 +524,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                 _federation_config(args)
             return _exec(cmd, env, args.dry_run, args.flwr_home)
         if args.deploy_command == "supernode":
+            check_profile(args.profile, args.config)
             cmd = supernode_command(
                 args.superlink, args.partition_id, args.num_partitions, profile=args.profile,
                 root_certificates=args.root_certificates, private_key=args.private_key, runtime_port=args.runtime_port,
@@ -548,7 +614,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     s = sub.add_parser("superlink", help="start flower-superlink (TLS + SuperNode authentication with --certs)")
     s.add_argument("--host", default="127.0.0.1", help="listen address; anything but loopback needs --certs or --allow-insecure")
-    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"the SuperLink's HTTP port (default {DEFAULT_PORT})")
+    s.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"the SuperLink's HTTP port (default {DEFAULT_PORT})")
     s.add_argument("--certs", help="folder made by `fedsplit deploy certs` (enables TLS)")
     s.add_argument("--no-node-auth", action="store_true", help="accept any SuperNode (TLS only)")
     s.add_argument("--allow-insecure", action="store_true", help="run without TLS on a non-loopback address (you insist)")
@@ -559,15 +625,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--federation", default=DEFAULT_FEDERATION, help="federation name in the Flower config")
 
     n = sub.add_parser("supernode", help="start flower-supernode for one terminal (partition) and device profile")
-    n.add_argument("--superlink", required=True, metavar="HOST:PORT")
-    n.add_argument("--partition-id", type=int, required=True)
-    n.add_argument("--num-partitions", type=int, required=True)
-    n.add_argument("--profile", help="device profile name, e.g. raspberry-pi-4 (node config device-profile)")
+    n.add_argument("--superlink", required=True, metavar="HOST:PORT", type=superlink_address)
+    n.add_argument("--partition-id", type=non_negative_int, required=True, help="this device's terminal, 0 to --num-partitions - 1")
+    n.add_argument("--num-partitions", type=positive_int, required=True, help="the number of terminals (SuperNodes) of the run")
+    n.add_argument("--profile", help="device profile name, e.g. raspberry-pi-4 (node config device-profile): a built-in one, "
+                   "or one --config defines")
+    n.add_argument("--config", "-c", metavar="FILE", help="the run's fedsplit TOML configuration, for a --profile its [profiles] define")
     n.add_argument("--root-certificates", metavar="CA_PEM", help="the lab's ca.pem (enables TLS)")
     n.add_argument("--private-key", help="this node's key from `fedsplit deploy certs --node NAME`")
-    n.add_argument("--runtime-port", type=int, default=9094, help="local Runtime API port (one per SuperNode on a machine)")
-    n.add_argument("--max-retries", type=int, help="give up reconnecting after this many tries (default: never)")
-    n.add_argument("--max-wait-time", type=float, help="give up reconnecting after this many seconds (default: never)")
+    n.add_argument("--runtime-port", type=port_number, default=9094, help="local Runtime API port (one per SuperNode on a machine)")
+    n.add_argument("--max-retries", type=non_negative_int, help="give up reconnecting after this many tries (default: never)")
+    n.add_argument("--max-wait-time", type=positive_seconds, help="give up reconnecting after this many seconds (default: never)")
     n.add_argument("--allow-insecure", action="store_true", help="connect without TLS to a non-loopback SuperLink (you insist)")
     n.add_argument("--measure-profile", action="store_true",
                    help="measure this device (a FLOP/s probe on the first message, the link from timed exchanges) "

@@ -214,6 +214,46 @@ def test_superlink_dry_run_writes_no_flower_config_and_prints_flwr_home(fedsplit
     assert f"fedsplit deploy: FLWR_HOME='{home}' " in command
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["supernode", "--runtime-port", "0"], "argument --runtime-port: '0'"),
+        (["supernode", "--runtime-port", "65536"], "argument --runtime-port: '65536'"),
+        (["supernode", "--num-partitions", "0"], "argument --num-partitions: '0'"),
+        (["supernode", "--partition-id", "2"], "--partition-id 2 is outside 0..1 (--num-partitions 2)"),
+        (["supernode", "--partition-id", "-1"], "argument --partition-id: '-1'"),
+        (["supernode", "--max-retries", "-1"], "argument --max-retries: '-1'"),
+        (["supernode", "--max-wait-time", "0"], "argument --max-wait-time: '0'"),
+        (["supernode", "--max-wait-time", "inf"], "argument --max-wait-time: 'inf'"),
+        (["supernode", "--max-wait-time", "nan"], "argument --max-wait-time: 'nan'"),
+        (["supernode", "--profile", "raspbery-pi-4"], "--profile 'raspbery-pi-4': no such device profile"),
+        (["supernode", "--profile", "measure"], "--measure-profile"),
+        (["supernode", "--superlink", "127.0.0.1"], "argument --superlink: '127.0.0.1'"),
+        (["superlink", "--port", "0"], "argument --port: '0'"),
+        (["superlink", "--port", "70000"], "argument --port: '70000'"),
+    ],
+)
+def test_deploy_refuses_bad_node_and_link_settings_in_one_line(fedsplit_main, args: list[str], expected: str) -> None:  # noqa: ANN001
+    step, *rest = args
+    base = ["--superlink", "127.0.0.1:9093", "--partition-id", "0", "--num-partitions", "2"] if step == "supernode" else []
+    run = fedsplit_main("deploy", step, *base, *rest, "--dry-run")  # argparse takes the last of a repeated option
+    assert run.returncode == 2, run.stderr
+    errors = _error_lines(run.stderr)
+    assert len(errors) == 1 and expected in errors[0], run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_supernode_profile_from_the_run_config(fedsplit_main, tmp_path: Path) -> None:  # noqa: ANN001
+    config = tmp_path / "lab.toml"
+    config.write_text('[profiles.pi-zero]\nbase = "raspberry-pi-4"\n')
+    base = ["deploy", "supernode", "--superlink", "127.0.0.1:9093", "--partition-id", "1", "--num-partitions", "2", "--dry-run"]
+    run = fedsplit_main(*base, "--profile", "pi-zero")
+    assert run.returncode == 2 and "--config" in run.stderr, run.stderr
+    run = fedsplit_main(*base, "--profile", "pi-zero", "--config", str(config), "--measure-profile")
+    assert run.returncode == 0, run.stderr
+    assert 'device-profile="pi-zero" profile="measure"' in run.stderr
+
+
 # --- the loopback lab ------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
