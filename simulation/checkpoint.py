@@ -30,6 +30,7 @@ What it holds, and where each piece lives during a run:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import os
@@ -58,6 +59,14 @@ _METERED, _INNER = "fedsplit.metered-grid", "fedsplit.inner-grid"
 
 class NotResumable(RuntimeError):
     """The protocol's state cannot be saved (e.g. it lives in a thread); the message says why."""
+
+
+class ResumePointError(ValueError):
+    """A resume point that cannot be read (truncated, corrupt, another format version).
+
+    The message is one line naming the file, what is wrong with it and what to do; the
+    ``fedsplit`` command prints it after ``fedsplit: error:`` and exits with status 2.
+    """
 
 
 @dataclass
@@ -235,15 +244,66 @@ def write_resume_point(path: Path, point: ResumePoint) -> None:
     _kill_here("after-rename", point.round)
 
 
+def _first_sentence(exc: BaseException, limit: int = 160) -> str:
+    """``Type: message`` of ``exc`` on one line, up to its first sentence (torch's run on)."""
+    text = " ".join(str(exc).split())
+    text = text.split(". ", 1)[0].rstrip(".")
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def read_resume_point(path: Path) -> ResumePoint | None:
-    """The resume point at ``path``, or None when there is none (a run killed before its first)."""
+    """The resume point at ``path``, or None when there is none (a run killed before its first).
+
+    Parameters
+    ----------
+    path : Path
+        ``<run folder>/checkpoints/resume.pt``.
+
+    Raises
+    ------
+    ResumePointError
+        The file is there but cannot be read as a resume point of this fedsplit (truncated,
+        corrupt, another format version); the message names it and says what to do.
+    PermissionError
+        The file cannot be opened (the ``fedsplit`` command prints it in one line too).
+    """
     path = Path(path)
     if not path.is_file():
         return None
-    fields = torch.load(path, map_location="cpu", weights_only=False)
+    run_dir = path.parent.parent
+    what_to_do = (
+        f"the run cannot continue from it; move that file aside and run `fedsplit simulate --resume {run_dir}` "
+        "again to redo the run from round 1 in its folder"
+    )
+    try:
+        fields = torch.load(path, map_location="cpu", weights_only=False)
+    except PermissionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - EOFError, RuntimeError (zip), OSError, UnpicklingError...: all "corrupt"
+        raise ResumePointError(f"{path}: unreadable resume point, truncated or corrupt ({_first_sentence(exc)}); {what_to_do}") from exc
+    if not isinstance(fields, dict):
+        raise ResumePointError(f"{path}: not a resume point (it holds a {type(fields).__name__}); {what_to_do}")
     if fields.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: resume point format {fields.get('version')!r}, this fedsplit reads {FORMAT_VERSION}")
+        raise ResumePointError(
+            f"{path}: resume point format {fields.get('version')!r}, this fedsplit reads {FORMAT_VERSION}; "
+            f"resume with the fedsplit that wrote it, or {what_to_do.split('; ', 1)[1]}"
+        )
+    expected = {f.name for f in dataclasses.fields(ResumePoint)}
+    if set(fields) != expected:
+        missing, extra = sorted(expected - set(fields)), sorted(set(fields) - expected)
+        raise ResumePointError(f"{path}: not a complete resume point (missing {missing}, unexpected {extra}); {what_to_do}")
     return ResumePoint(**fields)
+
+
+def resuming_line(run_dir: Path, point: ResumePoint | None, rounds: int) -> str:
+    """What ``fedsplit simulate --resume`` says before it continues: ``resuming RUN_DIR after round
+    N of M``, or that it starts from round 1 when the folder has no resume point (a run stopped
+    before its first, or one whose unreadable point was moved aside)."""
+    if point is None:
+        return f"resuming {run_dir} from round 1 of {rounds}: no checkpoints/{RESUME_FILE} there"
+    return f"resuming {run_dir} after round {point.round} of {rounds}"
 
 
 __all__ = [
@@ -251,6 +311,7 @@ __all__ = [
     "RESUME_FILE",
     "NotResumable",
     "ResumePoint",
+    "ResumePointError",
     "capture_protocol",
     "context_states",
     "protocol_objects",
@@ -258,6 +319,7 @@ __all__ = [
     "restore_context_states",
     "restore_ledger",
     "restore_protocol",
+    "resuming_line",
     "rng_states",
     "set_rng_states",
     "write_resume_point",

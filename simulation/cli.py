@@ -116,6 +116,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return code
     from pathlib import Path
 
+    from fedsplit.simulation.checkpoint import ResumePointError
     from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.runner import simulate
     from fedsplit.strategies import StrategyLoadError
@@ -124,6 +125,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         outcome = simulate(cfg, resume=Path(resume) if resume else None)
     except StrategyLoadError as exc:
         print(f"fedsplit: error: config: {exc}", file=sys.stderr)
+        return 2
+    except ResumePointError as exc:  # truncated or corrupt checkpoints/resume.pt: read before any engine starts
+        print(f"fedsplit: error: {exc}", file=sys.stderr)
         return 2
     except EmptyRoundsError as exc:
         print(f"fedsplit: error: run: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from fedsplit.config import RunConfig, dump_config
 from fedsplit.learning import config_to_json
 from fedsplit.privacy.report import privacy_extra
 from fedsplit.report import RoundProgress, make_run_dir, print_summary, summarize, write_run_folder
-from fedsplit.simulation.checkpoint import RESUME_FILE, read_resume_point
+from fedsplit.simulation.checkpoint import RESUME_FILE, read_resume_point, resuming_line
 from fedsplit.simulation.server_app import RunSession, _without_flower_warning, make_server_app, run_server
 
 log = logging.getLogger("fedsplit")
@@ -179,7 +180,12 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None, resume: 
     resume : Path, optional
         The folder of a run of ``cfg`` to continue (``fedsplit simulate --resume``): it goes on
         after the round of its ``checkpoints/resume.pt`` (from round 1 if it has none) and its
-        folder is written, not a new one.
+        folder is written, not a new one. With ``cfg.progress`` a line on stderr says from where.
+
+    Raises
+    ------
+    ResumePointError
+        ``resume``'s ``checkpoints/resume.pt`` is there but unreadable (before any engine starts).
     """
     quiet_flower()
     quiet_ray()
@@ -194,7 +200,9 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None, resume: 
     if resume is not None:
         run_dir = Path(resume)
         session.checkpoint_dir = run_dir / "checkpoints"
-        session.resume_from = read_resume_point(session.checkpoint_dir / RESUME_FILE)
+        session.resume_from = read_resume_point(session.checkpoint_dir / RESUME_FILE)  # ResumePointError: unreadable
+        if cfg.progress:  # before the progress lines, on their stream
+            print(resuming_line(run_dir, session.resume_from, cfg.rounds), file=sys.stderr, flush=True)
     elif write:
         run_dir = make_run_dir(cfg)
         session.checkpoint_dir = run_dir / "checkpoints"

@@ -4,6 +4,7 @@ was never stopped (weights, metrics, simulated ledger columns)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import signal
@@ -223,6 +224,73 @@ def test_resume_refuses_changes_and_folders_that_are_not_runs(tmp_path, fedsplit
     finished = fedsplit_main("simulate", "--resume", str(tmp_path))
     assert finished.returncode == 2 and "that run already finished" in finished.stderr
     assert (tmp_path / "summary.json").read_text() == '{"final_accuracy": 0.9}'  # left as it was
+
+
+def torch_bytes(obj: object) -> bytes:
+    """What ``torch.save(obj)`` writes."""
+    fh = io.BytesIO()
+    torch.save(obj, fh)
+    return fh.getvalue()
+
+
+def test_an_unreadable_resume_point_is_refused_in_one_line_and_its_advice_works(tmp_path, monkeypatch, fedsplit_main, reference):
+    """A truncated or corrupt resume.pt: one line naming it and what to do (was a torch traceback),
+    the file and the folder left as they were; doing what it says redoes the run from round 1."""
+    run_until_killed(load_config(None, overrides(tmp_path, "cut", progress="true")), monkeypatch, after_checkpoint=1)
+    run_dir = tmp_path / "cut"
+    path = run_dir / "checkpoints" / RESUME_FILE
+    good = path.read_bytes()
+    unreadable = "unreadable resume point, truncated or corrupt ("
+    for content, says in [
+        (good[:100], unreadable + "RuntimeError: PytorchStreamReader failed reading zip archive"),  # head -c 100
+        (good[: len(good) // 2], unreadable),
+        (b"", unreadable + "EOFError: Ran out of input"),
+        (b"not a torch file " * 10, unreadable),
+        (torch_bytes({"version": 99, "round": 1}), "resume point format 99, this fedsplit reads 1"),
+        (torch_bytes({"version": 1, "round": 1}), "not a complete resume point (missing ["),
+        (torch_bytes([1, 2]), "not a resume point (it holds a list)"),
+    ]:
+        path.write_bytes(content)
+        run = fedsplit_main("simulate", "--resume", str(run_dir))
+        assert run.returncode == 2 and run.stdout == "", run.stderr
+        assert run.stderr.startswith(f"fedsplit: error: {path}: {says}") and run.stderr.count("\n") == 1, run.stderr
+        assert f"move that file aside and run `fedsplit simulate --resume {run_dir}` again" in run.stderr
+        assert path.read_bytes() == content and not (run_dir / "summary.json").exists()
+    path.rename(run_dir / "corrupt-resume.pt")  # what the message says to do
+    redone = fedsplit_main("simulate", "--resume", str(run_dir))
+    assert redone.returncode == 0, redone.stderr
+    assert redone.stderr.startswith(f"resuming {run_dir} from round 1 of {ROUNDS}: no checkpoints/{RESUME_FILE} there\n")
+    assert_same_run(reference("plain"), run_dir)
+
+
+def test_resume_says_after_which_round_it_continues(tmp_path, monkeypatch, fedsplit_main):
+    run_until_killed(load_config(None, overrides(tmp_path, "cut", progress="true")), monkeypatch, after_checkpoint=2)
+    run = fedsplit_main("simulate", "--resume", str(tmp_path / "cut"))
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.splitlines()[0] == f"resuming {tmp_path / 'cut'} after round 2 of {ROUNDS}"
+    assert f"round {ROUNDS}/{ROUNDS}: " in run.stderr and "round 2/" not in run.stderr  # only round 3 was run
+
+
+def test_a_resume_point_is_replaced_atomically(tmp_path, monkeypatch):
+    """A write that dies half-way (here an exception; the slow test below: SIGKILL) leaves the
+    previous resume point whole: the new one goes to resume.pt.tmp, renamed over it once complete."""
+    from fedsplit.simulation import checkpoint
+
+    path = tmp_path / "checkpoints" / RESUME_FILE
+    point = checkpoint.ResumePoint(round=1, protocol=b"state", ledger=None, contexts=None, rng={}, sim_elapsed_s=1.5)
+    checkpoint.write_resume_point(path, point)
+
+    whole = torch_bytes(vars(point))
+
+    def half_written(obj, fh):  # noqa: ANN001, ANN202
+        fh.write(whole[:50])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", half_written)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.write_resume_point(path, checkpoint.ResumePoint(**{**vars(point), "round": 2}))
+    monkeypatch.undo()
+    assert read_resume_point(path).round == 1
 
 
 # --- the real thing: SIGKILL of a `fedsplit simulate` process, at two moments ----------------------
