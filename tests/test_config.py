@@ -37,6 +37,8 @@ def test_user_profile_inherits_from_builtin():
         ("strategy.name=fedfoo", "strategy.name = 'fedfoo': unknown strategy"),
         ("data.alpha=-1", "data.alpha = -1.0: must be > 0"),
         ("profiles.x={base='laptop', flops_per_s=-1}", "device profile 'x': flops_per_s = -1.0: must be > 0"),
+        ("seed=-1", "seed = -1: must be >= 0 and < 4294967296"),
+        ("faults.seed=4294967296", "faults.seed = 4294967296: must be >= 0 and < 4294967296"),
     ],
 )
 def test_bad_values_name_field_value_and_rule(override, expected):

@@ -226,7 +226,7 @@ class FaultsConfig:
 
     crash_rate: float = field(default=0.0, metadata=doc("probability that a terminal's ClientApp raises in a round (drawn per terminal, round and attempt from faults.seed)", ge=0, le=1))
     kill_rate: float = field(default=0.0, metadata=doc("probability that the process running a terminal dies in a round; the engine replaces the actor (crash_rate + kill_rate <= 1)", ge=0, le=1))
-    seed: int = field(default=0, metadata=doc("seed of the fault draws"))
+    seed: int = field(default=0, metadata=doc("seed of the fault draws", ge=0, lt=2**32))
     min_clients: int = field(default=0, metadata=doc("fewest updates a round must keep (terminals whose train exchanges all succeeded; 0 = no minimum)", ge=0))
     too_few: str = field(default="stop", metadata=doc("a round that kept fewer than min_clients updates: stop (the run exits with status 3 and says why) | retry (the round again from the same global model, faults drawn afresh)", choices=TOO_FEW_POLICIES))
     max_retries: int = field(default=2, metadata=doc("too_few = retry: attempts after the first before the run stops", ge=0))
@@ -269,7 +269,7 @@ class DeployConfig:
 class RunConfig:
     """A fedsplit simulation."""
 
-    seed: int = field(default=0, metadata=doc("seed of data, model init, sampling and availability"))
+    seed: int = field(default=0, metadata=doc("seed of data, model init, sampling and availability", ge=0, lt=2**32))
     rounds: int = field(default=10, metadata=doc("federated rounds", ge=1))
     out_dir: str = field(default="runs", metadata=doc("parent directory of run folders"))
     run_name: str = field(default="", metadata=doc("run folder name (empty = timestamp)"))
