@@ -43,6 +43,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from fedsplit.simulation.engine import check_ray_reachable, ray_init_options
     from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.warm_actors import warm_actors
+    from fedsplit.transfer.pretrain import TrainingDiverged
 
     base = cfg.member_config(cfg.members[0], cfg.out_dir)
     started = False
@@ -56,6 +57,9 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             result = run_pipeline(cfg, train_member, log=print)
     except EmptyRoundsError as exc:
         print(f"fedsplit: error: run: {exc}", file=sys.stderr)
+        return 3
+    except TrainingDiverged as exc:  # [pretrain]'s settings (e.g. its lr) make the loss NaN
+        print(f"fedsplit: error: pipeline: pretraining: {exc}", file=sys.stderr)
         return 3
     finally:
         if started:

@@ -128,3 +128,15 @@ def test_tiny_family_runs_end_to_end(tmp_path, ray_session, fedsplit_main):
     assert [r["device"] for r in rows] == ["raspberry-pi-4"] * 2 + ["laptop"] * 2
     report = (folder / "report.md").read_text()
     assert "## Model family" in report and "| cnn-5px-w0.25 | trained | 1x5x5 |" in report and "## Serving" in report
+
+
+def test_a_diverging_pretraining_stops_the_pipeline_in_one_line(tmp_path, fedsplit_main):
+    tree = SMOKE.format(out=tmp_path).replace("[base]\n", '[base]\nengine = {name = "serial"}\n')
+    tree += '[pretrain]\nepochs = 1\nset = {train = {lr = 1e30}}\n'
+    path = tmp_path / "pipeline.toml"
+    path.write_text(tree)
+    proc = fedsplit_main("pipeline", "--config", str(path))
+    assert proc.returncode == 3
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("fedsplit: error: pipeline: pretraining: ") and "diverged" in last and "no checkpoint written" in last
+    assert not list(tmp_path.glob("smoke/pretrained/*.pt"))
