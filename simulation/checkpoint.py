@@ -253,6 +253,19 @@ def _first_sentence(exc: BaseException, limit: int = 160) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def check_unfinished(run_dir: str | Path) -> None:
+    """Refuse to resume a run that already finished (its ``summary.json`` is written when it ends):
+    resuming would rewrite its results.
+
+    Raises
+    ------
+    ResumePointError
+        One line naming the folder.
+    """
+    if (Path(run_dir) / "summary.json").is_file():
+        raise ResumePointError(f"--resume {run_dir}: that run already finished (its summary.json is there); nothing to resume")
+
+
 def read_resume_point(path: Path) -> ResumePoint | None:
     """The resume point at ``path``, or None when there is none (a run killed before its first).
 

@@ -83,13 +83,17 @@ def resume_config(run_dir: str, args: argparse.Namespace) -> RunConfig:
     """
     from pathlib import Path
 
+    from fedsplit.simulation.checkpoint import ResumePointError, check_unfinished
+
     if args.config or args.set or args.engine:
         raise ConfigError("--resume RUN_DIR continues the run of RUN_DIR/config.toml; --config, --set and --engine cannot change it")
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.toml there (not a run folder of fedsplit simulate)")
-    if (Path(run_dir) / "summary.json").is_file():  # written when a run ends: resuming would rewrite its results
-        raise ConfigError(f"--resume {run_dir}: that run already finished (its summary.json is there); nothing to resume")
+    try:
+        check_unfinished(run_dir)
+    except ResumePointError as exc:
+        raise ConfigError(str(exc)) from None
     return load_config(path)
 
 

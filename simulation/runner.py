@@ -17,7 +17,7 @@ from fedsplit.config import RunConfig, dump_config
 from fedsplit.learning import config_to_json
 from fedsplit.privacy.report import privacy_extra
 from fedsplit.report import RoundProgress, make_run_dir, print_summary, summarize, write_run_folder
-from fedsplit.simulation.checkpoint import RESUME_FILE, read_resume_point, resuming_line
+from fedsplit.simulation.checkpoint import RESUME_FILE, check_unfinished, read_resume_point, resuming_line
 from fedsplit.simulation.server_app import RunSession, _without_flower_warning, make_server_app, run_server
 
 log = logging.getLogger("fedsplit")
@@ -199,6 +199,7 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None, resume: 
     session = RunSession.from_config(cfg)
     if resume is not None:
         run_dir = Path(resume)
+        check_unfinished(run_dir)  # ResumePointError: its summary.json says it ended
         session.checkpoint_dir = run_dir / "checkpoints"
         session.resume_from = read_resume_point(session.checkpoint_dir / RESUME_FILE)  # ResumePointError: unreadable
         if cfg.progress:  # before the progress lines, on their stream

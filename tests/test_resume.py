@@ -17,7 +17,7 @@ import torch
 
 from fedsplit.config import load_config
 from fedsplit.simulation import server_app
-from fedsplit.simulation.checkpoint import KILL_ENV, RESUME_FILE, read_resume_point
+from fedsplit.simulation.checkpoint import KILL_ENV, RESUME_FILE, ResumePointError, read_resume_point
 from fedsplit.simulation.engine import SerialEngine
 from fedsplit.simulation.runner import simulate
 from tests.conftest import REPO, fedsplit_cmd, small_overrides
@@ -224,6 +224,9 @@ def test_resume_refuses_changes_and_folders_that_are_not_runs(tmp_path, fedsplit
     finished = fedsplit_main("simulate", "--resume", str(tmp_path))
     assert finished.returncode == 2 and "that run already finished" in finished.stderr
     assert (tmp_path / "summary.json").read_text() == '{"final_accuracy": 0.9}'  # left as it was
+    with pytest.raises(ResumePointError, match="that run already finished"):  # the library refuses it too
+        simulate(load_config(tmp_path / "config.toml"), resume=tmp_path)
+    assert (tmp_path / "summary.json").read_text() == '{"final_accuracy": 0.9}'
 
 
 def torch_bytes(obj: object) -> bytes:
