@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import math
 import os
 import shlex
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fedsplit.cli_types import non_negative_int, port_number, positive_int, positive_seconds
 from fedsplit.output_paths import output_folder
 from fedsplit.simulation.certs import (
     LabCertificates,
@@ -418,41 +418,6 @@ def follow_run(cmd: list[str], federation: str, env: Mapping[str, str]) -> int:
 
 
 # --- command-line values -----------------------------------------------------------------------
-def _whole_number(low: int, high: int | None, allowed: str) -> Callable[[str], int]:
-    """An ``argparse`` type: an integer in ``low..high`` (no upper bound for None)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected {allowed}")
-        return value
-
-    parse.__name__ = allowed
-    return parse
-
-
-#: ``argparse`` type of a TCP port.
-port_number = _whole_number(1, 65535, "a port, 1 to 65535")
-#: ``argparse`` type of a count that must be at least 1.
-positive_int = _whole_number(1, None, "a whole number, at least 1")
-#: ``argparse`` type of a count that may be 0.
-non_negative_int = _whole_number(0, None, "a whole number, at least 0")
-
-
-def positive_seconds(text: str) -> float:
-    """``argparse`` type of a duration: a finite number of seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of seconds above 0")
-    return value
-
-
 def superlink_address(text: str) -> str:
     """``argparse`` type of ``--superlink``: ``HOST:PORT`` with a port in 1..65535."""
     host, _, port = text.rpartition(":")

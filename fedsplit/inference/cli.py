@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import replace
 
 
+from fedsplit.cli_types import positive_seconds, seed_type
 from fedsplit.inference.catalog import CatalogCosts, load_catalog
 from fedsplit.inference.errors import ScenarioError
 from fedsplit.inference.exact import SearchLimitReached
@@ -25,28 +25,6 @@ from fedsplit.output_paths import output_file
 
 EXIT_BAD_INPUT = 2
 EXIT_SEARCH_LIMIT = 3
-
-
-def seed_type(text: str) -> int:
-    """argparse type of ``--seed``: an integer NumPy can seed with (0 .. 2**32 - 1)."""
-    try:
-        seed = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= seed < 2**32:
-        raise argparse.ArgumentTypeError(f"{seed} is outside 0 .. 2**32 - 1")
-    return seed
-
-
-def positive_seconds(text: str) -> float:
-    """argparse type of a duration [s]: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a finite number of seconds > 0")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
