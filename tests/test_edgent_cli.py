@@ -37,6 +37,8 @@ def test_edgent_bad_input(tmp_path, capsys):
     assert main(["edgent", "--latency-ms", "100", "--bandwidth-mbps", "5", "--calibration", str(path),
                  "--device", "toaster"]) == 2
     assert "toaster" in capsys.readouterr().err
+    assert main(["edgent", "--latency-ms", "100", "--bandwidth-mbps", "5", "--calibration", str(path), "--width", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "fedsplit edgent: error: --width: got 0.0; expected a finite number > 0 (the channel multiplier)"
 
 
 def test_calibrated_accuracies_are_used_only_for_the_model_they_were_measured_on(tmp_path, capsys):

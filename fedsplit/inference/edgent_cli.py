@@ -57,6 +57,8 @@ def run_edgent(args: argparse.Namespace) -> int:
         return _fail(f"--latency-ms: got {args.latency_ms!r}; expected a number > 0")
     if not args.bandwidth_mbps > 0:
         return _fail(f"--bandwidth-mbps: got {args.bandwidth_mbps!r}; expected a number > 0")
+    if args.width is not None and not 0 < args.width < float("inf"):
+        return _fail(f"--width: got {args.width!r}; expected a finite number > 0 (the channel multiplier)")
     calibration: dict = {}
     if args.calibration:
         try:
