@@ -363,7 +363,7 @@ def _flwr_json(args: list[str], env: Mapping[str, str]) -> dict:
     try:
         payload = json.loads(done.stdout)
     except json.JSONDecodeError:
-        payload = {"success": False, "error-message": (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]}
+        payload = {"success": False, "error-message": (done.stderr or done.stdout).strip() or "no output"}
     if done.returncode != 0 or not payload.get("success", False):
         lines = str(payload.get("error-message") or payload).splitlines()
         message = " ".join(line.strip() for line in lines if line.strip() and not line.startswith("Using SuperLink"))
