@@ -230,6 +230,22 @@ def test_teacher_adds_its_forward_flops(source_cnn, tmp_path):
     assert taught - plain == sum(step_flops(teacher, (1, 8, 8), b, train=False) for b in batches)
 
 
+def test_a_teacher_of_other_classes_is_refused_when_the_config_loads(source_cnn, tmp_path):
+    """A teacher of digits 0-4 for a task of digits 5-9 has as many outputs as the task, but its
+    output i means another class: it was accepted and the KL term taught wrong labels (a run at
+    alpha = 1 ended at 0.26 accuracy instead of 0.95); a teacher of 5 outputs for 10 classes
+    failed on every terminal, in every round, instead of when the configuration was loaded."""
+    with pytest.raises(ConfigError, match=r"transfer.teacher = .*outputs are digits classes \[0, 1, 2, 3, 4\], the task's .*\[5, 6, 7, 8, 9\]"):
+        _config("model.name=mlp", "data.classes='5-9'", f"transfer.teacher='{source_cnn}'")
+    with pytest.raises(ConfigError, match=r"transfer.teacher = .*the teacher has 5 outputs, the task \(data.name = 'digits'\) 10 classes"):
+        _config("model.name=mlp", f"transfer.teacher='{source_cnn}'")
+    plain = tmp_path / "plain.pt"
+    torch.save(model_from_checkpoint(source_cnn).state_dict(), plain)
+    with pytest.raises(ConfigError, match="transfer.teacher = .*a plain state_dict without model metadata"):
+        _config("model.name=mlp", "data.classes='0-4'", f"transfer.teacher='{plain}'")
+    assert _config("model.name=mlp", "data.classes='0-4'", f"transfer.teacher='{source_cnn}'").transfer.teacher
+
+
 # ---------------------------------------------------------------------------- distillation
 
 

@@ -197,6 +197,8 @@ def check_transfer(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; impor
             raise ConfigError(f"config: {type(section).__name__.replace('Config', '').lower()}.{name} = {path!r}: no such file (a local checkpoint; nothing is downloaded)")
         if path:  # absolute, so that ClientApps in other working directories (Ray actors) find it
             setattr(section, name, str(Path(path).resolve()))
+    if cfg.transfer.teacher:
+        check_teacher(cfg)
     trainable = cfg.transfer.trainable.strip()
     if trainable == "all":
         return
@@ -207,6 +209,55 @@ def check_transfer(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; impor
         resolve_trainable(build_model(cfg.model.name, (3, 32, 32), 10, hidden=cfg.model.hidden, width=cfg.model.width), trainable)
     except ValueError as exc:
         raise ConfigError(f"config: transfer.trainable = {exc}") from None
+
+
+def check_teacher(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
+    """``transfer.teacher``: a ``fedsplit pretrain`` checkpoint whose outputs are the task's classes.
+
+    The distillation term matches the teacher's output ``i`` with the student's output ``i``, so the
+    teacher must have one output per class of the task and, where its metadata names them, the same
+    dataset and the same classes in the same order (a teacher of digits 0-4 would otherwise teach
+    a task of digits 5-9 to call a 5 a 0).
+
+    Raises
+    ------
+    ConfigError
+        For an unreadable file, a plain state_dict (nothing says what the model is), or a teacher
+        of other classes; the message names the file, what it was made for and the task.
+    """
+    from fedsplit.data.bundle import parse_classes
+    from fedsplit.data.datasets import canonical_dataset_name, dataset_num_classes
+    from fedsplit.models.checkpoint import CheckpointError, read_checkpoint
+
+    path = cfg.transfer.teacher
+    try:
+        meta = read_checkpoint(path).meta
+    except CheckpointError as exc:
+        raise ConfigError(f"config: transfer.teacher = {path!r}: {exc}") from None
+    if not {"model", "input_shape", "num_classes"} <= set(meta):
+        raise ConfigError(
+            f"config: transfer.teacher = {path!r}: a plain state_dict without model metadata; "
+            "a teacher must be a `fedsplit pretrain` checkpoint"
+        )
+    total = dataset_num_classes(cfg.data.name)
+    classes = list(parse_classes(cfg.data.classes, total)) if cfg.data.classes else list(range(total))
+    task = f"data.name = {cfg.data.name!r}" + (f", data.classes = {cfg.data.classes!r}" if cfg.data.classes else "")
+    if int(meta["num_classes"]) != len(classes):
+        raise ConfigError(
+            f"config: transfer.teacher = {path!r}: the teacher has {meta['num_classes']} outputs, "
+            f"the task ({task}) {len(classes)} classes"
+        )
+    dataset = meta.get("dataset")
+    try:
+        other_dataset = dataset is not None and canonical_dataset_name(dataset) != canonical_dataset_name(cfg.data.name)
+    except ValueError:
+        other_dataset = True
+    if other_dataset or (meta.get("classes") is not None and list(meta["classes"]) != classes):
+        made_for = f"{dataset} classes {list(meta['classes'])}" if meta.get("classes") is not None else f"dataset {dataset!r}"
+        raise ConfigError(
+            f"config: transfer.teacher = {path!r}: the teacher's outputs are {made_for}, the task's ({task}) "
+            f"{cfg.data.name} classes {classes}: its soft labels would teach other classes"
+        )
 
 
 def check_faults(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
