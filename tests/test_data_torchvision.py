@@ -118,3 +118,92 @@ def test_partial_cifar_tree_names_the_missing_file(tmp_path: Path) -> None:
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
     with pytest.raises(FileNotFoundError, match="missing data_batch_3"):
         load_dataset("cifar10", root=tmp_path)
+
+
+def test_missing_file_error_names_the_first_missing_file_and_gz_copies(tmp_path: Path) -> None:
+    # the CLI prints a FileNotFoundError in one line only when it carries a filename
+    import gzip
+
+    arrays = write_mnist_like(tmp_path, "MNIST", n_train=6, n_test=3, seed=6)
+    raw = tmp_path / "MNIST" / "raw"
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress((raw / "t10k-labels-idx1-ubyte").read_bytes()))
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    assert arrays
+    with pytest.raises(FileNotFoundError) as info:
+        load_dataset("mnist", root=tmp_path)
+    assert info.value.filename == str((raw / "t10k-labels-idx1-ubyte").resolve())
+    assert "t10k-labels-idx1-ubyte.gz found: decompress" in str(info.value)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def _rewrite_batch(path: Path, **changes) -> None:
+    with open(path, "rb") as f:
+        entry = pickle.load(f)
+    entry.update(changes)
+    with open(path, "wb") as f:
+        pickle.dump(entry, f)
+
+
+MNIST_BREAKAGES = {
+    "truncated images": ("train-images-idx3-ubyte", lambda raw: _truncate(raw / "train-images-idx3-ubyte")),
+    "empty labels": ("t10k-labels-idx1-ubyte", lambda raw: (raw / "t10k-labels-idx1-ubyte").write_bytes(b"")),
+    "labels file as images": (
+        "train-images-idx3-ubyte",
+        lambda raw: (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-labels-idx1-ubyte").read_bytes()),
+    ),
+    "label outside the classes": (
+        "train-labels-idx1-ubyte", lambda raw: write_idx(raw / "train-labels-idx1-ubyte", np.full(8, 200, np.uint8)),
+    ),
+    "fewer labels than images": (
+        "train-images-idx3-ubyte", lambda raw: write_idx(raw / "train-labels-idx1-ubyte", np.zeros(7, np.uint8)),
+    ),
+    "images of another size": (
+        "t10k-images-idx3-ubyte", lambda raw: write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((3, 32, 32), np.uint8)),
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(MNIST_BREAKAGES))
+def test_broken_mnist_file_is_one_error_naming_it(tmp_path: Path, breakage: str, monkeypatch) -> None:
+    import torchvision.datasets.utils as tv_utils
+
+    from fedsplit.data import DataFileError
+
+    monkeypatch.setattr(tv_utils, "download_url", lambda *a, **k: pytest.fail("download attempted"))
+    write_mnist_like(tmp_path, "MNIST", n_train=8, n_test=3, seed=7)
+    raw = tmp_path / "MNIST" / "raw"
+    culprit, breaks = MNIST_BREAKAGES[breakage]
+    breaks(raw)
+    with pytest.raises(DataFileError) as info:
+        load_dataset("mnist", root=tmp_path)
+    assert info.value.filename == str((raw / culprit).resolve())
+    assert str((raw / culprit).resolve()) in str(info.value) or "does not fit together" in str(info.value)
+
+
+CIFAR_BREAKAGES = {
+    "truncated batch": ("data_batch_4", lambda d: _truncate(d / "data_batch_4")),
+    "not a pickle": ("test_batch", lambda d: (d / "test_batch").write_bytes(b"not a pickle")),
+    "label outside the classes": ("data_batch_2", lambda d: _rewrite_batch(d / "data_batch_2", labels=[3, 55])),
+    "rows of another size": (
+        "data_batch_1", lambda d: _rewrite_batch(d / "data_batch_1", data=np.zeros((2, 1000), np.uint8)),
+    ),
+    "fewer labels than rows": ("data_batch_5", lambda d: _rewrite_batch(d / "data_batch_5", labels=[1])),
+    "truncated meta": ("batches.meta", lambda d: _truncate(d / "batches.meta")),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(CIFAR_BREAKAGES))
+def test_broken_cifar10_file_is_one_error_naming_it(tmp_path: Path, breakage: str) -> None:
+    from fedsplit.data import DataFileError
+
+    write_cifar10(tmp_path, per_batch=2, seed=8)
+    folder = tmp_path / "cifar-10-batches-py"
+    culprit, breaks = CIFAR_BREAKAGES[breakage]
+    breaks(folder)
+    with pytest.raises(DataFileError) as info:
+        load_dataset("cifar10", root=tmp_path)
+    assert info.value.filename == str((folder / culprit).resolve())
+    assert f"{(folder / culprit).resolve()}: " in str(info.value) and "replace it" in str(info.value)

@@ -19,11 +19,13 @@ from fedsplit.data.datasets import DATASETS, load_dataset
 from fedsplit.data.federated import FederatedData, make_federated_data
 from fedsplit.data.partitioners import PARTITIONERS, SIZE_SCHEMES, PartitionOptions
 from fedsplit.data.synthetic import SyntheticSpec, SyntheticTask
+from fedsplit.data.torchvision_loaders import DataFileError
 
 __all__ = [
     "ArrayDataset",
     "DATASETS",
     "DataBundle",
+    "DataFileError",
     "FederatedData",
     "PARTITIONERS",
     "PartitionOptions",

@@ -185,6 +185,9 @@ def load_dataset(
     FileNotFoundError
         When a torchvision dataset is missing under ``root`` and ``download`` is False; the
         message says where the files were expected and how to get them.
+    fedsplit.data.torchvision_loaders.DataFileError
+        (a ValueError) When a torchvision dataset's file is present but unreadable, or holds
+        images of the wrong size, too few labels or a label outside the classes; it names the file.
     """
     key = canonical_dataset_name(name)
     size = parse_resolution(resolution)

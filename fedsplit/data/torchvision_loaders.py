@@ -7,7 +7,10 @@ Layout under ``root`` (torchvision's own):
 * ``cifar10``: ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``
 
 Nothing is downloaded unless ``download=True``. With ``download=False`` a missing file raises
-:class:`FileNotFoundError` naming the directory and files expected and how to get them.
+:class:`FileNotFoundError` naming the directory and files expected and how to get them (its
+``filename`` is the first missing file). A file that is present but cannot be read (truncated,
+empty, another format) or holds the wrong thing (images of another size, a label outside
+``0 .. num_classes - 1``, fewer labels than images) raises :class:`DataFileError` naming that file.
 
 Checksums
 ---------
@@ -24,6 +27,7 @@ compressed archives, not the extracted files), so the stock classes are used for
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from dataclasses import dataclass
@@ -72,6 +76,18 @@ SOURCES: dict[str, TorchvisionSource] = {
 }
 
 
+#: Shape of one raw image of each dataset (``[H, W]`` grey, ``[H, W, C]`` colour).
+IMAGE_SHAPES: dict[str, tuple[int, ...]] = {"mnist": (28, 28), "fashion-mnist": (28, 28), "cifar10": (32, 32, 3)}
+
+
+class DataFileError(ValueError):
+    """A dataset file is present but unreadable or holds the wrong thing; ``filename`` names it."""
+
+    def __init__(self, message: str, filename: Path) -> None:
+        super().__init__(message)
+        self.filename = str(filename)
+
+
 def default_data_root() -> Path:
     """``$FEDSPLIT_DATA_ROOT`` if set, else ``./data``."""
     return Path(os.environ.get(DATA_ROOT_ENV) or "data")
@@ -118,12 +134,17 @@ def load_torchvision_bundle(
     if not download:
         absent = missing_files(name, root_path)
         if absent:
+            folder = (root_path / source.folder).resolve()
+            packed = [f"{f}.gz" for f in absent if (folder / f"{f}.gz").is_file()]
+            unpack = f"; {', '.join(packed)} found: decompress (gunzip) them in place" if packed else ""
             raise FileNotFoundError(
-                f"{name}: {len(absent)} file(s) missing from {(root_path / source.folder).resolve()} "
-                f"(expected {', '.join(source.files)}; missing {', '.join(absent)}); "
+                errno.ENOENT,
+                f"{name}: {len(absent)} file(s) missing from {folder} "
+                f"(expected {', '.join(source.files)}; missing {', '.join(absent)}){unpack}; "
                 f"pass download=True (config: data.download = true) to fetch them with torchvision, "
                 f"or copy them there, or point root (data.root / ${DATA_ROOT_ENV}) at the "
-                "directory that holds them"
+                "directory that holds them",
+                str(folder / absent[0]),
             )
     train_pixels, train_labels = _read_split(name, root_path, train=True, download=download)
     test_pixels, test_labels = _read_split(name, root_path, train=False, download=False)
@@ -136,17 +157,105 @@ def load_torchvision_bundle(
 
 
 def _read_split(name: str, root: Path, *, train: bool, download: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Raw uint8 pixels (``[N, H, W]`` or ``[N, H, W, C]``) and int64 labels of one split."""
+    """Raw uint8 pixels (``[N, H, W]`` or ``[N, H, W, C]``) and int64 labels of one split.
+
+    Raises
+    ------
+    DataFileError
+        When torchvision cannot parse a file of the split, or what it read is not images of
+        :data:`IMAGE_SHAPES` with one label in ``0 .. num_classes - 1`` each; the message names
+        the first file at fault (read on its own by :func:`file_problem`).
+    """
     import torchvision.datasets as tvd
 
     if name == "cifar10":
         cls = tvd.CIFAR10 if download else presence_checked_cifar10()
     else:
         cls = getattr(tvd, SOURCES[name].class_name)
-    dataset = cls(str(root), train=train, download=download)
-    pixels = np.asarray(dataset.data, dtype=np.uint8)
-    labels = np.asarray(dataset.targets, dtype=np.int64)
-    return pixels, labels
+    try:
+        dataset = cls(str(root), train=train, download=download)
+        pixels = np.asarray(dataset.data, dtype=np.uint8)
+        labels = np.asarray(dataset.targets, dtype=np.int64)
+    except Exception as error:  # torchvision's parsers fail with anything (struct, pickle, view, assert)
+        problem = f"{type(error).__name__}: {error}"
+    else:
+        problem = _arrays_problem(name, pixels, labels)
+        if problem is None:
+            return pixels, labels
+    folder = (root / SOURCES[name].folder).resolve()
+    files = split_files(name, train)
+    for filename in files:
+        if (detail := file_problem(name, folder / filename)) is not None:
+            raise DataFileError(
+                f"{name}: {folder / filename}: {detail}; replace it with the official file "
+                "(or delete it and set data.download = true to fetch it again)",
+                folder / filename,
+            )
+    raise DataFileError(
+        f"{name}: the {'train' if train else 'test'} split in {folder} ({', '.join(files)}) "
+        f"does not fit together: {problem}; replace them with the official files",
+        folder / files[0],
+    )
+
+
+def split_files(name: str, train: bool) -> tuple[str, ...]:
+    """The files torchvision reads for one split of ``name`` (CIFAR-10: with ``batches.meta``)."""
+    if name == "cifar10":
+        return (tuple(f"data_batch_{i}" for i in range(1, 6)) if train else ("test_batch",)) + ("batches.meta",)
+    prefix = "train" if train else "t10k"
+    return (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+
+
+def _arrays_problem(name: str, pixels: np.ndarray, labels: np.ndarray) -> str | None:
+    """What is wrong with a split's arrays (image shape, label count, label range), or None."""
+    shape = IMAGE_SHAPES[name]
+    if pixels.ndim != len(shape) + 1 or tuple(pixels.shape[1:]) != shape:
+        return f"images of shape {list(pixels.shape[1:])}; expected {list(shape)}"
+    if labels.shape != (pixels.shape[0],):
+        return f"{labels.size} labels for {pixels.shape[0]} images; expected one label per image"
+    return _labels_problem(name, labels)
+
+
+def _labels_problem(name: str, labels: np.ndarray) -> str | None:
+    classes = SOURCES[name].num_classes
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.size:
+        return f"label {int(bad[0])} ({bad.size} such); allowed: 0 .. {classes - 1}"
+    return None
+
+
+def file_problem(name: str, path: Path) -> str | None:
+    """What is wrong with one file of dataset ``name`` read on its own, or None if it reads well.
+
+    MNIST-like files are parsed with torchvision's own idx readers; CIFAR-10 files are unpickled
+    as torchvision does and checked for its keys (``data`` ``[N, 3072]`` uint8 and ``labels``;
+    ``batches.meta``: ``label_names``).
+    """
+    try:
+        if name == "cifar10":
+            with open(path, "rb") as infile:
+                entry = pickle.load(infile, encoding="latin1")
+            if path.name == "batches.meta":
+                if not isinstance(entry, dict) or "label_names" not in entry:
+                    return "not a CIFAR-10 batches.meta (a pickled dict with 'label_names')"
+                return None
+            if not isinstance(entry, dict) or "data" not in entry or "labels" not in entry:
+                return "not a CIFAR-10 batch (a pickled dict with 'data' and 'labels')"
+            data, labels = np.asarray(entry["data"]), np.asarray(entry["labels"], dtype=np.int64)
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                return f"'data' has shape {list(data.shape)}; expected [N, 3072] (32x32 RGB rows)"
+            if labels.shape != (data.shape[0],):
+                return f"{labels.size} labels for {data.shape[0]} images; expected one label per image"
+            return _labels_problem(name, labels)
+        from torchvision.datasets.mnist import read_image_file, read_label_file
+
+        if "-images-" in path.name:
+            images = read_image_file(str(path)).numpy()
+            shape = IMAGE_SHAPES[name]
+            return None if tuple(images.shape[1:]) == shape else f"images of shape {list(images.shape[1:])}; expected {list(shape)}"
+        return _labels_problem(name, read_label_file(str(path)).numpy().astype(np.int64))
+    except Exception as error:  # any parse failure is the answer
+        return f"cannot be read ({type(error).__name__}: {str(error) or 'malformed'})"
 
 
 def presence_checked_cifar10() -> type:
