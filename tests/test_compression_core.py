@@ -530,3 +530,36 @@ def test_summarize_traffic() -> None:
     s = summarize_traffic(recs)
     assert s["up-ratio"] == 100 and s["down-ratio"] == 1 and s["up-bytes"] == 100
     assert recs[0].ratio == 100
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_batchnorm_statistics_travel_exactly_under_every_codec(name: str) -> None:
+    """A lossy codec on BatchNorm's running variance made it negative (random-k's n/k scaling,
+    top-k's error feedback re-sending old deltas onto a new reference), and the CNN's global model
+    evaluated to NaN loss and 0.1 accuracy from round 2 (``compression = {uplink = 'randk',
+    density = 0.1}``); the statistics' deltas now travel raw, so the rebuilt ones are the local ones."""
+    rng = np.random.default_rng(5)
+    reference = {
+        "conv.weight": rng.standard_normal((8, 3, 3, 3)).astype(np.float32),
+        "bn.weight": np.ones(8, np.float32),
+        "bn.running_mean": np.zeros(64, np.float32),
+        "bn.running_var": np.ones(64, np.float32),
+        "bn.num_batches_tracked": np.array(3, np.int64),
+    }
+    local = dict(reference, **{
+        "bn.running_mean": rng.standard_normal(64).astype(np.float32),
+        "bn.running_var": rng.uniform(0.05, 0.2, 64).astype(np.float32),
+        "bn.num_batches_tracked": np.array(9, np.int64),
+    })
+    codec = make_codec(name, **({"density": 0.1} if name in ("topk", "randk") else {}))
+    step = compress_with_feedback(model_update(local, reference), codec, ctx=EncodeContext(rng=np.random.default_rng(1)))
+    decoded = decode_update(step.payload, expected=specs_of(reference), codec=name)
+    assert decoded.raw == {"bn.running_mean", "bn.running_var", "bn.num_batches_tracked"}
+    rebuilt = apply_update(reference, decoded.tensors)
+    for key in ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked"):
+        np.testing.assert_allclose(rebuilt[key], local[key], rtol=0, atol=1e-7)
+    assert not step.residual["bn.running_var"].any()  # nothing held back for a later round
+    coded = encode_update({"bn.xxxxxxxxxxx": np.ones(4, np.float32)}, make_codec("identity"))  # framed as coded
+    coded = reseal(coded.replace(b"bn.xxxxxxxxxxx", b"bn.running_var"))
+    with pytest.raises(PayloadError, match="statistic's delta travels raw"):
+        decode_update(coded, expected={"bn.running_var": TensorSpec((4,), "<f4")})

@@ -10,8 +10,10 @@ Layout (all integers little-endian)::
 
 Kind 0 (``coded``): a floating tensor, body written by the codec named in the
 header; it decodes to ``float32``. Kind 1 (``raw``): any other tensor (integer
-or bool buffers such as BatchNorm's ``num_batches_tracked``) sent exactly as
-``u8 dtype code | itemsize * n bytes``. The payload's size in bytes is
+or bool buffers such as BatchNorm's ``num_batches_tracked``), and the float32
+deltas of normalisation statistics (:func:`is_statistic`: BatchNorm's running
+mean and variance, which a lossy codec would turn into a negative variance),
+sent exactly as ``u8 dtype code | itemsize * n bytes``. The payload's size in bytes is
 ``len(payload)`` and nothing else; :func:`framing_overhead` gives the part that
 is not codec body.
 
@@ -56,6 +58,7 @@ __all__ = [
     "decode_update",
     "framing_overhead",
     "is_coded",
+    "is_statistic",
 ]
 
 MAGIC = b"FSUP"
@@ -87,8 +90,24 @@ _RAW_CODES = {dt.newbyteorder("="): code for code, dt in _RAW_DTYPES.items()}
 
 
 def is_coded(dtype: np.dtype | str) -> bool:
-    """Whether tensors of ``dtype`` go through the codec (floating) or travel raw."""
+    """Whether tensors of ``dtype`` are floating: updated as deltas and, unless they are
+    statistics (:func:`is_statistic`), sent through the codec; other tensors travel raw."""
     return bool(np.issubdtype(np.dtype(dtype), np.floating))
+
+
+#: Last component of the state_dict names of normalisation statistics (BatchNorm's, InstanceNorm's).
+STATISTIC_NAMES: tuple[str, ...] = ("running_mean", "running_var")
+
+
+def is_statistic(name: str) -> bool:
+    """Whether tensor ``name`` is a normalisation statistic, whose delta travels raw (exactly).
+
+    A lossy codec's error (top-k's dropped entries re-sent later by error feedback, random-k's
+    ``n / k`` scaling, quantization) lands on the running variance too: a rebuilt variance went
+    negative and every evaluation of the model gave NaN. The statistics are a few values per
+    channel, so sending their deltas exactly costs little.
+    """
+    return name.rsplit(".", 1)[-1] in STATISTIC_NAMES
 
 
 @dataclass(frozen=True)
@@ -173,7 +192,8 @@ def encode_update(
 ) -> bytes:
     """Encode named tensors into one payload.
 
-    Floating tensors are cast to ``float32`` and encoded by ``codec``; all others
+    Floating tensors are cast to ``float32`` and encoded by ``codec``, except
+    statistics (:func:`is_statistic`), written raw as ``float32``; all others
     are written raw (exact). Order is preserved.
 
     Parameters
@@ -198,11 +218,13 @@ def encode_update(
         encoded_name = name.encode("utf-8")
         if len(encoded_name) > 0xFFFF or arr.ndim > MAX_NDIM or any(d > 0xFFFFFFFF for d in arr.shape):
             raise ValueError(f"tensor {name!r} cannot be framed (name length, ndim or dims too large)")
-        if is_coded(arr.dtype):
+        if is_coded(arr.dtype) and not is_statistic(name):
             kind = KIND_CODED
             body = codec.encode(name, np.asarray(arr, dtype=np.float32, order="C"), ctx)
         else:
             kind = KIND_RAW
+            if is_coded(arr.dtype):  # a statistic: its float32 delta, exactly
+                arr = np.asarray(arr, dtype=np.float32)
             code = _RAW_CODES.get(arr.dtype.newbyteorder("="))
             if code is None:
                 raise ValueError(f"tensor {name!r}: dtype {arr.dtype} cannot travel raw")
@@ -220,14 +242,15 @@ def encode_update(
     return joined + _CRC.pack(zlib.crc32(joined))
 
 
-def _decode_raw(body: memoryview, shape: tuple[int, ...], spec: TensorSpec | None) -> np.ndarray:
+def _decode_raw(body: memoryview, shape: tuple[int, ...], spec: TensorSpec | None, name: str = "") -> np.ndarray:
     """A raw body ``u8 dtype code | itemsize * n bytes``, checked against ``spec`` before allocating.
 
     Raises
     ------
     PayloadError
         Unknown dtype code, a dtype other than the expected one (a floating spec
-        must travel coded), or a body that is not exactly ``1 + itemsize * n`` bytes.
+        must travel coded, except a statistic's, whose delta travels as float32),
+        or a body that is not exactly ``1 + itemsize * n`` bytes.
     """
     reader = BodyReader(body, "raw body")
     (code,) = reader.unpack(_RAW_CODE)
@@ -237,7 +260,9 @@ def _decode_raw(body: memoryview, shape: tuple[int, ...], spec: TensorSpec | Non
     native = dtype.newbyteorder("=")
     if spec is not None:
         wanted = np.dtype(spec.dtype)
-        if is_coded(wanted):
+        if is_coded(wanted) and is_statistic(name):
+            wanted = np.dtype(np.float32)  # the delta of a statistic, as model_update computes it
+        elif is_coded(wanted):
             raise PayloadError(f"raw {native}, expected coded {wanted}")
         if native != wanted.newbyteorder("="):
             raise PayloadError(f"raw {native}, expected {wanted}")
@@ -351,9 +376,11 @@ def decode_update(
             if kind == KIND_CODED:
                 if spec is not None and not is_coded(spec.dtype):
                     raise PayloadError(f"coded, but expected raw {np.dtype(spec.dtype)}")
+                if spec is not None and is_statistic(name):
+                    raise PayloadError("coded, but a statistic's delta travels raw (float32)")
                 arr = _decode_coded(decoder, body, shape)
             elif kind == KIND_RAW:
-                arr = _decode_raw(body, shape, spec)
+                arr = _decode_raw(body, shape, spec, name)
                 raw.add(name)
             else:
                 raise PayloadError(f"unknown tensor kind {kind}")
