@@ -9,7 +9,7 @@
 3. Certified gap at N = 100 on scaled case-study instances.
 
 Run:  python experiments/acceptance_scheduler.py [--smoke] [--instances 200] [--out DIR]
-Takes ~10 minutes in full on a 2-core machine (the SLSQP brute force dominates).
+Exit status 1 when a check fails. Takes ~10 minutes in full on a 2-core machine (the SLSQP brute force dominates).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsplit.cli_types import positive_int
 from fedsplit.inference.exact import solve_exact
 from fedsplit.inference.experiment_io import Checks, print_row, write_csv
 from fedsplit.inference.feasibility import pair_table
@@ -94,11 +95,11 @@ def fast_vs_exact(count: int, seed: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="seconds: 5 instances each, N=100 once")
-    parser.add_argument("--instances", type=int, default=200)
+    parser.add_argument("--smoke", action="store_true", help="seconds: 5 instances each unless --instances, N=100 once")
+    parser.add_argument("--instances", type=positive_int, default=None, help="random instances per test (default 200)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "acceptance_scheduler")
     args = parser.parse_args(argv)
-    count = 5 if args.smoke else args.instances
+    count = args.instances or (5 if args.smoke else 200)
     checks = Checks()
 
     start = time.perf_counter()
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print_row({"test": "certified_gap_N100", "seed": seed, "M": 3, "gap": schedule.gap,
                    "solve_s": schedule.solve_s})
     checks.check("certified gap <= 1% at N=100", max(certified) <= 0.01, f"max over {seeds} seeds {max(certified):.3g}")
-    return 0
+    return 0 if checks.all_passed else 1
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ the paper, 5 models from 100x100 to 600x600 inputs, chi = 0.7; see
 problem object (nothing cached) and the best wall time is reported, since the machine is shared.
 
 Prints ``N=<n> solve_s=<t> gap=<g>`` per size, writes ``bench.csv`` and ``bench.png``, and checks the
-issue's targets: N=1,000 in <= 0.2 s, N=10,000 in <= 2 s, certified gap <= 1% at N=100.
+issue's targets: N=1,000 in <= 0.2 s, N=10,000 in <= 2 s, certified gap <= 1% at N=100 (exit status 1 when a check fails).
 
 Run:  python experiments/bench_scheduler.py [--smoke] [--repeats 5] [--out DIR]
 """
@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from fedsplit.cli_types import positive_int
 from fedsplit.inference.experiment_io import Checks, plt, write_csv
 from fedsplit.inference.instances import benchmark_problem
 from fedsplit.inference.lagrangian import solve_fast
@@ -76,12 +77,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="seconds: N in {100, 1000}, 2 runs each")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per size; the best is reported")
+    parser.add_argument("--smoke", action="store_true", help="seconds: N in {100, 1000}, 2 runs each unless --repeats")
+    parser.add_argument("--repeats", type=positive_int, default=None, help="runs per size; the best is reported (default 5)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_scheduler")
     args = parser.parse_args(argv)
     sizes = [100, 1000] if args.smoke else [100, 300, 1000, 3000, 10000]
-    repeats = 2 if args.smoke else args.repeats
+    repeats = args.repeats or (2 if args.smoke else 5)
     rows = [bench(n, repeats if n <= 3000 else max(2, repeats - 2)) for n in sizes]
     write_csv(rows, args.out / "bench.csv")
     plot(rows, args.out / "bench.png")
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"gap {by_n[100]['gap']:.3g}")
     checks.check("every answer feasible with a certified gap", all(r["feasible"] for r in rows),
                  f"largest gap {max(r['gap'] for r in rows):.3g}")
-    return 0
+    return 0 if checks.all_passed else 1
 
 
 if __name__ == "__main__":

@@ -21,12 +21,52 @@ def load(name):
     ("bench_scheduler", ("bench.csv", "bench.png")),
 ])
 def test_smoke_run_writes_outputs_and_passes_its_checks(name, files, tmp_path, capsys):
-    assert load(name).main(["--smoke", "--out", str(tmp_path)]) == 0
+    code = load(name).main(["--smoke", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     for f in files:
         assert (tmp_path / f).stat().st_size > 0
     checks = [line for line in out.splitlines() if line.startswith("check ")]
     assert checks
+    assert code == (1 if any(": FAIL" in c for c in checks) else 0)  # a failed check is exit status 1
     failed = [c for c in checks if ": FAIL" in c and "solved within" not in c]  # timing varies on CI
     assert not failed, failed
     assert any("=" in line and not line.startswith("check") for line in out.splitlines())
+
+
+def test_a_failed_claim_is_exit_status_1(tmp_path, monkeypatch):
+    # the claim checks printed FAIL but every script exited 0, so CI could not notice a broken claim
+    from fedsplit.inference.experiment_io import Checks
+
+    def failing(*args, **kwargs):
+        checks = Checks()
+        checks.check("a claim", False, "made to fail")
+        return checks
+
+    for name in ("deng_fig3", "deng_fig4"):
+        module = load(name)
+        monkeypatch.setattr(module, "check_claims", failing)
+        assert module.main(["--smoke", "--out", str(tmp_path / name)]) == 1
+
+
+@pytest.mark.parametrize("name, option", [
+    ("deng_fig3", "--seeds"), ("deng_fig4", "--seeds"), ("bench_scheduler", "--repeats"),
+    ("acceptance_scheduler", "--instances"),
+])
+def test_a_count_below_1_is_refused_in_one_line(name, option, tmp_path, capsys):
+    # --seeds 0 was an IndexError inside numpy, --repeats 0 / --instances 0 a ValueError of min()/max()
+    with pytest.raises(SystemExit) as info:
+        load(name).main([option, "0", "--out", str(tmp_path)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: '0': expected a whole number, at least 1" in err
+    assert not (tmp_path / "fig3.csv").exists()
+
+
+def test_smoke_keeps_an_explicit_seed_count(tmp_path):
+    # --smoke used to replace --seeds by 5 without a word
+    import csv
+
+    load("deng_fig4").main(["--smoke", "--seeds", "2", "--out", str(tmp_path)])
+    with open(tmp_path / "fig4.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and {int(r["seeds_used"]) for r in rows} <= {1, 2} and any(r["seeds_used"] == "2" for r in rows)
