@@ -211,7 +211,8 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None, resume: 
     else:
         run_dir = Path(cfg.out_dir)
     start = time.perf_counter()
-    with RoundProgress(cfg.rounds, enabled=cfg.progress) as progress:
+    done_rounds = session.resume_from.round if session.resume_from is not None else 0
+    with RoundProgress(cfg.rounds, enabled=cfg.progress, done_rounds=done_rounds) as progress:
         session.on_round = progress.on_round
         if engine is not None:
             session.engine_info = engine.describe()

@@ -46,6 +46,14 @@ def test_progress_off_a_terminal_is_one_plain_line_per_round():
     assert "…" not in out.getvalue() and "━" not in out.getvalue()  # no bar, no truncated tail
 
 
+def test_a_resumed_runs_bar_starts_at_the_rounds_already_done():
+    out = _Tty()
+    console = Console(file=out, force_terminal=True, width=120)
+    with RoundProgress(10, console=console, done_rounds=6) as progress:
+        progress.on_round(_round(7), sim_elapsed_s=700.0)
+    assert "7/10" in out.getvalue() and "1/10" not in out.getvalue()
+
+
 def test_progress_disabled_prints_nothing():
     out = io.StringIO()
     with RoundProgress(2, enabled=False, console=Console(file=out, force_terminal=False)) as progress:

@@ -50,9 +50,11 @@ class RoundProgress:
         Print anything at all.
     console : rich.console.Console, optional
         Where to print (default: a console on stderr); its ``is_terminal`` chooses bar or lines.
+    done_rounds : int
+        Rounds already finished when the bar starts (a resumed run's), so it shows ``k/N`` from there.
     """
 
-    def __init__(self, total_rounds: int, enabled: bool = True, console: Console | None = None) -> None:
+    def __init__(self, total_rounds: int, enabled: bool = True, console: Console | None = None, done_rounds: int = 0) -> None:
         self.enabled = enabled
         self.total_rounds = total_rounds
         self.console = console or Console(stderr=True)
@@ -66,7 +68,7 @@ class RoundProgress:
             console=self.console,
             disable=not self.live,
         )
-        self._task = self._progress.add_task("rounds", total=total_rounds, status="")
+        self._task = self._progress.add_task("rounds", total=total_rounds, completed=done_rounds, status="")
 
     def __enter__(self) -> "RoundProgress":
         self._progress.start()
