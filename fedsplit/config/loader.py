@@ -16,7 +16,18 @@ from typing import Any, Mapping, Sequence
 import tomli_w
 
 from fedsplit.config.errors import ConfigError
-from fedsplit.config.names import check_budget, check_data, check_faults, check_model_name, check_privacy, check_secagg, check_split, check_strategy_name, check_transfer
+from fedsplit.config.names import (
+    check_budget,
+    check_data,
+    check_faults,
+    check_model_name,
+    check_privacy,
+    check_protocol_settings,
+    check_secagg,
+    check_split,
+    check_strategy_name,
+    check_transfer,
+)
 from fedsplit.config.schema import RunConfig
 
 __all__ = ["ConfigError", "config_from_dict", "config_to_dict", "dump_config", "load_config", "parse_override", "validate"]
@@ -194,6 +205,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     check_secagg(cfg)
     check_faults(cfg)
     check_budget(cfg)
+    check_protocol_settings(cfg)
     return cfg
 
 

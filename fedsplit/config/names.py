@@ -316,6 +316,42 @@ def check_budget(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; importe
 TRAIN_MESSAGE_MODES: tuple[str, ...] = ("fl", "fedbuff", "fedasync", "gossip")
 
 
+def check_protocol_settings(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
+    """Settings only ``training.mode = 'fl'`` reads (``compression``, ``strategy.params``,
+    ``strategy.selection``, ``strategy.local_work``), and distillation
+    (``transfer.teacher``), which acts in the ``train`` handler of :data:`TRAIN_MESSAGE_MODES`:
+    with another mode they were ignored without a word (a split or asynchronous run with
+    ``compression`` sent every update dense).
+
+    Raises
+    ------
+    ConfigError
+        Naming the first such field, its value and the modes that use it.
+    """
+    from fedsplit.config.schema import StrategyConfig
+
+    mode = cfg.training.mode
+    if mode != "fl":
+        default = StrategyConfig()
+        ignored = [("compression", cfg.compression)] if cfg.compression else []
+        ignored += [
+            (f"strategy.{name}", getattr(cfg.strategy, name))
+            for name in ("params", "selection", "local_work")
+            if getattr(cfg.strategy, name) != getattr(default, name)
+        ]
+        if ignored:
+            name, value = ignored[0]
+            raise ConfigError(
+                f"config: {name} = {value!r}: has no effect with training.mode = {mode!r} "
+                "(only training.mode = 'fl' runs a strategy and compresses updates)"
+            )
+    if cfg.transfer.teacher and mode not in TRAIN_MESSAGE_MODES:
+        raise ConfigError(
+            f"config: transfer.teacher with training.mode = {mode!r}: distillation acts in whole-model local training "
+            f"(training.mode = {', '.join(TRAIN_MESSAGE_MODES)}); split learning computes the loss without the teacher"
+        )
+
+
 def check_privacy(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
     """``privacy.*``, ``attack.*``, ``defence.*``: a noise or a budget, a protocol each applies to, at
     least one attacker, one clipping bound, no setting that would be ignored.
