@@ -183,8 +183,9 @@ def run_protocol(
     Raises
     ------
     EmptyRoundsError
-        ``settings.max_empty_rounds`` consecutive rounds aggregated nothing; the message names
-        the most common reason.
+        ``settings.max_empty_rounds`` consecutive rounds aggregated nothing, or the run ended
+        without a single round that aggregated something (fewer rounds than that limit); the
+        message names the most common reason.
     TooFewUpdatesError
         A round kept fewer than ``settings.min_clients`` updates (see :func:`step_round`).
     """
@@ -217,6 +218,11 @@ def run_protocol(
         if settings.max_empty_rounds > 0 and len(empty) >= settings.max_empty_rounds:
             raise EmptyRoundsError(
                 f"stopped after round {server_round}: {len(empty)} consecutive rounds aggregated no update; "
+                f"most common reason: {most_common_reason(grid, empty)}"
+            )
+        if settings.max_empty_rounds > 0 and last and len(empty) == server_round:  # fewer rounds than the limit, all empty
+            raise EmptyRoundsError(
+                f"the run ended after round {server_round} without aggregating any update; "
                 f"most common reason: {most_common_reason(grid, empty)}"
             )
         # After the stop check: a run resumed from here is one that had not stopped.

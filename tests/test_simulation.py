@@ -220,6 +220,16 @@ def test_run_that_aggregates_nothing_fails_loudly(tmp_path, ray_session, capsys)
     assert "NaN/Inf" in err[0]
 
 
+def test_a_run_shorter_than_the_empty_round_limit_that_never_aggregates_fails_too(tmp_path, capsys):
+    """One round, every update rejected: fewer rounds than training.max_empty_rounds, still exit 3."""
+    from fedsplit.simulation.cli import cmd_simulate
+
+    overrides = small_overrides(tmp_path, **{"train.lr": 1e30, "train.momentum": 0.0, "rounds": 1, "engine.name": "serial"})
+    assert cmd_simulate(argparse.Namespace(config=None, set=overrides, engine=None)) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("fedsplit: error: run: the run ended after round 1 without aggregating any update; most common reason: ")
+
+
 def test_batchnorm_integer_buffers_survive_averaging(tmp_path, ray_session):
     """The default model has BatchNorm: its int64 counters must not make later updates 'invalid'."""
     overrides = small_overrides(tmp_path, **{"model.name": "cnn", "rounds": 3})
