@@ -121,6 +121,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedsplit.simulation.checkpoint import ResumePointError
+    from fedsplit.models.checkpoint import CheckpointError
     from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.runner import simulate
     from fedsplit.strategies import StrategyLoadError
@@ -136,6 +137,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except EmptyRoundsError as exc:
         print(f"fedsplit: error: run: {exc}", file=sys.stderr)
         return 3
+    except CheckpointError as exc:  # model.pretrained / transfer.teacher whose tensors do not fit the model built
+        print(f"fedsplit: error: config: {exc}", file=sys.stderr)
+        return 2
     acc = outcome.summary["final_metrics"].get("accuracy")
     if "stopped" in outcome.summary:
         stopped = outcome.summary["stopped"]

@@ -382,3 +382,14 @@ def test_epoch_progress_does_not_change_the_training(tmp_path):
     assert [epoch for epoch, _, _ in seen] == [1, 2] and all(seconds >= 0 for _, _, seconds in seen)
     wa, wb = read_checkpoint(a.path).state_dict, read_checkpoint(b.path).state_dict
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_pretrained_checkpoint_of_another_architecture_is_refused_before_a_run_folder(source_cnn, tmp_path, fedsplit_main):
+    """A CNN checkpoint as model.pretrained of an MLP run: it used to fail with a traceback once
+    the run had made its folder; now the configuration is refused in one line."""
+    with pytest.raises(ConfigError, match=r"model.pretrained = .*made for model 'cnn', but model.name = 'mlp'"):
+        _config("model.name=mlp", f"model.pretrained='{source_cnn}'")
+    run = fedsplit_main("simulate", "--set", "model.name=mlp", "--set", f"model.pretrained={source_cnn}",
+                        "--set", f"out_dir={tmp_path / 'runs'}", "--set", "engine.name=serial")
+    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "made for model 'cnn'" in run.stderr
+    assert not (tmp_path / "runs").exists()

@@ -197,6 +197,8 @@ def check_transfer(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; impor
             raise ConfigError(f"config: {type(section).__name__.replace('Config', '').lower()}.{name} = {path!r}: no such file (a local checkpoint; nothing is downloaded)")
         if path:  # absolute, so that ClientApps in other working directories (Ray actors) find it
             setattr(section, name, str(Path(path).resolve()))
+    if cfg.model.pretrained:
+        check_pretrained(cfg)
     if cfg.transfer.teacher:
         check_teacher(cfg)
     trainable = cfg.transfer.trainable.strip()
@@ -209,6 +211,33 @@ def check_transfer(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; impor
         resolve_trainable(build_model(cfg.model.name, (3, 32, 32), 10, hidden=cfg.model.hidden, width=cfg.model.width), trainable)
     except ValueError as exc:
         raise ConfigError(f"config: transfer.trainable = {exc}") from None
+
+
+def check_pretrained(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
+    """``model.pretrained``: a readable checkpoint, made for ``model.name`` where its metadata says.
+
+    Whether every tensor fits is known only once the model is built for the data's input shape
+    (when the run starts); a checkpoint of another architecture is refused here, before a run
+    folder is made.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, what it was made for and the model of the run.
+    """
+    from fedsplit.models.checkpoint import CheckpointError, read_checkpoint
+
+    path = cfg.model.pretrained
+    try:
+        meta = read_checkpoint(path).meta
+    except CheckpointError as exc:
+        raise ConfigError(f"config: model.pretrained = {path!r}: {exc}") from None
+    made_for = meta.get("model")
+    if made_for is not None and made_for != cfg.model.name:
+        raise ConfigError(
+            f"config: model.pretrained = {path!r}: made for model {made_for!r}, but model.name = {cfg.model.name!r} "
+            f"(set model.name = {made_for!r}, or pretrain a {cfg.model.name!r} with `fedsplit pretrain --set model.name={cfg.model.name}`)"
+        )
 
 
 def check_teacher(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
