@@ -38,6 +38,7 @@ def test_user_profile_inherits_from_builtin():
         ("data.alpha=-1", "data.alpha = -1.0: must be > 0"),
         ("profiles.x={base='laptop', flops_per_s=-1}", "device profile 'x': flops_per_s = -1.0: must be > 0"),
         ("seed=-1", "seed = -1: must be >= 0 and < 4294967296"),
+        ("split.cut=3", "split.cut = 3: expected a string in quotes: split.cut = '3'"),
         ("faults.seed=4294967296", "faults.seed = 4294967296: must be >= 0 and < 4294967296"),
     ],
 )

@@ -94,7 +94,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"config: {name} = {value!r}: expected a string")
+            quoted = f" in quotes: {name} = '{value}'" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+            raise ConfigError(f"config: {name} = {value!r}: expected a string{quoted}")
         return value
     raise TypeError(f"unsupported config annotation {tp!r} for {name}")  # pragma: no cover
 
