@@ -285,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compiled", action="store_true",
                         help="with --ray-call-cost: the same calls through a Ray Compiled Graph")
     args = parser.parse_args(argv)
+    for item in args.workloads.split(","):  # an unknown name: one line now, not a KeyError traceback
+        if item not in WORKLOADS:
+            parser.error(f"argument --workloads: {item!r} is not known; allowed: {', '.join(WORKLOADS)}")
     from fedsplit.simulation.runner import quiet_flower
 
     quiet_flower()

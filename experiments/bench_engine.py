@@ -397,8 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=3, help="timed passes per way (best is reported)")
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's engine")
     parser.add_argument("--batch-factor", type=int, default=1, help="fedsplit engine: batches per actor and round (RayEngine batch_factor)")
-    parser.add_argument("--profile", metavar="WORKLOAD", help="only profile the driver on WORKLOAD (top 15 entries)")
+    parser.add_argument("--profile", metavar="WORKLOAD", choices=list(WORKLOADS), help="only profile the driver on WORKLOAD (top 15 entries)")
     args = parser.parse_args(argv)
+    for item in args.workloads.split(","):  # an unknown name: one line now, not a KeyError traceback
+        if item not in WORKLOADS:
+            parser.error(f"argument --workloads: {item!r} is not known; allowed: {', '.join(WORKLOADS)}")
     from fedsplit.simulation.runner import quiet_flower
 
     quiet_flower()

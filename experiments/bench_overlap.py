@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="mlp100,mlp", help=f"comma-separated: {','.join(WORKLOADS)}")
     parser.add_argument("--passes", type=int, default=8, help="timed passes per way (best and median are reported)")
     args = parser.parse_args(argv)
+    for item in args.workloads.split(","):  # an unknown name: one line now, not a KeyError traceback
+        if item not in WORKLOADS:
+            parser.error(f"argument --workloads: {item!r} is not known; allowed: {', '.join(WORKLOADS)}")
     from fedsplit.simulation.runner import quiet_flower
 
     quiet_flower()

@@ -192,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--terminals", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    for item in args.workloads.split(","):  # an unknown name: one line, before any run
+        if item.strip() and item.strip() not in WORKLOADS:
+            parser.error(f"argument --workloads: {item.strip()!r} is not known; allowed: {', '.join(WORKLOADS)}")
     quiet_flower()
     quiet_ray()
     cpus = os.cpu_count() or 1

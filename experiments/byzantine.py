@@ -39,6 +39,8 @@ import argparse
 import csv
 from pathlib import Path
 
+from fedsplit.cli_types import positive_int
+
 ATTACKS = ("none", "signflip", "scale", "noise", "labelflip")
 DEFENCES = ("fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "normclip", "normreject")
 SMOKE = {"attacks": ("none", "signflip"), "defences": ("fedavg", "fedmedian", "normreject"), "rounds": 2, "terminals": 10}
@@ -138,22 +140,28 @@ def acceptance(rows: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--terminals", type=int, default=20)
+    parser.add_argument("--rounds", type=positive_int, default=None, help="default 20 (--smoke: 2)")
+    parser.add_argument("--terminals", type=positive_int, default=None, help="default 20 (--smoke: 10)")
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--fraction", type=float, default=0.2, help="fraction of attacking terminals")
     parser.add_argument("--k", type=float, default=5.0, help="signflip / scale multiplier")
     parser.add_argument("--noise-std", type=float, default=1.0, help="noise attack standard deviation (weight units)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--attacks", default=",".join(ATTACKS))
-    parser.add_argument("--defences", default=",".join(DEFENCES))
-    parser.add_argument("--smoke", action="store_true", help="a seconds-long grid (CI): 2 attacks x 3 defences, 2 rounds, 10 terminals")
+    parser.add_argument("--attacks", default=None, help=f"comma-separated (default: all, {','.join(ATTACKS)})")
+    parser.add_argument("--defences", default=None, help=f"comma-separated (default: all, {','.join(DEFENCES)})")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a seconds-long grid (CI): 2 attacks x 3 defences, 2 rounds, 10 terminals, unless given")
     parser.add_argument("--out", type=Path, default=Path("experiments/results/byzantine"))
     args = parser.parse_args(argv)
-    attacks, defences = [a for a in args.attacks.split(",") if a], [d for d in args.defences.split(",") if d]
-    if args.smoke:
-        attacks, defences = list(SMOKE["attacks"]), list(SMOKE["defences"])
-        args.rounds, args.terminals = SMOKE["rounds"], SMOKE["terminals"]
+    grid = SMOKE if args.smoke else {"attacks": ATTACKS, "defences": DEFENCES, "rounds": 20, "terminals": 20}
+    # --smoke only fills in what was not given; an unknown name is one line, before any run
+    attacks = [a.strip() for a in (args.attacks or ",".join(grid["attacks"])).split(",") if a.strip()]
+    defences = [d.strip() for d in (args.defences or ",".join(grid["defences"])).split(",") if d.strip()]
+    for option, names, known in (("attacks", attacks, ATTACKS), ("defences", defences, DEFENCES)):
+        for name in names:
+            if name not in known:
+                parser.error(f"argument --{option}: {name!r} is not known; allowed: {', '.join(known)}")
+    args.rounds, args.terminals = args.rounds or grid["rounds"], args.terminals or grid["terminals"]
     import torch
 
     torch.set_num_threads(1)  # tiny models: one thread each beats a contended thread pool

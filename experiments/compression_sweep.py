@@ -540,7 +540,7 @@ def check_acceptance(runs: list[CodecRun], costs: list[Cost]) -> Checks:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="seconds: IID only, 2 rounds, identity and topk-ef")
+    parser.add_argument("--smoke", action="store_true", help="seconds: IID only, 2 rounds, identity and topk-ef (unless --codecs / --partitions)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compression_sweep")
     parser.add_argument("--rounds", type=int, default=Settings.rounds)
     parser.add_argument("--local-epochs", type=int, default=Settings.local_epochs)
@@ -548,8 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--momentum", type=float, default=Settings.momentum)
     parser.add_argument("--batch-size", type=int, default=Settings.batch_size)
     parser.add_argument("--resolution", type=int, default=Settings.resolution, help="0 = native 8x8")
-    parser.add_argument("--codecs", default=",".join(CODECS), help="comma-separated labels (identity first)")
-    parser.add_argument("--partitions", default=",".join(PARTITIONS))
+    parser.add_argument("--codecs", default=None, help=f"comma-separated labels (identity first; default {','.join(CODECS)})")
+    parser.add_argument("--partitions", default=None, help=f"comma-separated (default {','.join(PARTITIONS)})")
     parser.add_argument("--cost-reps", type=int, default=5, help="timed repetitions of each codec")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--fresh-engines", action="store_true", help="run each codec through simulate()")
@@ -557,11 +557,11 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings(rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr, momentum=args.momentum,
                         batch_size=args.batch_size, resolution=args.resolution)
-    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
-    partitions = [p.strip() for p in args.partitions.split(",") if p.strip()]
-    if args.smoke:
+    if args.smoke:  # fills in what was not given (an explicit --codecs / --partitions stays)
         settings = replace(settings, rounds=2)
-        codecs, partitions = list(SMOKE_CODECS), ["iid"]
+    codecs_text = args.codecs or ",".join(SMOKE_CODECS if args.smoke else CODECS)
+    codecs = [c.strip() for c in codecs_text.split(",") if c.strip()]
+    partitions = [p.strip() for p in (args.partitions or ("iid" if args.smoke else ",".join(PARTITIONS))).split(",") if p.strip()]
     unknown = [c for c in codecs if c not in CODECS] + [p for p in partitions if p not in PARTITIONS]
     if unknown:
         parser.error(f"unknown codec/partition {unknown[0]!r}; allowed: {', '.join([*CODECS, *PARTITIONS])}")

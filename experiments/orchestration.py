@@ -131,12 +131,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--out", type=Path, default=Path("experiments/results/orchestration"))
     args = parser.parse_args(argv)
+    for item in args.methods.split(","):  # an unknown name: one line, before any run
+        if item.strip() and item.strip() not in METHODS:
+            parser.error(f"argument --methods: {item.strip()!r} is not known; allowed: {', '.join(METHODS)}")
     import torch
 
     torch.set_num_threads(1)  # tiny models: one thread each beats a contended thread pool
     args.out.mkdir(parents=True, exist_ok=True)
     curves: dict[str, list[dict]] = {}
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     curves["fedavg"] = run_method("fedavg", args, 0)
     updates = curves["fedavg"][-1]["trainings"]
     for method in methods:

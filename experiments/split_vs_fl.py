@@ -241,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated labels of METHODS")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    for item in args.methods.split(","):  # an unknown name: one line, before any run
+        if item.strip() and item.strip() not in METHODS:
+            parser.error(f"argument --methods: {item.strip()!r} is not known; allowed: {', '.join(METHODS)}")
     settings = Settings(rounds=args.rounds, terminals=args.terminals)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if "fedavg" not in methods:

@@ -1,4 +1,5 @@
-"""The scheduler experiments' smoke runs: rows, CSV + PNG, and every claim check passing."""
+"""The scheduler experiments' smoke runs: rows, CSV + PNG, and every claim check passing; every
+experiment script's refusal of a bad argument (one line, exit 2, before any run)."""
 
 import importlib.util
 from pathlib import Path
@@ -70,3 +71,32 @@ def test_smoke_keeps_an_explicit_seed_count(tmp_path):
     with open(tmp_path / "fig4.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows and {int(r["seeds_used"]) for r in rows} <= {1, 2} and any(r["seeds_used"] == "2" for r in rows)
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("split_vs_fl", ["--methods", "fedavg,nope"]),
+    ("bench_split", ["--workloads", "nope"]),
+    ("bench_engine", ["--workloads", "mlp,nope"]),
+    ("bench_driver", ["--workloads", "nope"]),
+    ("bench_overlap", ["--workloads", "nope"]),
+    ("orchestration", ["--methods", "nope"]),
+    ("byzantine", ["--smoke", "--attacks", "none,nope"]),
+    ("compression_sweep", ["--smoke", "--codecs", "nope"]),
+])
+def test_an_unknown_name_in_a_list_option_is_refused_before_any_run(name, argv, tmp_path, capsys, monkeypatch):
+    # were KeyError tracebacks (bench_*, split_vs_fl), a ValueError after FedAvg's runs (orchestration),
+    # a ConfigError after the earlier cells' runs (byzantine), or ignored under --smoke (byzantine, compression_sweep)
+    import sys
+
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))  # bench_driver and bench_overlap import bench_engine
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # compression_sweep's dataclasses look their module up
+    spec.loader.exec_module(module)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        module.main([*argv, *(["--out", str(out)] if name not in ("bench_engine", "bench_driver", "bench_overlap") else [])])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and "allowed" in err
+    assert not out.exists()
