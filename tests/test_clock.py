@@ -49,3 +49,16 @@ def test_flops_are_counted_where_the_model_is():
     on_cpu = step_flops(model, (1, 8, 8), 4)
     _CACHE.clear()
     assert step_flops(model.to("meta"), (1, 8, 8), 4) == on_cpu
+
+
+def test_user_profile_may_inherit_from_a_user_profile_listed_later_and_cycles_are_named():
+    # profiles.b.base = 'a' was "unknown device profile" when [profiles.a] came after [profiles.b]
+    from fedsplit.devices.profile import resolve_profiles
+
+    profiles = resolve_profiles({"b": {"base": "a", "tx_power_w": 0.3}, "a": {"base": "laptop", "uplink_bps": 1e6}})
+    assert profiles["b"].uplink_bps == 1e6 and profiles["b"].tx_power_w == 0.3
+    assert profiles["b"].flops_per_s == profiles["laptop"].flops_per_s
+    overridden = resolve_profiles({"laptop": {"base": "laptop", "uplink_bps": 2e6}})
+    assert overridden["laptop"].uplink_bps == 2e6  # a built-in overridden through base = its own name
+    with pytest.raises(ValueError, match=r"profiles\.b\.base = 'a': leads back to itself \(a -> b -> a\)"):
+        resolve_profiles({"a": {"base": "b"}, "b": {"base": "a"}})

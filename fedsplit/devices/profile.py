@@ -113,20 +113,45 @@ def builtin_profiles() -> dict[str, DeviceProfile]:
 def resolve_profiles(user_profiles: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, DeviceProfile]:
     """Built-in profiles, extended (or overridden) by the user's.
 
-    A user profile may name ``base = "<builtin>"`` to inherit every field it does not set.
+    A user profile may name ``base = "<profile>"`` to inherit every field it does not set: a
+    built-in profile or another user profile, in whatever order the table lists them (a user
+    profile with a built-in's name and ``base`` = that name overrides the built-in's fields).
+
+    Raises
+    ------
+    ValueError
+        For a ``base`` that names no profile or leads back to the profile itself, and as
+        :meth:`DeviceProfile.from_mapping`.
     """
     profiles = builtin_profiles()
-    for name, values in (user_profiles or {}).items():
-        values = dict(values)
+    user = {name: dict(values) for name, values in (user_profiles or {}).items()}
+    known = sorted(set(profiles) | set(user))
+
+    def resolve(name: str, chain: tuple[str, ...]) -> DeviceProfile:
+        values = dict(user[name])
         base_name = values.pop("base", None)
-        if base_name is not None:
-            if base_name not in profiles:
+        if base_name == name and name in profiles:  # a built-in overridden: base = its own name is the built-in
+            values = {**profiles[name].to_dict(), **values}
+        elif base_name is not None:
+            if base_name in chain + (name,):
                 raise ValueError(
-                    f"profiles.{name}.base = {base_name!r}: unknown device profile "
-                    f"(known: {', '.join(sorted(profiles))})"
+                    f"profiles.{name}.base = {base_name!r}: leads back to itself "
+                    f"({' -> '.join(chain + (name, base_name))}); allowed: a profile that does not inherit from {name!r}"
                 )
-            values = {**profiles[base_name].to_dict(), **values}
-        profiles[name] = DeviceProfile.from_mapping(name, values)
+            if base_name in user and base_name not in resolved:
+                resolved[base_name] = resolve(base_name, chain + (name,))
+            if base_name not in resolved and base_name not in profiles:
+                raise ValueError(
+                    f"profiles.{name}.base = {base_name!r}: unknown device profile (known: {', '.join(known)})"
+                )
+            values = {**resolved.get(base_name, profiles.get(base_name)).to_dict(), **values}
+        return DeviceProfile.from_mapping(name, values)
+
+    resolved: dict[str, DeviceProfile] = {}
+    for name in user:
+        if name not in resolved:
+            resolved[name] = resolve(name, ())
+    profiles.update(resolved)
     return profiles
 
 
