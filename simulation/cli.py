@@ -22,6 +22,7 @@ def check_strategy(cfg: RunConfig) -> int:
     against its constructor), before any engine starts: 0, or 2 after one line on stderr."""
     from fedsplit.simulation.server_app import _without_flower_warning
     from fedsplit.strategies import StrategyLoadError, build_strategy
+    from fedsplit.strategies.registry import min_replies
     from fedsplit.strategies.robust import wrap_robustness
 
     s = cfg.strategy
@@ -32,6 +33,13 @@ def check_strategy(cfg: RunConfig) -> int:
                 min_train_nodes=s.min_train_nodes,
             )
         wrap_robustness(strategy, cfg, None)  # Flower's DP wrapper checks its settings
+        needed = min_replies(strategy)
+        if needed > cfg.num_terminals:
+            raise StrategyLoadError(
+                f"strategy.name = {s.name!r}: it aggregates a round only with at least {needed} replies "
+                f"(Bulyan: 4 * num_malicious_nodes + 3), and the population has {cfg.num_terminals} terminals: "
+                "every round would be empty"
+            )
     except StrategyLoadError as exc:
         print(f"fedsplit: error: config: {exc}", file=sys.stderr)
         return 2

@@ -76,6 +76,47 @@ def load_strategy_class(name: str) -> type[Strategy]:
     return obj
 
 
+#: Strategy arguments that ``strategy.*`` fields set (and the configuration checks): not in ``params``.
+CHECKED_FIELDS = ("fraction_train", "fraction_evaluate", "min_train_nodes")
+
+
+def check_param_type(cls: type, signature: inspect.Signature, key: str, value: Any) -> None:
+    """Refuse a ``strategy.params`` value of another kind than the argument's default (a string
+    for a number, a number for a flag): Flower's constructors store it as given and every round
+    then fails on it.
+
+    Raises
+    ------
+    StrategyLoadError
+        Naming the parameter, the value and the kind of its default.
+    """
+    param = signature.parameters.get(key)
+    default = None if param is None else param.default
+    if default is None or default is inspect.Parameter.empty or callable(default):
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, (int, float)):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (isinstance(default, float) or isinstance(value, int))
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        return
+    if not ok:
+        kind = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[type(default)]
+        raise StrategyLoadError(f"strategy.params.{key} = {value!r}: {cls.__name__} expects {kind} (its default is {default!r})")
+
+
+def min_replies(strategy: Strategy) -> int:
+    """The fewest replies with which ``strategy`` aggregates a round (Flower's Bulyan needs
+    ``4 * num_malicious_nodes + 3`` and skips the round otherwise; 1 for the others)."""
+    from flwr.serverapp.strategy import Bulyan
+
+    if isinstance(strategy, Bulyan):
+        return 4 * int(strategy.num_malicious_nodes) + 3
+    return 1
+
+
 def build_strategy(
     name: str,
     params: Mapping[str, Any] | None = None,
@@ -103,6 +144,13 @@ def build_strategy(
             f"strategy.params.{unknown[0]}: {cls.__name__} takes no such argument "
             f"(accepted: {', '.join(sorted(accepted)) or 'none'})"
         )
+    if shadowed := [k for k in CHECKED_FIELDS if k in params]:
+        raise StrategyLoadError(
+            f"strategy.params.{shadowed[0]}: set strategy.{shadowed[0]} instead (that field is checked against "
+            "the population; in params it would bypass the check)"
+        )
+    for key, value in params.items():
+        check_param_type(cls, signature, key, value)
     sampling = {
         "fraction_train": fraction_train,
         "fraction_evaluate": fraction_evaluate,

@@ -148,6 +148,26 @@ def test_cli_reports_unimportable_strategy_before_ray_starts(tmp_path, fedsplit_
 
 
 @pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        ({"strategy.name": "fedprox", "strategy.params": "{proximal_mu = 'x'}"},
+         "strategy.params.proximal_mu = 'x': FedProx expects a number (its default is 0.0)"),
+        ({"strategy.name": "krum", "strategy.params": "{num_malicious_nodes = 1.5}"},
+         "strategy.params.num_malicious_nodes = 1.5: Krum expects an integer (its default is 0)"),
+        ({"strategy.params": "{fraction_train = 0.5}"}, "strategy.params.fraction_train: set strategy.fraction_train instead"),
+        ({"strategy.name": "bulyan", "strategy.params": "{num_malicious_nodes = 1}"},
+         "it aggregates a round only with at least 7 replies (Bulyan: 4 * num_malicious_nodes + 3), and the population has 4 terminals"),
+    ],
+)
+def test_strategy_params_that_would_fail_every_round_are_refused_before_the_run(tmp_path, fedsplit_main, sets, message):
+    args = ["simulate", "--dry-run"] + [x for item in small_overrides(tmp_path, **sets) for x in ("--set", item)]
+    proc = fedsplit_main(*args)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("fedsplit: error: config: ") and message in line
+
+
+@pytest.mark.parametrize(
     ("mode", "named"),
     [("fl", "fl (strategy fedavg)"), ("splitfed-v1", "splitfed-v1"), ("sl-vanilla", "sl-vanilla"),
      ("fedbuff", "fedbuff"), ("gossip", "gossip")],
