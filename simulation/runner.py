@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsplit.config import RunConfig, dump_config
-from fedsplit.learning import config_to_json
+from fedsplit.learning import config_to_json, task_for
 from fedsplit.privacy.report import privacy_extra
 from fedsplit.report import RoundProgress, make_run_dir, print_summary, summarize, write_run_folder
 from fedsplit.simulation.checkpoint import RESUME_FILE, check_unfinished, read_resume_point, resuming_line
@@ -197,6 +197,7 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None, resume: 
         if not ray.is_initialized():
             check_ray_reachable(cfg.engine.ray_address)
     session = RunSession.from_config(cfg)
+    task_for(config_to_json(cfg))  # the data and model, built once here: a DataError before any run folder
     if resume is not None:
         run_dir = Path(resume)
         check_unfinished(run_dir)  # ResumePointError: its summary.json says it ended

@@ -257,3 +257,16 @@ def test_batchnorm_integer_buffers_survive_averaging(tmp_path, ray_session):
     assert all(r.status == "ok" for r in outcome.session.ledger.rows)
     assert outcome.session.final_state["stem.1.num_batches_tracked"].dtype.is_floating_point is False
     assert outcome.summary["final_metrics"]["accuracy"] > 0.8
+
+
+def test_data_that_cannot_be_built_is_one_line_before_any_run_folder(tmp_path, fedsplit_main):
+    """200 terminals from 1437 digits at alpha = 0.01: some terminal gets no sample. It was a
+    traceback after the run folder (config.toml, empty plots/ and checkpoints/) was made."""
+    sets = {"engine.name": "serial", "data.partitioner": "dirichlet", "data.alpha": 0.01, "devices": "{laptop = 200}"}
+    args = ["simulate"] + [x for item in small_overrides(tmp_path, **sets) for x in ("--set", item)]
+    proc = fedsplit_main(*args)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("fedsplit: error: data: num_partitions=200 with alpha=0.01 left a partition with fewer than")
+    assert line.endswith("allowed: fewer partitions (terminals) or a larger alpha")
+    assert not any(p.is_dir() for p in tmp_path.iterdir())

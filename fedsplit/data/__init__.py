@@ -16,6 +16,7 @@ Importing this package pulls in NumPy and PyTorch only; scikit-learn, torchvisio
 from fedsplit.data.arrays import ArrayDataset
 from fedsplit.data.bundle import DataBundle
 from fedsplit.data.datasets import DATASETS, load_dataset
+from fedsplit.data.errors import DataError, PartitionError
 from fedsplit.data.federated import FederatedData, make_federated_data
 from fedsplit.data.partitioners import PARTITIONERS, SIZE_SCHEMES, PartitionOptions
 from fedsplit.data.synthetic import SyntheticSpec, SyntheticTask
@@ -25,9 +26,11 @@ __all__ = [
     "ArrayDataset",
     "DATASETS",
     "DataBundle",
+    "DataError",
     "DataFileError",
     "FederatedData",
     "PARTITIONERS",
+    "PartitionError",
     "PartitionOptions",
     "SIZE_SCHEMES",
     "SyntheticSpec",

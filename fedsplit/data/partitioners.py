@@ -45,6 +45,8 @@ from typing import Any
 
 import numpy as np
 
+from fedsplit.data.errors import PartitionError
+
 #: Partitioner names accepted by :class:`fedsplit.data.FederatedData`.
 PARTITIONERS: tuple[str, ...] = ("iid", "dirichlet", "shards", "quantity")
 
@@ -249,7 +251,7 @@ class PoolPartitioner:
                 warnings.simplefilter("ignore")
                 self._flwr.load_partition(0)
         except ValueError as error:
-            raise ValueError(self._explain_failure(error)) from error
+            raise PartitionError(self._explain_failure(error)) from error
 
     def _explain_failure(self, error: ValueError) -> str:
         opts = self.options
@@ -257,7 +259,8 @@ class PoolPartitioner:
             return (
                 f"num_partitions={self.num_partitions} with alpha={opts.alpha} left a partition with fewer "
                 f"than min_partition_size={opts.min_partition_size} of {self.pool_size} samples in 11 "
-                "Dirichlet draws; allowed: fewer partitions, a larger alpha or a smaller min_partition_size"
+                "Dirichlet draws; allowed: fewer partitions (terminals) or a larger alpha"
+                + (" or a smaller min_partition_size" if opts.min_partition_size > 1 else "")
             )
         if self.scheme == "shards":
             return (

@@ -37,6 +37,7 @@ import numpy as np
 
 from fedsplit.data.arrays import ArrayDataset, finish_images
 from fedsplit.data.bundle import DataBundle
+from fedsplit.data.errors import DataError
 
 #: Environment variable naming the default data root (else ``./data``).
 DATA_ROOT_ENV = "FEDSPLIT_DATA_ROOT"
@@ -80,7 +81,7 @@ SOURCES: dict[str, TorchvisionSource] = {
 IMAGE_SHAPES: dict[str, tuple[int, ...]] = {"mnist": (28, 28), "fashion-mnist": (28, 28), "cifar10": (32, 32, 3)}
 
 
-class DataFileError(ValueError):
+class DataFileError(DataError):
     """A dataset file is present but unreadable or holds the wrong thing; ``filename`` names it."""
 
     def __init__(self, message: str, filename: Path) -> None:
