@@ -254,6 +254,30 @@ class ActorPool:
         return {"num_cpus": self.budget[0], "num_gpus": self.budget[1]}
 
 
+class ClusterTooSmallError(ValueError):
+    """A device class's Ray budget (``num_cpus``) exceeds the CPUs of the Ray cluster; the
+    message names the class and what to change."""
+
+
+def check_local_budgets(population: Population, num_cpus: float | None = None) -> None:
+    """Refuse a population that a local Ray of ``num_cpus`` CPUs (default: this machine's cores)
+    cannot host: some device class's ``num_cpus`` is above it, so none of its actors could start.
+
+    Raises
+    ------
+    ClusterTooSmallError
+        Naming the first such class, its budget and what to change.
+    """
+    local_cpus = float(num_cpus or os.cpu_count() or 1)
+    for name, profile in population.profiles.items():
+        if profile.num_cpus > local_cpus:
+            raise ClusterTooSmallError(
+                f"device class {name!r} needs num_cpus = {profile.num_cpus:g} per terminal, and the local Ray "
+                f"has {local_cpus:g} CPUs (engine.num_cpus, default: this machine's cores): lower that "
+                "profile's num_cpus, or attach a larger cluster (engine.ray_address)"
+            )
+
+
 def plan_pools(
     budgets: Iterable[Budget], cluster_cpus: float, cluster_gpus: float, actors_per_budget: int = 0
 ) -> dict[Budget, int]:
@@ -270,7 +294,7 @@ def plan_pools(
     share = cluster_cpus / max(len(budgets), 1)
     for cpus, gpus in budgets:
         if cpus > cluster_cpus:
-            raise ValueError(
+            raise ClusterTooSmallError(
                 f"a device class needs num_cpus = {cpus} but the Ray cluster has {cluster_cpus} CPUs"
             )
         count = max(1, int(share // cpus))
@@ -365,6 +389,8 @@ class RayEngine:
         """Start (or attach to) Ray and create the actor pools."""
         self.claim_task_identity()
         if not ray.is_initialized():
+            if not self.ray_address:  # a local Ray of num_cpus (default: every core): checked before it starts
+                check_local_budgets(self.population, self.num_cpus)
             check_ray_reachable(self.ray_address)
             ray.init(**ray_init_options(self.ray_address, self.num_cpus))
             self._started_ray = True

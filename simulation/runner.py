@@ -189,14 +189,16 @@ def simulate(cfg: RunConfig, *, write: bool = True, engine: Any = None, resume: 
     """
     quiet_flower()
     quiet_ray()
+    session = RunSession.from_config(cfg)
     if engine is None and cfg.engine.name == "fedsplit":  # before a run folder is made for nothing
         import ray
 
-        from fedsplit.simulation.engine import check_ray_reachable
+        from fedsplit.simulation.engine import check_local_budgets, check_ray_reachable
 
         if not ray.is_initialized():
             check_ray_reachable(cfg.engine.ray_address)
-    session = RunSession.from_config(cfg)
+            if not cfg.engine.ray_address:  # ClusterTooSmallError: a device class the local Ray cannot host
+                check_local_budgets(session.population, cfg.engine.num_cpus)
     task_for(config_to_json(cfg))  # the data and model, built once here: a DataError before any run folder
     if resume is not None:
         run_dir = Path(resume)

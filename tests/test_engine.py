@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedsplit.devices import Population, builtin_profiles
-from fedsplit.simulation.engine import RayEngine, plan_pools, split_balanced, split_evenly
+from fedsplit.simulation.engine import ClusterTooSmallError, RayEngine, check_local_budgets, plan_pools, split_balanced, split_evenly
 from tests.conftest import REPO, fedsplit_cmd
 
 
@@ -138,8 +138,22 @@ def test_terminals_measured_slow_get_a_batch_of_their_own_next_round(ray_session
 def test_pools_fit_the_cluster():
     assert plan_pools([(1.0, 0.0)], 2, 0) == {(1.0, 0.0): 2}
     assert plan_pools([(1.0, 0.0), (2.0, 0.0)], 4, 0) == {(1.0, 0.0): 2, (2.0, 0.0): 1}
-    with pytest.raises(ValueError, match="num_cpus = 8.0 but the Ray cluster has 2"):
+    with pytest.raises(ClusterTooSmallError, match="num_cpus = 8.0 but the Ray cluster has 2"):
         plan_pools([(8.0, 0.0)], 2, 0)
+
+
+def test_a_device_class_larger_than_the_local_ray_is_refused_before_ray_starts(tmp_path, fedsplit_main):
+    from fedsplit.devices import resolve_profiles
+
+    profiles = resolve_profiles({"big": {"base": "laptop", "num_cpus": 64}})
+    with pytest.raises(ClusterTooSmallError, match="device class 'big' needs num_cpus = 64 per terminal, and the local Ray has 4 CPUs"):
+        check_local_budgets(Population({"laptop": 1, "big": 1}, profiles), 4)
+    check_local_budgets(Population({"laptop": 1, "big": 1}, profiles), 64)
+    run = fedsplit_main("simulate", "--set", "rounds=1", "--set", "profiles={big={base='laptop', num_cpus=64}}",
+                        "--set", "devices={big=2}", "--set", f"out_dir={tmp_path / 'runs'}")
+    assert run.returncode == 2
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("fedsplit: error: engine: ") and "num_cpus = 64" in line
 
 
 QUICKSTART = '''
