@@ -54,6 +54,15 @@ def test_a_resumed_runs_bar_starts_at_the_rounds_already_done():
     assert "7/10" in out.getvalue() and "1/10" not in out.getvalue()
 
 
+def test_a_round_the_server_did_not_evaluate_shows_no_accuracy():
+    out = io.StringIO()
+    record = _round(1)
+    record.metrics.clear()  # training.eval_every skipped this round
+    with RoundProgress(3, console=Console(file=out, force_terminal=False)) as progress:
+        progress.on_round(record, sim_elapsed_s=1.0)
+    assert out.getvalue().startswith("round 1/3: acc=- sim=") and "nan" not in out.getvalue()
+
+
 def test_progress_disabled_prints_nothing():
     out = io.StringIO()
     with RoundProgress(2, enabled=False, console=Console(file=out, force_terminal=False)) as progress:

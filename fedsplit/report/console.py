@@ -83,9 +83,9 @@ class RoundProgress:
         A round that aggregated nothing says so first: ``nothing aggregated (...)`` with what
         became of its terminals' updates.
         """
-        acc = record.metrics.get("accuracy", float("nan"))
+        acc = record.metrics.get("accuracy")  # absent in a round the server did not evaluate (eval_every)
         status = (
-            f"acc={acc:.4f} sim={record.sim_s:.2f}s (total {sim_elapsed_s:.1f}s) "
+            f"acc={'-' if acc is None else format(acc, '.4f')} sim={record.sim_s:.2f}s (total {sim_elapsed_s:.1f}s) "
             f"up={record.bytes_up / 1e6:.2f}MB E={record.energy_j:.2f}J "
             f"agg={record.aggregated}/{record.selected}"
         )
