@@ -81,3 +81,10 @@ def test_population_refuses_a_count_that_is_not_a_whole_number_of_terminals(coun
     with pytest.raises(ValueError, match=rf"devices.laptop = {count!r}: a count is an integer >= 0"):
         Population({"laptop": count, "raspberry-pi-4": 2}, builtin_profiles())
     assert Population({"laptop": 0, "raspberry-pi-4": 2}, builtin_profiles()).counts == {"raspberry-pi-4": 2}
+
+
+def test_shards_per_client_names_data_classes_when_it_keeps_fewer():
+    with pytest.raises(ConfigError, match=r"data.shards_per_client = 7: must be <= 5, the classes data.classes = '0-4' keeps"):
+        load_config(None, ["data.partitioner=shards", "data.classes='0-4'", "data.shards_per_client=7"])
+    with pytest.raises(ConfigError, match=r"data.shards_per_client = 11: must be <= 10, the classes of data.name = 'digits'"):
+        load_config(None, ["data.partitioner=shards", "data.shards_per_client=11"])

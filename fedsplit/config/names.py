@@ -117,7 +117,7 @@ def check_data(data: DataConfig) -> None:
         if data.shards_per_client > classes:
             raise ConfigError(
                 f"config: data.shards_per_client = {data.shards_per_client}: must be <= {classes}, "
-                f"the classes of data.name = {data.name!r}"
+                + (f"the classes data.classes = {data.classes!r} keeps" if data.classes else f"the classes of data.name = {data.name!r}")
             )
 
 
