@@ -131,7 +131,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from fedsplit.simulation.checkpoint import ResumePointError
     from fedsplit.data import DataError
     from fedsplit.models.checkpoint import CheckpointError
-    from fedsplit.simulation.engine import ClusterTooSmallError
     from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.runner import simulate
     from fedsplit.strategies import StrategyLoadError
@@ -149,9 +148,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 3
     except CheckpointError as exc:  # model.pretrained / transfer.teacher whose tensors do not fit the model built
         print(f"fedsplit: error: config: {exc}", file=sys.stderr)
-        return 2
-    except ClusterTooSmallError as exc:  # a device class's num_cpus above the Ray cluster's CPUs
-        print(f"fedsplit: error: engine: {exc}", file=sys.stderr)
         return 2
     except DataError as exc:  # a broken dataset file, a partitioning the pool cannot give: before any run folder
         print(f"fedsplit: error: data: {exc}", file=sys.stderr)

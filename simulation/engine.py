@@ -56,7 +56,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsplit.clients.flop_meter import metered_call
-from fedsplit.config.errors import RayUnreachableError
+from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
 from fedsplit.simulation import warm_actors as warm
@@ -252,11 +252,6 @@ class ActorPool:
     def options(self) -> dict[str, float]:
         """Ray resource options of this pool's actors."""
         return {"num_cpus": self.budget[0], "num_gpus": self.budget[1]}
-
-
-class ClusterTooSmallError(ValueError):
-    """A device class's Ray budget (``num_cpus``) exceeds the CPUs of the Ray cluster; the
-    message names the class and what to change."""
 
 
 def check_local_budgets(population: Population, num_cpus: float | None = None) -> None:

@@ -23,6 +23,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
 from ray import cloudpickle as ray_cloudpickle
 
+from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
 from fedsplit.devices import Population, resolve_profiles
 from fedsplit.ledger import Ledger
 from fedsplit.output_paths import output_folder
@@ -190,6 +191,8 @@ def cmd_run_app(args: argparse.Namespace) -> int:
     except AppLoadError as exc:
         print(f"fedsplit: error: {exc}", file=sys.stderr)
         return 2
+    except (RayUnreachableError, ClusterTooSmallError):  # before any round: the command prints them in one line
+        raise
     except BaseException as exc:  # the ServerApp raised, or Ctrl-C: keep the rounds that ran
         if ledger.rounds:
             write_ledgers(ledger, out)

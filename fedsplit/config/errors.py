@@ -15,3 +15,10 @@ class RayUnreachableError(ConnectionError):
     """``engine.ray_address`` names a Ray cluster that does not answer (checked before a run
     starts, :func:`fedsplit.simulation.engine.check_ray_reachable`); the ``fedsplit`` command
     prints the message after ``fedsplit: error:`` and exits with status 2."""
+
+
+class ClusterTooSmallError(ValueError):
+    """A device class's Ray budget (``num_cpus``) exceeds the CPUs of the Ray cluster
+    (:func:`fedsplit.simulation.engine.check_local_budgets`, ``plan_pools``); the message names
+    the class and what to change; the ``fedsplit`` command prints it after ``fedsplit: error:
+    engine:`` and exits with status 2."""
