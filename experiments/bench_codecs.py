@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from fedsplit.cli_types import positive_int
 from fedsplit.compression import (
     EncodeContext,
     decode_update,
@@ -116,7 +117,7 @@ def local_train_ms(samples: int = 600, batch: int = 10) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per measurement")
+    parser.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per measurement")
     parser.add_argument("--codecs", default=",".join(BENCH_CODECS), help="comma-separated codec names")
     parser.add_argument("--train", action="store_true", help="also time one local epoch of the CNN")
     args = parser.parse_args(argv)

@@ -100,3 +100,11 @@ def test_an_unknown_name_in_a_list_option_is_refused_before_any_run(name, argv, 
     err = capsys.readouterr().err
     assert "'nope'" in err and "allowed" in err
     assert not out.exists()
+
+
+def test_bench_codecs_refuses_reps_below_1_in_one_line(capsys):
+    # --reps 0 timed the codecs zero times and ended in a StatisticsError traceback of median()
+    with pytest.raises(SystemExit) as info:
+        load("bench_codecs").main(["--reps", "0"])
+    assert info.value.code == 2
+    assert "argument --reps: '0': expected a whole number, at least 1" in capsys.readouterr().err
