@@ -31,6 +31,7 @@ from fedsplit.inference.lagrangian import solve_fast
 from fedsplit.inference.model_choice import ACCURACY_TOL
 from fedsplit.inference.reference import reference_allocation
 from fedsplit.inference.system_model import Problem
+from fedsplit.output_paths import output_folder
 
 
 def brute_force(problem: Problem) -> float:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="seconds: 5 instances each unless --instances, N=100 once")
     parser.add_argument("--instances", type=positive_int, default=None, help="random instances per test (default 200)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "acceptance_scheduler")
+    parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=Path(__file__).parent / "results" / "acceptance_scheduler")
     args = parser.parse_args(argv)
     count = args.instances or (5 if args.smoke else 200)
     checks = Checks()

@@ -22,6 +22,7 @@ from fedsplit.cli_types import positive_int
 from fedsplit.inference.experiment_io import Checks, plt, write_csv
 from fedsplit.inference.instances import benchmark_problem
 from fedsplit.inference.lagrangian import solve_fast
+from fedsplit.output_paths import output_folder
 
 N_MODELS = 5
 TIME_LIMITS = {1000: 0.2, 10000: 2.0}
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="seconds: N in {100, 1000}, 2 runs each unless --repeats")
     parser.add_argument("--repeats", type=positive_int, default=None, help="runs per size; the best is reported (default 5)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bench_scheduler")
+    parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=Path(__file__).parent / "results" / "bench_scheduler")
     args = parser.parse_args(argv)
     sizes = [100, 1000] if args.smoke else [100, 300, 1000, 3000, 10000]
     repeats = args.repeats or (2 if args.smoke else 5)

@@ -52,6 +52,7 @@ import torch
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 from fedsplit.config import RunConfig, load_config  # noqa: E402
+from fedsplit.output_paths import output_folder  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_split"
 CUT = "features.2"
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=5, help="timed passes per way (median reported)")
     parser.add_argument("--workloads", default="cnn28,cnn8", help=f"comma-separated: {','.join(WORKLOADS)}")
     parser.add_argument("--terminals", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=RESULTS)
     args = parser.parse_args(argv)
     for item in args.workloads.split(","):  # an unknown name: one line, before any run
         if item.strip() and item.strip() not in WORKLOADS:

@@ -40,6 +40,7 @@ import csv
 from pathlib import Path
 
 from fedsplit.cli_types import positive_int
+from fedsplit.output_paths import output_folder
 
 ATTACKS = ("none", "signflip", "scale", "noise", "labelflip")
 DEFENCES = ("fedavg", "krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "normclip", "normreject")
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--defences", default=None, help=f"comma-separated (default: all, {','.join(DEFENCES)})")
     parser.add_argument("--smoke", action="store_true",
                         help="a seconds-long grid (CI): 2 attacks x 3 defences, 2 rounds, 10 terminals, unless given")
-    parser.add_argument("--out", type=Path, default=Path("experiments/results/byzantine"))
+    parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=Path("experiments/results/byzantine"))
     args = parser.parse_args(argv)
     grid = SMOKE if args.smoke else {"attacks": ATTACKS, "defences": DEFENCES, "rounds": 20, "terminals": 20}
     # --smoke only fills in what was not given; an unknown name is one line, before any run

@@ -68,6 +68,7 @@ from fedsplit.compression import CompressionConfig, EncodeContext, compress_with
 from fedsplit.config import RunConfig, load_config  # noqa: E402
 from fedsplit.inference.experiment_io import Checks, plt, write_csv  # noqa: E402
 from fedsplit.report import shown_path  # noqa: E402
+from fedsplit.output_paths import output_folder  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_codecs  # noqa: E402
@@ -541,7 +542,7 @@ def check_acceptance(runs: list[CodecRun], costs: list[Cost]) -> Checks:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="seconds: IID only, 2 rounds, identity and topk-ef (unless --codecs / --partitions)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "compression_sweep")
+    parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=Path(__file__).parent / "results" / "compression_sweep")
     parser.add_argument("--rounds", type=int, default=Settings.rounds)
     parser.add_argument("--local-epochs", type=int, default=Settings.local_epochs)
     parser.add_argument("--lr", type=float, default=Settings.lr)

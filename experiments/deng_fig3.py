@@ -26,6 +26,7 @@ from fedsplit.inference.experiment_io import Checks, plt, print_row, write_csv
 from fedsplit.inference.paper_scenario import PaperScenarioConfig, generate_paper_scenario
 from fedsplit.inference.solve import solve
 from fedsplit.report import shown_path
+from fedsplit.output_paths import output_folder
 
 SCHEMES = ("proposed", "greedy-latency", "greedy-accuracy", "random", "equal-resource")
 #: Up to this N the exact solver also runs, to report how often the fast answer is optimal.
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds: N in {2, 6, 12}, 5 seeds unless --seeds")
     parser.add_argument("--seeds", type=positive_int, default=None, help="seeded draws per N (default 50)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "deng_fig3")
+    parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=Path(__file__).parent / "results" / "deng_fig3")
     args = parser.parse_args(argv)
     counts = [2, 6, 12] if args.smoke else list(range(2, 13))
     seeds = args.seeds or (5 if args.smoke else 50)

@@ -25,6 +25,7 @@ from fedsplit.inference.experiment_io import Checks, plt, print_row, write_csv
 from fedsplit.inference.paper_scenario import PaperScenarioConfig, generate_paper_scenario
 from fedsplit.inference.solve import solve
 from fedsplit.report import shown_path
+from fedsplit.output_paths import output_folder
 
 INPUT_SETS = {"phi1": (100, 300, 600), "phi2": (90, 280, 570)}
 TARGETS = (0.67, 0.75)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few seconds: 3 compute values, 5 seeds unless --seeds")
     parser.add_argument("--seeds", type=positive_int, default=None, help="seeded draws per point (default 50)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "deng_fig4")
+    parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=Path(__file__).parent / "results" / "deng_fig4")
     args = parser.parse_args(argv)
     compute = [6e9, 14e9, 24e9] if args.smoke else [g * 1e9 for g in range(6, 25, 2)]
     seeds = args.seeds or (5 if args.smoke else 50)

@@ -35,6 +35,7 @@ from fedsplit.inference.edgent.traces import generate_trace
 from fedsplit.inference.experiment_io import Checks, plt, print_row, write_csv
 from fedsplit.models.multiexit import build_multiexit, evaluate_exits, train_multiexit
 from fedsplit.report import shown_path
+from fedsplit.output_paths import output_folder
 
 WIDTH = 0.5
 REQUIREMENT_S = 0.100
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="1 training epoch, short traces")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "edgent")
+    parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=Path(__file__).parent / "results" / "edgent")
     args = parser.parse_args(argv)
     start = time.time()
     model, accuracies, bundle = train_model(1 if args.smoke else args.epochs)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fedsplit.config import load_config
 from fedsplit.simulation.runner import simulate
+from fedsplit.output_paths import output_folder
 
 
 def faults_overrides(setting: str) -> list[str]:
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", default="fedsplit", choices=("fedsplit", "serial"))
     parser.add_argument("--faults", nargs="+", default=["crash_rate=0.3"], help="settings to compare with the fault-free run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra overrides for every run")
-    parser.add_argument("--out", type=Path, default=Path("experiments/results/faults"))
+    parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=Path("experiments/results/faults"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []

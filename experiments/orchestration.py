@@ -43,6 +43,7 @@ from fedsplit.config import load_config
 from fedsplit.learning import config_to_json
 from fedsplit.simulation.engine import EngineGrid, SerialEngine
 from fedsplit.simulation.server_app import RunSession, run_server
+from fedsplit.output_paths import output_folder
 
 POPULATION = "{laptop = 4, jetson-nano = 4, raspberry-pi-4 = 4, smartphone-mid = 4, smartphone-low = 4}"
 METHODS = ("fedavg", "fedcs", "adaptive", "fedbuff", "fedasync", "gossip")
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-every", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--out", type=Path, default=Path("experiments/results/orchestration"))
+    parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=Path("experiments/results/orchestration"))
     args = parser.parse_args(argv)
     for item in args.methods.split(","):  # an unknown name: one line, before any run
         if item.strip() and item.strip() not in METHODS:

@@ -47,6 +47,7 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 from fedsplit.config import RunConfig, load_config  # noqa: E402
 from fedsplit.inference.experiment_io import Checks, plt, write_csv  # noqa: E402
 from fedsplit.report import shown_path  # noqa: E402
+from fedsplit.output_paths import output_folder  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compression_sweep import SharedEngine, ray_session  # noqa: E402
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=Settings.rounds)
     parser.add_argument("--terminals", type=int, default=Settings.terminals)
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated labels of METHODS")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=RESULTS)
     args = parser.parse_args(argv)
     for item in args.methods.split(","):  # an unknown name: one line, before any run
         if item.strip() and item.strip() not in METHODS:

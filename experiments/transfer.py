@@ -48,13 +48,14 @@ from fedsplit.simulation.engine import EngineGrid, SerialEngine  # noqa: E402
 from fedsplit.simulation.server_app import RunSession, run_server  # noqa: E402
 from fedsplit.models.checkpoint import model_meta, save_checkpoint  # noqa: E402
 from fedsplit.transfer.pretrain import distill_student, pretrain  # noqa: E402
+from fedsplit.output_paths import output_folder  # noqa: E402
 
 METHODS = ("scratch", "finetune", "student-scratch", "student-distilled")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=str(REPO / "experiments" / "results" / "transfer"), help="output folder")
+    p.add_argument("--out", type=output_folder, default=str(REPO / "experiments" / "results" / "transfer"), help="output folder")
     p.add_argument("--smoke", action="store_true", help="a seconds-long version (tiny models, 1 round, 2 terminals)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--local-epochs", type=int, default=2)

@@ -108,3 +108,27 @@ def test_bench_codecs_refuses_reps_below_1_in_one_line(capsys):
         load("bench_codecs").main(["--reps", "0"])
     assert info.value.code == 2
     assert "argument --reps: '0': expected a whole number, at least 1" in capsys.readouterr().err
+
+
+OUT_SCRIPTS = ("acceptance_scheduler", "bench_scheduler", "bench_split", "byzantine", "compression_sweep", "deng_fig3",
+               "deng_fig4", "edgent", "faults", "orchestration", "split_vs_fl", "transfer")
+
+
+@pytest.mark.parametrize("name", OUT_SCRIPTS)
+def test_an_out_that_is_a_file_is_refused_in_one_line(name, tmp_path, capsys, monkeypatch):
+    # deng_fig3 --smoke --out /etc/hostname ran the whole experiment, then a FileExistsError traceback
+    import sys
+
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))  # split_vs_fl imports compression_sweep
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    with pytest.raises(SystemExit) as info:
+        module.main(["--out", str(taken)])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --out: cannot write {str(taken)!r}" in err and "is a file, not a folder" in err
+    assert taken.read_text() == "x"
