@@ -64,6 +64,7 @@ import numpy as np
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 
+from fedsplit.cli_types import positive_int  # noqa: E402
 from fedsplit.compression import CompressionConfig, EncodeContext, compress_with_feedback, decode_update, specs_of  # noqa: E402
 from fedsplit.config import RunConfig, load_config  # noqa: E402
 from fedsplit.inference.experiment_io import Checks, plt, write_csv  # noqa: E402
@@ -87,6 +88,7 @@ CODECS: dict[str, dict[str, Any]] = {
 }
 BASELINE = "identity"
 SMOKE_CODECS = ("identity", "topk-ef")
+SMOKE_ROUNDS = 2
 PARTITIONS: dict[str, list[str]] = {
     "iid": ["data.partitioner=iid"],
     "dirichlet": ["data.partitioner=dirichlet", "data.alpha=0.5"],
@@ -541,9 +543,9 @@ def check_acceptance(runs: list[CodecRun], costs: list[Cost]) -> Checks:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="seconds: IID only, 2 rounds, identity and topk-ef (unless --codecs / --partitions)")
+    parser.add_argument("--smoke", action="store_true", help="seconds: IID only, 2 rounds, identity and topk-ef (unless --rounds / --codecs / --partitions)")
     parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=Path(__file__).parent / "results" / "compression_sweep")
-    parser.add_argument("--rounds", type=int, default=Settings.rounds)
+    parser.add_argument("--rounds", type=positive_int, default=None, help=f"default {Settings.rounds} (--smoke: {SMOKE_ROUNDS})")
     parser.add_argument("--local-epochs", type=int, default=Settings.local_epochs)
     parser.add_argument("--lr", type=float, default=Settings.lr)
     parser.add_argument("--momentum", type=float, default=Settings.momentum)
@@ -556,10 +558,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh-engines", action="store_true", help="run each codec through simulate()")
     args = parser.parse_args(argv)
 
-    settings = Settings(rounds=args.rounds, local_epochs=args.local_epochs, lr=args.lr, momentum=args.momentum,
+    # --smoke only fills in what was not given (an explicit --rounds / --codecs / --partitions stays)
+    rounds = args.rounds or (SMOKE_ROUNDS if args.smoke else Settings.rounds)
+    settings = Settings(rounds=rounds, local_epochs=args.local_epochs, lr=args.lr, momentum=args.momentum,
                         batch_size=args.batch_size, resolution=args.resolution)
-    if args.smoke:  # fills in what was not given (an explicit --codecs / --partitions stays)
-        settings = replace(settings, rounds=2)
     codecs_text = args.codecs or ",".join(SMOKE_CODECS if args.smoke else CODECS)
     codecs = [c.strip() for c in codecs_text.split(",") if c.strip()]
     partitions = [p.strip() for p in (args.partitions or ("iid" if args.smoke else ",".join(PARTITIONS))).split(",") if p.strip()]

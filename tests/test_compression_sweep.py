@@ -109,3 +109,21 @@ def test_compression_extra_reads_the_strategy_traffic():
     assert extra == {"compression_ratio": 50.0, "uplink_payload_bytes": 400, "uplink_dense_bytes": 20_000}
     assert compression_extra(None) == {}
     assert compression_extra(object()) == {}
+
+
+def test_smoke_keeps_an_explicit_round_count(tmp_path, monkeypatch, capsys):
+    # --smoke replaced --rounds by 2 without a word; it only fills in what was not given
+    module = _load_sweep()
+
+    class Stop(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(module, "ray_session", stop)  # the settings line comes before any run
+    for argv, rounds in ((["--smoke", "--rounds", "3"], 3), (["--smoke"], 2)):
+        with pytest.raises(Stop):
+            module.main([*argv, "--out", str(tmp_path)])
+        settings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("settings:")]
+        assert len(settings) == 1 and f" rounds={rounds} " in settings[0], settings
