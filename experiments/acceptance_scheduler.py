@@ -9,6 +9,11 @@
 3. Certified gap at N = 100 on scaled case-study instances.
 
 Run:  python experiments/acceptance_scheduler.py [--smoke] [--instances 200] [--out DIR]
+Writes ``exact_vs_brute_force.csv`` (per instance: ``brute_force_latency_s`` and ``exact_latency_s``, the
+total latency of the schedule each found, ``brute_force_solve_s`` and ``exact_solve_s``, the time each took
+to solve), ``fast_vs_exact.csv`` (``exact_latency_s`` / ``fast_latency_s``, the relative ``gap_to_exact``, the
+fast solver's ``certified_gap``, ``exact_solve_s`` / ``fast_solve_s``) and ``acceptance_scheduler.png``
+(latency found, fast solver's gap and solve times, per instance).
 Exit status 1 when a check fails. Takes ~10 minutes in full on a 2-core machine (the SLSQP brute force dominates).
 """
 
@@ -24,13 +29,14 @@ import numpy as np
 
 from fedsplit.cli_types import positive_int
 from fedsplit.inference.exact import solve_exact
-from fedsplit.inference.experiment_io import Checks, print_row, write_csv
+from fedsplit.inference.experiment_io import Checks, plt, print_row, write_csv
 from fedsplit.inference.feasibility import pair_table
 from fedsplit.inference.instances import benchmark_problem, random_problem
 from fedsplit.inference.lagrangian import solve_fast
 from fedsplit.inference.model_choice import ACCURACY_TOL
 from fedsplit.inference.reference import reference_allocation
 from fedsplit.inference.system_model import Problem
+from fedsplit.report import shown_path
 from fedsplit.output_paths import output_folder
 
 
@@ -69,8 +75,8 @@ def exact_vs_brute(count: int, seed: int) -> tuple[list[dict], int, int]:
             rel = 0.0 if not exact.feasible else np.inf
             match = not exact.feasible
         agree += bool(match)
-        row = {"instance": k, "N": n, "brute_force_s": reference, "exact_s": exact.total_latency_s,
-               "rel_diff": rel, "match": bool(match), "brute_time_s": brute_s}
+        row = {"instance": k, "N": n, "brute_force_latency_s": reference, "exact_latency_s": exact.total_latency_s,
+               "rel_diff": rel, "match": bool(match), "brute_force_solve_s": brute_s, "exact_solve_s": exact.solve_s}
         rows.append(row)
         if not match:
             print_row(row)
@@ -88,10 +94,55 @@ def fast_vs_exact(count: int, seed: int) -> list[dict]:
             continue
         fast = solve_fast(problem)
         gap = (fast.total_latency_s - exact.total_latency_s) / exact.total_latency_s if fast.feasible else np.inf
-        rows.append({"instance": len(rows), "N": n, "exact_s": exact.total_latency_s,
-                     "fast_s": fast.total_latency_s, "gap_to_exact": gap, "certified_gap": fast.gap,
-                     "fast_time_s": fast.solve_s, "exact_time_s": exact.solve_s})
+        rows.append({"instance": len(rows), "N": n, "exact_latency_s": exact.total_latency_s,
+                     "fast_latency_s": fast.total_latency_s, "gap_to_exact": gap, "certified_gap": fast.gap,
+                     "fast_solve_s": fast.solve_s, "exact_solve_s": exact.solve_s})
     return rows
+
+
+def plot(brute_rows: list[dict], fast_rows: list[dict], path: Path) -> None:
+    """Per instance: the total latency each solver found, the fast solver's gap, and solve times."""
+    pyplot = plt()
+    fig, axes = pyplot.subplots(1, 3, figsize=(15, 4.2))
+    ax = axes[0]
+    pairs = [(r["brute_force_latency_s"], r["exact_latency_s"]) for r in brute_rows
+             if np.isfinite(r["brute_force_latency_s"]) and np.isfinite(r["exact_latency_s"])]
+    if pairs:
+        ax.scatter(*zip(*pairs), s=14, label="exact vs brute force (SLSQP), N <= 6")
+    ax.scatter([r["exact_latency_s"] for r in fast_rows], [r["fast_latency_s"] for r in fast_rows], s=14, marker="x",
+               label="fast vs exact, N <= 8")
+    values = [v for pair in pairs for v in pair] + [r["exact_latency_s"] for r in fast_rows]
+    ax.plot([min(values), max(values)], [min(values), max(values)], "k:", lw=1, label="y = x")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("reference total latency [s] (brute force / exact)")
+    ax.set_ylabel("solver's total latency [s] (exact / fast)")
+    ax.set_title("total latency found, per instance")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    ax.scatter([r["N"] for r in fast_rows], [100 * r["gap_to_exact"] for r in fast_rows], s=14)
+    ax.axhline(0.5, color="C1", linestyle=":", label="bar on the mean gap (0.5 %)")
+    ax.axhline(2.0, color="C3", linestyle=":", label="bar on the max gap (2 %)")
+    ax.set_xlabel("number of terminals N")
+    ax.set_ylabel("fast solver's latency above exact [%]")
+    ax.set_title("fast vs exact, per instance")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    for rows, key, label, marker in ((brute_rows, "brute_force_solve_s", "brute force (SLSQP per model vector)", "o"),
+                                     (fast_rows, "exact_solve_s", "exact (branch and bound)", "s"),
+                                     (fast_rows, "fast_solve_s", "fast (Lagrangian)", "x")):
+        ax.scatter([r["N"] for r in rows], [max(r[key], 1e-6) for r in rows], s=14, marker=marker, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("number of terminals N")
+    ax.set_ylabel("solve time per instance [s]")
+    ax.set_title("solve time")
+    ax.legend(fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    pyplot.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     checks = Checks()
 
     start = time.perf_counter()
-    rows, agree, feasible_count = exact_vs_brute(count, seed=2024)
+    brute_rows, agree, feasible_count = exact_vs_brute(count, seed=2024)
+    rows = brute_rows
     print_row({"test": "exact_vs_brute_force", "instances": count, "feasible": feasible_count,
                "agree": agree, "max_rel_diff": max(r["rel_diff"] for r in rows),
                "seconds": time.perf_counter() - start})
@@ -113,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{agree}/{count} agree, {feasible_count} feasible")
 
     start = time.perf_counter()
-    rows = fast_vs_exact(count, seed=7)
+    rows = fast_rows = fast_vs_exact(count, seed=7)
     gaps = np.array([r["gap_to_exact"] for r in rows])
     print_row({"test": "fast_vs_exact", "instances": count, "mean_gap": float(gaps.mean()),
                "max_gap": float(gaps.max()), "optimal_share": float(np.mean(gaps <= 1e-9)),
@@ -130,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         print_row({"test": "certified_gap_N100", "seed": seed, "M": 3, "gap": schedule.gap,
                    "solve_s": schedule.solve_s})
     checks.check("certified gap <= 1% at N=100", max(certified) <= 0.01, f"max over {seeds} seeds {max(certified):.3g}")
+    plot(brute_rows, fast_rows, args.out / "acceptance_scheduler.png")
+    print(f"wrote {shown_path(args.out / 'exact_vs_brute_force.csv')}, {shown_path(args.out / 'fast_vs_exact.csv')} "
+          f"and {shown_path(args.out / 'acceptance_scheduler.png')}", flush=True)
     return 0 if checks.all_passed else 1
 
 

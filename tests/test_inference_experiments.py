@@ -20,6 +20,7 @@ def load(name):
     ("deng_fig3", ("fig3.csv", "fig3.png")),
     ("deng_fig4", ("fig4.csv", "fig4.png")),
     ("bench_scheduler", ("bench.csv", "bench.png")),
+    ("acceptance_scheduler", ("exact_vs_brute_force.csv", "fast_vs_exact.csv", "acceptance_scheduler.png")),
 ])
 def test_smoke_run_writes_outputs_and_passes_its_checks(name, files, tmp_path, capsys):
     code = load(name).main(["--smoke", "--out", str(tmp_path)])
@@ -132,3 +133,19 @@ def test_an_out_that_is_a_file_is_refused_in_one_line(name, tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert f"argument --out: cannot write {str(taken)!r}" in err and "is a file, not a folder" in err
     assert taken.read_text() == "x"
+
+
+def test_acceptance_scheduler_columns_say_latency_or_solve_time(tmp_path):
+    # it wrote no PNG, and brute_force_s / exact_s (latencies) sat next to brute_time_s (a solve time)
+    import csv
+
+    assert load("acceptance_scheduler").main(["--smoke", "--instances", "2", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "acceptance_scheduler.png").stat().st_size > 10_000
+    with open(tmp_path / "exact_vs_brute_force.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert header == ["instance", "N", "brute_force_latency_s", "exact_latency_s", "rel_diff", "match",
+                      "brute_force_solve_s", "exact_solve_s"]
+    with open(tmp_path / "fast_vs_exact.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert header == ["instance", "N", "exact_latency_s", "fast_latency_s", "gap_to_exact", "certified_gap",
+                      "fast_solve_s", "exact_solve_s"]
