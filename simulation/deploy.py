@@ -465,11 +465,15 @@ def _known_profiles(config_file: str | None) -> set[str]:
 
 
 # --- sub-command -------------------------------------------------------------------------------
-def _exec(cmd: list[str], env: dict[str, str], dry_run: bool, flwr_home: str | None = None) -> int:
-    """Print ``cmd`` (after ``FLWR_HOME=...`` when it depends on one, so it can be pasted into a
-    shell) and become it (signals then reach Flower's process directly)."""
+def _show(cmd: list[str], flwr_home: str | None) -> None:
+    """Print ``cmd`` on stderr, after ``FLWR_HOME=...`` when it depends on one, so it can be pasted into a shell."""
     prefix = f"FLWR_HOME={shlex.quote(str(flwr_home))} " if flwr_home else ""
     print("fedsplit deploy: " + prefix + shlex.join(cmd), file=sys.stderr, flush=True)
+
+
+def _exec(cmd: list[str], env: dict[str, str], dry_run: bool, flwr_home: str | None = None) -> int:
+    """Print ``cmd`` (:func:`_show`) and become it (signals then reach Flower's process directly)."""
+    _show(cmd, flwr_home)
     if dry_run:
         return 0
     os.execve(cmd[0], cmd, env)
@@ -502,7 +506,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if args.deploy_command == "run":
             check_run_config(args.config, args.set or [])
             cmd = run_command(args.app, args.federation, overrides=args.set or [], config_file=args.config, stream=False)
-            print("fedsplit deploy: " + shlex.join(cmd), file=sys.stderr, flush=True)
+            _show(cmd, args.flwr_home)
             return 0 if args.dry_run else follow_run(cmd, args.federation, env)
     except (DeployError, FileExistsError, ValueError) as exc:
         print(f"fedsplit: error: {exc}", file=sys.stderr)

@@ -212,6 +212,9 @@ def test_superlink_dry_run_writes_no_flower_config_and_prints_flwr_home(fedsplit
     assert "[superlink.lab]" in run.stderr and 'address = "127.0.0.1:9093"' in run.stderr
     command = next(line for line in run.stderr.splitlines() if "flower-superlink" in line)
     assert f"fedsplit deploy: FLWR_HOME='{home}' " in command
+    run = fedsplit_main("deploy", "run", "--dry-run", "--flwr-home", str(home), "--federation", "lab")
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.startswith(f"fedsplit deploy: FLWR_HOME='{home}' ") and " run . lab" in run.stderr
 
 
 @pytest.mark.parametrize(
