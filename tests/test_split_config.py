@@ -46,6 +46,7 @@ def test_auto_without_a_cut_that_leaves_the_server_work_is_refused_before_the_ru
         ("sl-vanilla", "strategy.params={proximal_mu=0.1}", "strategy.params = {'proximal_mu': 0.1}: has no effect with training.mode = 'sl-vanilla'"),
         ("gossip", "strategy.selection=fedcs", "strategy.selection = 'fedcs': has no effect with training.mode = 'gossip'"),
         ("splitfed-v2", "strategy.local_work=adaptive", "strategy.local_work = 'adaptive': has no effect with training.mode = 'splitfed-v2'"),
+        ("splitfed-v1", "strategy.name=krum", "strategy.name = 'krum': has no effect with training.mode = 'splitfed-v1'"),
     ],
 )
 def test_settings_only_fl_reads_are_refused_with_other_modes(mode, extra, message):

@@ -346,7 +346,7 @@ TRAIN_MESSAGE_MODES: tuple[str, ...] = ("fl", "fedbuff", "fedasync", "gossip")
 
 
 def check_protocol_settings(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imported lazily by the loader
-    """Settings only ``training.mode = 'fl'`` reads (``compression``, ``strategy.params``,
+    """Settings only ``training.mode = 'fl'`` reads (``compression``, ``strategy.name``, ``strategy.params``,
     ``strategy.selection``, ``strategy.local_work``), and distillation
     (``transfer.teacher``), which acts in the ``train`` handler of :data:`TRAIN_MESSAGE_MODES`:
     with another mode they were ignored without a word (a split or asynchronous run with
@@ -365,7 +365,7 @@ def check_protocol_settings(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConf
         ignored = [("compression", cfg.compression)] if cfg.compression else []
         ignored += [
             (f"strategy.{name}", getattr(cfg.strategy, name))
-            for name in ("params", "selection", "local_work")
+            for name in ("name", "params", "selection", "local_work")
             if getattr(cfg.strategy, name) != getattr(default, name)
         ]
         if ignored:
