@@ -31,7 +31,10 @@ metrics and record framing; ``final_acc`` is the server-side test accuracy after
 with the client's ``compress_with_feedback`` (encode + its decode) plus the server's decode, on one
 core, against one core's local training: ``fedavg-cnn-28x28`` is the FedAvg CNN and FedAvg MNIST
 client of ``experiments/bench_codecs.py --train`` (the acceptance bar), ``as-swept`` the model and
-local job of this sweep. Last, the acceptance checks (IID) as ``check ...: PASS|FAIL (numbers)``.
+local job of this sweep. Last, the acceptance checks (IID) as ``check ...: PASS|FAIL (numbers)``
+(exit status 1 when one fails; under ``--smoke``, 2 rounds and one timed repetition, the accuracy
+and codec-cost claims are ``SKIP``, the compression ratios still count) and, not a check, the
+worst codec's cost share of this sweep's own small local job.
 
 All runs share one Ray instance and one set of client actors (:class:`SharedEngine`): starting the
 actors (imports, data, FLOP counts) costs ~15-40 s, as much as a whole run. Each run gets
@@ -499,20 +502,24 @@ def plot(runs: list[CodecRun], path: Path) -> None:
 
 
 # -- acceptance ---------------------------------------------------------------------------------
-def check_acceptance(runs: list[CodecRun], costs: list[Cost]) -> Checks:
-    """The issue's acceptance criteria, on the IID runs."""
-    checks = Checks()
+def check_acceptance(runs: list[CodecRun], costs: list[Cost], smoke: bool = False) -> Checks:
+    """The issue's acceptance criteria, on the IID runs; in a smoke run the accuracy and timing
+    claims, which need the full rounds and repetitions, are SKIP."""
+    checks = Checks(smoke=smoke)
     iid = {r.codec: r for r in runs if r.partition == "iid"}
     base = iid.get(BASELINE)
     if base is None:
         return checks
-    checks.check("baseline converges (identity final accuracy > 0.9)", base.final_acc > 0.9, f"final_acc={base.final_acc:.4f}")
+    rounds = len(base.accuracy)
+    short = f"{rounds} round(s): accuracies far from the plateau the claim is about"
+    checks.check("baseline converges (identity final accuracy > 0.9)", base.final_acc > 0.9, f"final_acc={base.final_acc:.4f}",
+                 full_size=short)
 
     def within(codec: str, pp: float) -> None:
         if codec in iid:
             d = 100.0 * (iid[codec].final_acc - base.final_acc)
             checks.check(f"{codec} within {pp} pp of fp32", abs(d) <= pp + 1e-9,
-                         f"final_acc={iid[codec].final_acc:.4f} vs {base.final_acc:.4f}, delta={d:+.2f} pp")
+                         f"final_acc={iid[codec].final_acc:.4f} vs {base.final_acc:.4f}, delta={d:+.2f} pp", full_size=short)
 
     def ratio_at_least(codec: str, bar: float) -> None:
         if codec in iid:
@@ -523,21 +530,23 @@ def check_acceptance(runs: list[CodecRun], costs: list[Cost]) -> Checks:
     if "topk-ef" in iid and "topk-noef" in iid:
         ef, noef = iid["topk-ef"], iid["topk-noef"]
         checks.check("topk without error feedback is worse than with it", noef.final_acc < ef.final_acc,
-                     f"final_acc {noef.final_acc:.4f} (no EF) vs {ef.final_acc:.4f} (EF)")
+                     f"final_acc {noef.final_acc:.4f} (no EF) vs {ef.final_acc:.4f} (EF)", full_size=short)
     within("qsgd16", 0.5)
     ratio_at_least("powersgd2", 20)
     within("powersgd2", 1.0)
-    labels = {
-        BENCH_SETTING: "FedAvg CNN 28x28, FedAvg MNIST client: 600 samples x 1 epoch, batch 10",
-        SWEPT_SETTING: "as swept, informational: the small local job of this sweep",
-    }
-    for setting, label in labels.items():
-        mine = [c for c in costs if c.setting == setting]
-        if mine:
-            worst = max(mine, key=lambda c: c.share)
-            checks.check(f"codec cost < {MAX_COST_SHARE:.0%} of local training ({label})", worst.share < MAX_COST_SHARE,
-                         f"worst {worst.codec}: {worst.share:.4f} = {worst.encode_ms + worst.decode_ms:.2f} ms "
-                         f"/ {worst.train_ms:.1f} ms")
+    mine = [c for c in costs if c.setting == BENCH_SETTING]
+    if mine:
+        worst = max(mine, key=lambda c: c.share)
+        checks.check(f"codec cost < {MAX_COST_SHARE:.0%} of local training "
+                     "(FedAvg CNN 28x28, FedAvg MNIST client: 600 samples x 1 epoch, batch 10)", worst.share < MAX_COST_SHARE,
+                     f"worst {worst.codec}: {worst.share:.4f} = {worst.encode_ms + worst.decode_ms:.2f} ms "
+                     f"/ {worst.train_ms:.1f} ms", full_size="one timed repetition of each codec")
+    # not an acceptance bar (the sweep's local job is tiny), so not a check that could fail the run
+    mine = [c for c in costs if c.setting == SWEPT_SETTING]
+    if mine:
+        worst = max(mine, key=lambda c: c.share)
+        print(f"info codec cost share as swept (the small local job of this sweep, no bar): worst {worst.codec}: "
+              f"{worst.share:.4f} = {worst.encode_ms + worst.decode_ms:.2f} ms / {worst.train_ms:.1f} ms", flush=True)
     return checks
 
 
@@ -595,8 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     written = [shown_path(args.out / name) for name in ("curves.csv", "summary.csv", "accuracy_vs_uplink.png")]
     print(f"wrote {written[0]}, {written[1]} and {written[2]} "
           f"in {time.perf_counter() - start:.1f} s", flush=True)
-    check_acceptance(runs, costs)
-    return 0
+    checks = check_acceptance(runs, costs, smoke=args.smoke)
+    return 0 if checks.all_passed else 1
 
 
 if __name__ == "__main__":

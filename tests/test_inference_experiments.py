@@ -149,3 +149,157 @@ def test_acceptance_scheduler_columns_say_latency_or_solve_time(tmp_path):
         header = next(csv.reader(fh))
     assert header == ["instance", "N", "exact_latency_s", "fast_latency_s", "gap_to_exact", "certified_gap",
                       "fast_solve_s", "exact_solve_s"]
+
+
+# -- a failed check is exit status 1; --smoke prints the claims only a full-size run shows as SKIP --
+def _script(name, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _checks(out):
+    return [line for line in out.splitlines() if line.startswith("check ")]
+
+
+def _fake_bench_scale(monkeypatch, rss_gb, ratio):
+    module = _script("bench_scale", monkeypatch)
+    monkeypatch.setattr(module, "run_population", lambda size, sampled, rounds: (1.0 if size == 100 else ratio, rss_gb))
+    return module, []
+
+
+def _fake_byzantine(monkeypatch, signflip_fedavg, best):
+    module = _script("byzantine", monkeypatch)
+    acc = {("none", "fedavg"): 0.9, ("signflip", "fedavg"): signflip_fedavg}
+
+    def run_cell(attack, defence, args):
+        return {"attack": attack, "defence": defence, "final_acc": acc.get((attack, defence), best if attack == "signflip" else 0.9),
+                "rejected": 0, "attackers": 2, "rounds": args.rounds}
+
+    monkeypatch.setattr(module, "run_cell", run_cell)
+    return module, ["--attacks", "none,signflip", "--defences", "fedavg,normreject"]
+
+
+def _fake_transfer(monkeypatch, finetune_bytes):
+    module = _script("transfer", monkeypatch)
+    accs = {"scratch": 0.9, "finetune": 0.8, "student-scratch": 0.7, "student-distilled": 0.6}
+    byts = {"scratch": 1000, "finetune": finetune_bytes, "student-scratch": 100, "student-distilled": 100}
+    curves = {m: [{"method": m, "round": 1, "accuracy": accs[m], "uplink_bytes": byts[m], "client_flops": 1}] for m in accs}
+    def run(args):
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        return curves
+
+    monkeypatch.setattr(module, "run", run)
+    return module, []
+
+
+def _fake_bench_split(monkeypatch, overhead, diff):
+    import ray
+
+    module = _script("bench_split", monkeypatch)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # no Ray of its own
+    monkeypatch.setattr(module, "bench", lambda name, terminals, passes, cpus: {
+        "engine_s": overhead, "loop_s": 1.0, "split_overhead": overhead, "batches": 4, "diff": diff})
+    return module, []
+
+
+def _fake_split_vs_fl(monkeypatch, sl_acc, v1_flops):
+    import contextlib
+
+    module = _script("split_vs_fl", monkeypatch)
+    table = {"fedavg": (0.9, 100, 1.0), "splitfed-v1": (0.9, v1_flops, 1.0), "sl-vanilla": (sl_acc, 5, 1.5)}
+
+    class Engine:
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def simulate(self, cfg):
+            return None
+
+    def measure(method, mode, std, outcome):
+        acc, flops, sim = table[method]
+        return module.MethodRun(method, mode, std, [acc], [10], [sim], flops, 10, sim, 0.1, 0)
+
+    monkeypatch.setattr(module, "ray_session", lambda cpus: contextlib.nullcontext())
+    monkeypatch.setattr(module, "SharedEngine", Engine)
+    monkeypatch.setattr(module, "measure", measure)
+    monkeypatch.setattr(module, "step_client_share", lambda cfg, mode: 0.03)
+    return module, ["--methods", "fedavg,splitfed-v1,sl-vanilla", "--rounds", "1", "--terminals", "4"]
+
+
+def _fake_compression_sweep(monkeypatch, identity_acc, topk_payload):
+    import contextlib
+
+    module = _script("compression_sweep", monkeypatch)
+
+    def run_partition(settings, partition, codecs, out_dir, engine):
+        accs = {"identity": identity_acc, "topk-ef": identity_acc - 0.2}
+        runs = [module.CodecRun(partition, c, [accs[c]] * settings.rounds, [1.0] * settings.rounds,
+                                [100 if c == "identity" else topk_payload] * settings.rounds, [100] * settings.rounds,
+                                [120] * settings.rounds, 10, 0, 0.1) for c in codecs]
+        for run in runs:
+            module.print_codec_line(run, runs[0])
+        return runs
+
+    class Engine:
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(module, "ray_session", lambda cpus: contextlib.nullcontext())
+    monkeypatch.setattr(module, "SharedEngine", Engine)
+    monkeypatch.setattr(module, "run_partition", run_partition)
+    monkeypatch.setattr(module, "measure_costs", lambda codecs, reps, cfg: [
+        module.Cost(setting, c, 10.0, 10.0, 100.0) for setting in (module.BENCH_SETTING, module.SWEPT_SETTING) for c in codecs])
+    return module, ["--codecs", "identity,topk-ef", "--partitions", "iid"]
+
+
+# (script, fake, full-size claims failing only, a claim that holds at any size failing too)
+EXIT_CASES = [
+    ("bench_scale", _fake_bench_scale, {"rss_gb": 1.0, "ratio": 2.0}, {"rss_gb": 5.0, "ratio": 1.0}),
+    ("byzantine", _fake_byzantine, {"signflip_fedavg": 0.1, "best": 0.5}, {"signflip_fedavg": 0.85, "best": 0.9}),
+    ("transfer", _fake_transfer, {"finetune_bytes": 900}, None),  # every claim of transfer needs the full run
+    ("bench_split", _fake_bench_split, {"overhead": 2.0, "diff": 0.0}, {"overhead": 1.0, "diff": 1.0}),
+    ("split_vs_fl", _fake_split_vs_fl, {"sl_acc": 0.5, "v1_flops": 5}, {"sl_acc": 0.9, "v1_flops": 50}),
+    ("compression_sweep", _fake_compression_sweep, {"identity_acc": 0.5, "topk_payload": 1}, {"identity_acc": 0.95, "topk_payload": 2}),
+]
+
+
+@pytest.mark.parametrize("name, fake, full_size_fails, any_size_fails", EXIT_CASES, ids=[c[0] for c in EXIT_CASES])
+def test_a_failed_check_is_exit_status_1_and_smoke_skips_only_full_size_claims(
+        name, fake, full_size_fails, any_size_fails, tmp_path, monkeypatch, capsys):
+    # these scripts printed FAIL (or ok=False / pass=False) and exited 0, so nothing could notice
+    def out(folder):
+        return [] if name == "bench_scale" else ["--out", str(tmp_path / folder)]  # bench_scale writes no files
+
+    module, argv = fake(monkeypatch, **full_size_fails)
+    assert module.main([*argv, *out("full")]) == 1
+    checks = _checks(capsys.readouterr().out)
+    assert any(": FAIL (" in c for c in checks), checks
+
+    module, argv = fake(monkeypatch, **full_size_fails)
+    assert module.main(["--smoke", *argv, *out("smoke")]) == 0
+    checks = _checks(capsys.readouterr().out)
+    assert any(": SKIP (smoke: " in c for c in checks) and not any(": FAIL" in c for c in checks), checks
+
+    if any_size_fails is not None:
+        module, argv = fake(monkeypatch, **any_size_fails)
+        assert module.main(["--smoke", *argv, *out("smoke2")]) == 1
+        checks = _checks(capsys.readouterr().out)
+        assert any(": FAIL (" in c for c in checks), checks

@@ -1,7 +1,9 @@
 """Small output helpers shared by the scheduler experiments (``experiments/deng_*.py``, benches).
 
 Every experiment prints one ``key=value ...`` line per table row, writes the table as CSV next to
-its PNG, and prints ``check <claim>: PASS|FAIL (numbers)`` lines for the claims it verifies.
+its PNG, and prints ``check <claim>: PASS|FAIL (numbers)`` lines for the claims it verifies; a failed
+check is exit status 1, once everything is written. In a smoke run (``Checks(smoke=True)``) a claim
+that only the full-size run can show prints ``check <claim>: SKIP (smoke: <why>)`` and does not count.
 """
 
 from __future__ import annotations
@@ -33,13 +35,23 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 class Checks:
-    """Collects ``check <claim>: PASS|FAIL (detail)`` lines."""
+    """Collects ``check <claim>: PASS|FAIL (detail)`` lines.
 
-    def __init__(self) -> None:
+    ``smoke``: the run is a smoke run, too small to show the claims checked with ``full_size``.
+    """
+
+    def __init__(self, smoke: bool = False) -> None:
+        self.smoke = smoke
         self.results: list[tuple[str, bool, str]] = []
+        self.skipped: list[tuple[str, str]] = []
 
-    def check(self, claim: str, passed: bool, detail: str) -> bool:
-        """Record and print one check."""
+    def check(self, claim: str, passed: bool, detail: str, *, full_size: str | None = None) -> bool:
+        """Record and print one check. ``full_size`` says why a smoke run is too small to show the
+        claim: in a smoke run such a check prints ``SKIP (smoke: <full_size>)`` and does not count."""
+        if self.smoke and full_size:
+            self.skipped.append((claim, full_size))
+            print(f"check {claim}: SKIP (smoke: {full_size})", flush=True)
+            return True
         self.results.append((claim, bool(passed), detail))
         print(f"check {claim}: {'PASS' if passed else 'FAIL'} ({detail})", flush=True)
         return bool(passed)
