@@ -27,6 +27,8 @@ import time
 
 import psutil
 
+from fedsplit.cli_types import whole_number
+
 
 class PeakRss:
     """Peak resident memory (bytes) of this process and all its descendants, sampled in a thread."""
@@ -100,9 +102,11 @@ def run_population(size: int, sampled: int, rounds: int) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=whole_number(2, None, "a whole number, at least 2"), default=None,
+                        help="rounds per population, at least 2 (the first is not timed; default 5, --smoke 3)")
     args = parser.parse_args(argv)
-    small, large, rounds = (100, 2_000, 3) if args.smoke else (100, 100_000, args.rounds)
+    small, large = (100, 2_000) if args.smoke else (100, 100_000)
+    rounds = args.rounds if args.rounds is not None else (3 if args.smoke else 5)
     results = {}
     for size in (small, large):
         round_s, peak = run_population(size, 100, rounds)

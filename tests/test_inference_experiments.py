@@ -64,6 +64,14 @@ def test_a_count_below_1_is_refused_in_one_line(name, option, tmp_path, capsys):
     assert not (tmp_path / "fig3.csv").exists()
 
 
+def test_bench_scale_needs_two_rounds_one_to_warm_up_one_to_time(capsys):
+    # --rounds 1 divided by zero: the first round is not timed
+    with pytest.raises(SystemExit) as info:
+        load("bench_scale").main(["--rounds", "1"])
+    assert info.value.code == 2
+    assert "argument --rounds: '1': expected a whole number, at least 2" in capsys.readouterr().err
+
+
 def test_smoke_keeps_an_explicit_seed_count(tmp_path):
     # --smoke used to replace --seeds by 5 without a word
     import csv
