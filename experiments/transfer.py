@@ -52,6 +52,7 @@ from fedsplit.simulation.engine import EngineGrid, SerialEngine  # noqa: E402
 from fedsplit.simulation.server_app import RunSession, run_server  # noqa: E402
 from fedsplit.models.checkpoint import model_meta, save_checkpoint  # noqa: E402
 from fedsplit.transfer.pretrain import distill_student, pretrain  # noqa: E402
+from fedsplit.cli_types import positive_int  # noqa: E402
 from fedsplit.output_paths import output_folder  # noqa: E402
 
 METHODS = ("scratch", "finetune", "student-scratch", "student-distilled")
@@ -61,12 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=output_folder, default=str(REPO / "experiments" / "results" / "transfer"), help="output folder")
     p.add_argument("--smoke", action="store_true", help="a seconds-long version (tiny models, 1 round, 2 terminals)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--local-epochs", type=int, default=2)
-    p.add_argument("--terminals", type=int, default=4)
+    p.add_argument("--rounds", type=positive_int, default=None, help="default 5; --smoke 1")
+    p.add_argument("--local-epochs", type=positive_int, default=None, help="default 2; --smoke 1")
+    p.add_argument("--terminals", type=positive_int, default=None, help="default 4; --smoke 2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="cnn", help="the large model (model.name)")
-    p.add_argument("--width", type=float, default=1.0, help="its model.width")
+    p.add_argument("--width", type=float, default=None, help="its model.width (default 1; --smoke 0.25)")
     p.add_argument(
         "--trainable", default="batchnorm,stem,stages.0,head",
         help="transfer.trainable of the fine-tuned model (default: every BatchNorm layer, the stem, the first stage and the head: 7%% of the CNN)",
@@ -74,17 +75,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batchnorm", default="global", choices=("frozen", "local", "global"), help="transfer.batchnorm")
     p.add_argument("--lr", type=float, default=0.05, help="train.lr of every federated run")
     p.add_argument("--finetune-lr", type=float, default=0.2, help="train.lr of the fine-tuned run (a fresh head on a pretrained body)")
-    p.add_argument("--pretrain-epochs", type=int, default=20)
+    p.add_argument("--pretrain-epochs", type=positive_int, default=None, help="default 20; --smoke 1")
     p.add_argument("--student", default="mlp", help="the small model (model.name)")
     p.add_argument("--student-hidden", type=int, default=16, help="its model.hidden (mlp)")
     p.add_argument("--student-width", type=float, default=0.25, help="its model.width (cnn, mobilenet)")
-    p.add_argument("--distill-epochs", type=int, default=20, help="server-side distillation epochs")
+    p.add_argument("--distill-epochs", type=positive_int, default=None, help="server-side distillation epochs (default 20; --smoke 1)")
     p.add_argument("--temperature", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.5)
     args = p.parse_args(argv)
-    if args.smoke:
-        args.rounds, args.local_epochs, args.terminals = 1, 1, 2
-        args.width, args.pretrain_epochs, args.distill_epochs = 0.25, 1, 1
+    # --smoke fills in only what was not given
+    defaults = {"rounds": (5, 1), "local_epochs": (2, 1), "terminals": (4, 2), "width": (1.0, 0.25),
+                "pretrain_epochs": (20, 1), "distill_epochs": (20, 1)}
+    for name, (full, smoke) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else full)
     return args
 
 

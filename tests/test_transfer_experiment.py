@@ -37,3 +37,15 @@ def test_transfer_experiment_smoke(tmp_path):
     assert [r["method"] for r in rows] == ["scratch", "finetune", "student-scratch", "student-distilled"]
     assert int(rows[1]["uplink_bytes"]) == up["finetune"]
     assert (tmp_path / "transfer.png").stat().st_size > 10_000
+
+
+def test_smoke_fills_in_only_what_was_not_given():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("transfer_experiment", REPO / "experiments" / "transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.parse_args(["--smoke", "--rounds", "3", "--terminals", "5"])
+    assert (args.rounds, args.terminals, args.local_epochs, args.width) == (3, 5, 1, 0.25)  # --smoke overwrote the first two
+    args = module.parse_args([])
+    assert (args.rounds, args.terminals, args.local_epochs, args.width, args.pretrain_epochs) == (5, 4, 2, 1.0, 20)
