@@ -216,31 +216,34 @@ def _fake_bench_split(monkeypatch, overhead, diff):
     return module, []
 
 
+class _NoEngine:
+    """Stands in for an experiment's SharedEngine (no Ray, no actors): the fakes measure nothing."""
+
+    def __init__(self, *args):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def simulate(self, cfg):
+        return None
+
+
 def _fake_split_vs_fl(monkeypatch, sl_acc, v1_flops):
     import contextlib
 
     module = _script("split_vs_fl", monkeypatch)
     table = {"fedavg": (0.9, 100, 1.0), "splitfed-v1": (0.9, v1_flops, 1.0), "sl-vanilla": (sl_acc, 5, 1.5)}
 
-    class Engine:
-        def __init__(self, *args):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
-        def simulate(self, cfg):
-            return None
-
     def measure(method, mode, std, outcome):
         acc, flops, sim = table[method]
         return module.MethodRun(method, mode, std, [acc], [10], [sim], flops, 10, sim, 0.1, 0)
 
     monkeypatch.setattr(module, "ray_session", lambda cpus: contextlib.nullcontext())
-    monkeypatch.setattr(module, "SharedEngine", Engine)
+    monkeypatch.setattr(module, "SharedEngine", _NoEngine)
     monkeypatch.setattr(module, "measure", measure)
     monkeypatch.setattr(module, "step_client_share", lambda cfg, mode: 0.03)
     return module, ["--methods", "fedavg,splitfed-v1,sl-vanilla", "--rounds", "1", "--terminals", "4"]
@@ -260,18 +263,8 @@ def _fake_compression_sweep(monkeypatch, identity_acc, topk_payload):
             module.print_codec_line(run, runs[0])
         return runs
 
-    class Engine:
-        def __init__(self, *args):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return None
-
     monkeypatch.setattr(module, "ray_session", lambda cpus: contextlib.nullcontext())
-    monkeypatch.setattr(module, "SharedEngine", Engine)
+    monkeypatch.setattr(module, "SharedEngine", _NoEngine)
     monkeypatch.setattr(module, "run_partition", run_partition)
     monkeypatch.setattr(module, "measure_costs", lambda codecs, reps, cfg: [
         module.Cost(setting, c, 10.0, 10.0, 100.0) for setting in (module.BENCH_SETTING, module.SWEPT_SETTING) for c in codecs])
