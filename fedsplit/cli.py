@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
+from fedsplit.config.errors import ClusterTooSmallError, DataError, RayUnreachableError
 
 #: Modules that contribute sub-commands, in the order they appear in ``fedsplit --help``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -71,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ClusterTooSmallError as exc:  # a device class's num_cpus above the Ray cluster's CPUs
         print(f"fedsplit: error: engine: {exc}", file=sys.stderr)
+        return 2
+    except DataError as exc:  # a broken dataset file, a partitioning the pool cannot give (simulate: before any run folder)
+        print(f"fedsplit: error: data: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, not the stacks of every thread Ray and torch were in
         hint = "; the run folder keeps every finished round: continue with `fedsplit simulate --resume RUN_DIR`"

@@ -129,7 +129,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fedsplit.simulation.checkpoint import ResumePointError
-    from fedsplit.data import DataError
     from fedsplit.models.checkpoint import CheckpointError
     from fedsplit.simulation.loop import EmptyRoundsError
     from fedsplit.simulation.runner import simulate
@@ -148,9 +147,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 3
     except CheckpointError as exc:  # model.pretrained / transfer.teacher whose tensors do not fit the model built
         print(f"fedsplit: error: config: {exc}", file=sys.stderr)
-        return 2
-    except DataError as exc:  # a broken dataset file, a partitioning the pool cannot give: before any run folder
-        print(f"fedsplit: error: data: {exc}", file=sys.stderr)
         return 2
     acc = outcome.summary["final_metrics"].get("accuracy")
     if "stopped" in outcome.summary:

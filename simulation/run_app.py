@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import time
 import tomllib
 import traceback
 from collections.abc import Collection
@@ -27,7 +26,7 @@ from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
 from fedsplit.devices import Population, resolve_profiles
 from fedsplit.ledger import Ledger
 from fedsplit.output_paths import output_folder
-from fedsplit.report import shown_path
+from fedsplit.report import fresh_folder, shown_path
 
 
 class AppLoadError(ValueError):
@@ -159,11 +158,7 @@ def output_dir(out: str | None) -> Path:
         if existing := [name for name in LEDGER_FILES if (path / name).exists()]:
             raise AppLoadError(f"--out {out}: already holds a run's {' and '.join(existing)}; name a new folder (or remove them)")
         return path
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, suffix = DEFAULT_OUT_ROOT / stamp, 1
-    while path.exists():
-        path, suffix = DEFAULT_OUT_ROOT / f"{stamp}-{suffix}", suffix + 1
-    return path
+    return fresh_folder(DEFAULT_OUT_ROOT)
 
 
 def write_ledgers(ledger: Ledger, out: Path) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from fedsplit.config.errors import DataError
 
-class DataError(ValueError):
-    """The data a configuration names cannot be built: a broken file, a partitioning the pool
-    cannot give. The message is one line naming the file or the settings and what to change."""
+__all__ = ["DataError", "PartitionError"]
 
 
 class PartitionError(DataError):

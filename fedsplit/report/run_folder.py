@@ -35,14 +35,19 @@ def shown_path(path: Path) -> str:
         return str(path)
 
 
-def make_run_dir(cfg: RunConfig) -> Path:
-    """Create (and return) a fresh run folder for ``cfg``."""
-    name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S")
-    path = Path(cfg.out_dir) / name
-    suffix = 1
+def fresh_folder(parent: str | Path, name: str | None = None) -> Path:
+    """``parent/name`` (default name: the date and time, ``YYYYmmdd-HHMMSS``), or ``name-1``,
+    ``name-2`` ... when that folder exists and holds anything: a path no earlier run wrote to."""
+    name = name or time.strftime("%Y%m%d-%H%M%S")
+    path, suffix = Path(parent) / name, 1
     while path.exists() and any(path.iterdir()):
-        path = Path(cfg.out_dir) / f"{name}-{suffix}"
-        suffix += 1
+        path, suffix = Path(parent) / f"{name}-{suffix}", suffix + 1
+    return path
+
+
+def make_run_dir(cfg: RunConfig) -> Path:
+    """Create (and return) a fresh run folder for ``cfg`` (:func:`fresh_folder` of ``out_dir`` and ``run_name``)."""
+    path = fresh_folder(cfg.out_dir, cfg.run_name or None)
     (path / "plots").mkdir(parents=True, exist_ok=True)
     (path / "checkpoints").mkdir(exist_ok=True)
     return path
