@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from fedsplit.config.errors import ClusterTooSmallError, DataError, RayUnreachableError
+from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
 
 #: Modules that contribute sub-commands, in the order they appear in ``fedsplit --help``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -72,7 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterTooSmallError as exc:  # a device class's num_cpus above the Ray cluster's CPUs
         print(f"fedsplit: error: engine: {exc}", file=sys.stderr)
         return 2
-    except DataError as exc:  # a broken dataset file, a partitioning the pool cannot give (simulate: before any run folder)
+    except ValueError as exc:  # a DataError: a broken dataset file, a partitioning the pool cannot give
+        # (fedsplit.data, with torch, is imported by then; importing it up front would slow every command down)
+        from fedsplit.data.errors import DataError
+
+        if not isinstance(exc, DataError):
+            raise
         print(f"fedsplit: error: data: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, not the stacks of every thread Ray and torch were in

@@ -22,11 +22,3 @@ class ClusterTooSmallError(ValueError):
     (:func:`fedsplit.simulation.engine.check_local_budgets`, ``plan_pools``); the message names
     the class and what to change; the ``fedsplit`` command prints it after ``fedsplit: error:
     engine:`` and exits with status 2."""
-
-
-class DataError(ValueError):
-    """The data a configuration names cannot be built: a broken file, a partitioning the pool
-    cannot give. The message is one line naming the file or the settings and what to change; the
-    ``fedsplit`` command prints it after ``fedsplit: error: data:`` and exits with status 2.
-    (Defined here, beside the other errors the command prints, so that the command need not
-    import the data room; :mod:`fedsplit.data` exports it.)"""
