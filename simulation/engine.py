@@ -60,6 +60,7 @@ from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
 from fedsplit.simulation import warm_actors as warm
+from fedsplit.simulation.actor_payload import pack, unpack
 from fedsplit.simulation.shared_content import SHARED_RECORD_BYTES, Layout, restore, shared_records, strip
 
 log = logging.getLogger("fedsplit")
@@ -174,21 +175,28 @@ class ClientAppActor:
         self.app = client_app
         self.meter = meter
 
-    def run_batch(
+    def run_batch(self, payload: bytes, shared: Sequence[ArrayRecord] | None = None) -> bytes:
+        """Run the ClientApp on each ``(message, context)`` of a batch in turn.
+
+        ``payload`` is ``(items, faults, layouts)`` packed by
+        :func:`~fedsplit.simulation.actor_payload.pack`, and so is the result: one ``(reply,
+        context, measured, seconds)`` per item, ``seconds`` being the real seconds the app took
+        on this actor. ``faults[i]`` is the injected fault of item ``i``: ``"kill"`` ends this
+        process when the item is reached (the batch's replies are lost, as when any process
+        dies). ``shared`` are the round's records sent once through the object store and
+        ``layouts[i]`` where they go back into message ``i``
+        (:mod:`fedsplit.simulation.shared_content`).
+        """
+        items, faults, layouts = unpack(payload)
+        return pack(self._run_items(items, faults, shared, layouts))
+
+    def _run_items(
         self,
         items: Sequence[tuple[Message, Context]],
-        faults: Sequence[str | None] | None = None,
-        shared: Sequence[ArrayRecord] | None = None,
-        layouts: Sequence[Layout | None] | None = None,
+        faults: Sequence[str | None] | None,
+        shared: Sequence[ArrayRecord] | None,
+        layouts: Sequence[Layout | None] | None,
     ) -> list[tuple[Message, Context, Measured | None, float]]:
-        """Run the ClientApp on each ``(message, context)`` in turn: ``(reply, context, measured,
-        seconds)``, ``seconds`` being the real seconds the app took on this actor.
-
-        ``faults[i]`` is the injected fault of item ``i``: ``"kill"`` ends this process when the
-        item is reached (the batch's replies are lost, as when any process dies). ``shared`` are
-        the round's records sent once through the object store and ``layouts[i]`` where they go
-        back into message ``i`` (:mod:`fedsplit.simulation.shared_content`).
-        """
         faults = faults or [None] * len(items)
         layouts = layouts or [None] * len(items)
         out = []
@@ -546,7 +554,7 @@ class RayEngine:
                 items = [(sent, self.context_of(m.metadata.dst_node_id)) for (sent, _), m in zip(stripped, batch)]
                 layouts = [layout for _, layout in stripped] if positions else None
                 faults = [self.faults(m) for m in batch] if self.faults is not None else None
-                running[actor.run_batch.remote(items, faults, shared_ref, layouts)] = (actor, budget, batch, retry)
+                running[actor.run_batch.remote(pack((items, faults, layouts)), shared_ref)] = (actor, budget, batch, retry)
 
         dispatch()
         while running:
@@ -561,7 +569,7 @@ class RayEngine:
             exclusive.discard(id(actor))
             arrived: list[Message] = []
             try:
-                results = ray.get(ref)
+                results = unpack(ray.get(ref))
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
                 if id(actor) not in replaced:  # the first of its batches to fail replaces it
                     replaced[id(actor)] = actor
