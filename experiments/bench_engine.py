@@ -31,13 +31,18 @@ Run::
 
 It prints one line per workload::
 
-    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=.. limit_s=.. limit_efficiency=.. vs_limit=.. server_s=..
+    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=.. limit_s=.. limit_efficiency=.. vs_limit=.. server_s=.. busy1=.. app_speed1=.. busy=.. app_speed=..
 
 ``efficiency = pure_s / (min(actors, terminals per round) * fedsplit_s)``: 1.0 when P actors take
 1/P of the pure loop's time (P = the cores, or fewer when fewer terminals train per round).
 ``server_s`` is the part of the fedsplit way's time spent outside the engine (the strategy's
 aggregation, the server's evaluation, metering, building the next round's messages): serial work
 that more actors do not shorten, so with P actors ``efficiency <= pure_s / (pure_s + P * server_s)``.
+Where the rest goes (:func:`breakdown`): ``busy`` is the share of the actors' time spent inside the
+ClientApp (the rest they wait for the driver and Ray), ``app_speed`` the pure loop's time over the
+seconds the apps took for the same terminals (below 1 by the app's work around training and by cores
+slowing each other); ``efficiency = busy * app_speed``, and ``busy1 * app_speed1 = 1 / overhead`` for
+the one-actor way.
 ``limit_efficiency`` is the same ratio for the plain loop on all cores, so it shows how far this
 machine scales at all (the cores share caches and memory bandwidth, the server's averaging and
 evaluation stay serial); ``vs_limit = limit_s / fedsplit_s`` is fedsplit against that limit.
@@ -204,12 +209,13 @@ def run_fedsplit(cfg: RunConfig, engine, server_threads: int) -> tuple[float, di
     return session.strategy_wall_s, session.final_state
 
 
-def run_fedsplit_timed(cfg: RunConfig, engine, server_threads: int) -> tuple[float, dict[str, torch.Tensor], float]:  # noqa: ANN001
-    """:func:`run_fedsplit`, and the seconds of the run spent outside ``engine.execute`` (its
-    ``server_s``: the server's serial work)."""
-    inside = engine.execute_s
+def run_fedsplit_timed(cfg: RunConfig, engine, server_threads: int) -> tuple[float, dict[str, torch.Tensor], float, float]:  # noqa: ANN001
+    """:func:`run_fedsplit`, the seconds of the run spent outside ``engine.execute`` (its
+    ``server_s``: the server's serial work) and the seconds the actors spent in the ClientApp
+    (``engine.app_s``, summed over messages)."""
+    inside, app = engine.execute_s, engine.app_s
     seconds, state = run_fedsplit(cfg, engine, server_threads)
-    return seconds, state, seconds - (engine.execute_s - inside)
+    return seconds, state, seconds - (engine.execute_s - inside), engine.app_s - app
 
 
 def run_flower(cfg: RunConfig, server_threads: int) -> tuple[float, dict[str, torch.Tensor]]:
@@ -296,6 +302,19 @@ def efficiency(pure_s: float, fedsplit_s: float, actors: int, per_round: int) ->
     return pure_s / (min(actors, per_round) * fedsplit_s)
 
 
+def breakdown(pure_s: float, fedsplit_s: float, app_s: float, actors: int) -> tuple[float, float]:
+    """``(busy, app_speed)`` of a fedsplit way whose ``actors`` spent ``app_s`` seconds in the
+    ClientApp (summed) during its ``fedsplit_s``; their product is ``pure_s / (actors * fedsplit_s)``.
+
+    ``busy = app_s / (actors * fedsplit_s)``: the share of the actors' time spent running the app;
+    the rest they wait for the driver (the server's work between rounds, dispatch, replies) and
+    for Ray. ``app_speed = pure_s / app_s``: the pure loop's time over the apps' time for the same
+    terminals; below 1 by the ClientApp's own work around training (loading the message, building
+    the reply) and, with several actors, by the cores slowing each other (shared caches and memory).
+    """
+    return app_s / (actors * fedsplit_s), pure_s / app_s
+
+
 def profile_driver(name: str, overrides: list[str], top: int = int(os.environ.get("FEDSPLIT_PROFILE_TOP", "15"))) -> None:
     """Print the top ``top`` entries (cumulative and own time) of a cProfile of the driver
     process during one fedsplit run (one actor per core), after an unprofiled warm-up."""
@@ -337,11 +356,11 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
 
     cfg = load_config(None, COMMON + overrides)
     cpus = os.cpu_count() or 1
-    server_s: list[float] = []
+    timed: dict[str, list[tuple[float, float, float]]] = {"fedsplit1": [], "fedsplit": []}  # (seconds, server_s, app_s) a pass
 
-    def run_every(engine: RayEngine):  # noqa: ANN202 - the fedsplit way, its server_s kept
-        seconds, state, outside = run_fedsplit_timed(cfg, engine, server_threads=1)
-        server_s.append(outside)
+    def run_timed(way: str, engine: RayEngine):  # noqa: ANN202 - a fedsplit way, its server_s and app_s kept
+        seconds, state, outside, app = run_fedsplit_timed(cfg, engine, server_threads=1)
+        timed[way].append((seconds, outside, app))
         return seconds, state
 
     capacity_before = parallel_capacity(cpus) if capacity else float("nan")
@@ -359,8 +378,8 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
             {
                 "pure": lambda: run_pure(cfg),
                 "limit": plain.run,
-                "fedsplit1": lambda: run_fedsplit(cfg, one, server_threads=1),
-                "fedsplit": lambda: run_every(every),
+                "fedsplit1": lambda: run_timed("fedsplit1", one),
+                "fedsplit": lambda: run_timed("fedsplit", every),
             },
             passes,
         )
@@ -375,6 +394,8 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
     for way in ("limit", "fedsplit1", "fedsplit"):
         diff = max_diff(weights["pure"], weights[way])
         print(f"workload={name} check weights_{way}_vs_pure max_abs_diff={diff:.2e} {'PASS' if diff <= 1e-5 else 'FAIL'}")
+    _, server_s, _ = min(timed["fedsplit"])  # the best pass, as the times are
+    parts = {way: breakdown(times["pure"], *min(timed[way])[::2], actors) for way, actors in (("fedsplit1", 1), ("fedsplit", min(cpus, terminals_per_round(cfg))))}
     line = (
         f"workload={name} pure_s={times['pure']:.3f} fedsplit1_s={times['fedsplit1']:.3f} "
         f"fedsplit_s={times['fedsplit']:.3f} flower_s={times['flower']:.3f} "
@@ -382,7 +403,9 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
         f"flower_over_fedsplit={times['flower'] / times['fedsplit']:.3f} "
         f"efficiency={efficiency(times['pure'], times['fedsplit'], cpus, terminals_per_round(cfg)):.3f} "
         f"limit_s={times['limit']:.3f} limit_efficiency={efficiency(times['pure'], times['limit'], cpus, terminals_per_round(cfg)):.3f} "
-        f"vs_limit={times['limit'] / times['fedsplit']:.3f} server_s={min(server_s):.3f} "
+        f"vs_limit={times['limit'] / times['fedsplit']:.3f} server_s={server_s:.3f} "
+        f"busy1={parts['fedsplit1'][0]:.3f} app_speed1={parts['fedsplit1'][1]:.3f} "
+        f"busy={parts['fedsplit'][0]:.3f} app_speed={parts['fedsplit'][1]:.3f} "
         f"actors={cpus} per_round={terminals_per_round(cfg)} load_avg={os.getloadavg()[0]:.2f} "
         f"capacity={capacity_before:.2f},{parallel_capacity(cpus) if capacity else float('nan'):.2f}/{cpus}"
     )

@@ -55,7 +55,7 @@ def bench(name: str, passes: int) -> dict[str, float]:
             for timed in [False] + [True] * passes:  # one untimed warm-up pass of both ways
                 for stream in (True, False):
                     MeteredGrid.stream_replies = stream
-                    seconds, weights[stream], outside = run_fedsplit_timed(cfg, engine, server_threads=1)
+                    seconds, weights[stream], outside, _ = run_fedsplit_timed(cfg, engine, server_threads=1)
                     if timed:
                         walls[stream].append(seconds)
                         server[stream].append(outside)

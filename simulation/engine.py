@@ -368,6 +368,7 @@ class RayEngine:
         self.seconds: dict[tuple[int, str], float] = {}  # (node, message type) -> last real seconds
         self.last_batches: list[list[int]] = []  # terminals of each batch of the last execute, as dispatched
         self.execute_s = 0.0  # wall seconds spent in execute (dispatch, the actors' work, replies), all calls
+        self.app_s = 0.0  # real seconds the actors spent running the ClientApp, summed over messages, all calls
         self.pools: dict[Budget, ActorPool] = {}
         self._started_ray = False
         self.actor_restarts = 0
@@ -585,6 +586,7 @@ class RayEngine:
                 for reply, ctx, found, seconds in results:
                     self.contexts[ctx.node_id] = ctx
                     self.seconds[(ctx.node_id, reply.metadata.message_type)] = seconds
+                    self.app_s += seconds
                     arrived.append(reply)
                     if found is not None and measured is not None:
                         measured[reply.metadata.reply_to_message_id] = found

@@ -123,6 +123,7 @@ def test_terminals_measured_slow_get_a_batch_of_their_own_next_round(ray_session
         send_round(grid, 1, nodes)
         assert engine.last_batches == [[0, 2], [1, 3]]
         assert engine.seconds[(engine.node_id_of(0), "train")] >= 0.4
+        assert 0.46 <= engine.app_s <= engine.execute_s * 2  # the four apps' seconds, summed over both actors
         second = send_round(grid, 2, nodes)
         assert all(not r.has_error() for r in second.values())
         assert [sorted(b) for b in engine.last_batches] == [[0], [1, 2, 3]]  # each batch: heaviest first
@@ -367,6 +368,12 @@ def test_engine_benchmark_smoke_runs_and_models_agree():
     # which on a fast (or a loaded) machine is more than 1 % of sub-second times.
     slack = 0.0005 / one + 0.0005 / pure + 0.001
     assert float(fields["overhead"]) == pytest.approx(one / pure, rel=slack)
+    # where the time goes: the share of the actors' time inside the ClientApp, and the apps' speed
+    # against the pure loop, multiply back to 1 / overhead (one actor) and to the efficiency
+    busy1, speed1, busy, speed = (float(fields[k]) for k in ("busy1", "app_speed1", "busy", "app_speed"))
+    assert 0 < busy1 <= 1 and 0 < busy <= 1 and speed1 > 0 and speed > 0
+    assert busy1 * speed1 == pytest.approx(pure / one, rel=slack + 0.002)
+    assert busy * speed == pytest.approx(float(fields["efficiency"]), rel=slack + 0.0005 / many + 0.002)
 
 
 INLINE_CHECK = """
