@@ -39,6 +39,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 #: Names every server certificate is valid for, so that loopback tests and a local run work.
 LOOPBACK_NAMES: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+#: Validity of the certificates ``deploy certs`` writes unless told (days).
+DEFAULT_CERT_DAYS = 365
 #: A node name: a safe file name (letters, digits, ``.``, ``_``, ``-``; no leading dot), at most 64 characters.
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: One label of a DNS host name.
@@ -143,7 +145,7 @@ def check_days(days: int) -> int:
         For 0 (an already expired certificate), a negative number or a non-integer.
     """
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
-        raise CertificateError(f"--days {days!r}: the certificates' validity must be a whole number of days, at least 1 (default 365)")
+        raise CertificateError(f"--days {days!r}: the certificates' validity must be a whole number of days, at least 1 (default {DEFAULT_CERT_DAYS})")
     return days
 
 
@@ -223,6 +225,17 @@ def _ca_files(certs: LabCertificates, hosts: Sequence[str], days: int) -> dict[P
         .sign(ca_key, hashes.SHA256())
     )
 
+    return {
+        certs.ca_key: (_key_pem(ca_key), True),
+        certs.ca_cert: (ca_cert.public_bytes(serialization.Encoding.PEM), False),
+        **_server_files(certs, ca_key, ca_name, hosts, now, until),
+    }
+
+
+def _server_files(
+    certs: LabCertificates, ca_key: ec.EllipticCurvePrivateKey, ca_name: x509.Name, hosts: Sequence[str], now: dt.datetime, until: dt.datetime
+) -> dict[Path, tuple[bytes, bool]]:
+    """A new SuperLink key and its certificate for ``hosts`` (plus loopback), signed by the CA."""
     server_key = ec.generate_private_key(ec.SECP384R1())
     all_hosts = [*hosts, *LOOPBACK_NAMES]
     server_cert = (
@@ -240,8 +253,6 @@ def _ca_files(certs: LabCertificates, hosts: Sequence[str], days: int) -> dict[P
         .sign(ca_key, hashes.SHA256())
     )
     return {
-        certs.ca_key: (_key_pem(ca_key), True),
-        certs.ca_cert: (ca_cert.public_bytes(serialization.Encoding.PEM), False),
         certs.server_key: (_key_pem(server_key), True),
         certs.server_cert: (server_cert.public_bytes(serialization.Encoding.PEM), False),
     }
@@ -318,7 +329,7 @@ def make_lab_certificates(
     hosts: Sequence[str] = (),
     nodes: Sequence[str] = (),
     *,
-    days: int = 365,
+    days: int = DEFAULT_CERT_DAYS,
     overwrite: bool = False,
 ) -> LabCertificates:
     """Make a CA, a SuperLink certificate and SuperNode key pairs under ``out_dir``.
@@ -407,6 +418,66 @@ def add_node_keys(out_dir: str | Path, nodes: Sequence[str], *, overwrite: bool 
         files.update(_node_files(certs, name))
     _write_all(certs.root, files)
     return certs
+
+
+def add_server_hosts(
+    out_dir: str | Path, hosts: Sequence[str], nodes: Sequence[str] = (), *, days: int = DEFAULT_CERT_DAYS, overwrite_nodes: bool = False
+) -> list[str]:
+    """Re-sign the SuperLink's certificate with the lab's own CA for more addresses.
+
+    The new ``server.pem`` (with a new ``server.key``) is valid for the addresses of the old one
+    and ``hosts``; ``ca.pem`` is unchanged, so the devices keep theirs and only the SuperLink is
+    restarted with the new pair. ``nodes`` get key pairs in the same all-or-nothing write.
+
+    Parameters
+    ----------
+    out_dir : str or Path
+        The lab's certificate folder, holding ``ca.pem`` and ``ca.key``.
+    hosts : sequence of str
+        Names or addresses to add (e.g. the server's new LAN address).
+    nodes : sequence of str
+        SuperNodes to make key pairs for as well.
+    days : int
+        Validity of the new certificate in days, at least 1; it ends no later than the CA.
+    overwrite_nodes : bool
+        Replace the key pair of a named node that already has one.
+
+    Returns
+    -------
+    list of str
+        The names and addresses the new certificate is valid for, loopback last.
+
+    Raises
+    ------
+    CertificateError
+        For an input that cannot be used, a missing or unreadable ``ca.key``, or an expired CA.
+    FileExistsError
+        For a node that already has a key pair, without ``overwrite_nodes``.
+    """
+    hosts, nodes, days = check_hosts(hosts), check_node_names(nodes), check_days(days)
+    certs = LabCertificates(Path(out_dir))
+    try:
+        ca_cert = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(certs.ca_key.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CertificateError(
+            f"cannot sign a certificate for --host {' '.join(hosts)} with the lab's CA ({type(exc).__name__}: {exc}); "
+            "restore ca.pem and ca.key, or pass --force to make a new CA (every device then needs the new ca.pem)") from exc
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or ca_key.public_key() != ca_cert.public_key():
+        raise CertificateError(f"{certs.ca_key} is not the key of {certs.ca_cert}: pass --force to make a new CA")
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    ca_until = ca_cert.not_valid_after_utc
+    if ca_until <= now + dt.timedelta(days=1):
+        raise CertificateError(f"the lab's CA expires on {ca_until:%Y-%m-%d}: pass --force to make a new CA (every device then needs the new ca.pem)")
+    old = sorted(server_hosts(certs) or set())
+    names = [h for h in dict.fromkeys([*(_canonical_host(h) for h in hosts), *old]) if h not in LOOPBACK_NAMES]
+    if not overwrite_nodes:
+        _refuse_existing_nodes(certs, nodes)
+    files = _server_files(certs, ca_key, ca_cert.subject, names, now, min(now + dt.timedelta(days=days), ca_until))
+    for name in nodes:
+        files.update(_node_files(certs, name))
+    _write_all(certs.root, files)
+    return [*names, *LOOPBACK_NAMES]
 
 
 def make_node_key(certs: LabCertificates, name: str) -> tuple[Path, Path]:

@@ -40,8 +40,10 @@ from pathlib import Path
 from fedsplit.cli_types import non_negative_int, port_number, positive_int, positive_seconds
 from fedsplit.output_paths import output_folder
 from fedsplit.simulation.certs import (
+    DEFAULT_CERT_DAYS,
     LabCertificates,
     add_node_keys,
+    add_server_hosts,
     check_hosts,
     check_node_names,
     hosts_covered,
@@ -515,36 +517,45 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def _certs(args: argparse.Namespace) -> int:
-    """``fedsplit deploy certs``: a new lab, or node keys added beside an existing CA.
+    """``fedsplit deploy certs``: a new lab, or additions to an existing one.
 
-    With a CA in ``--out`` and only ``--node`` asked for (``--host`` absent or already in
-    ``server.pem``), the new key pairs are added and ``ca.pem``/``server.pem`` are left alone;
-    ``--force`` then only lets a named node's key pair be replaced. Otherwise a new CA is made,
-    over an existing one only with ``--force``.
+    With a CA in ``--out`` (and no ``--force``) the devices' ``ca.pem`` is never replaced:
+    ``--node`` alone (or with hosts ``server.pem`` already covers) adds key pairs, and a new
+    ``--host`` re-signs ``server.pem`` with the lab's own ``ca.key`` for the old addresses and the
+    new ones; ``--force`` then only lets a named node's key pair be replaced. Without a CA, or
+    with ``--force`` and a new ``--host``, a new CA is made. ``--days`` (default 365) applies to
+    the certificates written; adding node keys alone writes none, so it is refused there.
     """
     hosts, nodes = check_hosts(args.host or []), check_node_names(args.node or [])
+    days = DEFAULT_CERT_DAYS if args.days is None else args.days
     certs = LabCertificates(Path(args.out))
-    if certs.ca_cert.exists() and nodes and hosts_covered(certs, hosts):
+    if certs.ca_cert.exists() and hosts_covered(certs, hosts) and nodes:
+        if args.days is not None:
+            raise DeployError(f"--days {args.days}: adding node keys writes no certificate (node keys do not expire); "
+                              "drop --days, or give a new --host to re-sign server.pem for that many days")
         add_node_keys(certs.root, nodes, overwrite=args.force)
         print(f"added to {certs.root}: " + ", ".join(f"nodes/{n}" for n in nodes) + " (copy each to its device; register "
               "nodes/<name>.pub); ca.pem and server.pem unchanged")
         return 0
+    if certs.ca_cert.exists() and hosts and not hosts_covered(certs, hosts) and not args.force:
+        valid_for = add_server_hosts(certs.root, hosts, nodes, days=days)
+        print(f"re-signed {certs.server_cert} with the lab's CA for {', '.join(valid_for)}: restart the SuperLink with the new "
+              "server.pem/server.key; ca.pem unchanged (the devices keep theirs)"
+              + (", added " + ", ".join(f"nodes/{n}" for n in nodes) + " (copy each to its device; register nodes/<name>.pub)" if nodes else ""))
+        return 0
     replacing = certs.ca_cert.exists()
     if replacing and not args.force:
-        raise DeployError(_existing_ca_advice(certs, hosts))
-    make_lab_certificates(certs.root, hosts, nodes, days=args.days, overwrite=args.force)
+        raise DeployError(_existing_ca_advice(certs))
+    make_lab_certificates(certs.root, hosts, nodes, days=days, overwrite=args.force)
     print(f"wrote {certs.root}: ca.pem (copy to every device{', replacing the old one there' if replacing else ''}), "
           "server.pem/server.key (SuperLink), nodes/<name> (one per device; register nodes/<name>.pub); keep ca.key off the devices")
     return 0
 
 
-def _existing_ca_advice(certs: LabCertificates, hosts: Sequence[str]) -> str:
+def _existing_ca_advice(certs: LabCertificates) -> str:
     """Why ``deploy certs`` will not replace the CA in ``certs`` without ``--force``, and what to do."""
-    if hosts and not hosts_covered(certs, hosts):
-        return (f"{certs.server_cert} is not valid for --host {' '.join(hosts)}: a new address needs a new CA; pass --force "
-                "to replace the CA (every device then needs the new ca.pem; node keys are kept)")
-    return (f"{certs.root} already has a CA: add node keys with --node NAME, or pass --force to replace the CA "
-            "(every device then needs the new ca.pem; node keys are kept)")
+    return (f"{certs.root} already has a CA: add node keys with --node NAME, another server address with --host, "
+            "or pass --force to replace the CA (every device then needs the new ca.pem; node keys are kept)")
 
 
 def _federation_config(args: argparse.Namespace) -> None:
@@ -577,7 +588,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--host", action="append", metavar="NAME_OR_IP", help="an address devices dial to reach the SuperLink (repeat); loopback is always included")
     c.add_argument("--node", action="append", metavar="NAME",
                    help="a SuperNode to make a key pair for (repeat), e.g. pi-0; with a CA already in --out, only the new key pairs are added")
-    c.add_argument("--days", type=positive_int, default=365, help="validity of the certificates in days (at least 1; default 365)")
+    c.add_argument("--days", type=positive_int, default=None,
+                   help=f"validity of the certificates written, in days (at least 1; default {DEFAULT_CERT_DAYS}; a re-signed server.pem ends no later than the CA)")
     c.add_argument("--force", action="store_true",
                    help="replace an existing CA (every device then needs the new ca.pem); when only adding --node keys, replace those nodes' key pairs")
 

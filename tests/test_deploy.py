@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from fedsplit.simulation.certs import LabCertificates, make_lab_certificates
 from fedsplit.simulation.deploy import (
@@ -186,22 +187,49 @@ def test_deploy_certs_adds_node_keys_beside_an_existing_ca(fedsplit_main, tmp_pa
     assert lab.node_key("pi-3").read_bytes() != pi3
     assert all(p.read_bytes() == data for p, data in ca.items())
 
-    # another address needs another CA: refused without --force, saying what --force costs
-    for args in (["--host", "192.168.1.10", "--node", "pi-5"], ["--host", "192.168.1.10"], []):
-        run = fedsplit_main("deploy", "certs", "--out", str(out), *args)
-        assert run.returncode == 2 and len(_error_lines(run.stderr)) == 1, run.stderr
-        assert "--force" in run.stderr and "ca.pem" in run.stderr and "overwrite" not in run.stderr
-    assert not lab.node_key("pi-5").exists()
+    # --days with node keys alone: refused (node keys do not expire), nothing written
+    run = fedsplit_main("deploy", "certs", "--out", str(out), "--node", "pi-6", "--days", "30")
+    assert run.returncode == 2 and len(_error_lines(run.stderr)) == 1 and "--days 30" in run.stderr, run.stderr
+    assert not lab.node_key("pi-6").exists()
+    # nothing asked of an existing lab: refused, saying what each flag does
+    run = fedsplit_main("deploy", "certs", "--out", str(out))
+    assert run.returncode == 2 and len(_error_lines(run.stderr)) == 1, run.stderr
+    assert "--force" in run.stderr and "--host" in run.stderr and "ca.pem" in run.stderr and "overwrite" not in run.stderr
     with pytest.raises(FileExistsError) as refused:
         make_lab_certificates(out)
     assert "--force" in str(refused.value) and "overwrite" not in str(refused.value)
 
-    run = fedsplit_main("deploy", "certs", "--out", str(out), "--host", "192.168.1.10", "--force")
+    # another address: server.pem re-signed by the same CA for the old and new addresses, ca.pem kept
+    run = fedsplit_main("deploy", "certs", "--out", str(out), "--host", "192.168.1.10", "--node", "pi-5", "--days", "30")
+    assert run.returncode == 0, run.stderr
+    assert "ca.pem unchanged" in run.stdout and "nodes/pi-5" in run.stdout
+    assert lab.ca_cert.read_bytes() == ca[lab.ca_cert] and lab.ca_key.read_bytes() == ca[lab.ca_key]
+    assert lab.server_key.read_bytes() != ca[lab.server_key] and lab.node_key("pi-5").exists()
+    assert lab.server_key.stat().st_mode & 0o077 == 0
+    server = x509.load_pem_x509_certificate(lab.server_cert.read_bytes())
+    server.verify_directly_issued_by(x509.load_pem_x509_certificate(lab.ca_cert.read_bytes()))
+    assert server.public_key() == serialization.load_pem_private_key(lab.server_key.read_bytes(), None).public_key()
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"192.168.1.10", "127.0.0.1"} <= {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    assert {"lab-server", "localhost"} <= set(san.get_values_for_type(x509.DNSName))  # the old address still works
+    days = (server.not_valid_after_utc - server.not_valid_before_utc).days
+    assert days == 30, days
+
+    # a lab whose ca.key was moved away (as advised: keep it off the devices) cannot re-sign: one line, nothing written
+    hidden = lab.ca_key.rename(tmp_path / "ca.key.safe")
+    before = _tree(out)
+    run = fedsplit_main("deploy", "certs", "--out", str(out), "--host", "10.0.0.7")
+    assert run.returncode == 2 and len(_error_lines(run.stderr)) == 1, run.stderr
+    assert "ca.key" in run.stderr and "--force" in run.stderr and _tree(out) == before
+    hidden.rename(lab.ca_key)
+
+    # --force with a new address: a new CA, node keys kept
+    run = fedsplit_main("deploy", "certs", "--out", str(out), "--host", "10.0.0.8", "--force")
     assert run.returncode == 0, run.stderr
     assert lab.ca_cert.read_bytes() != ca[lab.ca_cert] and lab.node_key("pi-0").read_bytes() == ca[lab.node_key("pi-0")]
     server = x509.load_pem_x509_certificate(lab.server_cert.read_bytes())
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert "192.168.1.10" in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    assert "10.0.0.8" in {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
 
 
 def test_superlink_dry_run_writes_no_flower_config_and_prints_flwr_home(fedsplit_main, tmp_path: Path) -> None:  # noqa: ANN001
