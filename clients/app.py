@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import itertools
 import warnings
+import weakref
 import zlib
 from collections.abc import Callable
 
@@ -112,8 +113,10 @@ def _load_global(task: Task, msg: Message, context: Context | None = None) -> to
     Anything else raises :class:`fedsplit.learning.task.TravellingKeysError` (an error reply).
     """
     device = _device()
-    if any(t.device != device for t in itertools.chain(task.model.parameters(), task.model.buffers())):
-        task.model.to(device)  # once per process: Module.to walks every tensor even when none moves
+    if _PLACED.get(task.model) != device:  # once per process: Module.to walks every tensor even when none moves
+        if any(t.device != device for t in itertools.chain(task.model.parameters(), task.model.buffers())):
+            task.model.to(device)
+        _PLACED[task.model] = device
     arrays = record_of(msg.content, "arrays", ArrayRecord)
     if arrays is None:
         raise KeyError("the message carries no ArrayRecord 'arrays'")
@@ -124,8 +127,46 @@ def _load_global(task: Task, msg: Message, context: Context | None = None) -> to
         state = {key: torch.from_numpy(view) for key, view in views.items()}
         own = None if context is None else record_of(context.state, BATCHNORM_LOCAL_STATE, ArrayRecord)
         local = {} if own is None else {k: torch.from_numpy(v) for k, v in record_views(own).items()}
-    task.model.load_state_dict(task.full_state(state, local), strict=True)
+    load_state(task.model, task.full_state(state, local))
     return device
+
+
+_PLACED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.device]" = weakref.WeakKeyDictionary()
+"""The device :func:`_load_global` put each model on (only it moves a task's model)."""
+_PLAIN_LOAD: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+def load_state(model: torch.nn.Module, state: "dict[str, torch.Tensor]") -> None:
+    """``model.load_state_dict(state, strict=True)``, with the same result, at a fraction of its cost.
+
+    When ``state`` has exactly the model's keys and shapes and no module customises loading (load
+    hooks, an own ``_load_from_state_dict`` other than BatchNorm's, which only differs for missing
+    keys), each tensor is copied straight into the model's own, under ``no_grad`` as
+    ``load_state_dict`` does: it walks the modules and their hooks for every tensor, about 40 us of
+    Python a message for the 64-64-10 MLP. Anything else goes to ``load_state_dict``, which raises
+    its usual error for a missing, unexpected or misshapen tensor. Whether a model's modules
+    customise loading is looked at once, at its first load.
+    """
+    own = model.state_dict(keep_vars=True)
+    plain = _PLAIN_LOAD.get(model)
+    if plain is None:
+        plain = _PLAIN_LOAD[model] = all(_loads_plainly(m) for m in model.modules())
+    if not plain or own.keys() != state.keys() or any(own[k].shape != v.shape for k, v in state.items()):
+        model.load_state_dict(state, strict=True)
+        return
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value)
+
+
+def _loads_plainly(module: torch.nn.Module) -> bool:
+    """Whether ``load_state_dict`` does nothing for ``module`` but copy its tensors (given every key)."""
+    own_loader = type(module)._load_from_state_dict
+    return (
+        not module._load_state_dict_pre_hooks
+        and not module._load_state_dict_post_hooks
+        and (own_loader is torch.nn.Module._load_from_state_dict or isinstance(module, torch.nn.modules.batchnorm._NormBase))
+    )
 
 
 def handle_train(msg: Message, context: Context, config_json: str | None = None) -> Message:

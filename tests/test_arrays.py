@@ -38,6 +38,7 @@ def test_array_from_numpy_equals_flower(name: str) -> None:
     ours, flowers = array_from_numpy(arr), Array(np.ascontiguousarray(arr).reshape(arr.shape))
     assert (ours.dtype, ours.shape, ours.stype) == (flowers.dtype, flowers.shape, flowers.stype)
     assert ours.data == flowers.data
+    assert ours.is_dirty and ours == flowers and ours.object_id == flowers.object_id  # dirty until Flower deflates it
     np.testing.assert_array_equal(ours.numpy(), arr)
 
 
