@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from fedsplit.cli_errors import command_of, print_error
 from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
 
 #: Modules that contribute sub-commands, in the order they appear in ``fedsplit --help``.
@@ -64,13 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PATH_ERRORS as exc:
         if exc.filename is None:
             raise
-        print(f"fedsplit: error: {exc.filename}: {exc.strerror or type(exc).__name__}", file=sys.stderr)
+        print_error(command_of(args), f"{exc.filename}: {exc.strerror or type(exc).__name__}")
         return 2
     except RayUnreachableError as exc:  # engine.ray_address does not answer
-        print(f"fedsplit: error: {exc}", file=sys.stderr)
+        print_error(command_of(args), str(exc))
         return 2
     except ClusterTooSmallError as exc:  # a device class's num_cpus above the Ray cluster's CPUs
-        print(f"fedsplit: error: engine: {exc}", file=sys.stderr)
+        print_error(command_of(args), f"engine: {exc}")
         return 2
     except ValueError as exc:  # a DataError: a broken dataset file, a partitioning the pool cannot give
         # (fedsplit.data, with torch, is imported by then; importing it up front would slow every command down)
@@ -78,11 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not isinstance(exc, DataError):
             raise
-        print(f"fedsplit: error: data: {exc}", file=sys.stderr)
+        print_error(command_of(args), f"data: {exc}")
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, not the stacks of every thread Ray and torch were in
         hint = "; the run folder keeps every finished round: continue with `fedsplit simulate --resume RUN_DIR`"
-        print(f"fedsplit: interrupted{hint if args.command == 'simulate' else ''}", file=sys.stderr)
+        print(f"fedsplit {command_of(args)}: interrupted{hint if args.command == 'simulate' else ''}", file=sys.stderr)
         return 130
 
 

@@ -65,7 +65,7 @@ class ResumePointError(ValueError):
     """A resume point that cannot be read (truncated, corrupt, another format version).
 
     The message is one line naming the file, what is wrong with it and what to do; the
-    ``fedsplit`` command prints it after ``fedsplit: error:`` and exits with status 2.
+    ``fedsplit`` command prints it after ``fedsplit <command>: error:`` and exits with status 2.
     """
 
 

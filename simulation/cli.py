@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from fedsplit.cli_errors import print_error
 from fedsplit.config import ConfigError, iter_fields, load_config
 from fedsplit.config.schema import ENGINES, RunConfig
 from fedsplit.output_paths import unwritable_reason
@@ -41,7 +41,7 @@ def check_strategy(cfg: RunConfig) -> int:
                 "every round would be empty"
             )
     except StrategyLoadError as exc:
-        print(f"fedsplit: error: config: {exc}", file=sys.stderr)
+        print_error("simulate", f"config: {exc}")
         return 2
     return 0
 
@@ -117,10 +117,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 overrides.append(f"engine.name={args.engine}")
             cfg = load_config(args.config, overrides)
     except ConfigError as exc:
-        print(f"fedsplit: error: {exc}", file=sys.stderr)
+        print_error("simulate", str(exc))
         return 2
     if not resume and (reason := unwritable_reason(cfg.out_dir, folder=True)) is not None:
-        print(f"fedsplit: error: config: out_dir = {cfg.out_dir!r}: cannot write there ({reason})", file=sys.stderr)
+        print_error("simulate", f"config: out_dir = {cfg.out_dir!r}: cannot write there ({reason})")
         return 2
     if getattr(args, "dry_run", False):  # (a Namespace built by hand may lack it)
         return dry_run(cfg)
@@ -137,16 +137,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         outcome = simulate(cfg, resume=Path(resume) if resume else None)
     except StrategyLoadError as exc:
-        print(f"fedsplit: error: config: {exc}", file=sys.stderr)
+        print_error("simulate", f"config: {exc}")
         return 2
     except ResumePointError as exc:  # truncated or corrupt checkpoints/resume.pt: read before any engine starts
-        print(f"fedsplit: error: {exc}", file=sys.stderr)
+        print_error("simulate", str(exc))
         return 2
     except EmptyRoundsError as exc:
-        print(f"fedsplit: error: run: {exc}", file=sys.stderr)
+        print_error("simulate", f"run: {exc}")
         return 3
     except CheckpointError as exc:  # model.pretrained / transfer.teacher whose tensors do not fit the model built
-        print(f"fedsplit: error: config: {exc}", file=sys.stderr)
+        print_error("simulate", f"config: {exc}")
         return 2
     acc = outcome.summary["final_metrics"].get("accuracy")
     if "stopped" in outcome.summary:

@@ -37,6 +37,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from fedsplit.cli_errors import print_error
 from fedsplit.cli_types import non_negative_int, port_number, positive_int, positive_seconds
 from fedsplit.output_paths import output_folder
 from fedsplit.simulation.certs import (
@@ -401,21 +402,21 @@ def follow_run(cmd: list[str], federation: str, env: Mapping[str, str]) -> int:
         log.terminate()
         stop = subprocess.run([flwr, "stop", str(run_id), federation], env=dict(env), capture_output=True, text=True)
         if stop.returncode == 0:
-            print(f"fedsplit: interrupted: run {run_id} stopped on the SuperLink", file=sys.stderr)
+            print(f"fedsplit deploy run: interrupted: run {run_id} stopped on the SuperLink", file=sys.stderr)
         else:
-            print(f"fedsplit: interrupted, but run {run_id} could not be stopped ({(stop.stderr or stop.stdout).strip()[-300:]}); "
+            print(f"fedsplit deploy run: interrupted, but run {run_id} could not be stopped ({(stop.stderr or stop.stdout).strip()[-300:]}); "
                   f"it goes on: `flwr stop {run_id} {federation}`", file=sys.stderr)
         return INTERRUPTED_EXIT
     try:
         status, details = run_status(run_id, federation, env)
     except DeployError as exc:  # the SuperLink went away (killed, restarted, network)
-        print(f"fedsplit: error: lost the SuperLink while following run {run_id}, how it ended is unknown ({exc}); "
-              f"once it is back: `flwr ls {federation} --run-id {run_id}`", file=sys.stderr)
+        print_error("deploy run", f"lost the SuperLink while following run {run_id}, how it ended is unknown ({exc}); "
+                    f"once it is back: `flwr ls {federation} --run-id {run_id}`")
         return RUN_FAILED_EXIT
     if status == "finished:completed":
         return 0
     reason = f": {details}" if details else ""
-    print(f"fedsplit: error: run {run_id} ended {status}{reason} (its log is above; `flwr log {run_id} {federation} --show` prints it again)", file=sys.stderr)
+    print_error("deploy run", f"run {run_id} ended {status}{reason} (its log is above; `flwr log {run_id} {federation} --show` prints it again)")
     return RUN_FAILED_EXIT
 
 
@@ -511,7 +512,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             _show(cmd, args.flwr_home)
             return 0 if args.dry_run else follow_run(cmd, args.federation, env)
     except (DeployError, FileExistsError, ValueError) as exc:
-        print(f"fedsplit: error: {exc}", file=sys.stderr)
+        print_error(f"deploy {args.deploy_command}", str(exc))
         return 2
     raise AssertionError(args.deploy_command)
 

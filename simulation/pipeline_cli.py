@@ -8,9 +8,9 @@ member's training stops on empty rounds.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from fedsplit.cli_errors import print_error
 from fedsplit.config import ConfigError, RunConfig, parse_override
 from fedsplit.config.loader import apply_override
 from fedsplit.output_paths import unwritable_reason
@@ -34,10 +34,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
             apply_override(overrides, keys, value)
         cfg = load_pipeline(args.config, overrides)
     except ConfigError as exc:
-        print(f"fedsplit: error: {exc}", file=sys.stderr)
+        print_error("pipeline", str(exc))
         return 2
     if (reason := unwritable_reason(cfg.out_dir, folder=True)) is not None:
-        print(f"fedsplit: error: pipeline: out_dir = {str(cfg.out_dir)!r}: cannot write there ({reason})", file=sys.stderr)
+        print_error("pipeline", f"pipeline: out_dir = {str(cfg.out_dir)!r}: cannot write there ({reason})")
         return 2
     import ray
     from fedsplit.simulation.engine import check_ray_reachable, ray_init_options
@@ -56,10 +56,10 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         with warm_actors():  # every member trains on the actors the first one started
             result = run_pipeline(cfg, train_member, log=print)
     except EmptyRoundsError as exc:
-        print(f"fedsplit: error: run: {exc}", file=sys.stderr)
+        print_error("pipeline", f"run: {exc}")
         return 3
     except TrainingDiverged as exc:  # [pretrain]'s settings (e.g. its lr) make the loss NaN
-        print(f"fedsplit: error: pipeline: pretraining: {exc}", file=sys.stderr)
+        print_error("pipeline", f"pretraining: {exc}")
         return 3
     finally:
         if started:

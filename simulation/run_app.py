@@ -24,6 +24,7 @@ from ray import cloudpickle as ray_cloudpickle
 
 from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
 from fedsplit.devices import Population, resolve_profiles
+from fedsplit.cli_errors import print_error
 from fedsplit.ledger import Ledger
 from fedsplit.output_paths import output_folder
 from fedsplit.report import fresh_folder, shown_path
@@ -184,7 +185,7 @@ def cmd_run_app(args: argparse.Namespace) -> int:
             ledger=ledger,
         )
     except AppLoadError as exc:
-        print(f"fedsplit: error: {exc}", file=sys.stderr)
+        print_error("run-app", str(exc))
         return 2
     except (RayUnreachableError, ClusterTooSmallError):  # before any round: the command prints them in one line
         raise
@@ -195,10 +196,10 @@ def cmd_run_app(args: argparse.Namespace) -> int:
         else:
             kept = "no round finished, nothing was written"
         if isinstance(exc, KeyboardInterrupt):
-            print(f"fedsplit: run-app interrupted; {kept}", file=sys.stderr)
+            print(f"fedsplit run-app: interrupted; {kept}", file=sys.stderr)
             raise  # fedsplit.cli.main: exit 130
         traceback.print_exc()  # the app's own code: its stack is what its developer needs
-        print(f"fedsplit: error: the ServerApp raised {type(exc).__name__}: {exc}; {kept}", file=sys.stderr)
+        print_error("run-app", f"the ServerApp raised {type(exc).__name__}: {exc}; {kept}")
         return 1
     write_ledgers(ledger, out)
     for record in ledger.rounds.values():

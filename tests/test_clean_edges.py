@@ -41,7 +41,7 @@ def test_unknown_model_exits_2_with_one_line_before_ray_starts(tmp_path: Path) -
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, lines
-    assert lines[0].startswith("fedsplit: error: config: model.name = 'nope': unknown model (known: ")
+    assert lines[0].startswith("fedsplit simulate: error: config: model.name = 'nope': unknown model (known: ")
     for name in ("mlp", "fedavg-cnn", "cnn", "mobilenet", "tv:<name>"):
         assert name in lines[0]
     assert not any(tmp_path.iterdir())  # no run folder

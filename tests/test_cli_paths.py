@@ -31,7 +31,7 @@ def test_outputs_under_a_file_fail_before_any_work_with_one_line(fedsplit_main, 
     afile.write_text("x")
     run = fedsplit_main("simulate", "--set", f"out_dir={afile}", "--set", "rounds=1")
     assert run.returncode == 2 and "Traceback" not in run.stderr
-    assert run.stderr.strip() == f"fedsplit: error: config: out_dir = {str(afile)!r}: cannot write there ({str(afile)!r} is a file, not a folder)"
+    assert run.stderr.strip() == f"fedsplit simulate: error: config: out_dir = {str(afile)!r}: cannot write there ({str(afile)!r} is a file, not a folder)"
     assert fedsplit_main("simulate", "--set", f"out_dir={afile}/runs", "--dry-run").returncode == 2
     for args in (["pretrain", "--out", f"{afile}/b.pt", "--epochs", "1"], ["scenario", "--terminals", "2", "--out", f"{afile}/s.json"],
                  ["catalog", "build", str(tmp_path), "--out", f"{afile}/c.json"]):
@@ -55,7 +55,7 @@ def test_a_path_error_while_writing_is_one_line_not_a_traceback(monkeypatch, cap
     parser.set_defaults(func=fails, command="x")
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     assert cli.main([]) == 2
-    assert capsys.readouterr().err == "fedsplit: error: /locked/run/rounds.csv: Permission denied\n"
+    assert capsys.readouterr().err == "fedsplit x: error: /locked/run/rounds.csv: Permission denied\n"
 
 
 @pytest.mark.parametrize("address", [":6379", "head:", "head:port", "10.0.0.1:70000", "10.0.0.1", "ray://:10001"])
@@ -84,7 +84,7 @@ def test_a_ray_address_where_nothing_listens_fails_fast_and_makes_no_run_folder(
     proc = subprocess.run(fedsplit_cmd("simulate", "--set", f"engine.ray_address='{address}'", "--set", f"out_dir='{tmp_path}'"),
                           capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"fedsplit: error: engine.ray_address = '{address}': no Ray cluster answers there")
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"fedsplit simulate: error: engine.ray_address = '{address}': no Ray cluster answers there")
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
 
 
@@ -126,5 +126,16 @@ def test_ctrl_c_prints_one_line_and_for_simulate_how_to_resume(monkeypatch, caps
     monkeypatch.setattr(simulation_cli, "cmd_simulate", interrupted)
     assert main(["simulate"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["fedsplit: interrupted; the run folder keeps every finished round: continue with "
+    assert err == ["fedsplit simulate: interrupted; the run folder keeps every finished round: continue with "
                    "`fedsplit simulate --resume RUN_DIR`"]
+
+
+def test_every_error_line_names_the_sub_command_as_argparse_does() -> None:
+    from fedsplit.cli import build_parser
+    from fedsplit.cli_errors import command_of
+
+    parser = build_parser()
+    assert command_of(parser.parse_args(["simulate"])) == "simulate"
+    assert command_of(parser.parse_args(["deploy", "certs", "--out", "x", "--node", "a"])) == "deploy certs"
+    assert command_of(parser.parse_args(["catalog", "show", "c.json"])) == "catalog show"
+    assert command_of(parser.parse_args(["run-app", "pkg.mod:server", "pkg.mod:client", "--nodes", "2"])) == "run-app"

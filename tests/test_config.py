@@ -63,7 +63,7 @@ def test_cli_rejects_bad_config_with_one_line_and_runs_nothing(tmp_path, fedspli
     proc = fedsplit_main("simulate", "--set", "strategy.fraction_train=2", "--set", f"out_dir={tmp_path}")
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines == ["fedsplit: error: config: strategy.fraction_train = 2.0: must be > 0 and <= 1"]
+    assert lines == ["fedsplit simulate: error: config: strategy.fraction_train = 2.0: must be > 0 and <= 1"]
     assert not any(tmp_path.iterdir())
 
 

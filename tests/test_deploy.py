@@ -190,6 +190,7 @@ def test_deploy_certs_adds_node_keys_beside_an_existing_ca(fedsplit_main, tmp_pa
     # --days with node keys alone: refused (node keys do not expire), nothing written
     run = fedsplit_main("deploy", "certs", "--out", str(out), "--node", "pi-6", "--days", "30")
     assert run.returncode == 2 and len(_error_lines(run.stderr)) == 1 and "--days 30" in run.stderr, run.stderr
+    assert run.stderr.startswith("fedsplit deploy certs: error: --days 30: ")  # the prefix argparse gives this step's bad argument
     assert not lab.node_key("pi-6").exists()
     # nothing asked of an existing lab: refused, saying what each flag does
     run = fedsplit_main("deploy", "certs", "--out", str(out))
@@ -541,7 +542,7 @@ def test_deploy_run_exits_nonzero_naming_why_when_the_server_app_fails(lab: Lab,
                           timeout=300, start_new_session=True)
     assert done.returncode == 1, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("fedsplit: error: run ") and "ended finished:failed" in last
+    assert last.startswith("fedsplit deploy run: error: run ") and "ended finished:failed" in last
     assert "only 3 of 5 nodes connected within 2 s" in last
     assert not any(tmp_path.iterdir())  # no run folder for a run that never trained
 

@@ -54,5 +54,5 @@ def test_deploy_run_says_so_when_the_superlink_dies_under_it(tmp_path: Path) -> 
         subprocess.run(["pkill", "-f", f"127.0.0.1:{port}"], check=False)  # the ServerApp process Flower started
     assert run.returncode == 1, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("fedsplit: error: lost the SuperLink while following run ") and "how it ended is unknown" in last
+    assert last.startswith("fedsplit deploy run: error: lost the SuperLink while following run ") and "how it ended is unknown" in last
     assert f"`flwr ls {FEDERATION} --run-id " in last

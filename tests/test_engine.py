@@ -154,7 +154,7 @@ def test_a_device_class_larger_than_the_local_ray_is_refused_before_ray_starts(t
                         "--set", "devices={big=2}", "--set", f"out_dir={tmp_path / 'runs'}")
     assert run.returncode == 2
     (line,) = run.stderr.strip().splitlines()
-    assert line.startswith("fedsplit: error: engine: ") and "num_cpus = 64" in line
+    assert line.startswith("fedsplit simulate: error: engine: ") and "num_cpus = 64" in line
 
 
 QUICKSTART = '''
@@ -256,8 +256,8 @@ def test_run_app_writes_a_new_folder_per_run_and_says_where(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize(("fail_with", "code", "line"), [
-    ("error", 1, "fedsplit: error: the ServerApp raised RuntimeError: after round 1; the ledgers of its 1 finished round(s) are in out"),
-    ("interrupt", 130, "fedsplit: run-app interrupted; the ledgers of its 1 finished round(s) are in out"),
+    ("error", 1, "fedsplit run-app: error: the ServerApp raised RuntimeError: after round 1; the ledgers of its 1 finished round(s) are in out"),
+    ("interrupt", 130, "fedsplit run-app: interrupted; the ledgers of its 1 finished round(s) are in out"),
 ])
 def test_run_app_keeps_the_finished_rounds_when_the_server_app_fails(tmp_path, monkeypatch, ray_session, fedsplit_main, fail_with, code, line):
     (tmp_path / "quickstart_app.py").write_text(QUICKSTART)

@@ -158,7 +158,7 @@ def test_too_few_updates_stop_the_run_with_a_clear_message(tmp_path, fedsplit_ma
         "engine.name": "serial", "devices": "{laptop = 4}", "faults": "{crash_rate = 0.6, seed = 1, min_clients = 3}",
     }) for a in ("--set", kv)])
     assert result.returncode == 3
-    assert "fedsplit: error: run: stopped in round 1: " in result.stderr
+    assert "fedsplit simulate: error: run: stopped in round 1: " in result.stderr
     assert "fewer than faults.min_clients = 3; most common reason: failed: InjectedCrash" in result.stderr
 
 

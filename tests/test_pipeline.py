@@ -138,5 +138,5 @@ def test_a_diverging_pretraining_stops_the_pipeline_in_one_line(tmp_path, fedspl
     proc = fedsplit_main("pipeline", "--config", str(path))
     assert proc.returncode == 3
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("fedsplit: error: pipeline: pretraining: ") and "diverged" in last and "no checkpoint written" in last
+    assert last.startswith("fedsplit pipeline: error: pretraining: ") and "diverged" in last and "no checkpoint written" in last
     assert not list(tmp_path.glob("smoke/pretrained/*.pt"))

@@ -256,7 +256,7 @@ def test_an_unreadable_resume_point_is_refused_in_one_line_and_its_advice_works(
         path.write_bytes(content)
         run = fedsplit_main("simulate", "--resume", str(run_dir))
         assert run.returncode == 2 and run.stdout == "", run.stderr
-        assert run.stderr.startswith(f"fedsplit: error: {path}: {says}") and run.stderr.count("\n") == 1, run.stderr
+        assert run.stderr.startswith(f"fedsplit simulate: error: {path}: {says}") and run.stderr.count("\n") == 1, run.stderr
         assert f"move that file aside and run `fedsplit simulate --resume {run_dir}` again" in run.stderr
         assert path.read_bytes() == content and not (run_dir / "summary.json").exists()
     path.rename(run_dir / "corrupt-resume.pt")  # what the message says to do

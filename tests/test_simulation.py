@@ -164,7 +164,7 @@ def test_strategy_params_that_would_fail_every_round_are_refused_before_the_run(
     proc = fedsplit_main(*args)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("fedsplit: error: config: ") and message in line
+    assert line.startswith("fedsplit simulate: error: config: ") and message in line
 
 
 @pytest.mark.parametrize(
@@ -182,7 +182,7 @@ def test_dry_run_names_the_training_mode_and_a_strategy_only_where_it_runs_one(t
     if mode != "fl":  # a mode without a strategy refuses a strategy.name it would ignore, without importing it
         proc = fedsplit_main(*args, "--set", "strategy.name=nope.mod:Strat")
         assert proc.returncode == 2
-        assert proc.stderr.strip() == (f"fedsplit: error: config: strategy.name = 'nope.mod:Strat': has no effect with "
+        assert proc.stderr.strip() == (f"fedsplit simulate: error: config: strategy.name = 'nope.mod:Strat': has no effect with "
                                        f"training.mode = '{mode}' (only training.mode = 'fl' runs a strategy and compresses updates)")
 
 
@@ -237,7 +237,7 @@ def test_run_that_aggregates_nothing_fails_loudly(tmp_path, ray_session, capsys)
     assert cmd_simulate(args) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert err[0].startswith("fedsplit: error: run: stopped after round 2: 2 consecutive rounds aggregated no update")
+    assert err[0].startswith("fedsplit simulate: error: run: stopped after round 2: 2 consecutive rounds aggregated no update")
     assert "NaN/Inf" in err[0]
 
 
@@ -248,7 +248,7 @@ def test_a_run_shorter_than_the_empty_round_limit_that_never_aggregates_fails_to
     overrides = small_overrides(tmp_path, **{"train.lr": 1e30, "train.momentum": 0.0, "rounds": 1, "engine.name": "serial"})
     assert cmd_simulate(argparse.Namespace(config=None, set=overrides, engine=None)) == 3
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("fedsplit: error: run: the run ended after round 1 without aggregating any update; most common reason: ")
+    assert err[-1].startswith("fedsplit simulate: error: run: the run ended after round 1 without aggregating any update; most common reason: ")
 
 
 def test_batchnorm_integer_buffers_survive_averaging(tmp_path, ray_session):
@@ -268,6 +268,6 @@ def test_data_that_cannot_be_built_is_one_line_before_any_run_folder(tmp_path, f
     proc = fedsplit_main(*args)
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("fedsplit: error: data: num_partitions=200 with alpha=0.01 left a partition with fewer than")
+    assert line.startswith("fedsplit simulate: error: data: num_partitions=200 with alpha=0.01 left a partition with fewer than")
     assert line.endswith("allowed: fewer partitions (terminals) or a larger alpha")
     assert not any(p.is_dir() for p in tmp_path.iterdir())

@@ -329,7 +329,7 @@ BAD_NUMBERS = [
 def test_pretrain_command_refuses_numbers_out_of_range_in_one_line(tmp_path, fedsplit_main, flag, value, message):
     out = tmp_path / "p.pt"
     run = fedsplit_main("pretrain", "--set", "model.name=mlp", "--epochs", "1", "--out", str(out), flag, value)
-    assert run.returncode == 2 and run.stderr == f"fedsplit: error: {message}\n" and run.stdout == ""
+    assert run.returncode == 2 and run.stderr == f"fedsplit pretrain: error: {message}\n" and run.stdout == ""
     assert not out.exists()
 
 
@@ -371,7 +371,7 @@ def test_pretrain_prints_a_line_per_epoch_and_refuses_to_write_a_diverged_model(
     # an lr so large that the loss ends NaN: no checkpoint of NaNs, one line saying so
     diverged = fedsplit_main("pretrain", *small, "--set", "progress=false", "--epochs", "1", "--lr", "1e30", "--out", str(tmp_path / "nan.pt"))
     assert diverged.returncode == 2 and not (tmp_path / "nan.pt").exists()
-    assert diverged.stderr.startswith("fedsplit: error: pretraining diverged: its loss is nan") and diverged.stderr.count("\n") == 1
+    assert diverged.stderr.startswith("fedsplit pretrain: error: pretraining diverged: its loss is nan") and diverged.stderr.count("\n") == 1
 
 
 def test_epoch_progress_does_not_change_the_training(tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 class DataError(ValueError):
     """The data a configuration names cannot be built: a broken file, a partitioning the pool
     cannot give. The message is one line naming the file or the settings and what to change; the
-    ``fedsplit`` command prints it after ``fedsplit: error: data:`` and exits with status 2."""
+    ``fedsplit`` command prints it after ``fedsplit <command>: error: data:`` and exits with status 2."""
 
 
 class PartitionError(DataError):

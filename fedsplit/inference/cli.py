@@ -13,6 +13,7 @@ import sys
 from dataclasses import replace
 
 
+from fedsplit.cli_errors import print_error
 from fedsplit.cli_types import positive_seconds, seed_type
 from fedsplit.inference.catalog import CatalogCosts, load_catalog
 from fedsplit.inference.errors import ScenarioError
@@ -74,7 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _fail(command: str, error: ScenarioError) -> int:
-    print(f"fedsplit {command}: error: {error}", file=sys.stderr)
+    print_error(command, str(error))
     return EXIT_BAD_INPUT
 
 
@@ -92,8 +93,7 @@ def run_schedule(args: argparse.Namespace) -> int:
     try:
         schedule = solve(problem, args.solver, seed=args.seed, time_limit_s=args.time_limit)
     except SearchLimitReached as error:
-        print(f"fedsplit schedule: error: --solver exact: {error}; use --solver fast for this size "
-              "(or a larger --time-limit)", file=sys.stderr)
+        print_error("schedule", f"--solver exact: {error}; use --solver fast for this size (or a larger --time-limit)")
         return EXIT_SEARCH_LIMIT
     result = schedule.to_dict(problem)
     result["infeasible_pairs"] = [

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from fedsplit.cli_errors import print_error
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"fedsplit edgent: error: {message}", file=sys.stderr)
+    print_error("edgent", message)
     return EXIT_BAD_INPUT
 
 

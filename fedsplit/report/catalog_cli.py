@@ -7,8 +7,8 @@ catalog entry and field that the schema refuses).
 from __future__ import annotations
 
 import argparse
-import sys
 
+from fedsplit.cli_errors import print_error
 from fedsplit.inference.errors import ScenarioError
 from fedsplit.output_paths import output_file
 
@@ -22,7 +22,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         catalog = write_catalog(args.runs, args.out, args.bits_per_value, args.latency_repeats)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"fedsplit catalog build: error: {exc}", file=sys.stderr)
+        print_error("catalog build", str(exc))
         return EXIT_BAD_INPUT
     for m in catalog["models"]:
         print(f"model={m['name']} kind={m['kind']} accuracy={m['accuracy']:.4f} flops={m['flops']} "
@@ -40,7 +40,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     try:
         catalog = read_catalog(args.catalog)
     except ScenarioError as exc:
-        print(f"fedsplit catalog show: error: {exc}", file=sys.stderr)
+        print_error("catalog show", str(exc))
         return EXIT_BAD_INPUT
     console = table_console(args.width)
     title = f"{args.catalog}: {len(catalog['models'])} models ({catalog.get('dataset', '?')}; CPU: {catalog.get('host', '?')})"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import defaultdict
 
+from fedsplit.cli_errors import print_error
 from fedsplit.inference.errors import ScenarioError
 from fedsplit.output_paths import output_file
 
@@ -82,12 +82,12 @@ def run_serve_sim(args: argparse.Namespace) -> int:
         try:
             schedule = solve(problem, args.solver, seed=args.seed)
         except SearchLimitReached as error:
-            print(f"fedsplit serve-sim: error: --solver exact: {error}; use --solver fast for this size", file=sys.stderr)
+            print_error("serve-sim", f"--solver exact: {error}; use --solver fast for this size")
             return EXIT_SEARCH_LIMIT
         report = serve(catalog, problem, schedule, costs=costs, devices=terminal_devices(raw),
                        requests=args.requests, seed=args.seed, latency_repeats=args.latency_repeats)
     except ScenarioError as error:
-        print(f"fedsplit serve-sim: error: {error}", file=sys.stderr)
+        print_error("serve-sim", str(error))
         return EXIT_BAD_INPUT
     result = report.to_dict()
     if args.out:

@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import TextIO
 
+from fedsplit.cli_errors import print_error
 from fedsplit.output_paths import output_file
 
 EXIT_BAD_INPUT = 2
@@ -87,7 +88,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from fedsplit.transfer.pretrain import TrainingDiverged, distill_student, pretrain
 
     if (problem := number_problems(args)) is not None:  # before any data are loaded
-        print(f"fedsplit: error: {problem}", file=sys.stderr)
+        print_error("pretrain", problem)
         return EXIT_BAD_INPUT
     try:
         cfg = load_config(args.config, list(args.set or []))
@@ -100,7 +101,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         else:
             result = pretrain(cfg, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, on_epoch=progress)
     except (ConfigError, CheckpointError, TrainingDiverged) as exc:
-        print(f"fedsplit: error: {exc}", file=sys.stderr)
+        print_error("pretrain", str(exc))
         return EXIT_BAD_INPUT
     meta = result.meta
     acc = meta.get("test_accuracy")
