@@ -31,7 +31,7 @@ Run::
 
 It prints one line per workload::
 
-    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=.. limit_s=.. limit_efficiency=.. vs_limit=.. server_s=.. busy1=.. app_speed1=.. busy=.. app_speed=..
+    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=.. limit_s=.. limit_efficiency=.. vs_limit=.. server_s=.. busy1=.. app_speed1=.. busy=.. app_speed=.. feeds=..
 
 ``efficiency = pure_s / (min(actors, terminals per round) * fedsplit_s)``: 1.0 when P actors take
 1/P of the pure loop's time (P = the cores, or fewer when fewer terminals train per round).
@@ -43,6 +43,12 @@ ClientApp (the rest they wait for the driver and Ray), ``app_speed`` the pure lo
 seconds the apps took for the same terminals (below 1 by the app's work around training and by cores
 slowing each other); ``efficiency = busy * app_speed``, and ``busy1 * app_speed1 = 1 / overhead`` for
 the one-actor way.
+``feeds = app_s / driver_cpu_s``: the ClientApp seconds the actors ran per CPU second the driver
+process spent (all its threads: the ServerApp, the engine, Ray's) in the fedsplit way. The driver's
+work is mostly one Python thread, so with ``P`` actors a round takes about no less than the
+driver's CPU time, and roughly ``efficiency <= feeds / P`` whatever the cores: it tells from this
+machine about how many actors the driver can keep busy on a larger one (the 100-terminal workload
+on 16 cores needs ``feeds >= 11.2`` for efficiency 0.7).
 ``limit_efficiency`` is the same ratio for the plain loop on all cores, so it shows how far this
 machine scales at all (the cores share caches and memory bandwidth, the server's averaging and
 evaluation stay serial); ``vs_limit = limit_s / fedsplit_s`` is fedsplit against that limit.
@@ -356,11 +362,13 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
 
     cfg = load_config(None, COMMON + overrides)
     cpus = os.cpu_count() or 1
-    timed: dict[str, list[tuple[float, float, float]]] = {"fedsplit1": [], "fedsplit": []}  # (seconds, server_s, app_s) a pass
+    # (seconds, server_s, app_s, driver_cpu_s) a pass
+    timed: dict[str, list[tuple[float, float, float, float]]] = {"fedsplit1": [], "fedsplit": []}
 
-    def run_timed(way: str, engine: RayEngine):  # noqa: ANN202 - a fedsplit way, its server_s and app_s kept
+    def run_timed(way: str, engine: RayEngine):  # noqa: ANN202 - a fedsplit way, its server_s, app_s and driver CPU kept
+        cpu = time.process_time()  # every thread of this process: the ServerApp, the engine, Ray's own
         seconds, state, outside, app = run_fedsplit_timed(cfg, engine, server_threads=1)
-        timed[way].append((seconds, outside, app))
+        timed[way].append((seconds, outside, app, time.process_time() - cpu))
         return seconds, state
 
     capacity_before = parallel_capacity(cpus) if capacity else float("nan")
@@ -394,7 +402,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
     for way in ("limit", "fedsplit1", "fedsplit"):
         diff = max_diff(weights["pure"], weights[way])
         print(f"workload={name} check weights_{way}_vs_pure max_abs_diff={diff:.2e} {'PASS' if diff <= 1e-5 else 'FAIL'}")
-    _, server_s, _ = min(timed["fedsplit"])  # the best pass, as the times are
+    _, server_s, app_s, driver_cpu_s = min(timed["fedsplit"])  # the best pass, as the times are
     parts = {way: breakdown(times["pure"], *min(timed[way])[::2], actors) for way, actors in (("fedsplit1", 1), ("fedsplit", min(cpus, terminals_per_round(cfg))))}
     line = (
         f"workload={name} pure_s={times['pure']:.3f} fedsplit1_s={times['fedsplit1']:.3f} "
@@ -405,7 +413,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
         f"limit_s={times['limit']:.3f} limit_efficiency={efficiency(times['pure'], times['limit'], cpus, terminals_per_round(cfg)):.3f} "
         f"vs_limit={times['limit'] / times['fedsplit']:.3f} server_s={server_s:.3f} "
         f"busy1={parts['fedsplit1'][0]:.3f} app_speed1={parts['fedsplit1'][1]:.3f} "
-        f"busy={parts['fedsplit'][0]:.3f} app_speed={parts['fedsplit'][1]:.3f} "
+        f"busy={parts['fedsplit'][0]:.3f} app_speed={parts['fedsplit'][1]:.3f} feeds={app_s / driver_cpu_s:.1f} "
         f"actors={cpus} per_round={terminals_per_round(cfg)} load_avg={os.getloadavg()[0]:.2f} "
         f"capacity={capacity_before:.2f},{parallel_capacity(cpus) if capacity else float('nan'):.2f}/{cpus}"
     )

@@ -374,6 +374,7 @@ def test_engine_benchmark_smoke_runs_and_models_agree():
     assert 0 < busy1 <= 1 and 0 < busy <= 1 and speed1 > 0 and speed > 0
     assert busy1 * speed1 == pytest.approx(pure / one, rel=slack + 0.002)
     assert busy * speed == pytest.approx(float(fields["efficiency"]), rel=slack + 0.0005 / many + 0.002)
+    assert float(fields["feeds"]) > 0  # app seconds per driver CPU second
 
 
 INLINE_CHECK = """
