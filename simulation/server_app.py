@@ -6,6 +6,7 @@ and on Flower's simulation engine (both call ``main(grid, context)``).
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -320,7 +321,9 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
     session.strategy = getattr(protocol, "strategy", None)
     session.split_cut = split_cut_summary(protocol, metered.population)
     metered.get_node_ids()  # learn the node <-> terminal mapping before the clock starts
-    model = task.model
+    # The server evaluates a copy of its own, on the CPU where its test set is: ClientApps that run
+    # in this process (the serial engine) share ``task.model`` and move it to their device.
+    model = copy.deepcopy(task.model).to("cpu")
     test_set = task.data.server_test
 
     def evaluate_global(state: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -196,3 +196,21 @@ def test_gpu_memory_reaches_the_ledger_and_the_summary_per_device_class():
         cpu_only.add(row)
     cpu_only.close_round(1, sim_s=1.0)
     assert "max_gpu_mem_bytes" not in summarize(cpu_only, wall_s=1.0)
+
+
+def test_terminals_in_the_servers_process_do_not_move_the_servers_model(monkeypatch, tmp_path):
+    """The serial engine runs ClientApps in the server's process, on the same cached task; they move
+    its model to their device. The server evaluates a CPU copy of its own, so its evaluation still
+    runs (here the terminals' "device" is ``meta``, whose replies cannot be read: the run ends for
+    want of updates, not with the server's model on a device its test set is not on)."""
+    from fedsplit.simulation.loop import EmptyRoundsError
+    from fedsplit.simulation.runner import simulate
+
+    monkeypatch.setattr(client_app, "_device", lambda: META)
+    cfg = load_config(None, ["seed=5", "model.name=mlp", "model.hidden=8", "devices={laptop = 2}", "rounds=1",
+                             "engine.name=serial", "progress=false", f"out_dir={tmp_path}"])
+    try:
+        with pytest.raises(EmptyRoundsError, match="without aggregating any update"):
+            simulate(cfg)
+    finally:
+        task_module._TASKS.pop(config_to_json(cfg), None)  # its model is on meta now
