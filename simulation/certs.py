@@ -13,7 +13,8 @@ with Flower):
   (:func:`add_node_keys`), and a new CA leaves the registered ones valid.
 
 Private keys are written with mode ``0600``. Keep ``ca.key`` off the devices: it is only needed to
-sign further certificates.
+sign further certificates, such as a new ``server.pem`` when the server gets another address
+(:func:`add_server_hosts`: the devices keep their ``ca.pem``).
 
 Every input is checked before anything is written, and a call writes all its files or none:
 they are written into a hidden staging folder first and then moved into place; a failure on the

@@ -5,7 +5,7 @@ Flower commands around them, with fedsplit's defaults for a lab:
 
 - ``fedsplit deploy certs``: a CA, the SuperLink's TLS certificate and SuperNode keys
   (:mod:`fedsplit.simulation.certs`); run again with ``--node`` alone, it adds node keys beside
-  the existing CA;
+  the existing CA, and with a new ``--host`` it re-signs ``server.pem`` with that CA;
 - ``fedsplit deploy superlink``: ``flower-superlink`` with TLS and SuperNode authentication; on a
   non-loopback address without certificates it refuses to start unless ``--allow-insecure`` is given;
 - ``fedsplit deploy supernode``: ``flower-supernode`` with its terminal (``partition-id``,
