@@ -28,13 +28,15 @@ Run::
     python experiments/bench_engine.py --workloads mlp-skew --no-flower             # unequal terminals
     python experiments/bench_engine.py --smoke               # seconds: tiny settings, checks only agreement
     python experiments/bench_engine.py --profile mlp         # cProfile of the driver in the fedsplit way
+    python experiments/bench_engine.py --workloads mlp100 --no-flower --actors 15   # one core of 16 left to the driver
 
 It prints one line per workload::
 
     workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=.. limit_s=.. limit_efficiency=.. vs_limit=.. server_s=.. busy1=.. app_speed1=.. busy=.. app_speed=.. feeds=..
 
 ``efficiency = pure_s / (min(actors, terminals per round) * fedsplit_s)``: 1.0 when P actors take
-1/P of the pure loop's time (P = the cores, or fewer when fewer terminals train per round).
+1/P of the pure loop's time (P = the cores, ``--actors`` if given, or fewer when fewer terminals
+train per round; with ``--actors`` below the cores, compare ``fedsplit_s`` across runs).
 ``server_s`` is the part of the fedsplit way's time spent outside the engine (the strategy's
 aggregation, the server's evaluation, metering, building the next round's messages): serial work
 that more actors do not shorten, so with P actors ``efficiency <= pure_s / (pure_s + P * server_s)``.
@@ -353,7 +355,9 @@ def profile_driver(name: str, overrides: list[str], top: int = int(os.environ.ge
         print(out.getvalue().strip(), flush=True)
 
 
-def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capacity: bool = True, batch_factor: int = 1) -> dict[str, float]:
+def bench(
+    name: str, overrides: list[str], passes: int, with_flower: bool, capacity: bool = True, batch_factor: int = 1, actors: int | None = None
+) -> dict[str, float]:
     import ray
 
     from fedsplit.clients.app import make_client_app
@@ -362,6 +366,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
 
     cfg = load_config(None, COMMON + overrides)
     cpus = os.cpu_count() or 1
+    actors = actors or cpus  # the fedsplit way's actors: one per core unless told
     # (seconds, server_s, app_s, driver_cpu_s) a pass
     timed: dict[str, list[tuple[float, float, float, float]]] = {"fedsplit1": [], "fedsplit": []}
 
@@ -380,7 +385,7 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
     app = make_client_app(config_json=config_to_json(cfg))
     with (
         RayEngine(app, population, num_actors=1, cpus_per_actor=1.0, batch_factor=batch_factor) as one,
-        RayEngine(app, population, num_actors=cpus, cpus_per_actor=1.0, batch_factor=batch_factor) as every,
+        RayEngine(app, population, num_actors=actors, cpus_per_actor=1.0, batch_factor=batch_factor) as every,
     ):
         times, weights = best_interleaved(
             {
@@ -405,18 +410,18 @@ def bench(name: str, overrides: list[str], passes: int, with_flower: bool, capac
     # the pass whose time is reported (the first run of each way is best_interleaved's untimed warm-up)
     best = {way: min(runs[1:]) for way, runs in timed.items()}
     _, server_s, app_s, driver_cpu_s = best["fedsplit"]
-    parts = {way: breakdown(times["pure"], *best[way][::2], actors) for way, actors in (("fedsplit1", 1), ("fedsplit", min(cpus, terminals_per_round(cfg))))}
+    parts = {way: breakdown(times["pure"], *best[way][::2], p) for way, p in (("fedsplit1", 1), ("fedsplit", min(actors, terminals_per_round(cfg))))}
     line = (
         f"workload={name} pure_s={times['pure']:.3f} fedsplit1_s={times['fedsplit1']:.3f} "
         f"fedsplit_s={times['fedsplit']:.3f} flower_s={times['flower']:.3f} "
         f"overhead={times['fedsplit1'] / times['pure']:.3f} speedup={times['fedsplit1'] / times['fedsplit']:.3f} "
         f"flower_over_fedsplit={times['flower'] / times['fedsplit']:.3f} "
-        f"efficiency={efficiency(times['pure'], times['fedsplit'], cpus, terminals_per_round(cfg)):.3f} "
+        f"efficiency={efficiency(times['pure'], times['fedsplit'], actors, terminals_per_round(cfg)):.3f} "
         f"limit_s={times['limit']:.3f} limit_efficiency={efficiency(times['pure'], times['limit'], cpus, terminals_per_round(cfg)):.3f} "
         f"vs_limit={times['limit'] / times['fedsplit']:.3f} server_s={server_s:.3f} "
         f"busy1={parts['fedsplit1'][0]:.3f} app_speed1={parts['fedsplit1'][1]:.3f} "
         f"busy={parts['fedsplit'][0]:.3f} app_speed={parts['fedsplit'][1]:.3f} feeds={app_s / driver_cpu_s:.1f} "
-        f"actors={cpus} per_round={terminals_per_round(cfg)} load_avg={os.getloadavg()[0]:.2f} "
+        f"actors={actors} per_round={terminals_per_round(cfg)} load_avg={os.getloadavg()[0]:.2f} "
         f"capacity={capacity_before:.2f},{parallel_capacity(cpus) if capacity else float('nan'):.2f}/{cpus}"
     )
     print(line, flush=True)
@@ -429,9 +434,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="mlp,cnn", help=f"comma-separated: {','.join(WORKLOADS)}")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per way (best is reported)")
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's engine")
+    parser.add_argument("--actors", type=int, default=None, metavar="P",
+                        help="the fedsplit way's actors (default: one per core; e.g. one fewer leaves a core to the driver)")
     parser.add_argument("--batch-factor", type=int, default=1, help="fedsplit engine: batches per actor and round (RayEngine batch_factor)")
     parser.add_argument("--profile", metavar="WORKLOAD", choices=list(WORKLOADS), help="only profile the driver on WORKLOAD (top 15 entries)")
     args = parser.parse_args(argv)
+    if args.actors is not None and not 1 <= args.actors <= (os.cpu_count() or 1):
+        parser.error(f"argument --actors: {args.actors} is not between 1 and the {os.cpu_count()} cores")
     for item in args.workloads.split(","):  # an unknown name: one line now, not a KeyError traceback
         if item not in WORKLOADS:
             parser.error(f"argument --workloads: {item!r} is not known; allowed: {', '.join(WORKLOADS)}")
@@ -445,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(table) if args.smoke else args.workloads.split(",")
     for name in names:
         bench(name, table[name], 1 if args.smoke else args.passes, with_flower=not (args.smoke or args.no_flower), capacity=not args.smoke,
-              batch_factor=args.batch_factor)
+              batch_factor=args.batch_factor, actors=args.actors)
     return 0
 
 

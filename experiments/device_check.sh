@@ -4,9 +4,9 @@
 # outside the repo root, e.g. `source .devpack/install.sh && cd /tmp && bash $REPO/experiments/device_check.sh`.
 # Prints one line per run: `run=<name> final_accuracy=<x> ...` and the CUDA memory of the terminals,
 # then the GPU tests (tests/test_gpu.py: CUDA replies equal the CPU's) and bench_engine's
-# 100-terminal workload on every core (`efficiency=` ...), then bench_overlap and bench_driver on it (the MLP, then the CNN's
-# shared-model A/B). About 3 minutes on a 16-core H200 host without bench_overlap and bench_driver, which take
-# ~20 s, ~30 s and ~50 s on the 2-core development machine.
+# 100-terminal workload on every core (`efficiency=`, `busy=`, `app_speed=`, `feeds=` ...) and on one core fewer,
+# then bench_driver on it (the MLP, then the CNN's shared-model A/B). About 3 minutes on a 16-core H200 host
+# without the second bench_engine line and bench_driver, which take ~40 s, ~30 s and ~50 s on the 2-core development machine.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-/tmp/fedsplit-device-check}
@@ -34,8 +34,8 @@ PY
 timeout 150 python3 -m pytest -q "$repo/tests/test_gpu.py" -rs -p no:cacheprovider 2>&1 | tail -5
 # The engine on every core with 100 terminals a round (one warm-up and one timed pass; no Flower).
 timeout 180 python3 "$repo/experiments/bench_engine.py" --workloads mlp100 --no-flower --passes 1 2>&1 | grep '^workload='
-# The overlap of the server's per-reply work with training, against the same work after the exchange.
-timeout 120 python3 "$repo/experiments/bench_overlap.py" --workloads mlp100 --passes 3 2>&1 | grep '^workload='
+# The same with one core left to the driver (its serial work is not time-sliced against an actor): compare fedsplit_s.
+timeout 180 python3 "$repo/experiments/bench_engine.py" --workloads mlp100 --no-flower --passes 1 --actors "$(( $(nproc) - 1 ))" 2>&1 | grep '^workload=.* pure_s'
 # The server's own time per round (terminals that answer at once), in-process and on Ray with an actor per core.
 timeout 120 python3 "$repo/experiments/bench_driver.py" --workloads mlp100 --passes 5 --ray-actors "$(nproc)" 2>&1 | grep '^workload='
 # A large global model on an actor per core: put in the object store once a round (shared_records=on) against

@@ -304,3 +304,18 @@ def test_a_failed_check_is_exit_status_1_and_smoke_skips_only_full_size_claims(
         assert module.main(["--smoke", *argv, *out("smoke2")]) == 1
         checks = _checks(capsys.readouterr().out)
         assert any(": FAIL (" in c for c in checks), checks
+
+
+@pytest.mark.parametrize("actors", ["0", "100000"])
+def test_bench_engine_refuses_an_actor_count_the_machine_cannot_give(actors, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))
+    spec = importlib.util.spec_from_file_location("bench_engine", EXPERIMENTS / "bench_engine.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_engine", module)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as info:
+        module.main(["--workloads", "mlp", "--actors", actors])
+    assert info.value.code == 2
+    assert f"argument --actors: {actors} is not between 1 and the" in capsys.readouterr().err
