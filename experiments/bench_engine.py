@@ -410,7 +410,10 @@ def bench(
     # the pass whose time is reported (the first run of each way is best_interleaved's untimed warm-up)
     best = {way: min(runs[1:]) for way, runs in timed.items()}
     _, server_s, app_s, driver_cpu_s = best["fedsplit"]
-    parts = {way: breakdown(times["pure"], *best[way][::2], p) for way, p in (("fedsplit1", 1), ("fedsplit", min(actors, terminals_per_round(cfg))))}
+    parts = {
+        way: breakdown(times["pure"], best[way][0], best[way][2], p)  # (seconds, app_s) of the reported pass
+        for way, p in (("fedsplit1", 1), ("fedsplit", min(actors, terminals_per_round(cfg))))
+    }
     line = (
         f"workload={name} pure_s={times['pure']:.3f} fedsplit1_s={times['fedsplit1']:.3f} "
         f"fedsplit_s={times['fedsplit']:.3f} flower_s={times['flower']:.3f} "

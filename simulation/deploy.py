@@ -37,7 +37,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from fedsplit.cli_errors import print_error
+from fedsplit.cli_errors import command_of, print_error
 from fedsplit.cli_types import non_negative_int, port_number, positive_int, positive_seconds
 from fedsplit.output_paths import output_folder
 from fedsplit.simulation.certs import (
@@ -512,7 +512,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             _show(cmd, args.flwr_home)
             return 0 if args.dry_run else follow_run(cmd, args.federation, env)
     except (DeployError, FileExistsError, ValueError) as exc:
-        print_error(f"deploy {args.deploy_command}", str(exc))
+        print_error(command_of(args), str(exc))
         return 2
     raise AssertionError(args.deploy_command)
 

@@ -95,13 +95,7 @@ def test_smoke_keeps_an_explicit_seed_count(tmp_path):
 def test_an_unknown_name_in_a_list_option_is_refused_before_any_run(name, argv, tmp_path, capsys, monkeypatch):
     # were KeyError tracebacks (bench_*, split_vs_fl), a ValueError after FedAvg's runs (orchestration),
     # a ConfigError after the earlier cells' runs (byzantine), or ignored under --smoke (byzantine, compression_sweep)
-    import sys
-
-    monkeypatch.syspath_prepend(str(EXPERIMENTS))  # bench_driver and bench_overlap import bench_engine
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)  # compression_sweep's dataclasses look their module up
-    spec.loader.exec_module(module)
+    module = _script(name, monkeypatch)  # bench_driver and bench_overlap import bench_engine
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
         module.main([*argv, *(["--out", str(out)] if name not in ("bench_engine", "bench_driver", "bench_overlap") else [])])
@@ -126,13 +120,7 @@ OUT_SCRIPTS = ("acceptance_scheduler", "bench_scheduler", "bench_split", "byzant
 @pytest.mark.parametrize("name", OUT_SCRIPTS)
 def test_an_out_that_is_a_file_is_refused_in_one_line(name, tmp_path, capsys, monkeypatch):
     # deng_fig3 --smoke --out /etc/hostname ran the whole experiment, then a FileExistsError traceback
-    import sys
-
-    monkeypatch.syspath_prepend(str(EXPERIMENTS))  # split_vs_fl imports compression_sweep
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    module = _script(name, monkeypatch)  # split_vs_fl imports compression_sweep
     taken = tmp_path / "a-file"
     taken.write_text("x")
     with pytest.raises(SystemExit) as info:
@@ -161,6 +149,8 @@ def test_acceptance_scheduler_columns_say_latency_or_solve_time(tmp_path):
 
 # -- a failed check is exit status 1; --smoke prints the claims only a full-size run shows as SKIP --
 def _script(name, monkeypatch):
+    """Experiment ``name`` imported as a module: its folder on sys.path (scripts import each other)
+    and the module in sys.modules (dataclasses look their module up)."""
     import sys
 
     monkeypatch.syspath_prepend(str(EXPERIMENTS))
@@ -308,13 +298,7 @@ def test_a_failed_check_is_exit_status_1_and_smoke_skips_only_full_size_claims(
 
 @pytest.mark.parametrize("actors", ["0", "100000"])
 def test_bench_engine_refuses_an_actor_count_the_machine_cannot_give(actors, capsys, monkeypatch):
-    import sys
-
-    monkeypatch.syspath_prepend(str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location("bench_engine", EXPERIMENTS / "bench_engine.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_engine", module)
-    spec.loader.exec_module(module)
+    module = _script("bench_engine", monkeypatch)
     with pytest.raises(SystemExit) as info:
         module.main(["--workloads", "mlp", "--actors", actors])
     assert info.value.code == 2
