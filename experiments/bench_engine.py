@@ -32,7 +32,7 @@ Run::
 
 It prints one line per workload::
 
-    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=.. limit_s=.. limit_efficiency=.. vs_limit=.. server_s=.. busy1=.. app_speed1=.. busy=.. app_speed=.. feeds=..
+    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=.. limit_s=.. limit_efficiency=.. vs_limit=.. server_s=.. busy1=.. app_speed1=.. busy=.. app_speed=.. feeds=.. gc_s=.. full_gcs=..
 
 ``efficiency = pure_s / (min(actors, terminals per round) * fedsplit_s)``: 1.0 when P actors take
 1/P of the pure loop's time (P = the cores, ``--actors`` if given, or fewer when fewer terminals
@@ -51,6 +51,9 @@ work is mostly one Python thread, so with ``P`` actors a round takes about no le
 driver's CPU time, and roughly ``efficiency <= feeds / P`` whatever the cores: it tells from this
 machine about how many actors the driver can keep busy on a larger one (the 100-terminal workload
 on 16 cores needs ``feeds >= 11.2`` for efficiency 0.7).
+``gc_s`` is the seconds Python's cyclic collector ran in the driver during the fedsplit way's
+reported pass, ``full_gcs`` its full collections there (each walks every object of the process:
+a pass that holds one is slower by it, whatever the engine).
 ``limit_efficiency`` is the same ratio for the plain loop on all cores, so it shows how far this
 machine scales at all (the cores share caches and memory bandwidth, the server's averaging and
 evaluation stay serial); ``vs_limit = limit_s / fedsplit_s`` is fedsplit against that limit.
@@ -64,6 +67,7 @@ job holds a core). Other processes on the cores slow the actors, and efficiency 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -237,18 +241,49 @@ def run_flower(cfg: RunConfig, server_threads: int) -> tuple[float, dict[str, to
     return session.strategy_wall_s, session.final_state
 
 
+class CollectorTime:
+    """Seconds Python's cyclic garbage collector ran while the ``with`` block did, and its full
+    (generation 2) collections among them.
+
+    A full collection walks every object the process tracks (~650k once torch, Flower and Ray
+    are imported: 0.3 s on the 2-core development machine); which timed pass it lands in is chance.
+    """
+
+    def __init__(self) -> None:
+        self.seconds, self.full, self._started = 0.0, 0, 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        self.seconds += time.perf_counter() - self._started
+        self.full += info["generation"] == 2
+
+    def __enter__(self) -> "CollectorTime":
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
 def best_interleaved(ways: dict, passes: int) -> tuple[dict[str, float], dict[str, dict]]:
     """Warm every way up once (untimed), then time ``passes`` rounds of all ways in turn.
 
     Interleaving (pure, fedsplit1, fedsplit, pure, ...) spreads the machine's slow spells over
     all ways instead of charging them to whichever happened to run then. Best time per way.
+    Every pass starts after a full collection (``gc.collect()``, untimed), as ``timeit`` turns
+    the collector off: the garbage of the way before is not charged to the next, and a pass pays
+    for its own (a long run's collector share is ``bench_driver.py --gc``'s).
     """
     for fn in ways.values():
+        gc.collect()
         fn()
     times: dict[str, list[float]] = {name: [] for name in ways}
     weights: dict[str, dict] = {}
     for _ in range(passes):
         for name, fn in ways.items():
+            gc.collect()
             seconds, weights[name] = fn()
             times[name].append(seconds)
     return {name: min(t) for name, t in times.items()}, weights
@@ -367,13 +402,14 @@ def bench(
     cfg = load_config(None, COMMON + overrides)
     cpus = os.cpu_count() or 1
     actors = actors or cpus  # the fedsplit way's actors: one per core unless told
-    # (seconds, server_s, app_s, driver_cpu_s) a pass
-    timed: dict[str, list[tuple[float, float, float, float]]] = {"fedsplit1": [], "fedsplit": []}
+    # (seconds, server_s, app_s, driver_cpu_s, gc_s, full collections) a pass
+    timed: dict[str, list[tuple[float, float, float, float, float, int]]] = {"fedsplit1": [], "fedsplit": []}
 
-    def run_timed(way: str, engine: RayEngine):  # noqa: ANN202 - a fedsplit way, its server_s, app_s and driver CPU kept
+    def run_timed(way: str, engine: RayEngine):  # noqa: ANN202 - a fedsplit way, its server_s, app_s, driver CPU and collector time kept
         cpu = time.process_time()  # every thread of this process: the ServerApp, the engine, Ray's own
-        seconds, state, outside, app = run_fedsplit_timed(cfg, engine, server_threads=1)
-        timed[way].append((seconds, outside, app, time.process_time() - cpu))
+        with CollectorTime() as collector:
+            seconds, state, outside, app = run_fedsplit_timed(cfg, engine, server_threads=1)
+        timed[way].append((seconds, outside, app, time.process_time() - cpu, collector.seconds, collector.full))
         return seconds, state
 
     capacity_before = parallel_capacity(cpus) if capacity else float("nan")
@@ -409,7 +445,7 @@ def bench(
         print(f"workload={name} check weights_{way}_vs_pure max_abs_diff={diff:.2e} {'PASS' if diff <= 1e-5 else 'FAIL'}")
     # the pass whose time is reported (the first run of each way is best_interleaved's untimed warm-up)
     best = {way: min(runs[1:]) for way, runs in timed.items()}
-    _, server_s, app_s, driver_cpu_s = best["fedsplit"]
+    _, server_s, app_s, driver_cpu_s, gc_s, full_gcs = best["fedsplit"]
     parts = {
         way: breakdown(times["pure"], best[way][0], best[way][2], p)  # (seconds, app_s) of the reported pass
         for way, p in (("fedsplit1", 1), ("fedsplit", min(actors, terminals_per_round(cfg))))
@@ -423,7 +459,7 @@ def bench(
         f"limit_s={times['limit']:.3f} limit_efficiency={efficiency(times['pure'], times['limit'], cpus, terminals_per_round(cfg)):.3f} "
         f"vs_limit={times['limit'] / times['fedsplit']:.3f} server_s={server_s:.3f} "
         f"busy1={parts['fedsplit1'][0]:.3f} app_speed1={parts['fedsplit1'][1]:.3f} "
-        f"busy={parts['fedsplit'][0]:.3f} app_speed={parts['fedsplit'][1]:.3f} feeds={app_s / driver_cpu_s:.1f} "
+        f"busy={parts['fedsplit'][0]:.3f} app_speed={parts['fedsplit'][1]:.3f} feeds={app_s / driver_cpu_s:.1f} gc_s={gc_s:.3f} full_gcs={full_gcs} "
         f"actors={actors} per_round={terminals_per_round(cfg)} load_avg={os.getloadavg()[0]:.2f} "
         f"capacity={capacity_before:.2f},{parallel_capacity(cpus) if capacity else float('nan'):.2f}/{cpus}"
     )

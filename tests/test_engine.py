@@ -375,6 +375,8 @@ def test_engine_benchmark_smoke_runs_and_models_agree():
     assert busy1 * speed1 == pytest.approx(pure / one, rel=slack + 0.002)
     assert busy * speed == pytest.approx(float(fields["efficiency"]), rel=slack + 0.0005 / many + 0.002)
     assert float(fields["feeds"]) > 0  # app seconds per driver CPU second
+    # the collector's seconds inside the reported fedsplit pass, and its full collections there
+    assert 0 <= float(fields["gc_s"]) < many and int(fields["full_gcs"]) >= 0
 
 
 INLINE_CHECK = """

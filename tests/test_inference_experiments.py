@@ -303,3 +303,17 @@ def test_bench_engine_refuses_an_actor_count_the_machine_cannot_give(actors, cap
         module.main(["--workloads", "mlp", "--actors", actors])
     assert info.value.code == 2
     assert f"argument --actors: {actors} is not between 1 and the" in capsys.readouterr().err
+
+
+def test_bench_engine_collector_time_counts_the_collections_inside_its_block(monkeypatch):
+    import gc
+
+    module = _script("bench_engine", monkeypatch)
+    with module.CollectorTime() as outside:
+        pass
+    with module.CollectorTime() as inside:
+        gc.collect(1)
+        gc.collect()  # a full collection: generation 2
+    assert (outside.seconds, outside.full) == (0.0, 0)
+    assert inside.seconds > 0 and inside.full == 1
+    assert outside._callback not in gc.callbacks and inside._callback not in gc.callbacks  # removed on exit
