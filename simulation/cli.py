@@ -20,26 +20,12 @@ def _fields_help() -> str:
 def check_strategy(cfg: RunConfig) -> int:
     """Build the strategy as the run will (a user's class imported, its ``strategy.params`` checked
     against its constructor), before any engine starts: 0, or 2 after one line on stderr."""
-    from fedsplit.simulation.server_app import _without_flower_warning
-    from fedsplit.strategies import StrategyLoadError, build_strategy
-    from fedsplit.strategies.registry import min_replies
+    from fedsplit.simulation.server_app import strategy_from_config
+    from fedsplit.strategies import StrategyLoadError
     from fedsplit.strategies.robust import wrap_robustness
 
-    s = cfg.strategy
     try:
-        with _without_flower_warning("fraction_evaluate is set to 0.0"):  # as the run builds it
-            strategy = build_strategy(
-                s.name, s.params, fraction_train=s.fraction_train, fraction_evaluate=s.fraction_evaluate,
-                min_train_nodes=s.min_train_nodes,
-            )
-        wrap_robustness(strategy, cfg, None)  # Flower's DP wrapper checks its settings
-        needed = min_replies(strategy)
-        if needed > cfg.num_terminals:
-            raise StrategyLoadError(
-                f"strategy.name = {s.name!r}: it aggregates a round only with at least {needed} replies "
-                f"(Bulyan: 4 * num_malicious_nodes + 3), and the population has {cfg.num_terminals} terminals: "
-                "every round would be empty"
-            )
+        wrap_robustness(strategy_from_config(cfg), cfg, None)  # Flower's DP wrapper checks its settings
     except StrategyLoadError as exc:
         print_error("simulate", f"config: {exc}")
         return 2

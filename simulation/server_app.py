@@ -42,7 +42,8 @@ from fedsplit.simulation.checkpoint import (
 from fedsplit.simulation.faults import attach_faults
 from fedsplit.simulation.loop import LoopSettings, run_protocol
 from fedsplit.simulation.metered_grid import MeteredGrid
-from fedsplit.strategies import build_strategy
+from fedsplit.strategies import StrategyLoadError, build_strategy
+from fedsplit.strategies.registry import min_replies
 from fedsplit.strategies.compression import CompressedStrategy, GuardedStrategy
 from fedsplit.strategies.fedavg_protocol import strategy_protocol
 from fedsplit.strategies.protocol import ProtocolRun, TrainingProtocol
@@ -161,6 +162,26 @@ def build_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtocol:
         return build_split_protocol(cfg, metered)
     if cfg.training.mode in ("fedbuff", "fedasync", "gossip"):
         return build_orchestration_protocol(cfg)
+    strategy = wrap_selection(strategy_from_config(cfg), cfg, metered)
+    if cfg.secagg.enabled:  # the server holds no individual update: nothing to validate, clip or decompress
+        from fedsplit.strategies.secagg_protocol import secagg_protocol
+
+        return secagg_protocol(strategy, cfg)
+    strategy = wrap_robustness(strategy, cfg, metered.reject)  # central DP, norm defence
+    return strategy_protocol(wrap_strategy(strategy, cfg, metered.reject))
+
+
+def strategy_from_config(cfg: RunConfig) -> Strategy:
+    """The Flower strategy of ``cfg.strategy`` (``name``, ``params`` and sampling), unwrapped.
+
+    Raises
+    ------
+    StrategyLoadError
+        The strategy cannot be built (unknown name, a class that does not import, a parameter its
+        constructor refuses), or it aggregates a round only with more replies than the population
+        has terminals (Flower's Bulyan: ``4 * num_malicious_nodes + 3``), so that every round
+        would be empty.
+    """
     s = cfg.strategy
     with _without_flower_warning("fraction_evaluate is set to 0.0"):  # 0 = off, as configured
         strategy = build_strategy(
@@ -170,13 +191,14 @@ def build_protocol(cfg: RunConfig, metered: MeteredGrid) -> TrainingProtocol:
             fraction_evaluate=s.fraction_evaluate,
             min_train_nodes=s.min_train_nodes,
         )
-    strategy = wrap_selection(strategy, cfg, metered)
-    if cfg.secagg.enabled:  # the server holds no individual update: nothing to validate, clip or decompress
-        from fedsplit.strategies.secagg_protocol import secagg_protocol
-
-        return secagg_protocol(strategy, cfg)
-    strategy = wrap_robustness(strategy, cfg, metered.reject)  # central DP, norm defence
-    return strategy_protocol(wrap_strategy(strategy, cfg, metered.reject))
+    needed = min_replies(strategy)
+    if needed > cfg.num_terminals:
+        raise StrategyLoadError(
+            f"strategy.name = {s.name!r}: it aggregates a round only with at least {needed} replies "
+            f"(Bulyan: 4 * num_malicious_nodes + 3), and the population has {cfg.num_terminals} terminals: "
+            "every round would be empty"
+        )
+    return strategy
 
 
 def wrap_selection(strategy: Strategy, cfg: RunConfig, metered: MeteredGrid) -> Strategy:

@@ -167,6 +167,21 @@ def test_strategy_params_that_would_fail_every_round_are_refused_before_the_run(
     assert line.startswith("fedsplit simulate: error: config: ") and message in line
 
 
+def test_python_api_refuses_a_strategy_that_can_never_aggregate_before_training(tmp_path):
+    """The check ``fedsplit simulate`` makes is the run's own: a script calling ``simulate`` gets it too."""
+    from fedsplit.clients.app import make_client_app
+    from fedsplit.devices import Population, resolve_profiles
+    from fedsplit.simulation.engine import SerialEngine
+    from fedsplit.strategies import StrategyLoadError
+
+    cfg = load_config(None, small_overrides(tmp_path, **{"strategy.name": "bulyan", "strategy.params": "{num_malicious_nodes = 1}"}))
+    engine = SerialEngine(make_client_app(config_json=config_to_json(cfg)), Population(cfg.devices, resolve_profiles(cfg.profiles)))
+    with pytest.raises(StrategyLoadError, match=r"at least 7 replies .* the population has 4 terminals: every round would be empty"):
+        simulate(cfg, engine=engine)
+    assert engine.contexts == {}  # no terminal was sent anything
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
 @pytest.mark.parametrize(
     ("mode", "named"),
     [("fl", "fl (strategy fedavg)"), ("splitfed-v1", "splitfed-v1"), ("sl-vanilla", "sl-vanilla"),
