@@ -393,3 +393,27 @@ def test_a_pretrained_checkpoint_of_another_architecture_is_refused_before_a_run
                         "--set", f"out_dir={tmp_path / 'runs'}", "--set", "engine.name=serial")
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "made for model 'cnn'" in run.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_config_check_maps_the_checkpoint_and_the_task_reads_it(source_cnn, tmp_path, monkeypatch):
+    """Loading a config looks at model.pretrained's metadata through a memory map (its tensors are
+    not read then: a large backbone is read once, by the task); a file in torch's legacy format,
+    which cannot be mapped, is checked and loaded all the same."""
+    loads = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs.get("mmap", False))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    cfg = _config("model.name=cnn", "model.width=0.25", "data.classes='0-4'", f"model.pretrained='{source_cnn}'")
+    assert loads == [True]
+    legacy = tmp_path / "legacy.pt"
+    torch.save(real_load(source_cnn, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    loads.clear()
+    cfg = _config("model.name=cnn", "model.width=0.25", "data.classes='0-4'", f"model.pretrained='{legacy}'")
+    assert loads == [True, False]  # the map refused, the file read
+    task = task_module.Task.from_config(cfg)
+    expected = read_checkpoint(source_cnn).state_dict
+    assert all(torch.equal(task.initial[k], v) for k, v in expected.items())

@@ -229,7 +229,7 @@ def check_pretrained(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; imp
 
     path = cfg.model.pretrained
     try:
-        meta = read_checkpoint(path).meta
+        meta = read_checkpoint(path, mmap=True).meta  # the metadata only: the tensors stay on disk
     except CheckpointError as exc:
         raise ConfigError(f"config: model.pretrained = {path!r}: {exc}") from None
     made_for = meta.get("model")
@@ -260,7 +260,7 @@ def check_teacher(cfg: "RunConfig") -> None:  # noqa: F821 - a RunConfig; import
 
     path = cfg.transfer.teacher
     try:
-        meta = read_checkpoint(path).meta
+        meta = read_checkpoint(path, mmap=True).meta  # the metadata only: the tensors stay on disk
     except CheckpointError as exc:
         raise ConfigError(f"config: transfer.teacher = {path!r}: {exc}") from None
     if not {"model", "input_shape", "num_classes"} <= set(meta):

@@ -62,8 +62,13 @@ def save_checkpoint(path: str | Path, state_dict: Mapping[str, torch.Tensor], me
     return path
 
 
-def read_checkpoint(path: str | Path) -> Checkpoint:
+def read_checkpoint(path: str | Path, *, mmap: bool = False) -> Checkpoint:
     """Read a fedsplit checkpoint or a plain state_dict file.
+
+    With ``mmap`` the file's tensors are memory-mapped (``torch.load(mmap=True)``), not read: their
+    bytes are read only where a tensor is used, so checking what a large checkpoint is (its
+    metadata, its keys) costs next to nothing. A file in torch's legacy format, which cannot be
+    mapped, is read as without ``mmap``.
 
     Raises
     ------
@@ -74,7 +79,12 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r}: no such file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # the legacy format cannot be mapped
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
         raise CheckpointError(f"checkpoint {str(path)!r}: cannot be read as torch weights ({type(exc).__name__}: {exc})") from None
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
