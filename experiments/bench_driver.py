@@ -19,6 +19,7 @@ Run::
     python experiments/bench_driver.py --workloads mlp100,mlp --passes 10
     python experiments/bench_driver.py --smoke                # seconds: tiny settings
     python experiments/bench_driver.py --ray-actors 4         # also on Ray, 4 actors answering at once
+    python experiments/bench_driver.py --ray-actors 2 --transport ray   # the same through Ray calls only
     python experiments/bench_driver.py --gc 200               # one 200-round run: the collector's share (~10 s)
     python experiments/bench_driver.py --ray-call-cost 16     # Ray alone: driver CPU per actor call, 16 actors
     python experiments/bench_driver.py --ray-call-cost 2 --compiled  # the same through a Ray Compiled Graph
@@ -33,7 +34,7 @@ over the replies of a round, ``pure_round_ms`` the plain loop's round (one core)
 reaches with P actors (a bound from two measurements, not a measurement at P cores). With
 ``--ray-actors P`` a second line gives the same rounds on Ray::
 
-    workload=<name> engine=ray actors=P shared_records=on|off round_ms=.. driver_cpu_ms=.. main_thread_cpu_ms=.. per_reply_us=.. bound_P=..
+    workload=<name> engine=ray actors=P transport=auto|ray shared_records=on|off round_ms=.. driver_cpu_ms=.. main_thread_cpu_ms=.. per_reply_us=.. bound_P=..
 
 (``shared_records=off``: the same with the round's global model pickled into every actor call
 instead of put in the object store once; :func:`ray_rounds`.)
@@ -128,7 +129,7 @@ def driver_rounds(cfg: RunConfig, engine) -> float:  # noqa: ANN001 - InstantEng
     return session.strategy_wall_s
 
 
-def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0) -> None:
+def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0, transport: str = "auto") -> None:
     torch.set_num_threads(1)
     cfg = load_config(None, COMMON + overrides)
     engine = InstantEngine.recorded(cfg)
@@ -146,16 +147,16 @@ def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0) -> 
     )
     print(line, flush=True)
     if ray_actors:
-        for shared, (ray_round, ray_cpu, ray_main) in ray_rounds(cfg, engine, passes, ray_actors).items():
+        for shared, (ray_round, ray_cpu, ray_main) in ray_rounds(cfg, engine, passes, ray_actors, transport).items():
             print(
-                f"workload={name} engine=ray actors={ray_actors} shared_records={shared} round_ms={ray_round * 1e3:.2f} "
+                f"workload={name} engine=ray actors={ray_actors} transport={transport} shared_records={shared} round_ms={ray_round * 1e3:.2f} "
                 f"driver_cpu_ms={ray_cpu * 1e3:.2f} main_thread_cpu_ms={ray_main * 1e3:.2f} "
                 f"per_reply_us={ray_round / per_round * 1e6:.1f} bound_{ray_actors}={pure_round / (ray_actors * ray_round):.3f}",
                 flush=True,
             )
 
 
-def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int) -> dict[str, tuple[float, float, float]]:
+def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int, transport: str = "auto") -> dict[str, tuple[float, float, float]]:
     """Best seconds per round of ``cfg`` on fedsplit's Ray engine with ``actors`` actors whose
     terminals answer at once with the replies ``recorded`` holds (:func:`replay_app`): the server, Ray's calls and the actors' message
     handling, without training; and the driver process's CPU seconds per round in that run (all
@@ -165,14 +166,15 @@ def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int
 
     Two ways, pass by pass on the same actors: ``on``, the engine as it is (a large global model
     goes to the object store once a round, :mod:`fedsplit.simulation.shared_content`), and
-    ``off``, that switched off (the model pickled into every actor call)."""
+    ``off``, that switched off (the model pickled into every actor call). ``transport`` is the
+    engine's (``auto``: channels to the local actors; ``ray``: Ray calls only)."""
     import ray
 
     from fedsplit.simulation.engine import RayEngine, ray_init_options
 
     ray.init(**ray_init_options(num_cpus=actors))
     try:
-        with RayEngine(replay_app(recorded.canned), recorded.population, num_actors=actors, cpus_per_actor=1.0) as engine:
+        with RayEngine(replay_app(recorded.canned), recorded.population, num_actors=actors, cpus_per_actor=1.0, transport=transport) as engine:
             driver_rounds(cfg, engine)  # warm-up: every actor has run
             sizes = {"on": engine.shared_record_bytes, "off": float("inf")}
             best = {way: (float("inf"), 0.0, 0.0) for way in sizes}
@@ -278,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny settings, two passes (seconds)")
     parser.add_argument("--ray-actors", type=int, default=0, metavar="P",
                         help="also time the rounds on fedsplit's Ray engine with P actors answering at once")
+    parser.add_argument("--transport", choices=("auto", "ray"), default="auto",
+                        help="with --ray-actors: the engine's transport (auto: a channel to each local actor; ray: Ray calls)")
     parser.add_argument("--gc", type=int, default=0, metavar="ROUNDS",
                         help="instead: one ROUNDS-round run, with the time Python's cyclic collector took")
     parser.add_argument("--ray-call-cost", type=int, default=0, metavar="P",
@@ -302,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         bench("mlp", SMOKE["mlp"], 2)
         return 0
     for name in args.workloads.split(","):
-        bench(name, WORKLOADS[name], args.passes, args.ray_actors)
+        bench(name, WORKLOADS[name], args.passes, args.ray_actors, args.transport)
     return 0
 
 

@@ -29,6 +29,7 @@ Run::
     python experiments/bench_engine.py --smoke               # seconds: tiny settings, checks only agreement
     python experiments/bench_engine.py --profile mlp         # cProfile of the driver in the fedsplit way
     python experiments/bench_engine.py --workloads mlp100 --no-flower --actors 15   # one core of 16 left to the driver
+    python experiments/bench_engine.py --workloads mlp --no-flower --transport ray  # Ray calls, no channels
 
 It prints one line per workload::
 
@@ -391,7 +392,8 @@ def profile_driver(name: str, overrides: list[str], top: int = int(os.environ.ge
 
 
 def bench(
-    name: str, overrides: list[str], passes: int, with_flower: bool, capacity: bool = True, batch_factor: int = 1, actors: int | None = None
+    name: str, overrides: list[str], passes: int, with_flower: bool, capacity: bool = True, batch_factor: int = 1, actors: int | None = None,
+    transport: str = "auto",
 ) -> dict[str, float]:
     import ray
 
@@ -420,8 +422,8 @@ def bench(
     population = Population(cfg.devices, resolve_profiles(cfg.profiles))
     app = make_client_app(config_json=config_to_json(cfg))
     with (
-        RayEngine(app, population, num_actors=1, cpus_per_actor=1.0, batch_factor=batch_factor) as one,
-        RayEngine(app, population, num_actors=actors, cpus_per_actor=1.0, batch_factor=batch_factor) as every,
+        RayEngine(app, population, num_actors=1, cpus_per_actor=1.0, batch_factor=batch_factor, transport=transport) as one,
+        RayEngine(app, population, num_actors=actors, cpus_per_actor=1.0, batch_factor=batch_factor, transport=transport) as every,
     ):
         times, weights = best_interleaved(
             {
@@ -475,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's engine")
     parser.add_argument("--actors", type=int, default=None, metavar="P",
                         help="the fedsplit way's actors (default: one per core; e.g. one fewer leaves a core to the driver)")
+    parser.add_argument("--transport", choices=("auto", "ray"), default="auto",
+                        help="fedsplit engine: how batches reach the actors (RayEngine transport; auto: a channel to each local actor)")
     parser.add_argument("--batch-factor", type=int, default=1, help="fedsplit engine: batches per actor and round (RayEngine batch_factor)")
     parser.add_argument("--profile", metavar="WORKLOAD", choices=list(WORKLOADS), help="only profile the driver on WORKLOAD (top 15 entries)")
     args = parser.parse_args(argv)
@@ -493,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(table) if args.smoke else args.workloads.split(",")
     for name in names:
         bench(name, table[name], 1 if args.smoke else args.passes, with_flower=not (args.smoke or args.no_flower), capacity=not args.smoke,
-              batch_factor=args.batch_factor, actors=args.actors)
+              batch_factor=args.batch_factor, actors=args.actors, transport=args.transport)
     return 0
 
 

@@ -11,10 +11,13 @@ a terminal's :class:`~flwr.app.Context` is created the first time it is sampled 
 driver (so ``Context.state`` persists across rounds whichever actor runs the terminal next). A
 large record that the round's batches share (the global model) is put in Ray's object store once
 a round instead of being pickled into every call (:mod:`fedsplit.simulation.shared_content`;
-``engine.shared_record_bytes`` is the size from which it is).
+``engine.shared_record_bytes`` is the size from which it is). An actor on the driver's machine gets
+its batches through a Unix socket of its own (:mod:`fedsplit.simulation.actor_channel`; ``transport
+= "auto"``), which costs the driver a fraction of a Ray call's CPU; Ray still starts, places,
+replaces and kills the actors, and carries the rounds whose model goes through its object store.
 
 Failures: an exception inside the ClientApp becomes an error reply for that client only; an actor
-process that dies is replaced, and the messages of the batches it held are retried one by one, each
+process that dies (a failed Ray call, or its channel closing) is replaced, and the messages of the batches it held are retried one by one, each
 alone on an actor, so only the client that kills its process loses its reply.
 
 Injected faults (:mod:`fedsplit.faults`): with ``engine.faults`` set (``message -> "crash" | "kill" |
@@ -38,7 +41,9 @@ import heapq
 import logging
 import math
 import os
+import queue
 import socket
+import threading
 import time
 import traceback
 from collections import deque
@@ -60,6 +65,7 @@ from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
 from fedsplit.simulation import warm_actors as warm
+from fedsplit.simulation.actor_channel import ChannelClosed, DriverChannel, Listener, serve
 from fedsplit.simulation.actor_payload import pack, unpack
 from fedsplit.simulation.shared_content import SHARED_RECORD_BYTES, Layout, restore, shared_records, strip
 
@@ -71,6 +77,10 @@ FaultHook = Callable[[Message], "str | None"]  # message -> "crash" | "kill" | N
 RepliesHook = Callable[[list[Message]], None]  # called with each batch of replies as it arrives
 KILLED_REASON = "actor process died: injected kill"
 METER_MODES = ("auto", "always", "off")
+TRANSPORTS = ("auto", "ray")
+#: Seconds the engine waits for its actors to start and connect their channels at its first
+#: execute; an actor not up by then is reached through Ray's calls (as with ``transport = "ray"``).
+CHANNEL_OPEN_S = 120.0
 #: Objects up to this size (bytes) travel inline in the reply to a Ray call, in place of Ray's
 #: shared-memory object store (Ray's default cut is 100 KiB). A batch's replies are just above it
 #: for small models: measured on this project's 2-core machine, 10 lists of 20 KB come back in
@@ -168,6 +178,7 @@ class ClientAppActor:
 
         torch.set_num_threads(max(1, num_threads))
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, num_threads)))
+        self._running = threading.Lock()  # batches from Ray's calls and from the channel run one at a time
         self.load_app(client_app, meter)
 
     def load_app(self, client_app: ClientApp, meter: bool = False) -> None:
@@ -188,7 +199,20 @@ class ClientAppActor:
         (:mod:`fedsplit.simulation.shared_content`).
         """
         items, faults, layouts = unpack(payload)
-        return pack(self._run_items(items, faults, shared, layouts))
+        with self._running:
+            return pack(self._run_items(items, faults, shared, layouts))
+
+    def open_channel(self, path: str, driver_node_id: str) -> bool:
+        """Answer the batches the engine sends through the Unix socket at ``path``
+        (:mod:`fedsplit.simulation.actor_channel`), as :meth:`run_batch` answers a call; False,
+        and nothing opened, when this actor is not on the driver's node or cannot connect."""
+        if ray.get_runtime_context().get_node_id() != driver_node_id:
+            return False
+        try:
+            serve(path, self.run_batch)
+        except OSError:
+            return False
+        return True
 
     def _run_items(
         self,
@@ -211,6 +235,21 @@ class ClientAppActor:
     def pid(self) -> int:
         """Process id of the actor (tests kill it to emulate a crash)."""
         return os.getpid()
+
+
+class _ChannelCall:
+    """The key of a batch sent through a channel (:meth:`RayEngine._execute_batches`)."""
+
+    __slots__ = ()
+
+
+def _raises(exc: BaseException) -> Callable[[], bytes]:
+    """A fetch that raises ``exc`` (a batch whose channel closed)."""
+
+    def fetch() -> bytes:
+        raise exc
+
+    return fetch
 
 
 def split_evenly(items: Sequence, parts: int) -> list[list]:
@@ -337,6 +376,11 @@ class RayEngine:
     meter : str, optional
         Compute metering: ``auto`` (meter the app unless it has ``reports_flops = True``),
         ``always`` or ``off``; default ``$FEDSPLIT_METER``, else ``auto``.
+    transport : str
+        How batches reach the actors: ``auto`` (default) sends them to each actor on this machine
+        through a Unix socket of its own (:mod:`fedsplit.simulation.actor_channel`, opened at the
+        first :meth:`execute`), except in rounds whose global model goes through Ray's object
+        store, and to other actors by Ray calls; ``ray``: Ray calls only.
     """
 
     def __init__(
@@ -352,7 +396,10 @@ class RayEngine:
         batch_factor: int = 1,
         inflight_per_actor: int = 2,
         meter: str | None = None,
+        transport: str = "auto",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"engine transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")
         self.client_app = client_app
         self.population = population
         self.run_config = dict(run_config or {})
@@ -374,6 +421,10 @@ class RayEngine:
         self.actor_restarts = 0
         self.faults: FaultHook | None = None
         self.shared_record_bytes = SHARED_RECORD_BYTES  # records sent once a round from this size on
+        self.transport = transport
+        self._channels: dict[int, DriverChannel] = {}  # id(actor) -> its channel (actors on this machine)
+        self._arrivals: queue.SimpleQueue = queue.SimpleQueue()  # (channel, answer or ChannelClosed), every channel's
+        self._channels_opened = False
 
     @classmethod
     def from_run_config(cls, cfg, client_app: ClientApp) -> "RayEngine":  # noqa: ANN001 - RunConfig
@@ -386,6 +437,7 @@ class RayEngine:
             ray_address=cfg.engine.ray_address or None,
             num_cpus=cfg.engine.num_cpus or None,
             num_actors=cfg.engine.actors_per_device,
+            transport=cfg.engine.transport,
         )
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -440,6 +492,10 @@ class RayEngine:
     def shutdown(self) -> None:
         """Kill the actors (and Ray, if this engine started it); inside
         :func:`~fedsplit.simulation.warm_actors.warm_actors` keep them for the next run instead."""
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+        self._channels_opened = False
         for pool in self.pools.values():
             for actor in pool.actors:
                 if self._started_ray or not warm.give_back(pool.budget, actor):
@@ -525,6 +581,13 @@ class RayEngine:
         shared = shared_records([batch for _, batch, _ in queue], self.shared_record_bytes)
         positions = {id(record): index for index, record in enumerate(shared)}
         shared_ref = ray.put(shared) if shared else None
+        # Batches go through the actors' channels when every actor that may get one has a channel
+        # and nothing travels through the object store; else through Ray calls.
+        if self.transport == "auto" and not self._channels_opened:
+            self._open_channels([actor for pool in self.pools.values() for actor in pool.actors])
+        by_channel = shared_ref is None and all(
+            id(actor) in self._channels for budget in by_pool for actor in self.pools[budget].actors
+        )
         # Each actor takes up to ``inflight_per_actor`` batches at once: the next batch is already
         # queued at the actor when the current one ends, so no round trip is spent idle. A retry
         # (a message whose actor died) runs alone on its actor, so that if it kills the process
@@ -532,7 +595,8 @@ class RayEngine:
         inflight: dict[int, int] = {}  # id(actor) -> batches queued at it
         exclusive: set[int] = set()  # actors running a retry
         replaced: dict[int, object] = {}  # id -> dead actor (kept referenced: ids stay unique)
-        running: dict = {}
+        running: dict = {}  # a Ray call's ObjectRef, or a _ChannelCall -> (actor, budget, batch, retry)
+        ended: deque[tuple[object, Callable[[], bytes]]] = deque()  # channel calls that failed as they were sent
         replies: list[Message] = []
         deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -540,6 +604,18 @@ class RayEngine:
             limit = 1 if retry else self.inflight_per_actor
             candidates = [a for a in self.pools[budget].actors if id(a) not in exclusive and inflight.get(id(a), 0) < limit]
             return min(candidates, key=lambda a: inflight.get(id(a), 0), default=None)
+
+        def send(actor, payload: bytes) -> object:  # noqa: ANN001 - the key of the batch in ``running``
+            channel = self._channels.get(id(actor)) if by_channel else None
+            if channel is None:  # Ray calls (or a replacement actor whose channel did not open)
+                return actor.run_batch.remote(payload, shared_ref)
+            call = _ChannelCall()
+            channel.pending.append(call)
+            try:
+                channel.send(payload)
+            except ChannelClosed as exc:  # its process died: fail the batch now, as a dead actor's call
+                ended.append((call, _raises(exc)))
+            return call
 
         def dispatch() -> None:
             for _ in range(len(queue)):
@@ -555,46 +631,112 @@ class RayEngine:
                 items = [(sent, self.context_of(m.metadata.dst_node_id)) for (sent, _), m in zip(stripped, batch)]
                 layouts = [layout for _, layout in stripped] if positions else None
                 faults = [self.faults(m) for m in batch] if self.faults is not None else None
-                running[actor.run_batch.remote(pack((items, faults, layouts)), shared_ref)] = (actor, budget, batch, retry)
+                running[send(actor, pack((items, faults, layouts)))] = (actor, budget, batch, retry)
 
         dispatch()
         while running:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            done, _ = ray.wait(list(running), num_returns=1, timeout=left)
+            done = [ended.popleft()] if ended else self._answers(running, left)
             if not done:
                 log.warning("engine: %d batches still running at the %.1f s timeout", len(running), timeout)
                 break
-            ref = done[0]
-            actor, budget, batch, retry = running.pop(ref)
-            inflight[id(actor)] -= 1
-            exclusive.discard(id(actor))
             arrived: list[Message] = []
-            try:
-                results = unpack(ray.get(ref))
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
-                if id(actor) not in replaced:  # the first of its batches to fail replaces it
-                    replaced[id(actor)] = actor
-                    self._replace(actor, budget)
-                if retry:  # it died alone on its actor: this message killed it
-                    for msg in batch:
-                        injected = self.faults is not None and self.faults(msg) == "kill"
-                        reason = KILLED_REASON if injected else f"actor process died: {type(exc).__name__}: {str(exc)[-1500:]}"
-                        arrived.append(_error_reply(msg, ErrorCode.CLIENT_APP_CRASHED, reason))
+            for key, answer in done:
+                if key not in running:  # a batch of an earlier call that timed out
+                    continue
+                actor, budget, batch, retry = running.pop(key)
+                inflight[id(actor)] -= 1
+                exclusive.discard(id(actor))
+                try:
+                    results = unpack(answer())
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ChannelClosed) as exc:
+                    if id(actor) not in replaced:  # the first of its batches to fail replaces it
+                        replaced[id(actor)] = actor
+                        self._replace(actor, budget)
+                    if retry:  # it died alone on its actor: this message killed it
+                        for msg in batch:
+                            injected = self.faults is not None and self.faults(msg) == "kill"
+                            reason = KILLED_REASON if injected else f"actor process died: {type(exc).__name__}: {str(exc)[-1500:]}"
+                            arrived.append(_error_reply(msg, ErrorCode.CLIENT_APP_CRASHED, reason))
+                    else:
+                        queue.extend((budget, [m], True) for m in batch)
                 else:
-                    queue.extend((budget, [m], True) for m in batch)
-            else:
-                for reply, ctx, found, seconds in results:
-                    self.contexts[ctx.node_id] = ctx
-                    self.seconds[(ctx.node_id, reply.metadata.message_type)] = seconds
-                    self.app_s += seconds
-                    arrived.append(reply)
-                    if found is not None and measured is not None:
-                        measured[reply.metadata.reply_to_message_id] = found
+                    for reply, ctx, found, seconds in results:
+                        self.contexts[ctx.node_id] = ctx
+                        self.seconds[(ctx.node_id, reply.metadata.message_type)] = seconds
+                        self.app_s += seconds
+                        arrived.append(reply)
+                        if found is not None and measured is not None:
+                            measured[reply.metadata.reply_to_message_id] = found
             dispatch()
             replies += arrived
             if on_replies is not None and arrived:
                 on_replies(arrived)
         return replies
+
+    def _answers(self, running: dict, left: float | None) -> list[tuple[object, Callable[[], bytes]]]:
+        """The next batches to end, as ``[(key, fetch)]`` (``fetch()`` gives the packed results or
+        raises as a dead actor's call does); empty at the timeout (``left`` seconds, None: none)."""
+        channels = any(isinstance(key, _ChannelCall) for key in running)
+        calls = any(isinstance(key, ray.ObjectRef) for key in running)
+        if not (channels and calls):
+            return self._channel_answers(running, left) if channels else self._ray_answers(running, left)
+        # Both at once (an actor replaced during a round whose channel did not open): look at each in turn.
+        deadline = None if left is None else time.monotonic() + left
+        while True:
+            done = self._ray_answers(running, 0.0) or self._channel_answers(running, 0.01)
+            if done or (deadline is not None and time.monotonic() >= deadline):
+                return done
+
+    @staticmethod
+    def _ray_answers(running: dict, left: float | None) -> list[tuple[object, Callable[[], bytes]]]:
+        """The next Ray call to end, as ``[(ref, fetch)]``; empty at the timeout."""
+        refs = [key for key in running if isinstance(key, ray.ObjectRef)]
+        done, _ = ray.wait(refs, num_returns=1, timeout=left)
+        return [(ref, lambda ref=ref: ray.get(ref)) for ref in done]
+
+    def _channel_answers(self, running: dict, left: float | None) -> list[tuple[object, Callable[[], bytes]]]:
+        """The next channel answers for batches in ``running``, as ``[(call, fetch)]``: one
+        batch's frame, or every pending batch of a channel that closed; empty at the timeout.
+        Answers to batches no longer running (an earlier call's, after its timeout) are dropped."""
+        deadline = None if left is None else time.monotonic() + left
+        while True:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                channel, answer = self._arrivals.get(timeout=wait)
+            except queue.Empty:
+                return []
+            if isinstance(answer, ChannelClosed):
+                calls = list(channel.pending)
+                channel.pending.clear()
+                done = [(call, _raises(answer)) for call in calls if call in running]
+            elif channel.pending:
+                call = channel.pending.popleft()
+                done = [(call, lambda answer=answer: answer)] if call in running else []
+            else:  # an answer with no batch of this engine waiting for it: cannot happen, dropped
+                done = []
+            if done:
+                return done
+
+    def _open_channels(self, actors: list) -> None:
+        """Open a channel to each of ``actors`` that runs on this machine (waiting up to
+        :data:`CHANNEL_OPEN_S` for them to start); the others keep Ray's calls."""
+        self._channels_opened = True
+        if not actors:
+            return
+        node = ray.get_runtime_context().get_node_id()
+        listeners = [Listener() for _ in actors]
+        refs = [actor.open_channel.remote(listener.path, node) for actor, listener in zip(actors, listeners)]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=CHANNEL_OPEN_S)
+        started = set(ready)
+        for actor, listener, ref in zip(actors, listeners, refs):
+            try:
+                if ref in started and ray.get(ref):
+                    self._channels[id(actor)] = DriverChannel(listener.accept(timeout_s=30.0), self._arrivals)
+            except (ray.exceptions.RayError, OSError) as exc:  # died while starting, or never connected: Ray's calls
+                log.debug("engine: no channel to an actor (%s: %s); it gets Ray calls", type(exc).__name__, exc)
+            finally:
+                listener.close()
 
     def _expected_seconds(self, messages: Sequence[Message]) -> Callable[[Message], float]:
         """Each message's expected real seconds on an actor: its terminal's last measured time
@@ -610,8 +752,13 @@ class RayEngine:
             ray.kill(dead, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
+        channel = self._channels.pop(id(dead), None)
+        if channel is not None:
+            channel.close()
         fresh = self._new_actor(pool)
         pool.actors[pool.actors.index(dead)] = fresh
+        if self._channels_opened:  # the engine uses channels: the new actor gets one (it starts first)
+            self._open_channels([fresh])
         self.actor_restarts += 1
         log.warning("engine: an actor process died; replaced it (%d replacement(s) so far)", self.actor_restarts)
         return fresh

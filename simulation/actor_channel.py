@@ -1,0 +1,183 @@
+"""A direct byte channel between fedsplit's engine and an actor on the same machine.
+
+A Ray actor call costs the driver about 0.3-0.6 ms of CPU and a round trip of ~0.8 ms on this
+project's 2-core machine before any data moves, and a reply of 1 MB comes back inline through
+Ray's RPC path in ~2 ms more. Measured side by side on that machine (two actors, each answering
+with 50 updates of 20 KB, the 100-terminal MLP's round): 3.6-4.0 ms a round and 2.2 ms of the
+driver's CPU through Ray calls, 0.55-0.73 ms and 0.38-0.50 ms through a Unix socket per actor.
+The driver's CPU is what caps the engine on many cores (one driver feeds every actor), so where an
+actor runs on the driver's machine the engine sends it its batches through such a socket; Ray
+still starts, places, restarts and kills the actors, and carries the batches of actors on other
+machines and rounds whose global model goes through its object store.
+
+A frame is an 8-byte big-endian length and that many bytes. The actor answers each frame with one
+frame, in order, from threads of its own (:func:`serve`); the driver reads each channel in a thread
+of its own (:class:`DriverChannel`), so neither side's send waits on the other's work. A process
+that dies closes its end, which the other side reads as :class:`ChannelClosed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+
+log = logging.getLogger("fedsplit")
+
+_LENGTH = struct.Struct("!Q")
+
+
+class ChannelClosed(ConnectionError):
+    """The other end of a channel went away (its process died, or it closed the channel)."""
+
+
+def send_frame(sock: socket.socket, data: bytes | bytearray) -> None:
+    """Send ``data`` as one frame (its length, then its bytes)."""
+    try:
+        sock.sendall(_LENGTH.pack(len(data)))
+        sock.sendall(data)
+    except OSError as exc:
+        raise ChannelClosed(f"channel closed while sending: {exc}") from None
+
+
+def recv_frame(sock: socket.socket) -> bytearray:
+    """The next frame's bytes; :class:`ChannelClosed` when the other end is gone."""
+    (length,) = _LENGTH.unpack(_recv_exact(sock, _LENGTH.size))
+    return _recv_exact(sock, length)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytearray:
+    buffer = bytearray(size)
+    view, received = memoryview(buffer), 0
+    while received < size:
+        try:
+            count = sock.recv_into(view[received:], size - received)
+        except OSError as exc:
+            raise ChannelClosed(f"channel closed while receiving: {exc}") from None
+        if count == 0:
+            raise ChannelClosed("the other end closed the channel")
+        received += count
+    return buffer
+
+
+class Listener:
+    """A listening Unix socket for one connection, in a private temporary folder (driver side).
+
+    ``path`` is what the actor connects to (:func:`serve`); :meth:`accept` takes the connection
+    and removes the socket file and its folder.
+    """
+
+    def __init__(self) -> None:
+        self._folder = tempfile.mkdtemp(prefix="fedsplit-channel-")
+        self.path = os.path.join(self._folder, "socket")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.bind(self.path)
+            self._sock.listen(1)
+        except OSError:
+            self.close()
+            raise
+
+    def accept(self, timeout_s: float) -> socket.socket:
+        """The actor's connection (waiting at most ``timeout_s`` seconds); the listener closes."""
+        try:
+            self._sock.settimeout(timeout_s)
+            conn, _ = self._sock.accept()
+        finally:
+            self.close()
+        conn.settimeout(None)
+        return conn
+
+    def close(self) -> None:
+        """Stop listening and remove the socket's folder (idempotent)."""
+        self._sock.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+class DriverChannel:
+    """The driver's end of one actor's channel.
+
+    :meth:`send` sends a frame; a thread of the channel reads the actor's answers and puts each on
+    ``arrivals`` as ``(channel, frame)``, and at the end ``(channel, ChannelClosed)``. ``pending``
+    is the caller's: the keys of the frames sent and not yet answered, oldest first (answers come
+    in the order of the frames).
+    """
+
+    def __init__(self, sock: socket.socket, arrivals: "queue.SimpleQueue[tuple[DriverChannel, bytearray | ChannelClosed]]") -> None:
+        self.sock = sock
+        self.pending: deque = deque()
+        self.closed: ChannelClosed | None = None
+        self._arrivals = arrivals
+        threading.Thread(target=self._read, name="fedsplit-channel-driver", daemon=True).start()
+
+    def send(self, data: bytes) -> None:
+        """Send one frame; :class:`ChannelClosed` when the channel is closed."""
+        if self.closed is not None:
+            raise self.closed
+        send_frame(self.sock, data)
+
+    def close(self) -> None:
+        """Close this end; the actor's threads and this channel's reader end (idempotent)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                self._arrivals.put((self, recv_frame(self.sock)))
+        except ChannelClosed as exc:
+            self.closed = exc  # before the arrival: a sender that sees no close will get its answer or this arrival
+            self._arrivals.put((self, exc))
+
+
+def serve(path: str, handle: Callable[[bytearray], bytes]) -> threading.Thread:
+    """Actor side: connect to ``path`` and answer every frame with ``handle(frame)``, in order.
+
+    One daemon thread reads the frames as they come (so the driver's send of a next batch never
+    waits for the batch before it to end), another answers them one after another; both end when
+    the channel closes. ``handle`` should not raise; if it does, the traceback is logged and the
+    channel closed, which the driver treats as it treats a dead actor. Returns the answering thread.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    frames: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            while True:
+                frames.put(recv_frame(sock))
+        except ChannelClosed:
+            frames.put(None)
+
+    def answer() -> None:
+        with sock:
+            while (frame := frames.get()) is not None:
+                try:
+                    reply = handle(frame)
+                except Exception:  # noqa: BLE001 - the driver sees the closed channel
+                    log.error("fedsplit channel: a batch failed outside the ClientApp; closing\n%s", traceback.format_exc())
+                    sock.shutdown(socket.SHUT_RDWR)
+                    return
+                try:
+                    send_frame(sock, reply)
+                except ChannelClosed:
+                    return
+
+    threading.Thread(target=read, name="fedsplit-channel-read", daemon=True).start()
+    thread = threading.Thread(target=answer, name="fedsplit-channel", daemon=True)
+    thread.start()
+    return thread
+
+
+__all__ = ["ChannelClosed", "DriverChannel", "Listener", "recv_frame", "send_frame", "serve"]

@@ -1,0 +1,199 @@
+"""The engine's direct channel to local actors (simulation/actor_channel.py): frames, threads,
+closing, and the engine's use of it (real Ray actors)."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
+
+from fedsplit.devices import Population, builtin_profiles
+from fedsplit.simulation.actor_channel import ChannelClosed, DriverChannel, Listener, recv_frame, send_frame, serve
+from fedsplit.simulation.engine import KILLED_REASON, RayEngine
+
+
+def test_frames_arrive_whole_and_in_order_and_a_closed_end_is_named():
+    left, right = socket.socketpair()
+    sizes = [0, 1, 3 * 1024 * 1024 + 7]  # the large one is sent while the other side reads it
+    sender = threading.Thread(target=lambda: [send_frame(left, bytes([n % 251]) * n) for n in sizes])
+    sender.start()
+    received = [recv_frame(right) for _ in sizes]
+    sender.join()
+    assert [len(f) for f in received] == sizes
+    assert all(f == bytes([n % 251]) * n for f, n in zip(received, sizes))
+    left.close()
+    with pytest.raises(ChannelClosed, match="closed the channel"):
+        recv_frame(right)
+    right.close()
+
+
+def _served(handle):
+    """A driver channel to ``serve(handle)`` running in this process, and its arrivals queue."""
+    arrivals: queue.SimpleQueue = queue.SimpleQueue()
+    listener = Listener()
+    answering = serve(listener.path, handle)
+    return DriverChannel(listener.accept(timeout_s=10.0), arrivals), arrivals, answering
+
+
+def test_a_served_actor_answers_each_frame_in_order_and_ends_when_the_driver_closes():
+    started = []
+
+    def handle(frame: bytearray) -> bytes:
+        started.append(bytes(frame))
+        time.sleep(0.05)  # the next frames are sent while this one is handled
+        return bytes(frame) * 2
+
+    channel, arrivals, answering = _served(handle)
+    for payload in (b"a", b"bb", b"ccc"):
+        channel.send(payload)  # none of these waits for the answer of the one before
+    answers = [arrivals.get(timeout=10) for _ in range(3)]
+    assert [(c, bytes(a)) for c, a in answers] == [(channel, b"aa"), (channel, b"bbbb"), (channel, b"cccccc")]
+    assert started == [b"a", b"bb", b"ccc"]
+    channel.close()
+    answering.join(timeout=10)
+    assert not answering.is_alive()
+    closing = arrivals.get(timeout=10)  # the driver's reader reports its own end
+    assert closing[0] is channel and isinstance(closing[1], ChannelClosed)
+    with pytest.raises(ChannelClosed):
+        channel.send(b"late")
+
+
+def test_a_handler_that_raises_closes_the_channel_as_a_dead_actor_would(caplog):
+    def handle(frame: bytearray) -> bytes:
+        raise RuntimeError("unpicklable batch")
+
+    channel, arrivals, answering = _served(handle)
+    channel.send(b"x")
+    got, answer = arrivals.get(timeout=10)
+    assert got is channel and isinstance(answer, ChannelClosed)
+    answering.join(timeout=10)
+    assert not answering.is_alive()
+    assert "a batch failed outside the ClientApp" in caplog.text and "unpicklable batch" in caplog.text
+    channel.close()
+
+
+def test_the_listener_leaves_no_socket_file_behind(tmp_path):
+    listener = Listener()
+    folder = listener.path.rsplit("/", 1)[0]
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(listener.path)
+    conn = listener.accept(timeout_s=5.0)
+    import os
+
+    assert not os.path.exists(folder)
+    conn.close()
+    client.close()
+    unused = Listener()
+    unused.close()
+    assert not os.path.exists(unused.path.rsplit("/", 1)[0])
+
+
+def sleepy_app() -> ClientApp:
+    """Terminal 0 sleeps ``sleep_s`` seconds (from the message's config) before answering; every
+    reply names its terminal and round; terminal 3 ends its process in a round with ``kill = 1``."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        config = msg.content["config"]
+        pid = int(context.node_config["partition-id"])
+        if pid == 0:
+            time.sleep(float(config["sleep_s"]))
+        if pid == 3 and int(config["kill"]):
+            import os
+
+            os._exit(1)
+        return Message(RecordDict({"metrics": MetricRecord({"pid": pid, "round": int(config["round"])})}), reply_to=msg)
+
+    return app
+
+
+def send(grid, nodes, server_round: int, *, sleep_s: float = 0.0, kill: int = 0, timeout: float | None = None) -> dict[int, Message]:
+    content = RecordDict({"config": ConfigRecord({"round": server_round, "sleep_s": sleep_s, "kill": kill})})
+    msgs = [Message(content, dst_node_id=n, message_type="train", group_id=str(server_round)) for n in nodes]
+    return {r.metadata.src_node_id: r for r in grid.send_and_receive(msgs, timeout=timeout)}
+
+
+def test_the_engine_reaches_local_actors_by_channel_with_the_replies_of_ray_calls(ray_session):
+    population = Population({"laptop": 4}, builtin_profiles())
+    results = {}
+    for transport in ("auto", "ray"):
+        with RayEngine(sleepy_app(), population, num_actors=2, transport=transport) as engine:
+            grid = engine.grid()
+            nodes = list(grid.get_node_ids())
+            replies = send(grid, nodes, 1)
+            results[transport] = {engine.partition_of(n): dict(r.content["metrics"]) for n, r in replies.items()}
+            actors = [a for pool in engine.pools.values() for a in pool.actors]
+            assert len(engine._channels) == (len(actors) if transport == "auto" else 0)
+    assert results["auto"] == results["ray"] == {p: {"pid": p, "round": 1} for p in range(4)}
+
+
+def test_an_actor_that_dies_on_its_channel_loses_only_its_terminal_and_its_successor_gets_a_channel(ray_session):
+    population = Population({"laptop": 4}, builtin_profiles())
+    with RayEngine(sleepy_app(), population, num_actors=2) as engine:
+        grid = engine.grid()
+        nodes = list(grid.get_node_ids())
+        first = send(grid, nodes, 1, kill=1)
+        assert first[engine.node_id_of(3)].error.code == ErrorCode.CLIENT_APP_CRASHED
+        assert "actor process died" in first[engine.node_id_of(3)].error.reason
+        assert all(not first[engine.node_id_of(p)].has_error() for p in (0, 1, 2))
+        assert engine.actor_restarts >= 1
+        actors = [a for pool in engine.pools.values() for a in pool.actors]
+        assert all(id(a) in engine._channels for a in actors)  # the replacements too
+        second = send(grid, nodes, 2)
+        assert {engine.partition_of(n): int(r.content["metrics"]["round"]) for n, r in second.items()} == {0: 2, 1: 2, 2: 2, 3: 2}
+
+
+def test_an_answer_that_comes_after_its_timeout_is_not_taken_for_a_later_rounds(ray_session):
+    population = Population({"laptop": 4}, builtin_profiles())
+    with RayEngine(sleepy_app(), population, num_actors=2) as engine:
+        grid = engine.grid()
+        nodes = list(grid.get_node_ids())
+        send(grid, nodes, 1)  # channels open, actors warm
+        late = send(grid, nodes, 2, sleep_s=1.5, timeout=0.5)  # terminal 0's batch is still running
+        assert engine.node_id_of(0) not in late
+        third = send(grid, nodes, 3)
+        # the round-2 answer of terminal 0's batch arrives during round 3 and is dropped, not
+        # handed over as round 3's
+        assert {engine.partition_of(n): int(r.content["metrics"]["round"]) for n, r in third.items()} == {0: 3, 1: 3, 2: 3, 3: 3}
+
+
+def test_an_unknown_transport_is_refused():
+    population = Population({"laptop": 1}, builtin_profiles())
+    with pytest.raises(ValueError, match="engine transport 'grpc': expected one of auto, ray"):
+        RayEngine(sleepy_app(), population, transport="grpc")
+
+
+def test_killed_reason_is_the_engines_for_an_injected_kill_on_a_channel(ray_session):
+    population = Population({"laptop": 2}, builtin_profiles())
+    with RayEngine(sleepy_app(), population, num_actors=1) as engine:
+        engine.faults = lambda msg: "kill" if msg.metadata.dst_node_id == engine.node_id_of(1) else None
+        grid = engine.grid()
+        replies = send(grid, list(grid.get_node_ids()), 1)
+        assert replies[engine.node_id_of(1)].error.reason == KILLED_REASON
+        assert not replies[engine.node_id_of(0)].has_error()
+        assert all(id(a) in engine._channels for pool in engine.pools.values() for a in pool.actors)
+
+
+def test_a_replacement_actor_without_a_channel_is_reached_by_ray_calls_in_the_same_round(ray_session):
+    """The replacement of a dead actor whose channel does not open (here: never tried) gets its
+    batches by Ray calls while the other actors' still come through their channels."""
+    population = Population({"laptop": 4}, builtin_profiles())
+    with RayEngine(sleepy_app(), population, num_actors=2) as engine:
+        grid = engine.grid()
+        nodes = list(grid.get_node_ids())
+        send(grid, nodes, 1)
+        engine._open_channels = lambda actors: None  # replacements get no channel
+        second = send(grid, nodes, 2, kill=1)
+        assert second[engine.node_id_of(3)].error.code == ErrorCode.CLIENT_APP_CRASHED
+        assert {engine.partition_of(n): int(r.content["metrics"]["round"]) for n, r in second.items() if not r.has_error()} == {0: 2, 1: 2, 2: 2}
+        actors = [a for pool in engine.pools.values() for a in pool.actors]
+        assert sum(id(a) in engine._channels for a in actors) < len(actors)
+        third = send(grid, nodes, 3)  # a round with an actor lacking a channel: Ray calls for all
+        assert {engine.partition_of(n): int(r.content["metrics"]["round"]) for n, r in third.items()} == {0: 3, 1: 3, 2: 3, 3: 3}
