@@ -197,3 +197,13 @@ def test_a_replacement_actor_without_a_channel_is_reached_by_ray_calls_in_the_sa
         assert sum(id(a) in engine._channels for a in actors) < len(actors)
         third = send(grid, nodes, 3)  # a round with an actor lacking a channel: Ray calls for all
         assert {engine.partition_of(n): int(r.content["metrics"]["round"]) for n, r in third.items()} == {0: 3, 1: 3, 2: 3, 3: 3}
+
+
+def test_the_config_chooses_the_transport():
+    from fedsplit.config import ConfigError, load_config
+
+    for value in ("auto", "ray"):
+        cfg = load_config(None, [f"engine.transport={value}", "devices={laptop=2}"])
+        assert RayEngine.from_run_config(cfg, sleepy_app()).transport == value
+    with pytest.raises(ConfigError, match=r"engine.transport = 'grpc': unknown \(allowed: auto, ray\)"):
+        load_config(None, ["engine.transport=grpc"])
