@@ -17,8 +17,9 @@ its batches through a Unix socket of its own (:mod:`fedsplit.simulation.actor_ch
 replaces and kills the actors, and carries the rounds whose model goes through its object store.
 
 Failures: an exception inside the ClientApp becomes an error reply for that client only; an actor
-process that dies (a failed Ray call, or its channel closing) is replaced, and the messages of the batches it held are retried one by one, each
-alone on an actor, so only the client that kills its process loses its reply.
+process that dies (a failed Ray call, or its channel closing) is replaced, and the messages of the
+batches it held are retried one by one, each alone on an actor, so only the client that kills its
+process loses its reply.
 
 Injected faults (:mod:`fedsplit.faults`): with ``engine.faults`` set (``message -> "crash" | "kill" |
 None``), a ``crash`` raises :class:`~fedsplit.faults.InjectedCrash` in place of the ClientApp (an
@@ -724,7 +725,11 @@ class RayEngine:
         self._channels_opened = True
         if not actors:
             return
-        node = ray.get_runtime_context().get_node_id()
+        try:
+            node = ray.get_runtime_context().get_node_id()
+        except Exception as exc:  # noqa: BLE001 - a driver with no node of its own (Ray Client): Ray calls
+            log.debug("engine: no channels (%s: %s)", type(exc).__name__, exc)
+            return
         listeners = [Listener() for _ in actors]
         refs = [actor.open_channel.remote(listener.path, node) for actor, listener in zip(actors, listeners)]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=CHANNEL_OPEN_S)
