@@ -19,7 +19,7 @@ Run::
     python experiments/bench_driver.py --workloads mlp100,mlp --passes 10
     python experiments/bench_driver.py --smoke                # seconds: tiny settings
     python experiments/bench_driver.py --ray-actors 4         # also on Ray, 4 actors answering at once
-    python experiments/bench_driver.py --ray-actors 2 --transport ray   # the same through Ray calls only
+    python experiments/bench_driver.py --ray-actors 2 --transport channel   # the same through a socket per actor
     python experiments/bench_driver.py --gc 200               # one 200-round run: the collector's share (~10 s)
     python experiments/bench_driver.py --ray-call-cost 16     # Ray alone: driver CPU per actor call, 16 actors
     python experiments/bench_driver.py --ray-call-cost 2 --compiled  # the same through a Ray Compiled Graph
@@ -34,7 +34,7 @@ over the replies of a round, ``pure_round_ms`` the plain loop's round (one core)
 reaches with P actors (a bound from two measurements, not a measurement at P cores). With
 ``--ray-actors P`` a second line gives the same rounds on Ray::
 
-    workload=<name> engine=ray actors=P transport=auto|ray shared_records=on|off round_ms=.. driver_cpu_ms=.. main_thread_cpu_ms=.. per_reply_us=.. bound_P=..
+    workload=<name> engine=ray actors=P transport=ray|channel shared_records=on|off round_ms=.. driver_cpu_ms=.. main_thread_cpu_ms=.. per_reply_us=.. bound_P=..
 
 (``shared_records=off``: the same with the round's global model pickled into every actor call
 instead of put in the object store once; :func:`ray_rounds`.)
@@ -129,7 +129,7 @@ def driver_rounds(cfg: RunConfig, engine) -> float:  # noqa: ANN001 - InstantEng
     return session.strategy_wall_s
 
 
-def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0, transport: str = "auto") -> None:
+def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0, transport: str = "ray") -> None:
     torch.set_num_threads(1)
     cfg = load_config(None, COMMON + overrides)
     engine = InstantEngine.recorded(cfg)
@@ -156,7 +156,7 @@ def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0, tra
             )
 
 
-def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int, transport: str = "auto") -> dict[str, tuple[float, float, float]]:
+def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int, transport: str = "ray") -> dict[str, tuple[float, float, float]]:
     """Best seconds per round of ``cfg`` on fedsplit's Ray engine with ``actors`` actors whose
     terminals answer at once with the replies ``recorded`` holds (:func:`replay_app`): the server, Ray's calls and the actors' message
     handling, without training; and the driver process's CPU seconds per round in that run (all
@@ -167,7 +167,7 @@ def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int
     Two ways, pass by pass on the same actors: ``on``, the engine as it is (a large global model
     goes to the object store once a round, :mod:`fedsplit.simulation.shared_content`), and
     ``off``, that switched off (the model pickled into every actor call). ``transport`` is the
-    engine's (``auto``: channels to the local actors; ``ray``: Ray calls only)."""
+    engine's (``ray``: Ray calls; ``channel``: a Unix socket to each local actor)."""
     import ray
 
     from fedsplit.simulation.engine import RayEngine, ray_init_options
@@ -280,8 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny settings, two passes (seconds)")
     parser.add_argument("--ray-actors", type=int, default=0, metavar="P",
                         help="also time the rounds on fedsplit's Ray engine with P actors answering at once")
-    parser.add_argument("--transport", choices=("auto", "ray"), default="auto",
-                        help="with --ray-actors: the engine's transport (auto: a channel to each local actor; ray: Ray calls)")
+    parser.add_argument("--transport", choices=("ray", "channel"), default="ray",
+                        help="with --ray-actors: the engine's transport (ray: Ray calls; channel: a Unix socket to each local actor)")
     parser.add_argument("--gc", type=int, default=0, metavar="ROUNDS",
                         help="instead: one ROUNDS-round run, with the time Python's cyclic collector took")
     parser.add_argument("--ray-call-cost", type=int, default=0, metavar="P",

@@ -29,7 +29,7 @@ Run::
     python experiments/bench_engine.py --smoke               # seconds: tiny settings, checks only agreement
     python experiments/bench_engine.py --profile mlp         # cProfile of the driver in the fedsplit way
     python experiments/bench_engine.py --workloads mlp100 --no-flower --actors 15   # one core of 16 left to the driver
-    python experiments/bench_engine.py --workloads mlp --no-flower --transport ray  # Ray calls, no channels
+    python experiments/bench_engine.py --workloads mlp --no-flower --transport channel  # a socket to each actor
 
 It prints one line per workload::
 
@@ -393,7 +393,7 @@ def profile_driver(name: str, overrides: list[str], top: int = int(os.environ.ge
 
 def bench(
     name: str, overrides: list[str], passes: int, with_flower: bool, capacity: bool = True, batch_factor: int = 1, actors: int | None = None,
-    transport: str = "auto",
+    transport: str = "ray",
 ) -> dict[str, float]:
     import ray
 
@@ -477,8 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's engine")
     parser.add_argument("--actors", type=int, default=None, metavar="P",
                         help="the fedsplit way's actors (default: one per core; e.g. one fewer leaves a core to the driver)")
-    parser.add_argument("--transport", choices=("auto", "ray"), default="auto",
-                        help="fedsplit engine: how batches reach the actors (RayEngine transport; auto: a channel to each local actor)")
+    parser.add_argument("--transport", choices=("ray", "channel"), default="ray",
+                        help="fedsplit engine: how batches reach the actors (RayEngine transport; channel: a Unix socket to each local actor)")
     parser.add_argument("--batch-factor", type=int, default=1, help="fedsplit engine: batches per actor and round (RayEngine batch_factor)")
     parser.add_argument("--profile", metavar="WORKLOAD", choices=list(WORKLOADS), help="only profile the driver on WORKLOAD (top 15 entries)")
     args = parser.parse_args(argv)

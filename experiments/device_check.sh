@@ -37,9 +37,9 @@ timeout 180 python3 "$repo/experiments/bench_engine.py" --workloads mlp100 --no-
 # The same with one core left to the driver (its serial work is not time-sliced against an actor): compare fedsplit_s.
 timeout 180 python3 "$repo/experiments/bench_engine.py" --workloads mlp100 --no-flower --passes 1 --actors "$(( $(nproc) - 1 ))" 2>&1 | grep '^workload=.* pure_s'
 # The server's own time per round (terminals that answer at once), in-process and on Ray with an actor per core,
-# through the actors' channels (transport=auto) and through Ray calls (transport=ray).
+# through Ray calls (transport=ray, the default) and through a Unix socket per actor (transport=channel).
 timeout 120 python3 "$repo/experiments/bench_driver.py" --workloads mlp100 --passes 5 --ray-actors "$(nproc)" 2>&1 | grep '^workload='
-timeout 120 python3 "$repo/experiments/bench_driver.py" --workloads mlp100 --passes 5 --ray-actors "$(nproc)" --transport ray 2>&1 | grep '^workload=.*engine=ray'
+timeout 120 python3 "$repo/experiments/bench_driver.py" --workloads mlp100 --passes 5 --ray-actors "$(nproc)" --transport channel 2>&1 | grep '^workload=.*engine=ray'
 # A large global model on an actor per core: put in the object store once a round (shared_records=on) against
 # pickled into every call (off), pass by pass (~50 s on the 2-core development machine).
 timeout 180 python3 "$repo/experiments/bench_driver.py" --workloads cnn --passes 3 --ray-actors "$(nproc)" 2>&1 | grep '^workload='

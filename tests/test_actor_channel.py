@@ -123,20 +123,20 @@ def send(grid, nodes, server_round: int, *, sleep_s: float = 0.0, kill: int = 0,
 def test_the_engine_reaches_local_actors_by_channel_with_the_replies_of_ray_calls(ray_session):
     population = Population({"laptop": 4}, builtin_profiles())
     results = {}
-    for transport in ("auto", "ray"):
+    for transport in ("channel", "ray"):
         with RayEngine(sleepy_app(), population, num_actors=2, transport=transport) as engine:
             grid = engine.grid()
             nodes = list(grid.get_node_ids())
             replies = send(grid, nodes, 1)
             results[transport] = {engine.partition_of(n): dict(r.content["metrics"]) for n, r in replies.items()}
             actors = [a for pool in engine.pools.values() for a in pool.actors]
-            assert len(engine._channels) == (len(actors) if transport == "auto" else 0)
-    assert results["auto"] == results["ray"] == {p: {"pid": p, "round": 1} for p in range(4)}
+            assert len(engine._channels) == (len(actors) if transport == "channel" else 0)
+    assert results["channel"] == results["ray"] == {p: {"pid": p, "round": 1} for p in range(4)}
 
 
 def test_an_actor_that_dies_on_its_channel_loses_only_its_terminal_and_its_successor_gets_a_channel(ray_session):
     population = Population({"laptop": 4}, builtin_profiles())
-    with RayEngine(sleepy_app(), population, num_actors=2) as engine:
+    with RayEngine(sleepy_app(), population, num_actors=2, transport="channel") as engine:
         grid = engine.grid()
         nodes = list(grid.get_node_ids())
         first = send(grid, nodes, 1, kill=1)
@@ -152,7 +152,7 @@ def test_an_actor_that_dies_on_its_channel_loses_only_its_terminal_and_its_succe
 
 def test_an_answer_that_comes_after_its_timeout_is_not_taken_for_a_later_rounds(ray_session):
     population = Population({"laptop": 4}, builtin_profiles())
-    with RayEngine(sleepy_app(), population, num_actors=2) as engine:
+    with RayEngine(sleepy_app(), population, num_actors=2, transport="channel") as engine:
         grid = engine.grid()
         nodes = list(grid.get_node_ids())
         send(grid, nodes, 1)  # channels open, actors warm
@@ -166,13 +166,13 @@ def test_an_answer_that_comes_after_its_timeout_is_not_taken_for_a_later_rounds(
 
 def test_an_unknown_transport_is_refused():
     population = Population({"laptop": 1}, builtin_profiles())
-    with pytest.raises(ValueError, match="engine transport 'grpc': expected one of auto, ray"):
+    with pytest.raises(ValueError, match="engine transport 'grpc': expected one of ray, channel"):
         RayEngine(sleepy_app(), population, transport="grpc")
 
 
 def test_killed_reason_is_the_engines_for_an_injected_kill_on_a_channel(ray_session):
     population = Population({"laptop": 2}, builtin_profiles())
-    with RayEngine(sleepy_app(), population, num_actors=1) as engine:
+    with RayEngine(sleepy_app(), population, num_actors=1, transport="channel") as engine:
         engine.faults = lambda msg: "kill" if msg.metadata.dst_node_id == engine.node_id_of(1) else None
         grid = engine.grid()
         replies = send(grid, list(grid.get_node_ids()), 1)
@@ -185,7 +185,7 @@ def test_a_replacement_actor_without_a_channel_is_reached_by_ray_calls_in_the_sa
     """The replacement of a dead actor whose channel does not open (here: never tried) gets its
     batches by Ray calls while the other actors' still come through their channels."""
     population = Population({"laptop": 4}, builtin_profiles())
-    with RayEngine(sleepy_app(), population, num_actors=2) as engine:
+    with RayEngine(sleepy_app(), population, num_actors=2, transport="channel") as engine:
         grid = engine.grid()
         nodes = list(grid.get_node_ids())
         send(grid, nodes, 1)
@@ -202,8 +202,8 @@ def test_a_replacement_actor_without_a_channel_is_reached_by_ray_calls_in_the_sa
 def test_the_config_chooses_the_transport():
     from fedsplit.config import ConfigError, load_config
 
-    for value in ("auto", "ray"):
+    for value in ("channel", "ray"):
         cfg = load_config(None, [f"engine.transport={value}", "devices={laptop=2}"])
         assert RayEngine.from_run_config(cfg, sleepy_app()).transport == value
-    with pytest.raises(ConfigError, match=r"engine.transport = 'grpc': unknown \(allowed: auto, ray\)"):
+    with pytest.raises(ConfigError, match=r"engine.transport = 'grpc': unknown \(allowed: ray, channel\)"):
         load_config(None, ["engine.transport=grpc"])
