@@ -5,10 +5,13 @@ project's 2-core machine before any data moves, and a reply of 1 MB comes back i
 Ray's RPC path in ~2 ms more. Measured side by side on that machine (two actors, each answering
 with 50 updates of 20 KB, the 100-terminal MLP's round): 3.6-4.0 ms a round and 2.2 ms of the
 driver's CPU through Ray calls, 0.55-0.73 ms and 0.38-0.50 ms through a Unix socket per actor.
-The driver's CPU is what caps the engine on many cores (one driver feeds every actor), so where an
-actor runs on the driver's machine the engine sends it its batches through such a socket; Ray
-still starts, places, restarts and kills the actors, and carries the batches of actors on other
-machines and rounds whose global model goes through its object store.
+The driver's CPU is what caps the engine on many cores (one driver feeds every actor), so with
+``engine.transport = "channel"`` the engine sends an actor on its machine its batches through such a
+socket; Ray still starts, places, restarts and kills the actors, and carries the batches of actors
+on other machines and rounds whose global model goes through its object store. It is not the
+default: the ClientApp then runs in a thread of the actor's own, and on that machine its app
+seconds were 5-10 % more than in Ray's calls (run on the actor's main thread), which cost more
+end to end on 2 cores than the driver's CPU it saved (why the thread is slower is not known).
 
 A frame is an 8-byte big-endian length and that many bytes. The actor answers each frame with one
 frame, in order, from threads of its own (:func:`serve`); the driver reads each channel in a thread
