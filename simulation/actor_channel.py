@@ -9,9 +9,10 @@ The driver's CPU is what caps the engine on many cores (one driver feeds every a
 ``engine.transport = "channel"`` the engine sends an actor on its machine its batches through such a
 socket; Ray still starts, places, restarts and kills the actors, and carries the batches of actors
 on other machines and rounds whose global model goes through its object store. It is not the
-default: the ClientApp then runs in a thread of the actor's own, and on that machine its app
-seconds were 5-10 % more than in Ray's calls (run on the actor's main thread), which cost more
-end to end on 2 cores than the driver's CPU it saved (why the thread is slower is not known).
+default: the ClientApp then runs in a thread of the actor's own, and on that machine, with two
+actors training at once (not with one), its app seconds were 5-10 % more than in Ray's calls (run
+on the actor's main thread), which cost more end to end than the driver's CPU it saved (why is not
+known).
 
 A frame is an 8-byte big-endian length and that many bytes. The actor answers each frame with one
 frame, in order, from threads of its own (:func:`serve`); the driver reads each channel in a thread

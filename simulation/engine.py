@@ -383,8 +383,9 @@ class RayEngine:
         to each actor on this machine (:mod:`fedsplit.simulation.actor_channel`, opened at the
         first :meth:`execute`), except in rounds whose global model goes through Ray's object
         store, and Ray calls to other actors. The channel costs the driver a fraction of a Ray
-        call's CPU, but on the 2-core development machine the ClientApp's seconds were 5-10 % more in
-        the channel's thread than in Ray's calls (the actor's main thread), so it is not the default.
+        call's CPU, but on the 2-core development machine, with two actors at once, the ClientApp's
+        seconds were 5-10 % more in the channel's thread than in Ray's calls (the actor's main
+        thread), so it is not the default.
     """
 
     def __init__(
