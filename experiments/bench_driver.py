@@ -57,6 +57,7 @@ from bench_engine import COMMON, SMOKE, WORKLOADS, run_pure, terminals_per_round
 from flwr.app import Message
 
 from fedsplit.config import RunConfig, load_config
+from fedsplit.config.schema import TRANSPORTS
 from fedsplit.simulation.engine import SerialEngine
 
 
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny settings, two passes (seconds)")
     parser.add_argument("--ray-actors", type=int, default=0, metavar="P",
                         help="also time the rounds on fedsplit's Ray engine with P actors answering at once")
-    parser.add_argument("--transport", choices=("ray", "channel"), default="ray",
+    parser.add_argument("--transport", choices=TRANSPORTS, default="ray",
                         help="with --ray-actors: the engine's transport (ray: Ray calls; channel: a Unix socket to each local actor)")
     parser.add_argument("--gc", type=int, default=0, metavar="ROUNDS",
                         help="instead: one ROUNDS-round run, with the time Python's cyclic collector took")

@@ -64,6 +64,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedsplit.clients.flop_meter import metered_call
 from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
+from fedsplit.config.schema import TRANSPORTS
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
 from fedsplit.simulation import warm_actors as warm
@@ -79,7 +80,6 @@ FaultHook = Callable[[Message], "str | None"]  # message -> "crash" | "kill" | N
 RepliesHook = Callable[[list[Message]], None]  # called with each batch of replies as it arrives
 KILLED_REASON = "actor process died: injected kill"
 METER_MODES = ("auto", "always", "off")
-TRANSPORTS = ("ray", "channel")
 #: Seconds the engine waits for its actors to start and connect their channels at its first
 #: execute; an actor not up by then is reached through Ray's calls (as with ``transport = "ray"``).
 CHANNEL_OPEN_S = 120.0
@@ -381,11 +381,8 @@ class RayEngine:
     transport : str
         How batches reach the actors: ``ray`` (default), Ray calls; ``channel``, a Unix socket
         to each actor on this machine (:mod:`fedsplit.simulation.actor_channel`, opened at the
-        first :meth:`execute`), except in rounds whose global model goes through Ray's object
-        store, and Ray calls to other actors. The channel costs the driver a fraction of a Ray
-        call's CPU, but on the 2-core development machine, with two actors at once, the ClientApp's
-        seconds were 5-10 % more in the channel's thread than in Ray's calls (the actor's main
-        thread), so it is not the default.
+        first :meth:`execute`; why it is not the default is measured there), except in rounds
+        whose global model goes through Ray's object store, and Ray calls to other actors.
     """
 
     def __init__(

@@ -3,6 +3,7 @@ closing, and the engine's use of it (real Ray actors)."""
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
 import threading
@@ -84,8 +85,6 @@ def test_the_listener_leaves_no_socket_file_behind(tmp_path):
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     client.connect(listener.path)
     conn = listener.accept(timeout_s=5.0)
-    import os
-
     assert not os.path.exists(folder)
     conn.close()
     client.close()
@@ -106,8 +105,6 @@ def sleepy_app() -> ClientApp:
         if pid == 0:
             time.sleep(float(config["sleep_s"]))
         if pid == 3 and int(config["kill"]):
-            import os
-
             os._exit(1)
         return Message(RecordDict({"metrics": MetricRecord({"pid": pid, "round": int(config["round"])})}), reply_to=msg)
 
