@@ -145,43 +145,54 @@ class DriverChannel:
             self._arrivals.put((self, exc))
 
 
-def serve(path: str, handle: Callable[[bytearray], bytes]) -> threading.Thread:
-    """Actor side: connect to ``path`` and answer every frame with ``handle(frame)``, in order.
+class ActorEnd:
+    """The actor's end of a channel: connected to the driver's :class:`Listener` at ``path``.
 
-    One daemon thread reads the frames as they come (so the driver's send of a next batch never
-    waits for the batch before it to end), another answers them one after another; both end when
-    the channel closes. ``handle`` should not raise; if it does, the traceback is logged and the
-    channel closed, which the driver treats as it treats a dead actor. Returns the answering thread.
+    A daemon thread reads the frames as they come (so the driver's send of a next batch never
+    waits for the batch before it to end); :meth:`answer_all` answers them in order in the
+    thread that calls it.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    frames: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
 
-    def read() -> None:
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self._frames: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+        threading.Thread(target=self._read, name="fedsplit-channel-read", daemon=True).start()
+
+    def _read(self) -> None:
         try:
             while True:
-                frames.put(recv_frame(sock))
+                self._frames.put(recv_frame(self.sock))
         except ChannelClosed:
-            frames.put(None)
+            self._frames.put(None)
 
-    def answer() -> None:
-        with sock:
-            while (frame := frames.get()) is not None:
+    def answer_all(self, handle: Callable[[bytearray], bytes]) -> None:
+        """Answer every frame with ``handle(frame)``, in order, until the channel closes.
+
+        ``handle`` should not raise; if it does, the traceback is logged and the channel closed,
+        which the driver treats as it treats a dead actor.
+        """
+        with self.sock:
+            while (frame := self._frames.get()) is not None:
                 try:
                     reply = handle(frame)
                 except Exception:  # noqa: BLE001 - the driver sees the closed channel
                     log.error("fedsplit channel: a batch failed outside the ClientApp; closing\n%s", traceback.format_exc())
-                    sock.shutdown(socket.SHUT_RDWR)
+                    self.sock.shutdown(socket.SHUT_RDWR)
                     return
                 try:
-                    send_frame(sock, reply)
+                    send_frame(self.sock, reply)
                 except ChannelClosed:
                     return
 
-    threading.Thread(target=read, name="fedsplit-channel-read", daemon=True).start()
-    thread = threading.Thread(target=answer, name="fedsplit-channel", daemon=True)
+
+def serve(path: str, handle: Callable[[bytearray], bytes]) -> threading.Thread:
+    """Connect to ``path`` and answer every frame with ``handle(frame)``, in order, from a
+    daemon thread (:meth:`ActorEnd.answer_all`); it ends when the channel closes. Returns it."""
+    end = ActorEnd(path)
+    thread = threading.Thread(target=end.answer_all, args=(handle,), name="fedsplit-channel", daemon=True)
     thread.start()
     return thread
 
 
-__all__ = ["ChannelClosed", "DriverChannel", "Listener", "recv_frame", "send_frame", "serve"]
+__all__ = ["ActorEnd", "ChannelClosed", "DriverChannel", "Listener", "recv_frame", "send_frame", "serve"]

@@ -68,7 +68,7 @@ from fedsplit.config.schema import TRANSPORTS
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
 from fedsplit.simulation import warm_actors as warm
-from fedsplit.simulation.actor_channel import ChannelClosed, DriverChannel, Listener, serve
+from fedsplit.simulation.actor_channel import ActorEnd, ChannelClosed, DriverChannel, Listener
 from fedsplit.simulation.actor_payload import pack, unpack
 from fedsplit.simulation.shared_content import SHARED_RECORD_BYTES, Layout, restore, shared_records, strip
 
@@ -181,6 +181,7 @@ class ClientAppActor:
         torch.set_num_threads(max(1, num_threads))
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, num_threads)))
         self._running = threading.Lock()  # batches from Ray's calls and from the channel run one at a time
+        self._channel: ActorEnd | None = None  # opened by open_channel, answered by answer_channel
         self.load_app(client_app, meter)
 
     def load_app(self, client_app: ClientApp, meter: bool = False) -> None:
@@ -205,16 +206,26 @@ class ClientAppActor:
             return pack(self._run_items(items, faults, shared, layouts))
 
     def open_channel(self, path: str, driver_node_id: str) -> bool:
-        """Answer the batches the engine sends through the Unix socket at ``path``
-        (:mod:`fedsplit.simulation.actor_channel`), as :meth:`run_batch` answers a call; False,
-        and nothing opened, when this actor is not on the driver's node or cannot connect."""
+        """Connect to the engine's channel at ``path`` (:mod:`fedsplit.simulation.actor_channel`);
+        False, and nothing opened, when this actor is not on the driver's node or cannot connect.
+        The batches sent through it are answered by :meth:`answer_channel`."""
         if ray.get_runtime_context().get_node_id() != driver_node_id:
             return False
         try:
-            serve(path, self.run_batch)
+            self._channel = ActorEnd(path)
         except OSError:
             return False
         return True
+
+    def answer_channel(self) -> None:
+        """Answer the channel's batches, as :meth:`run_batch` answers a call, until it closes.
+
+        It runs on the thread Ray runs this actor's calls on (the process's main thread), as the
+        calls do, and holds it: later calls to this actor wait until the channel closes.
+        """
+        end, self._channel = self._channel, None
+        if end is not None:
+            end.answer_all(self.run_batch)
 
     def _run_items(
         self,
@@ -427,6 +438,7 @@ class RayEngine:
         self._channels: dict[int, DriverChannel] = {}  # id(actor) -> its channel (actors on this machine)
         self._arrivals: queue.SimpleQueue = queue.SimpleQueue()  # (channel, answer or ChannelClosed), every channel's
         self._channels_opened = False
+        self._answering: dict[int, object] = {}  # id(actor) -> its answer_channel call (kept: not cancelled)
 
     @classmethod
     def from_run_config(cls, cfg, client_app: ClientApp) -> "RayEngine":  # noqa: ANN001 - RunConfig
@@ -497,6 +509,7 @@ class RayEngine:
         for channel in self._channels.values():
             channel.close()
         self._channels.clear()
+        self._answering.clear()
         self._channels_opened = False
         for pool in self.pools.values():
             for actor in pool.actors:
@@ -739,6 +752,7 @@ class RayEngine:
             try:
                 if ref in started and ray.get(ref):
                     self._channels[id(actor)] = DriverChannel(listener.accept(timeout_s=30.0), self._arrivals)
+                    self._answering[id(actor)] = actor.answer_channel.remote()  # ends when the channel closes
             except (ray.exceptions.RayError, OSError) as exc:  # died while starting, or never connected: Ray's calls
                 log.debug("engine: no channel to an actor (%s: %s); it gets Ray calls", type(exc).__name__, exc)
             finally:
@@ -759,6 +773,7 @@ class RayEngine:
         except Exception:  # noqa: BLE001 - already gone
             pass
         channel = self._channels.pop(id(dead), None)
+        self._answering.pop(id(dead), None)
         if channel is not None:
             channel.close()
         fresh = self._new_actor(pool)

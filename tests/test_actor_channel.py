@@ -95,7 +95,8 @@ def test_the_listener_leaves_no_socket_file_behind(tmp_path):
 
 def sleepy_app() -> ClientApp:
     """Terminal 0 sleeps ``sleep_s`` seconds (from the message's config) before answering; every
-    reply names its terminal and round; terminal 3 ends its process in a round with ``kill = 1``."""
+    reply names its terminal, its round and whether the app ran on its process's main thread;
+    terminal 3 ends its process in a round with ``kill = 1``."""
     app = ClientApp()
 
     @app.train()
@@ -106,7 +107,8 @@ def sleepy_app() -> ClientApp:
             time.sleep(float(config["sleep_s"]))
         if pid == 3 and int(config["kill"]):
             os._exit(1)
-        return Message(RecordDict({"metrics": MetricRecord({"pid": pid, "round": int(config["round"])})}), reply_to=msg)
+        main = int(threading.current_thread() is threading.main_thread())
+        return Message(RecordDict({"metrics": MetricRecord({"pid": pid, "round": int(config["round"]), "main": main})}), reply_to=msg)
 
     return app
 
@@ -117,7 +119,7 @@ def send(grid, nodes, server_round: int, *, sleep_s: float = 0.0, kill: int = 0,
     return {r.metadata.src_node_id: r for r in grid.send_and_receive(msgs, timeout=timeout)}
 
 
-def test_the_engine_reaches_local_actors_by_channel_with_the_replies_of_ray_calls(ray_session):
+def test_the_engine_reaches_local_actors_by_channel_with_the_replies_of_ray_calls_on_the_same_thread(ray_session):
     population = Population({"laptop": 4}, builtin_profiles())
     results = {}
     for transport in ("channel", "ray"):
@@ -128,7 +130,8 @@ def test_the_engine_reaches_local_actors_by_channel_with_the_replies_of_ray_call
             results[transport] = {engine.partition_of(n): dict(r.content["metrics"]) for n, r in replies.items()}
             actors = [a for pool in engine.pools.values() for a in pool.actors]
             assert len(engine._channels) == (len(actors) if transport == "channel" else 0)
-    assert results["channel"] == results["ray"] == {p: {"pid": p, "round": 1} for p in range(4)}
+    # the same replies, and the ClientApp ran on the actor's main thread either way (as Ray runs its calls)
+    assert results["channel"] == results["ray"] == {p: {"pid": p, "round": 1, "main": 1} for p in range(4)}
 
 
 def test_an_actor_that_dies_on_its_channel_loses_only_its_terminal_and_its_successor_gets_a_channel(ray_session):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import ray
 import torch
 
@@ -20,11 +21,14 @@ def pids() -> list[int]:
     return sorted(ray.get([actor.pid.remote() for actor in idle_actors()]))
 
 
-def test_the_next_run_takes_the_same_actors_and_ends_the_same(tmp_path, ray_session):
+@pytest.mark.parametrize("transport", ["ray", "channel"])
+def test_the_next_run_takes_the_same_actors_and_ends_the_same(tmp_path, ray_session, transport):
+    # with channels, an actor answers its channel until the run closes it, then takes calls again
+    overrides = [f"engine.transport={transport}"]
     with warm_actors():
-        first = simulate(load_config(None, small_overrides(tmp_path, run_name="first")))
+        first = simulate(load_config(None, small_overrides(tmp_path, run_name="first") + overrides))
         after_first = pids()
-        second = simulate(load_config(None, small_overrides(tmp_path, run_name="second")))
+        second = simulate(load_config(None, small_overrides(tmp_path, run_name="second") + overrides))
         after_second = pids()
     assert len(after_first) == 2 and after_first == after_second  # one actor per CPU, reused
     assert ledger(first) == ledger(second) and ledger(first)
