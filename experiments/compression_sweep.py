@@ -1,40 +1,58 @@
-"""Update-compression sweep: accuracy vs uplink bytes of every codec, FedAvg CNN on digits.
+"""Update-compression sweep: accuracy vs uplink bytes of every codec, FedAvg CNN on digits, over seeds.
 
-Every codec trains the same federation (same seed, rounds, data split and initial weights) with
-``compression = {uplink = <codec>, ...}``, once on an IID split and once on a Dirichlet
-(alpha = 0.5) split of scikit-learn's digits (1437 training images over the terminals, 360 for the
-server's test set), with the FedAvg CNN at digits' native 8x8 resolution (188,810 parameters; at
-28x28 it has 1.66 M and a run costs ~10x more on 2 cores, too slow for 18 runs here). Defaults:
-10 always-online terminals (all sampled every round), 30 rounds of 1 local epoch of SGD (lr 0.05,
-momentum 0.9, batch 16). The compressed runs need those rounds: top-k and PowerSGD lag the fp32
-run by ~10 rounds early on and reach its plateau (~0.97) only after ~25 rounds.
+For each seed, every codec trains the same federation (same seed, rounds, data split and initial
+weights) with ``compression = {uplink = <codec>, ..., seed = <seed>}``, once on an IID split and once
+on a Dirichlet (alpha = 0.5) split of scikit-learn's digits (1437 training images over the
+terminals, 360 for the server's test set), with the FedAvg CNN at digits' native 8x8 resolution
+(188,810 parameters; at 28x28 it has 1.66 M and a run costs ~10x more on 2 cores, too slow for 18
+runs here). Defaults: 10 always-online terminals (all sampled every round), 30 rounds of 1 local
+epoch of SGD (lr 0.05, momentum 0.9, batch 16). The compressed runs need those rounds: top-k and
+PowerSGD lag the fp32 run by ~10 rounds early on and reach its plateau (~0.97) only after ~25 rounds.
+
+Seeds (``--seeds N``: seeds 0 .. N-1; default ``DEFAULT_SEEDS`` = 4, ~4 min each on 2 cores, so
+the whole sweep stays under ~20 min; ``--smoke``: 1). The run's ``seed`` draws the server's 360
+test images out of the 1797, the terminals' partition (IID or Dirichlet), the model's initial
+weights and the terminals' batch order; the codec's own randomness (random-k's indices, QSGD's
+rounding, PowerSGD's initial factor) gets the same seed (``compression.seed``). One seed's final
+accuracy says little (one test image is 0.28 pp, and the claims are about 1 pp), so every claim
+here is on the mean over the seeds; seed 0 is the single-seed sweep of before.
 
 Codecs (``CODECS``): identity (fp32, the baseline), fp16, int8, QSGD 16 levels, top-k 1 % with and
 without error feedback, random-k 1 % (error feedback on: sent unscaled, see
 :class:`~fedsplit.compression.RandomKCodec`), scaled sign with error feedback, PowerSGD rank 2.
 
-Prints, per (partition, codec)::
+Prints, per run as it finishes (``seed=<s> codec=<name> partition=<p> ratio=<x> ... final_acc=<x>
+delta_acc_pp=<x> ...``, against the identity run of the same seed), then per (partition, codec)
+cell over its seeds::
 
-    codec=<name> partition=<iid|dirichlet> ratio=<x> ledger_ratio=<x> final_acc=<x> delta_acc_pp=<x> ...
+    codec=<name> partition=<iid|dirichlet> seeds=<n> ratio=<x> ledger_ratio=<x> final_acc_mean=<x>
+    final_acc_spread=<min>..<max> final_acc_std=<x> delta_acc_pp=<x> delta_acc_pp_spread=<min>..<max> ...
 
 ``ratio`` is the fp32 size of the uplink updates over their compressed payloads, summed over all
-rounds and clients, as accounted by :class:`~fedsplit.strategies.compression.CompressedStrategy`
+rounds, clients and seeds, as accounted by :class:`~fedsplit.strategies.compression.CompressedStrategy`
 (``fedsplit.dense-bytes`` / ``fedsplit.payload-bytes``, the same totals as ``compression_ratio`` in
 ``summary.json``); ``ledger_ratio`` is the mean whole-message uplink size (protobuf,
-``LedgerRow.bytes_up``) of the identity run over this codec's, i.e. it also counts the reply's
-metrics and record framing; ``final_acc`` is the server-side test accuracy after the last round and
-``delta_acc_pp`` its difference to the identity run, in percentage points (one test image is
-0.28 pp); ``last5_acc`` is the mean of the last 5 rounds. Then, per codec and cost setting::
+``LedgerRow.bytes_up``) of the identity runs over this codec's, i.e. it also counts the reply's
+metrics and record framing; ``final_acc`` is the server-side test accuracy after the last round
+(``_mean`` over the seeds, ``_spread`` their min..max, ``_std`` their sample standard deviation);
+``delta_acc_pp`` is the mean over the seeds of the codec's final accuracy minus the identity run's
+of the same seed (paired: same test set, partition and initial weights), in percentage points, and
+``delta_acc_pp_spread`` the min..max of those per-seed differences; ``last5_acc`` is the mean of
+the last 5 rounds (again ``_mean`` and ``_spread`` over the seeds); ``uplink_*_bytes_mean`` are a
+run's totals, averaged over the seeds; ``rejected`` and ``wall_s`` are summed over them. Then, per
+codec and cost setting::
 
     codec=<name> codec_cost_share=<(encode + decode) / local training time> ... setting=<s>
 
 with the client's ``compress_with_feedback`` (encode + its decode) plus the server's decode, on one
 core, against one core's local training: ``fedavg-cnn-28x28`` is the FedAvg CNN and FedAvg MNIST
 client of ``experiments/bench_codecs.py --train`` (the acceptance bar), ``as-swept`` the model and
-local job of this sweep. Last, the acceptance checks (IID) as ``check ...: PASS|FAIL (numbers)``
-(exit status 1 when one fails; under ``--smoke``, 2 rounds and one timed repetition, the accuracy
-and codec-cost claims are ``SKIP``, the compression ratios still count) and, not a check, the
-worst codec's cost share of this sweep's own small local job.
+local job of this sweep (seed 0). Last, the acceptance checks (IID, on the means over the seeds:
+a codec is "within p pp of fp32" when the mean of its paired per-seed differences is) as
+``check ...: PASS|FAIL (numbers)`` (exit status 1 when one fails; under ``--smoke``, 2 rounds, one
+seed and one timed repetition, the accuracy and codec-cost claims are ``SKIP``, the compression
+ratios still count) and, not a check, the worst codec's cost share of this sweep's own small
+local job.
 
 All runs share one Ray instance and one set of client actors (:class:`SharedEngine`): starting the
 actors (imports, data, FLOP counts) costs ~15-40 s, as much as a whole run. Each run gets
@@ -43,8 +61,10 @@ through the same ServerApp (:func:`~fedsplit.simulation.server_app.run_server`),
 ClientApp and compression mod as ``fedsplit simulate``; ``--fresh-engines`` runs each codec
 through :func:`~fedsplit.simulation.runner.simulate` instead (same numbers, slower).
 
-Run:  python experiments/compression_sweep.py [--smoke] [--out DIR] [--rounds 30] [--fresh-engines]
-Writes ``curves.csv`` (per round), ``summary.csv`` (per codec) and ``accuracy_vs_uplink.png``.
+Run:  python experiments/compression_sweep.py [--smoke] [--seeds 4] [--out DIR] [--rounds 30] [--fresh-engines]
+Writes ``curves.csv`` (per round, every seed's run: a ``seed`` column), ``summary.csv`` (per
+partition and codec, over the seeds) and ``accuracy_vs_uplink.png`` (per round, the mean accuracy
+over the seeds against the mean cumulative uplink bytes, with the seeds' min..max as a band).
 """
 
 from __future__ import annotations
@@ -57,7 +77,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -92,6 +112,8 @@ CODECS: dict[str, dict[str, Any]] = {
 BASELINE = "identity"
 SMOKE_CODECS = ("identity", "topk-ef")
 SMOKE_ROUNDS = 2
+#: Seeds of a full sweep (0 .. DEFAULT_SEEDS-1): ~4 min each on 2 cores; a smoke run has one.
+DEFAULT_SEEDS = 4
 PARTITIONS: dict[str, list[str]] = {
     "iid": ["data.partitioner=iid"],
     "dirichlet": ["data.partitioner=dirichlet", "data.alpha=0.5"],
@@ -139,9 +161,10 @@ class Settings:
 
 
 def run_config(settings: Settings, partition: str, compression: Mapping[str, Any], out_dir: Path) -> RunConfig:
-    """The validated configuration of one (partition, codec) run."""
+    """The validated configuration of one (partition, codec) run; a codec's own randomness gets
+    the run's seed (``compression.seed``)."""
     cfg = load_config(None, settings.overrides(partition, out_dir))
-    cfg.compression = dict(compression)
+    cfg.compression = {**compression, "seed": settings.seed} if compression else {}
     CompressionConfig.from_dict(cfg.compression)  # validate now, not inside the run
     return cfg
 
@@ -201,7 +224,7 @@ class SharedEngine:
 
 @dataclass
 class CodecRun:
-    """What one (partition, codec) run measured."""
+    """What one (partition, codec, seed) run measured."""
 
     partition: str
     codec: str
@@ -214,6 +237,7 @@ class CodecRun:
     rejected: int
     wall_s: float
     extra: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
 
     @property
     def final_acc(self) -> float:
@@ -236,7 +260,7 @@ class CodecRun:
         return sum(self.ledger_up) / max(self.ledger_replies, 1)
 
 
-def measure(partition: str, codec: str, outcome: Any) -> CodecRun:
+def measure(partition: str, codec: str, outcome: Any, seed: int = 0) -> CodecRun:
     """Per-round accuracy and uplink bytes (payload, fp32, whole message) of a finished run."""
     session = outcome.session
     rounds = sorted(session.ledger.rounds)
@@ -265,6 +289,7 @@ def measure(partition: str, codec: str, outcome: Any) -> CodecRun:
         rejected=int(outcome.summary["rejected"]),
         wall_s=float(outcome.summary["wall_time_s"]),
         extra={"summary_ratio": float(summary_ratio)},
+        seed=seed,
     )
 
 
@@ -289,30 +314,140 @@ def ray_session(num_cpus: int) -> Iterator[None]:
 def run_partition(
     settings: Settings, partition: str, codecs: list[str], out_dir: Path, engine: SharedEngine | None
 ) -> list[CodecRun]:
-    """Train every codec on one partition (on ``engine``, or through ``simulate()`` when it is
-    ``None``); print one line per codec as it finishes."""
+    """Train every codec on one partition with ``settings.seed`` (on ``engine``, or through
+    ``simulate()`` when it is ``None``); print one line per codec as it finishes."""
     from fedsplit.simulation.runner import simulate
 
     runs: list[CodecRun] = []
     for codec in codecs:
         cfg = run_config(settings, partition, CODECS[codec], out_dir)
         outcome = simulate(cfg, write=False) if engine is None else engine.simulate(cfg)
-        run = measure(partition, codec, outcome)
+        run = measure(partition, codec, outcome, seed=settings.seed)
         runs.append(run)
         print_codec_line(run, runs[0] if runs[0].codec == BASELINE else None)
     return runs
 
 
 def print_codec_line(run: CodecRun, baseline: CodecRun | None) -> None:
-    """``codec=... partition=... ratio=... ledger_ratio=... final_acc=... delta_acc_pp=...``."""
+    """One run: ``seed=... codec=... partition=... ratio=... ledger_ratio=... final_acc=... delta_acc_pp=...``
+    (against ``baseline``, the identity run of the same seed and partition)."""
     ledger_ratio = baseline.ledger_bytes_per_reply / run.ledger_bytes_per_reply if baseline else float("nan")
     delta = 100.0 * (run.final_acc - baseline.final_acc) if baseline else float("nan")
     run.extra.update({"ledger_ratio": ledger_ratio, "delta_acc_pp": delta})
     print(
-        f"codec={run.codec} partition={run.partition} ratio={run.ratio:.2f} ledger_ratio={ledger_ratio:.2f} "
+        f"seed={run.seed} codec={run.codec} partition={run.partition} ratio={run.ratio:.2f} ledger_ratio={ledger_ratio:.2f} "
         f"final_acc={run.final_acc:.4f} delta_acc_pp={delta:+.2f} last5_acc={run.last5_acc:.4f} "
         f"uplink_payload_bytes={sum(run.payload_up)} uplink_ledger_bytes={sum(run.ledger_up)} "
         f"rejected={run.rejected} wall_s={run.wall_s:.1f}",
+        flush=True,
+    )
+
+
+# -- over seeds ---------------------------------------------------------------------------------
+def _std(values: list[float]) -> float:
+    """Sample standard deviation (nan for fewer than 2 values)."""
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    """``min..max``."""
+    return f"{min(values):{fmt}}..{max(values):{fmt}}"
+
+
+@dataclass
+class Cell:
+    """One (partition, codec) cell over its seeds: ``runs`` one per seed, in seed order, and
+    ``baseline`` the identity runs of the same partition (any seeds; paired by seed)."""
+
+    partition: str
+    codec: str
+    runs: list[CodecRun]
+    baseline: list[CodecRun] = field(default_factory=list)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def final_accs(self) -> list[float]:
+        return [r.final_acc for r in self.runs]
+
+    @property
+    def final_acc_mean(self) -> float:
+        return float(np.mean(self.final_accs))
+
+    @property
+    def last5_accs(self) -> list[float]:
+        return [r.last5_acc for r in self.runs]
+
+    @property
+    def last5_acc_mean(self) -> float:
+        return float(np.mean(self.last5_accs))
+
+    @property
+    def deltas_pp(self) -> list[float]:
+        """Per seed with an identity run: 100 x (this codec's final accuracy - identity's), in seed order."""
+        base = {r.seed: r for r in self.baseline}
+        return [100.0 * (r.final_acc - base[r.seed].final_acc) for r in self.runs if r.seed in base]
+
+    @property
+    def delta_pp(self) -> float:
+        """Mean of the paired per-seed differences to identity (nan without a paired seed)."""
+        deltas = self.deltas_pp
+        return float(np.mean(deltas)) if deltas else float("nan")
+
+    @property
+    def ratio(self) -> float:
+        """fp32 bytes of all uplink updates over their compressed payload bytes, all seeds pooled."""
+        return sum(sum(r.dense_up) for r in self.runs) / sum(sum(r.payload_up) for r in self.runs)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [r.ratio for r in self.runs]
+
+    @property
+    def ledger_ratio(self) -> float:
+        """Identity's mean whole-message uplink bytes of a train reply over this codec's, all seeds pooled."""
+        if not self.baseline:
+            return float("nan")
+
+        def per_reply(runs: list[CodecRun]) -> float:
+            return sum(sum(r.ledger_up) for r in runs) / max(sum(r.ledger_replies for r in runs), 1)
+
+        return per_reply(self.baseline) / per_reply(self.runs)
+
+    def mean_of(self, name: str) -> float:
+        """Mean over the seeds of a run's total of the per-round list ``name`` (e.g. ``payload_up``)."""
+        return float(np.mean([sum(getattr(r, name)) for r in self.runs]))
+
+
+def cells_of(runs: list[CodecRun]) -> list[Cell]:
+    """Group runs into (partition, codec) cells, in first-seen order, each cell's runs in seed order;
+    a seed run twice in a cell is an error (the pairing would be ambiguous)."""
+    grouped: dict[tuple[str, str], list[CodecRun]] = {}
+    for run in runs:
+        grouped.setdefault((run.partition, run.codec), []).append(run)
+    cells = []
+    for (partition, codec), cell_runs in grouped.items():
+        seeds = [r.seed for r in cell_runs]
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{partition}/{codec}: seed run twice ({sorted(seeds)})")
+        cells.append(Cell(partition, codec, sorted(cell_runs, key=lambda r: r.seed),
+                          sorted(grouped.get((partition, BASELINE), []), key=lambda r: r.seed)))
+    return cells
+
+
+def print_cell_line(cell: Cell) -> None:
+    """``codec=... partition=... seeds=... ratio=... final_acc_mean=... final_acc_spread=... delta_acc_pp=...``."""
+    deltas = cell.deltas_pp or [float("nan")]
+    print(
+        f"codec={cell.codec} partition={cell.partition} seeds={len(cell.runs)} ratio={cell.ratio:.2f} "
+        f"ledger_ratio={cell.ledger_ratio:.2f} final_acc_mean={cell.final_acc_mean:.4f} "
+        f"final_acc_spread={_spread(cell.final_accs, '.4f')} final_acc_std={_std(cell.final_accs):.4f} "
+        f"delta_acc_pp={cell.delta_pp:+.2f} delta_acc_pp_spread={_spread(deltas, '+.2f')} "
+        f"last5_acc_mean={cell.last5_acc_mean:.4f} last5_acc_spread={_spread(cell.last5_accs, '.4f')} "
+        f"uplink_payload_bytes_mean={cell.mean_of('payload_up'):.0f} uplink_ledger_bytes_mean={cell.mean_of('ledger_up'):.0f} "
+        f"rejected={sum(r.rejected for r in cell.runs)} wall_s={sum(r.wall_s for r in cell.runs):.1f}",
         flush=True,
     )
 
@@ -426,9 +561,9 @@ def measure_costs(codecs: list[str], reps: int, swept_cfg: RunConfig) -> list[Co
 
 # -- outputs ------------------------------------------------------------------------------------
 def curve_rows(runs: list[CodecRun]) -> list[dict[str, Any]]:
-    """One CSV row per (partition, codec, round), with cumulative uplink bytes."""
+    """One CSV row per (partition, codec, seed, round), with cumulative uplink bytes."""
     rows = []
-    for run in runs:
+    for run in (r for cell in cells_of(runs) for r in cell.runs):
         cum_payload = cum_dense = cum_ledger = 0
         for i, acc in enumerate(run.accuracy):
             cum_payload += run.payload_up[i]
@@ -438,6 +573,7 @@ def curve_rows(runs: list[CodecRun]) -> list[dict[str, Any]]:
                 {
                     "partition": run.partition,
                     "codec": run.codec,
+                    "seed": run.seed,
                     "round": i + 1,
                     "accuracy": acc,
                     "loss": run.loss[i],
@@ -453,45 +589,73 @@ def curve_rows(runs: list[CodecRun]) -> list[dict[str, Any]]:
 
 
 def summary_rows(runs: list[CodecRun], costs: list[Cost]) -> list[dict[str, Any]]:
-    """One CSV row per (partition, codec)."""
+    """One CSV row per (partition, codec), over its seeds (see the module docstring)."""
     bench = {c.codec: c.share for c in costs if c.setting == BENCH_SETTING}
     swept = {c.codec: c.share for c in costs if c.setting == SWEPT_SETTING}
-    return [
-        {
-            "partition": r.partition,
-            "codec": r.codec,
-            "compression": " ".join(f"{k}={v}" for k, v in CODECS[r.codec].items()),
-            "ratio": r.ratio,
-            "ledger_ratio": r.extra["ledger_ratio"],
-            "final_acc": r.final_acc,
-            "delta_acc_pp": r.extra["delta_acc_pp"],
-            "last5_acc": r.last5_acc,
-            "best_acc": max(r.accuracy),
-            "uplink_payload_bytes": sum(r.payload_up),
-            "uplink_dense_bytes": sum(r.dense_up),
-            "uplink_ledger_bytes": sum(r.ledger_up),
-            "rejected": r.rejected,
-            "codec_cost_share": bench.get(r.codec, float("nan")),
-            "codec_cost_share_as_swept": swept.get(r.codec, float("nan")),
-            "wall_s": r.wall_s,
-        }
-        for r in runs
-    ]
+
+    def listed(values: list[float], fmt: str) -> str:
+        return " ".join(f"{v:{fmt}}" for v in values)
+
+    rows = []
+    for c in cells_of(runs):
+        deltas = c.deltas_pp or [float("nan")]
+        rows.append({
+            "partition": c.partition,
+            "codec": c.codec,
+            "compression": " ".join(f"{k}={v}" for k, v in CODECS[c.codec].items()),
+            "seeds": len(c.runs),
+            "seed_list": " ".join(map(str, c.seeds)),
+            "ratio": c.ratio,
+            "ratio_min": min(c.ratios),
+            "ratio_max": max(c.ratios),
+            "ledger_ratio": c.ledger_ratio,
+            "final_acc_mean": c.final_acc_mean,
+            "final_acc_std": _std(c.final_accs),
+            "final_acc_min": min(c.final_accs),
+            "final_acc_max": max(c.final_accs),
+            "final_acc_per_seed": listed(c.final_accs, ".4f"),
+            "delta_acc_pp": c.delta_pp,
+            "delta_acc_pp_std": _std(deltas),
+            "delta_acc_pp_min": min(deltas),
+            "delta_acc_pp_max": max(deltas),
+            "delta_acc_pp_per_seed": listed(deltas, "+.2f"),
+            "last5_acc_mean": c.last5_acc_mean,
+            "last5_acc_std": _std(c.last5_accs),
+            "last5_acc_min": min(c.last5_accs),
+            "last5_acc_max": max(c.last5_accs),
+            "best_acc_mean": float(np.mean([max(r.accuracy) for r in c.runs])),
+            "uplink_payload_bytes_mean": c.mean_of("payload_up"),
+            "uplink_dense_bytes_mean": c.mean_of("dense_up"),
+            "uplink_ledger_bytes_mean": c.mean_of("ledger_up"),
+            "rejected": sum(r.rejected for r in c.runs),
+            "codec_cost_share": bench.get(c.codec, float("nan")),
+            "codec_cost_share_as_swept": swept.get(c.codec, float("nan")),
+            "wall_s": sum(r.wall_s for r in c.runs),
+        })
+    return rows
 
 
 def plot(runs: list[CodecRun], path: Path) -> None:
-    """Accuracy vs cumulative uplink bytes (whole messages), one panel per partition."""
+    """Accuracy vs cumulative uplink bytes (whole messages), one panel per partition: per round, the
+    mean over the seeds of the accuracy against the mean cumulative bytes, the seeds' min..max shaded."""
     pyplot = plt()
-    partitions = list(dict.fromkeys(r.partition for r in runs))
+    cells = cells_of(runs)
+    partitions = list(dict.fromkeys(c.partition for c in cells))
     fig, axes = pyplot.subplots(1, len(partitions), figsize=(6.5 * len(partitions), 4.6), squeeze=False)
     for ax, partition in zip(axes[0], partitions):
-        for run in (r for r in runs if r.partition == partition):
-            x = np.cumsum(run.ledger_up)
-            style = "--" if run.codec == "topk-noef" else "-"
-            ax.plot(x, run.accuracy, style, marker=".", label=f"{run.codec} ({run.ratio:.0f}x)")
+        seeds = 0
+        for cell in (c for c in cells if c.partition == partition):
+            rounds = min(len(r.accuracy) for r in cell.runs)
+            acc = np.array([r.accuracy[:rounds] for r in cell.runs])
+            x = np.mean([np.cumsum(r.ledger_up[:rounds]) for r in cell.runs], axis=0)
+            style = "--" if cell.codec == "topk-noef" else "-"
+            (line,) = ax.plot(x, acc.mean(axis=0), style, marker=".", label=f"{cell.codec} ({cell.ratio:.0f}x)")
+            if len(cell.runs) > 1:
+                ax.fill_between(x, acc.min(axis=0), acc.max(axis=0), color=line.get_color(), alpha=0.12, linewidth=0)
+            seeds = max(seeds, len(cell.runs))
         ax.set_xscale("log")
         ax.set_xlabel("cumulative uplink bytes (whole messages, all clients)")
-        ax.set_ylabel("server test accuracy")
+        ax.set_ylabel(f"server test accuracy (mean of {seeds} seed(s), min..max shaded)")
         ax.set_title(f"FedAvg CNN on digits, {partition}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
@@ -503,34 +667,50 @@ def plot(runs: list[CodecRun], path: Path) -> None:
 
 # -- acceptance ---------------------------------------------------------------------------------
 def check_acceptance(runs: list[CodecRun], costs: list[Cost], smoke: bool = False) -> Checks:
-    """The issue's acceptance criteria, on the IID runs; in a smoke run the accuracy and timing
-    claims, which need the full rounds and repetitions, are SKIP."""
+    """The issue's acceptance criteria, on the IID runs, over their seeds: accuracies on the mean over
+    the seeds, a codec's distance to fp32 as the mean of its per-seed differences to the identity
+    run of the same seed (paired); in a smoke run the accuracy and timing claims, which need the
+    full rounds and repetitions, are SKIP."""
     checks = Checks(smoke=smoke)
-    iid = {r.codec: r for r in runs if r.partition == "iid"}
+    iid = {c.codec: c for c in cells_of(runs) if c.partition == "iid"}
     base = iid.get(BASELINE)
     if base is None:
         return checks
-    rounds = len(base.accuracy)
+    rounds = min(len(r.accuracy) for r in base.runs)
     short = f"{rounds} round(s): accuracies far from the plateau the claim is about"
-    checks.check("baseline converges (identity final accuracy > 0.9)", base.final_acc > 0.9, f"final_acc={base.final_acc:.4f}",
+    n = len(base.runs)
+    checks.check("baseline converges (identity mean final accuracy > 0.9)", base.final_acc_mean > 0.9,
+                 f"final_acc mean={base.final_acc_mean:.4f} over {n} seed(s), spread {_spread(base.final_accs, '.4f')}",
                  full_size=short)
+
+    def per_seed(values: list[float]) -> str:
+        return " ".join(f"{v:+.2f}" for v in values)
 
     def within(codec: str, pp: float) -> None:
         if codec in iid:
-            d = 100.0 * (iid[codec].final_acc - base.final_acc)
-            checks.check(f"{codec} within {pp} pp of fp32", abs(d) <= pp + 1e-9,
-                         f"final_acc={iid[codec].final_acc:.4f} vs {base.final_acc:.4f}, delta={d:+.2f} pp", full_size=short)
+            cell = iid[codec]
+            d = cell.delta_pp
+            checks.check(f"{codec} within {pp} pp of fp32 (mean over seeds)", abs(d) <= pp + 1e-9,
+                         f"final_acc mean={cell.final_acc_mean:.4f} vs {base.final_acc_mean:.4f} over {len(cell.runs)} seed(s), "
+                         f"paired delta mean={d:+.2f} pp (per seed {per_seed(cell.deltas_pp)}; std {_std(cell.deltas_pp):.2f})",
+                         full_size=short)
 
     def ratio_at_least(codec: str, bar: float) -> None:
         if codec in iid:
-            checks.check(f"{codec} ratio >= {bar:g}", iid[codec].ratio >= bar, f"ratio={iid[codec].ratio:.1f}")
+            cell = iid[codec]
+            checks.check(f"{codec} ratio >= {bar:g}", cell.ratio >= bar,
+                         f"ratio={cell.ratio:.1f} (per seed {_spread(cell.ratios, '.1f')})")
 
     ratio_at_least("topk-ef", 100)
     within("topk-ef", 1.0)
     if "topk-ef" in iid and "topk-noef" in iid:
         ef, noef = iid["topk-ef"], iid["topk-noef"]
-        checks.check("topk without error feedback is worse than with it", noef.final_acc < ef.final_acc,
-                     f"final_acc {noef.final_acc:.4f} (no EF) vs {ef.final_acc:.4f} (EF)", full_size=short)
+        ef_by_seed = {r.seed: r.final_acc for r in ef.runs}
+        paired = [100.0 * (r.final_acc - ef_by_seed[r.seed]) for r in noef.runs if r.seed in ef_by_seed]
+        gap = float(np.mean(paired)) if paired else float("nan")
+        checks.check("topk without error feedback is worse than with it (mean over seeds)", gap < 0,
+                     f"final_acc mean {noef.final_acc_mean:.4f} (no EF) vs {ef.final_acc_mean:.4f} (EF), "
+                     f"paired no-EF minus EF mean={gap:+.2f} pp (per seed {per_seed(paired)})", full_size=short)
     within("qsgd16", 0.5)
     ratio_at_least("powersgd2", 20)
     within("powersgd2", 1.0)
@@ -552,9 +732,12 @@ def check_acceptance(runs: list[CodecRun], costs: list[Cost], smoke: bool = Fals
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="seconds: IID only, 2 rounds, identity and topk-ef (unless --rounds / --codecs / --partitions)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: IID only, 2 rounds, 1 seed, identity and topk-ef (unless --rounds / --seeds / --codecs / --partitions)")
     parser.add_argument("--out", type=lambda text: Path(output_folder(text)), default=Path(__file__).parent / "results" / "compression_sweep")
     parser.add_argument("--rounds", type=positive_int, default=None, help=f"default {Settings.rounds} (--smoke: {SMOKE_ROUNDS})")
+    parser.add_argument("--seeds", type=positive_int, default=None,
+                        help=f"run every cell with seeds 0 .. N-1; the checks are on the mean over them (default {DEFAULT_SEEDS}; --smoke: 1)")
     parser.add_argument("--local-epochs", type=int, default=Settings.local_epochs)
     parser.add_argument("--lr", type=float, default=Settings.lr)
     parser.add_argument("--momentum", type=float, default=Settings.momentum)
@@ -569,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # --smoke only fills in what was not given (an explicit --rounds / --codecs / --partitions stays)
     rounds = args.rounds or (SMOKE_ROUNDS if args.smoke else Settings.rounds)
+    seeds = list(range(args.seeds or (1 if args.smoke else DEFAULT_SEEDS)))
     settings = Settings(rounds=rounds, local_epochs=args.local_epochs, lr=args.lr, momentum=args.momentum,
                         batch_size=args.batch_size, resolution=args.resolution)
     codecs_text = args.codecs or ",".join(SMOKE_CODECS if args.smoke else CODECS)
@@ -582,20 +766,23 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"settings: digits {settings.resolution or 8}x{settings.resolution or 8} fedavg-cnn, {settings.terminals} terminals "
         f"(all sampled), rounds={settings.rounds} local_epochs={settings.local_epochs} lr={settings.lr} "
-        f"momentum={settings.momentum} batch={settings.batch_size} seed={settings.seed}",
+        f"momentum={settings.momentum} batch={settings.batch_size} seeds={len(seeds)} ({seeds[0]}..{seeds[-1]})",
         flush=True,
     )
 
     start = time.perf_counter()
     runs: list[CodecRun] = []
     with ray_session(args.num_cpus), tempfile.TemporaryDirectory(prefix="compression-sweep-") as workdir:
-        if args.fresh_engines:
-            for partition in partitions:
-                runs += run_partition(settings, partition, codecs, Path(workdir), None)
-        else:
-            with SharedEngine(run_config(settings, partitions[0], {}, Path(workdir)), Path(workdir)) as engine:
+        with ExitStack() as stack:
+            engine = None if args.fresh_engines else stack.enter_context(
+                SharedEngine(run_config(settings, partitions[0], {}, Path(workdir)), Path(workdir)))
+            for seed in seeds:
                 for partition in partitions:
-                    runs += run_partition(settings, partition, codecs, Path(workdir), engine)
+                    for run in run_partition(replace(settings, seed=seed), partition, codecs, Path(workdir), engine):
+                        run.seed = seed  # (the run's own, whatever ran it)
+                        runs.append(run)
+    for cell in cells_of(runs):
+        print_cell_line(cell)
     swept_cfg = run_config(settings, partitions[0], {}, args.out)
     costs = measure_costs(codecs, 1 if args.smoke else args.cost_reps, swept_cfg)
     write_csv(curve_rows(runs), args.out / "curves.csv")
