@@ -9,8 +9,8 @@ runs here). Defaults: 10 always-online terminals (all sampled every round), 30 r
 epoch of SGD (lr 0.05, momentum 0.9, batch 16). The compressed runs need those rounds: top-k and
 PowerSGD lag the fp32 run by ~10 rounds early on and reach its plateau (~0.97) only after ~25 rounds.
 
-Seeds (``--seeds N``: seeds 0 .. N-1; default ``DEFAULT_SEEDS`` = 4, ~4 min each on 2 cores, so
-the whole sweep stays under ~20 min; ``--smoke``: 1). The run's ``seed`` draws the server's 360
+Seeds (``--seeds N``: seeds 0 .. N-1; default ``DEFAULT_SEEDS`` = 4, ~3 min each on 2 cores: the
+whole sweep took 753 s on 2026-12-07, with the cost benchmark; ``--smoke``: 1). The run's ``seed`` draws the server's 360
 test images out of the 1797, the terminals' partition (IID or Dirichlet), the model's initial
 weights and the terminals' batch order; the codec's own randomness (random-k's indices, QSGD's
 rounding, PowerSGD's initial factor) gets the same seed (``compression.seed``). One seed's final
@@ -112,7 +112,7 @@ CODECS: dict[str, dict[str, Any]] = {
 BASELINE = "identity"
 SMOKE_CODECS = ("identity", "topk-ef")
 SMOKE_ROUNDS = 2
-#: Seeds of a full sweep (0 .. DEFAULT_SEEDS-1): ~4 min each on 2 cores; a smoke run has one.
+#: Seeds of a full sweep (0 .. DEFAULT_SEEDS-1): ~3 min each on 2 cores; a smoke run has one.
 DEFAULT_SEEDS = 4
 PARTITIONS: dict[str, list[str]] = {
     "iid": ["data.partitioner=iid"],
