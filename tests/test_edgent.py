@@ -14,10 +14,14 @@ from fedsplit.inference.edgent.devices import get_profile
 from fedsplit.inference.edgent.latency import (
     LatencyModel,
     LayerTiming,
+    calibrate_reps,
     held_out_mdape,
     layer_features,
+    profile_layer_sets,
     profile_layers,
     random_layer_calls,
+    time_calls,
+    trial_samples,
 )
 from fedsplit.inference.edgent.optimizer import plan
 from fedsplit.inference.edgent.replay import replay
@@ -108,11 +112,147 @@ def test_regression_recovers_synthetic_law_and_scales_by_profile():
 
 def test_real_profile_predicts_held_out_shapes():
     """One real profile on this machine, generous bound (the experiment reports the tight number)."""
-    train = profile_layers(random_layer_calls(8, seed=0), trials=5)
-    held = profile_layers(random_layer_calls(4, seed=1), trials=5)
+    class ThreadsSeen(torch.nn.ReLU):  # an activation that notes torch's thread count at each call
+        seen: set = set()
+
+        def forward(self, x):
+            ThreadsSeen.seen.add(torch.get_num_threads())
+            return super().forward(x)
+
+    train_calls, held_calls = random_layer_calls(8, seed=0), random_layer_calls(4, seed=1)
+    held_calls.append((ThreadsSeen(), (1, 8, 16, 16)))
+    threads = torch.get_num_threads()
+    train, held = profile_layer_sets(train_calls, held_calls, trials=5)
+    assert ThreadsSeen.seen == {1}  # pinned to one thread while timing ...
+    assert torch.get_num_threads() == threads  # ... and restored after
+    assert [t.label for t in train] == [f"{type(m).__name__}{s}" for m, s in train_calls]
+    assert [t.label for t in held] == [f"{type(m).__name__}{s}" for m, s in held_calls]
+    assert all(t.seconds > 0 for t in train + held)
     model = LatencyModel.fit(train)
     assert model.host_flops_per_s > 1e8
     assert held_out_mdape(model, held)["all"] < 60.0
+    assert [t.label for t in profile_layers(held_calls[:3], trials=2)] == [t.label for t in held[:3]]
+
+
+class FakeClock:
+    """A clock that only moves when a fake call runs: a call costs its base seconds times the
+    slowdown in force when it starts (``bursts``: ``(start, end, factor)`` windows of fake time)."""
+
+    def __init__(self, bursts=()):
+        self.now = 0.0
+        self.bursts = list(bursts)
+        self.log = []  # the names of the calls run, in order
+
+    def __call__(self):
+        return self.now
+
+    def call(self, name, seconds):
+        def run():
+            factor = 1.0
+            for start, end, slow in self.bursts:
+                if start <= self.now < end:
+                    factor *= slow
+            self.log.append(name)
+            self.now += seconds * factor
+        return run
+
+
+def test_calibrate_reps_fills_the_trial_and_ignores_one_slow_loop():
+    clock = FakeClock()
+    assert calibrate_reps(clock.call("a", 10e-6), 1e-3, timer=clock) == 100
+    assert calibrate_reps(clock.call("b", 30e-6), 1e-3, timer=clock) == 34
+    assert calibrate_reps(clock.call("c", 5e-3), 1e-3, timer=clock) == 1  # longer than a trial: one call
+    # a preemption (x200) lands in the first, one-call loop: the doubling stops there, but the two
+    # re-timed loops see the true 10 us, so a trial still gets 100 calls, not 1
+    clock = FakeClock(bursts=[(0.0, 1e-9, 200.0)])
+    assert calibrate_reps(clock.call("d", 10e-6), 1e-3, timer=clock) == 100
+
+
+def _trial_order(log, reps, trials):
+    """The calls' names in the order their trials ran, read off the end of a FakeClock's log
+    (a trial is one untimed call and a loop of ``reps[name]`` calls)."""
+    n = trials * sum(1 + r for r in reps.values())
+    tail, order, i = log[-n:], [], 0
+    while i < len(tail):
+        name = tail[i]
+        assert tail[i:i + 1 + reps[name]] == [name] * (1 + reps[name])
+        order.append(name)
+        i += 1 + reps[name]
+    return order
+
+
+def test_time_calls_interleaves_rounds_and_times_a_loop_per_trial():
+    clock = FakeClock()
+    costs = {"a": 10e-6, "b": 40e-6, "c": 200e-6}
+    calls = [clock.call(name, cost) for name, cost in costs.items()]
+    samples = trial_samples(calls, trials=4, min_trial_s=1e-3, warmup=2, timer=clock)
+    assert [len(s) for s in samples] == [4, 4, 4]
+    for s, cost in zip(samples, costs.values()):
+        assert np.allclose(s, cost)
+    assert clock.log[:2] == ["a", "a"]  # warm-up
+    order = _trial_order(clock.log, {"a": 100, "b": 25, "c": 5}, trials=4)
+    assert len(order) == 12
+    for r in range(4):  # every round runs every call once before any call's next trial
+        assert sorted(order[3 * r:3 * r + 3]) == ["a", "b", "c"]
+    assert order[:3] != order[3:6] or order[3:6] != order[6:9]  # the order is shuffled per round
+    assert time_calls(calls, trials=3, timer=clock) == pytest.approx(list(costs.values()))
+
+
+COSTS_A = [20e-6, 50e-6, 80e-6]  # "training" calls
+COSTS_B = [30e-6, 60e-6, 90e-6]  # "held-out" calls
+
+
+def _sets(clock):
+    return ([clock.call(f"a{i}", c) for i, c in enumerate(COSTS_A)],
+            [clock.call(f"b{i}", c) for i, c in enumerate(COSTS_B)])
+
+
+def _profile_length(trials):
+    clock = FakeClock()
+    a, b = _sets(clock)
+    time_calls(a + b, trials=trials, timer=clock)
+    return clock.now
+
+
+def test_a_load_burst_in_part_of_the_profile_does_not_bias_one_set_against_another():
+    """The defect: training calls timed, then held-out calls; a burst of other work while the
+    held-out ones ran made them all look 1.6x slower. Interleaved, every call has trials outside the
+    burst, and the fastest of them is its own cost."""
+    clock = FakeClock()
+    a, b = _sets(clock)
+    got_a = time_calls(a, trials=5, timer=clock)
+    clock.bursts.append((clock.now, clock.now + 10.0, 1.6))  # one set after the other: the burst hits b only
+    got_b = time_calls(b, trials=5, timer=clock)
+    assert got_a == pytest.approx(COSTS_A) and got_b == pytest.approx([1.6 * c for c in COSTS_B])
+
+    total = _profile_length(trials=5)
+    for statistic in ("min", "median"):  # a burst over 40 % of the profile, starting part way through
+        clock = FakeClock(bursts=[(0.3 * total, 0.7 * total, 1.6)])
+        a, b = _sets(clock)
+        got = time_calls(a + b, trials=5, statistic=statistic, timer=clock)
+        assert got == pytest.approx(COSTS_A + COSTS_B), statistic
+
+
+def test_min_sees_through_a_load_that_slows_most_trials_and_the_median_does_not():
+    total = _profile_length(trials=5)
+    clock = FakeClock(bursts=[(0.45 * total, 100.0, 1.6)])  # from round 2 on, to the end
+    a, b = _sets(clock)
+    assert time_calls(a + b, trials=5, timer=clock) == pytest.approx(COSTS_A + COSTS_B)
+    clock = FakeClock(bursts=[(0.45 * total, 100.0, 1.6)])
+    a, b = _sets(clock)
+    assert time_calls(a + b, trials=5, statistic="median", timer=clock) == pytest.approx(
+        [1.6 * c for c in COSTS_A + COSTS_B])
+
+
+def test_time_calls_refuses_bad_arguments():
+    clock = FakeClock()
+    call = clock.call("a", 1e-4)
+    with pytest.raises(ValueError, match="statistic = 'mean'"):
+        time_calls([call], statistic="mean", timer=clock)
+    with pytest.raises(ValueError, match="trials = 0"):
+        time_calls([call], trials=0, timer=clock)
+    with pytest.raises(ValueError, match="min_trial_s = 0.0"):
+        time_calls([call], min_trial_s=0.0, timer=clock)
 
 
 def _table():

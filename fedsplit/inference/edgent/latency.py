@@ -8,7 +8,10 @@ regression of the latency [s] on them, fitted by non-negative least squares on *
 absolute percentage error (MdAPE) is what is kept small. A prediction is never negative.
 
 The timings are taken on *this* machine (the host), one layer at a time at batch size 1, by
-:func:`profile_layers` (timed forward calls, fastest of several trials). A device profile
+:func:`profile_layer_sets` / :func:`profile_layers`: every layer call gets a timed loop of about a
+millisecond in each of several trial rounds, the rounds visiting all calls in turn (interleaved, so a
+change of load on a shared machine falls on all calls alike), and its latency is the fastest of its
+trials (see :func:`time_calls`). A device profile
 (:class:`fedsplit.devices.profile.DeviceProfile`) is reached by scaling: a layer that takes ``t``
 seconds on the host takes ``t * host_flops_per_s / profile.flops_per_s`` on the profiled device,
 where ``host_flops_per_s`` is the host's sustained throughput measured on the profiled conv and
@@ -18,11 +21,14 @@ through its profile (``edge-server``).
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -160,26 +166,120 @@ class LayerTiming:
     label: str = ""
 
 
-def time_call(module: nn.Module, x: torch.Tensor, *, trials: int = 15, min_trial_s: float = 1e-3) -> float:
-    """Latency [s] of ``module(x)``: the fastest of ``trials`` trials, each the mean of a loop >= ``min_trial_s``.
+def _timed_loop(call: Callable[[], object], reps: int, timer: Callable[[], float]) -> float:
+    """Seconds of ``reps`` back-to-back calls of ``call``, by ``timer``."""
+    start = timer()
+    for _ in range(reps):
+        call()
+    return timer() - start
 
-    The minimum, not the mean: on a shared machine other work only ever adds time, so the fastest
-    trial is the steadiest estimate of the layer's own cost.
+
+def calibrate_reps(
+    call: Callable[[], object], min_trial_s: float, *, timer: Callable[[], float] = time.perf_counter,
+    max_reps: int = 1_000_000,
+) -> int:
+    """Calls per timed trial so that a trial lasts about ``min_trial_s`` (at least one call).
+
+    The loop length doubles until it lasts ``min_trial_s / 4``; that loop is then timed twice more
+    and the fastest of the three gives the cost of one call. A loop slowed by other work on the
+    machine (a preemption) only makes a call look dearer, hence the fastest: a single slow loop
+    would otherwise leave a layer of microseconds with one call per trial, where the timer's own
+    overhead weighs.
     """
-    with torch.no_grad():
-        for _ in range(3):
-            module(x)
-        start = time.perf_counter()
-        module(x)
-        once = max(time.perf_counter() - start, 1e-7)
-        reps = max(1, int(min_trial_s / once))
-        results = []
+    reps = 1
+    elapsed = _timed_loop(call, reps, timer)
+    while elapsed < min_trial_s / 4 and reps < max_reps:
+        reps = min(2 * reps, max_reps)
+        elapsed = _timed_loop(call, reps, timer)
+    fastest = min(elapsed, _timed_loop(call, reps, timer), _timed_loop(call, reps, timer))
+    per_call = max(fastest / reps, 1e-12)
+    return int(min(max_reps, max(1, math.ceil(min_trial_s / per_call - 1e-9))))
+
+
+def time_calls(
+    calls: Sequence[Callable[[], object]], *, trials: int = 15, min_trial_s: float = 1e-3, warmup: int = 3,
+    statistic: str = "min", seed: int = 0, timer: Callable[[], float] = time.perf_counter,
+) -> list[float]:
+    """Latency [s] of each zero-argument ``call``, measured interleaved: every trial round visits every call.
+
+    Each call is warmed up (``warmup`` untimed calls) and gets its loop length from
+    :func:`calibrate_reps`. Then ``trials`` rounds follow; a round times every call once, in a
+    seeded random order, as one untimed call (to bring its weights back into the caches after the
+    other calls) and a loop of its ``reps`` calls (seconds / reps is one trial). A call's latency is
+    the ``statistic`` (``"min"``, the default, or ``"median"``) of its trials.
+
+    Interleaving is what makes the latencies comparable on a shared machine: the trials of every
+    call are spread over the whole measurement, so a load that comes or goes part way through
+    (another process starting, a CPU hog) weighs alike on all of them, instead of on whichever
+    calls happened to be timed in that stretch. Timing one call's trials back to back, or one set of
+    calls after another (training shapes, then held-out shapes), ties a call's latency to the load
+    of its own stretch of time: on this project's shared 2-core machine a burst of other work lasting
+    a few hundred milliseconds slowed a whole run of consecutive calls (all held-out norm layers, say)
+    by 1.3-1.7x, and the held-out MdAPE of a fit on the other calls went from about 6 % to 20-29 %.
+
+    The minimum, not the median: other work only ever adds time, and across interleaved rounds
+    each call's fastest trial is the steadiest estimate of its own cost (measured here: a call's
+    minimum varied by 0.6 % between whole profiles, its median by 5 %, with a trial's spread about
+    its mean 10-30 % under load). Python's garbage collector is off while timing.
+
+    Parameters
+    ----------
+    calls : sequence of callables
+        What to time; each is called with no argument.
+    trials : int
+        Trial rounds (>= 1).
+    min_trial_s : float
+        Target length of one trial [s] (> 0).
+    warmup : int
+        Untimed calls of each call before calibrating (>= 0).
+    statistic : str
+        ``"min"`` or ``"median"`` of a call's trials.
+    seed : int
+        Seed of the per-round order.
+    timer : callable
+        Clock [s] (``time.perf_counter``; a fake one in tests).
+    """
+    if statistic not in ("median", "min"):
+        raise ValueError(f"statistic = {statistic!r}: expected 'median' or 'min'")
+    reduce = np.median if statistic == "median" else np.min
+    samples = trial_samples(calls, trials=trials, min_trial_s=min_trial_s, warmup=warmup, seed=seed, timer=timer)
+    return [float(reduce(s)) for s in samples]
+
+
+def trial_samples(
+    calls: Sequence[Callable[[], object]], *, trials: int = 15, min_trial_s: float = 1e-3, warmup: int = 3,
+    seed: int = 0, timer: Callable[[], float] = time.perf_counter,
+) -> list[np.ndarray]:
+    """The trials [s per call] behind :func:`time_calls`: one array of ``trials`` values per call."""
+    if trials < 1:
+        raise ValueError(f"trials = {trials}: expected >= 1")
+    if not min_trial_s > 0:
+        raise ValueError(f"min_trial_s = {min_trial_s!r}: expected a number > 0 (seconds)")
+    rng = np.random.default_rng(seed)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        reps = []
+        for call in calls:
+            for _ in range(warmup):
+                call()
+            reps.append(calibrate_reps(call, min_trial_s, timer=timer))
+        samples: list[list[float]] = [[] for _ in calls]
         for _ in range(trials):
-            start = time.perf_counter()
-            for _ in range(reps):
-                module(x)
-            results.append((time.perf_counter() - start) / reps)
-    return float(np.min(results))
+            for i in rng.permutation(len(calls)):
+                calls[i]()
+                samples[i].append(_timed_loop(calls[i], reps[i], timer) / reps[i])
+    finally:
+        if collecting:
+            gc.enable()
+    return [np.asarray(s, dtype=float) for s in samples]
+
+
+def time_call(module: nn.Module, x: torch.Tensor, *, trials: int = 15, min_trial_s: float = 1e-3,
+              statistic: str = "min") -> float:
+    """Latency [s] of ``module(x)`` alone (no gradient): :func:`time_calls` with this one call."""
+    with torch.no_grad():
+        return time_calls([lambda: module(x)], trials=trials, min_trial_s=min_trial_s, statistic=statistic)[0]
 
 
 def describe_call(module: nn.Module, x: torch.Tensor) -> tuple[str, np.ndarray, int, tuple[int, ...]]:
@@ -192,17 +292,27 @@ def describe_call(module: nn.Module, x: torch.Tensor) -> tuple[str, np.ndarray, 
     return kind, layer_features(kind, module, x.numel(), out.numel(), flops), flops, tuple(out.shape)
 
 
-def profile_layers(
-    calls: Iterable[tuple[nn.Module, tuple[int, ...]]], *, trials: int = 15, threads: int | None = 1
-) -> list[LayerTiming]:
-    """Time each ``(layer, input_shape)`` call on the host (random input, batch dimension included).
+def profile_layer_sets(
+    *call_sets: Iterable[tuple[nn.Module, tuple[int, ...]]], trials: int = 15, min_trial_s: float = 1e-3,
+    statistic: str = "min", threads: int | None = 1,
+) -> tuple[list[LayerTiming], ...]:
+    """Time every ``(layer, input_shape)`` call of every set on the host together, interleaved.
+
+    One list of :class:`LayerTiming` per set, in the sets' order. All calls of all sets share the
+    trial rounds of :func:`time_calls`, so a training set and a held-out set profiled here are timed
+    under the same load, whatever the machine does meanwhile (see :func:`time_calls`). Inputs are
+    random (seeded), batch dimension included.
 
     Parameters
     ----------
-    calls : iterable of (nn.Module, tuple of int)
+    *call_sets : iterables of (nn.Module, tuple of int)
         Leaf layers and the full input shape each is called with.
     trials : int
-        Timing trials per call (the fastest is kept, see :func:`time_call`).
+        Timing rounds (each call's latency is the ``statistic`` of its trials).
+    min_trial_s : float
+        Target length of one trial [s].
+    statistic : str
+        ``"min"`` (default) or ``"median"`` of the trials.
     threads : int, optional
         ``torch.set_num_threads`` while timing (restored after); ``None`` leaves it as is. One thread
         gives the steadiest timings on a shared machine.
@@ -212,16 +322,35 @@ def profile_layers(
         torch.set_num_threads(threads)
     try:
         generator = torch.Generator().manual_seed(0)
-        timings = []
-        for module, shape in calls:
-            x = torch.randn(shape, generator=generator)
-            kind, features, flops, _ = describe_call(module, x)
-            seconds = time_call(module, x, trials=trials)
-            label = f"{type(module).__name__}{tuple(shape)}"
-            timings.append(LayerTiming(kind, tuple(features.tolist()), flops, seconds, label))
-        return timings
+        described, thunks, sizes = [], [], []
+        for calls in call_sets:
+            calls = list(calls)
+            sizes.append(len(calls))
+            for module, shape in calls:
+                x = torch.randn(shape, generator=generator)
+                kind, features, flops, _ = describe_call(module, x)
+                described.append((kind, tuple(features.tolist()), flops, f"{type(module).__name__}{tuple(shape)}"))
+                thunks.append(functools.partial(module, x))
+        with torch.no_grad():
+            seconds = time_calls(thunks, trials=trials, min_trial_s=min_trial_s, statistic=statistic)
+        timings = [LayerTiming(kind, features, flops, s, label)
+                   for (kind, features, flops, label), s in zip(described, seconds)]
+        bounds = np.cumsum([0, *sizes])
+        return tuple(timings[a:b] for a, b in zip(bounds[:-1], bounds[1:]))
     finally:
         torch.set_num_threads(previous)
+
+
+def profile_layers(
+    calls: Iterable[tuple[nn.Module, tuple[int, ...]]], *, trials: int = 15, min_trial_s: float = 1e-3,
+    statistic: str = "min", threads: int | None = 1,
+) -> list[LayerTiming]:
+    """Time each ``(layer, input_shape)`` call on the host: :func:`profile_layer_sets` with one set.
+
+    To compare a model fitted on one set of calls with another set (held-out shapes), profile both
+    in one :func:`profile_layer_sets` call, not with two calls of this function one after the other.
+    """
+    return profile_layer_sets(calls, trials=trials, min_trial_s=min_trial_s, statistic=statistic, threads=threads)[0]
 
 
 def random_layer_calls(count_per_kind: int, seed: int) -> list[tuple[nn.Module, tuple[int, ...]]]:
@@ -409,8 +538,12 @@ __all__ = [
     "layer_kind",
     "leaf_layers",
     "mdape",
+    "calibrate_reps",
     "profile_and_fit",
+    "profile_layer_sets",
     "profile_layers",
     "random_layer_calls",
     "time_call",
+    "time_calls",
+    "trial_samples",
 ]
