@@ -2,7 +2,8 @@
 
 Steps: train the default multi-exit model (``multiexit-cnn``, width 0.5) jointly on digits resized
 to 32x32 and measure every exit's held-out accuracy; profile layer latencies on this machine, fit
-the per-kind regressions and report their MdAPE on held-out layer shapes; predict every (exit,
+the per-kind regressions and report their MdAPE on held-out layer shapes (both sets timed
+together, interleaved: :func:`fedsplit.inference.edgent.latency.time_calls`); predict every (exit,
 partition) configuration's latency for the ``iot-camera`` terminal and the ``edge-server``; learn
 bandwidth states offline on one generated trace (PELT change points) and replay another, one request
 per second, under the four policies.
@@ -27,7 +28,7 @@ import torch
 from fedsplit.data import load_dataset
 from fedsplit.inference.edgent.configs import build_config_table
 from fedsplit.inference.edgent.devices import DEFAULT_DEVICE, DEFAULT_EDGE, get_profile
-from fedsplit.inference.edgent.latency import LatencyModel, held_out_mdape, profile_layers, random_layer_calls
+from fedsplit.inference.edgent.latency import LatencyModel, held_out_mdape, profile_layer_sets, random_layer_calls
 from fedsplit.inference.edgent.optimizer import plan
 from fedsplit.inference.edgent.replay import POLICIES, replay
 from fedsplit.inference.edgent.states import fit_states
@@ -84,12 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     model, accuracies, bundle = train_model(1 if args.smoke else args.epochs)
     print_row({"stage": "train", **{f"acc_exit{i}": a for i, a in enumerate(accuracies)}, "wall_s": time.time() - start})
 
-    train_t = profile_layers(random_layer_calls(24, seed=0))
-    held_t = profile_layers(random_layer_calls(12, seed=1))
+    # Training and held-out shapes are timed together, in interleaved rounds, so that a change of load
+    # on a shared machine during the profile cannot fall on one set and not the other.
+    profile_start = time.time()
+    train_t, held_t = profile_layer_sets(random_layer_calls(24, seed=0), random_layer_calls(12, seed=1))
+    profile_s = time.time() - profile_start
     latency = LatencyModel.fit(train_t)
     errors = held_out_mdape(latency, held_t)
     print_row({"stage": "latency", **{f"mdape_{k}_pct": v for k, v in errors.items()},
-               "held_out_layers": len(held_t), "host_flops_per_s": latency.host_flops_per_s})
+               "held_out_layers": len(held_t), "host_flops_per_s": latency.host_flops_per_s, "profile_s": profile_s})
 
     device, edge = get_profile(DEFAULT_DEVICE), get_profile(DEFAULT_EDGE)
     table = build_config_table(model, latency, device, edge, accuracies)
