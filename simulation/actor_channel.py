@@ -145,6 +145,12 @@ class DriverChannel:
             self._arrivals.put((self, exc))
 
 
+PAUSE = b""
+"""The frame that makes :meth:`ActorEnd.answer_all` return without closing the channel (a
+batch's payload is never empty): the driver sends it before it calls the actor through Ray,
+whose calls run on the thread that answers the channel."""
+
+
 class ActorEnd:
     """The actor's end of a channel: connected to the driver's :class:`Listener` at ``path``.
 
@@ -166,33 +172,46 @@ class ActorEnd:
         except ChannelClosed:
             self._frames.put(None)
 
-    def answer_all(self, handle: Callable[[bytearray], bytes]) -> None:
-        """Answer every frame with ``handle(frame)``, in order, until the channel closes.
+    def answer_all(self, handle: Callable[[bytearray], bytes]) -> bool:
+        """Answer every frame with ``handle(frame)``, in order, until a :data:`PAUSE` frame (True:
+        the channel stays open, a later call answers the frames after it) or until the channel
+        closes (False).
 
         ``handle`` should not raise; if it does, the traceback is logged and the channel closed,
         which the driver treats as it treats a dead actor.
         """
-        with self.sock:
-            while (frame := self._frames.get()) is not None:
-                try:
-                    reply = handle(frame)
-                except Exception:  # noqa: BLE001 - the driver sees the closed channel
-                    log.error("fedsplit channel: a batch failed outside the ClientApp; closing\n%s", traceback.format_exc())
-                    self.sock.shutdown(socket.SHUT_RDWR)
-                    return
-                try:
-                    send_frame(self.sock, reply)
-                except ChannelClosed:
-                    return
+        while (frame := self._frames.get()) is not None:
+            if frame == PAUSE:
+                return True
+            try:
+                reply = handle(frame)
+            except Exception:  # noqa: BLE001 - the driver sees the closed channel
+                log.error("fedsplit channel: a batch failed outside the ClientApp; closing\n%s", traceback.format_exc())
+                break
+            try:
+                send_frame(self.sock, reply)
+            except ChannelClosed:
+                break
+        self.close()
+        return False
+
+    def close(self) -> None:
+        """Close this end (the driver reads it as a closed channel); idempotent."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
 
 
 def serve(path: str, handle: Callable[[bytearray], bytes]) -> threading.Thread:
     """Connect to ``path`` and answer every frame with ``handle(frame)``, in order, from a
-    daemon thread (:meth:`ActorEnd.answer_all`); it ends when the channel closes. Returns it."""
+    daemon thread (:meth:`ActorEnd.answer_all`); it ends at a pause or when the channel closes.
+    Returns it."""
     end = ActorEnd(path)
     thread = threading.Thread(target=end.answer_all, args=(handle,), name="fedsplit-channel", daemon=True)
     thread.start()
     return thread
 
 
-__all__ = ["ActorEnd", "ChannelClosed", "DriverChannel", "Listener", "recv_frame", "send_frame", "serve"]
+__all__ = ["PAUSE", "ActorEnd", "ChannelClosed", "DriverChannel", "Listener", "recv_frame", "send_frame", "serve"]

@@ -68,7 +68,7 @@ from fedsplit.config.schema import TRANSPORTS
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
 from fedsplit.simulation import warm_actors as warm
-from fedsplit.simulation.actor_channel import ActorEnd, ChannelClosed, DriverChannel, Listener
+from fedsplit.simulation.actor_channel import PAUSE, ActorEnd, ChannelClosed, DriverChannel, Listener
 from fedsplit.simulation.actor_payload import pack, unpack
 from fedsplit.simulation.shared_content import SHARED_RECORD_BYTES, Layout, restore, shared_records, strip
 
@@ -211,6 +211,9 @@ class ClientAppActor:
         The batches sent through it are answered by :meth:`answer_channel`."""
         if ray.get_runtime_context().get_node_id() != driver_node_id:
             return False
+        if self._channel is not None:  # an earlier engine's, closed or paused
+            self._channel.close()
+            self._channel = None
         try:
             self._channel = ActorEnd(path)
         except OSError:
@@ -218,14 +221,14 @@ class ClientAppActor:
         return True
 
     def answer_channel(self) -> None:
-        """Answer the channel's batches, as :meth:`run_batch` answers a call, until it closes.
+        """Answer the channel's batches, as :meth:`run_batch` answers a call, until the engine
+        pauses it (:data:`~fedsplit.simulation.actor_channel.PAUSE`) or closes it.
 
         It runs on the thread Ray runs this actor's calls on (the process's main thread), as the
-        calls do, and holds it: later calls to this actor wait until the channel closes.
+        calls do, and holds it: a call to this actor waits until the channel pauses or closes.
         """
-        end, self._channel = self._channel, None
-        if end is not None:
-            end.answer_all(self.run_batch)
+        if self._channel is not None and not self._channel.answer_all(self.run_batch):
+            self._channel = None
 
     def _run_items(
         self,
@@ -438,7 +441,7 @@ class RayEngine:
         self._channels: dict[int, DriverChannel] = {}  # id(actor) -> its channel (actors on this machine)
         self._arrivals: queue.SimpleQueue = queue.SimpleQueue()  # (channel, answer or ChannelClosed), every channel's
         self._channels_opened = False
-        self._answering: dict[int, object] = {}  # id(actor) -> its answer_channel call (kept: not cancelled)
+        self._answering: dict[int, object] = {}  # id(actor) -> its running answer_channel call
 
     @classmethod
     def from_run_config(cls, cfg, client_app: ClientApp) -> "RayEngine":  # noqa: ANN001 - RunConfig
@@ -623,7 +626,10 @@ class RayEngine:
         def send(actor, payload: bytes) -> object:  # noqa: ANN001 - the key of the batch in ``running``
             channel = self._channels.get(id(actor)) if by_channel else None
             if channel is None:  # Ray calls (or a replacement actor whose channel did not open)
+                self._pause_channel(actor)
                 return actor.run_batch.remote(payload, shared_ref)
+            if id(actor) not in self._answering:
+                self._answering[id(actor)] = actor.answer_channel.remote()
             call = _ChannelCall()
             channel.pending.append(call)
             try:
@@ -752,11 +758,19 @@ class RayEngine:
             try:
                 if ref in started and ray.get(ref):
                     self._channels[id(actor)] = DriverChannel(listener.accept(timeout_s=30.0), self._arrivals)
-                    self._answering[id(actor)] = actor.answer_channel.remote()  # ends when the channel closes
             except (ray.exceptions.RayError, OSError) as exc:  # died while starting, or never connected: Ray's calls
                 log.debug("engine: no channel to an actor (%s: %s); it gets Ray calls", type(exc).__name__, exc)
             finally:
                 listener.close()
+
+    def _pause_channel(self, actor) -> None:  # noqa: ANN001 - an actor handle
+        """Before a Ray call to ``actor``: stop its :meth:`ClientAppActor.answer_channel`, which
+        holds the thread the call runs on (the channel stays open for later rounds)."""
+        if self._answering.pop(id(actor), None) is not None:
+            try:
+                self._channels[id(actor)].send(PAUSE)
+            except ChannelClosed:  # its process died: the call fails as a dead actor's
+                pass
 
     def _expected_seconds(self, messages: Sequence[Message]) -> Callable[[Message], float]:
         """Each message's expected real seconds on an actor: its terminal's last measured time

@@ -9,8 +9,9 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
@@ -132,6 +133,29 @@ def test_the_engine_reaches_local_actors_by_channel_with_the_replies_of_ray_call
             assert len(engine._channels) == (len(actors) if transport == "channel" else 0)
     # the same replies, and the ClientApp ran on the actor's main thread either way (as Ray runs its calls)
     assert results["channel"] == results["ray"] == {p: {"pid": p, "round": 1, "main": 1} for p in range(4)}
+
+
+def test_rounds_through_the_object_store_and_through_channels_alternate_on_the_same_actors(ray_session):
+    # A round whose global model goes through Ray's object store reaches the actors by Ray calls,
+    # which run on the thread that answers the channel: the engine pauses the channel first, and
+    # the next round without a shared model goes through the channels again.
+    population = Population({"laptop": 4}, builtin_profiles())
+    with RayEngine(sleepy_app(), population, num_actors=2, transport="channel") as engine:
+        engine.shared_record_bytes = 1  # any ArrayRecord that several batches carry is shared
+        grid = engine.grid()
+        nodes = list(grid.get_node_ids())
+        model = ArrayRecord([np.ones(3, dtype=np.float32)])
+        for server_round, shared in enumerate([False, True, False, True], start=1):
+            content = RecordDict({"config": ConfigRecord({"round": server_round, "sleep_s": 0.0, "kill": 0})})
+            if shared:
+                content["arrays"] = model
+            msgs = [Message(content, dst_node_id=n, message_type="train", group_id=str(server_round)) for n in nodes]
+            replies = grid.send_and_receive(msgs, timeout=60.0)
+            assert {engine.partition_of(r.metadata.src_node_id): dict(r.content["metrics"]) for r in replies} == {
+                p: {"pid": p, "round": server_round, "main": 1} for p in range(4)
+            }, f"round {server_round} (shared model: {shared})"
+            assert len(engine._answering) == (0 if shared else 2)  # channels answering only in channel rounds
+        assert engine.actor_restarts == 0 and len(engine._channels) == 2
 
 
 def test_an_actor_that_dies_on_its_channel_loses_only_its_terminal_and_its_successor_gets_a_channel(ray_session):
