@@ -8,15 +8,25 @@ driver's CPU through Ray calls, 0.55-0.73 ms and 0.38-0.50 ms through a Unix soc
 The driver's CPU is what caps the engine on many cores (one driver feeds every actor), so with
 ``engine.transport = "channel"`` the engine sends an actor on its machine its batches through such a
 socket; Ray still starts, places, restarts and kills the actors, and carries the batches of actors
-on other machines and rounds whose global model goes through its object store. It is not the
-default: the ClientApp then runs in a thread of the actor's own, and on that machine, with two
-actors training at once (not with one), its app seconds were 5-10 % more than in Ray's calls (run
-on the actor's main thread), which cost more end to end than the driver's CPU it saved (why is not
-known).
+on other machines and rounds whose global model goes through its object store.
+
+The actor answers its channel on the thread Ray runs its calls on (the process's main thread), so
+the ClientApp runs where it runs under Ray calls: thread-local state (torch's grad mode, CUDA's
+current device and stream) is the same under both transports. Before a Ray call to such an actor
+the engine sends :data:`PAUSE`, which frees that thread; the channel stays open for later rounds.
+
+It is not the default, as measured on that machine (``bench_engine.py --transport``, alternating):
+with one actor it is a little faster (1-actor overhead 0.95-1.13 against 1.14-1.17 on the
+10-terminal MLP, the actor busy 0.94 of the time against 0.91); with two actors training at once
+it is even there (efficiency 0.68-0.73 against 0.60-0.76, within the machine's noise), and it lost
+on the 100-terminal MLP, where the two actors' app seconds were more than under Ray calls (app
+speed 0.65-0.71 against 0.77-0.83, efficiency 0.52-0.57 against 0.61-0.68). That was so when the
+app ran on a thread of the channel's own, and stays so on the main thread: the thread is not the
+cause, and the cause is not known.
 
 A frame is an 8-byte big-endian length and that many bytes. The actor answers each frame with one
-frame, in order, from threads of its own (:func:`serve`); the driver reads each channel in a thread
-of its own (:class:`DriverChannel`), so neither side's send waits on the other's work. A process
+frame, in order (:class:`ActorEnd`: a thread of its own reads them); the driver reads each channel
+in a thread of its own (:class:`DriverChannel`), so neither side's send waits on the other's work. A process
 that dies closes its end, which the other side reads as :class:`ChannelClosed`.
 """
 
