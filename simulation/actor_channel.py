@@ -68,6 +68,15 @@ def recv_frame(sock: socket.socket) -> bytearray:
     return _recv_exact(sock, length)
 
 
+def close_socket(sock: socket.socket) -> None:
+    """Shut ``sock`` down both ways (a thread blocked reading it wakes) and close it; idempotent."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
 def _recv_exact(sock: socket.socket, size: int) -> bytearray:
     buffer = bytearray(size)
     view, received = memoryview(buffer), 0
@@ -139,12 +148,8 @@ class DriverChannel:
         send_frame(self.sock, data)
 
     def close(self) -> None:
-        """Close this end; the actor's threads and this channel's reader end (idempotent)."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        """Close this end; the actor's reader and this channel's reader end (idempotent)."""
+        close_socket(self.sock)
 
     def _read(self) -> None:
         try:
@@ -207,11 +212,7 @@ class ActorEnd:
 
     def close(self) -> None:
         """Close this end (the driver reads it as a closed channel); idempotent."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        close_socket(self.sock)
 
 
 def serve(path: str, handle: Callable[[bytearray], bytes]) -> threading.Thread:
