@@ -180,7 +180,7 @@ class ClientAppActor:
 
         torch.set_num_threads(max(1, num_threads))
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, num_threads)))
-        self._running = threading.Lock()  # batches from Ray's calls and from the channel run one at a time
+        self._running = threading.Lock()  # one batch at a time, whichever thread asks (serve() answers from its own)
         self._channel: ActorEnd | None = None  # opened by open_channel, answered by answer_channel
         self.load_app(client_app, meter)
 
