@@ -750,7 +750,14 @@ class RayEngine:
         except Exception as exc:  # noqa: BLE001 - a driver with no node of its own (Ray Client): Ray calls
             log.debug("engine: no channels (%s: %s)", type(exc).__name__, exc)
             return
-        listeners = [Listener() for _ in actors]
+        listeners: list[Listener] = []
+        try:
+            listeners += [Listener() for _ in actors]
+        except OSError as exc:  # e.g. a temporary folder whose path is too long for a Unix socket
+            for listener in listeners:
+                listener.close()
+            log.warning("engine: transport 'channel' cannot listen on a Unix socket (%s); the actors get Ray calls", exc)
+            return
         refs = [actor.open_channel.remote(listener.path, node) for actor, listener in zip(actors, listeners)]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=CHANNEL_OPEN_S)
         started = set(ready)

@@ -3,9 +3,11 @@ closing, and the engine's use of it (real Ray actors)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import socket
+import tempfile
 import threading
 import time
 
@@ -186,6 +188,22 @@ def test_an_answer_that_comes_after_its_timeout_is_not_taken_for_a_later_rounds(
         # the round-2 answer of terminal 0's batch arrives during round 3 and is dropped, not
         # handed over as round 3's
         assert {engine.partition_of(n): int(r.content["metrics"]["round"]) for n, r in third.items()} == {0: 3, 1: 3, 2: 3, 3: 3}
+
+
+def test_channels_that_cannot_listen_leave_the_actors_to_ray_calls(ray_session, tmp_path, monkeypatch, caplog):
+    # a Unix socket's path has at most 107 bytes: a temporary folder deeper than that cannot hold one
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    population = Population({"laptop": 4}, builtin_profiles())
+    with RayEngine(sleepy_app(), population, num_actors=2, transport="channel") as engine:
+        grid = engine.grid()
+        with caplog.at_level(logging.WARNING, logger="fedsplit"):
+            replies = send(grid, list(grid.get_node_ids()), 1)
+        assert {engine.partition_of(n): int(r.content["metrics"]["round"]) for n, r in replies.items()} == {0: 1, 1: 1, 2: 1, 3: 1}
+        assert engine._channels == {}
+    assert "cannot listen on a Unix socket" in caplog.text
+    assert list(deep.iterdir()) == []  # no folder left behind
 
 
 def test_an_unknown_transport_is_refused():
