@@ -57,7 +57,7 @@ from bench_engine import COMMON, SMOKE, WORKLOADS, run_pure, terminals_per_round
 from flwr.app import Message
 
 from fedsplit.config import RunConfig, load_config
-from fedsplit.config.schema import TRANSPORTS
+from fedsplit.config.schema import DEFAULT_TRANSPORT, TRANSPORTS
 from fedsplit.simulation.engine import SerialEngine
 
 
@@ -130,7 +130,7 @@ def driver_rounds(cfg: RunConfig, engine) -> float:  # noqa: ANN001 - InstantEng
     return session.strategy_wall_s
 
 
-def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0, transport: str = "ray") -> None:
+def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0, transport: str = DEFAULT_TRANSPORT) -> None:
     torch.set_num_threads(1)
     cfg = load_config(None, COMMON + overrides)
     engine = InstantEngine.recorded(cfg)
@@ -157,7 +157,7 @@ def bench(name: str, overrides: list[str], passes: int, ray_actors: int = 0, tra
             )
 
 
-def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int, transport: str = "ray") -> dict[str, tuple[float, float, float]]:
+def ray_rounds(cfg: RunConfig, recorded: InstantEngine, passes: int, actors: int, transport: str = DEFAULT_TRANSPORT) -> dict[str, tuple[float, float, float]]:
     """Best seconds per round of ``cfg`` on fedsplit's Ray engine with ``actors`` actors whose
     terminals answer at once with the replies ``recorded`` holds (:func:`replay_app`): the server, Ray's calls and the actors' message
     handling, without training; and the driver process's CPU seconds per round in that run (all
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny settings, two passes (seconds)")
     parser.add_argument("--ray-actors", type=int, default=0, metavar="P",
                         help="also time the rounds on fedsplit's Ray engine with P actors answering at once")
-    parser.add_argument("--transport", choices=TRANSPORTS, default="ray",
+    parser.add_argument("--transport", choices=TRANSPORTS, default=DEFAULT_TRANSPORT,
                         help="with --ray-actors: the engine's transport (ray: Ray calls; channel: a Unix socket to each local actor)")
     parser.add_argument("--gc", type=int, default=0, metavar="ROUNDS",
                         help="instead: one ROUNDS-round run, with the time Python's cyclic collector took")

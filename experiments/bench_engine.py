@@ -77,7 +77,7 @@ from collections import OrderedDict
 import torch
 
 from fedsplit.config import RunConfig, load_config
-from fedsplit.config.schema import TRANSPORTS
+from fedsplit.config.schema import DEFAULT_TRANSPORT, TRANSPORTS
 from fedsplit.learning import config_to_json, evaluate, task_for, train_local
 
 WORKLOADS = {
@@ -394,7 +394,7 @@ def profile_driver(name: str, overrides: list[str], top: int = int(os.environ.ge
 
 def bench(
     name: str, overrides: list[str], passes: int, with_flower: bool, capacity: bool = True, batch_factor: int = 1, actors: int | None = None,
-    transport: str = "ray",
+    transport: str = DEFAULT_TRANSPORT,
 ) -> dict[str, float]:
     import ray
 
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flower", action="store_true", help="skip Flower's engine")
     parser.add_argument("--actors", type=int, default=None, metavar="P",
                         help="the fedsplit way's actors (default: one per core; e.g. one fewer leaves a core to the driver)")
-    parser.add_argument("--transport", choices=TRANSPORTS, default="ray",
+    parser.add_argument("--transport", choices=TRANSPORTS, default=DEFAULT_TRANSPORT,
                         help="fedsplit engine: how batches reach the actors (RayEngine transport; channel: a Unix socket to each local actor)")
     parser.add_argument("--batch-factor", type=int, default=1, help="fedsplit engine: batches per actor and round (RayEngine batch_factor)")
     parser.add_argument("--profile", metavar="WORKLOAD", choices=list(WORKLOADS), help="only profile the driver on WORKLOAD (top 15 entries)")

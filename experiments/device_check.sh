@@ -4,9 +4,9 @@
 # outside the repo root, e.g. `source .devpack/install.sh && cd /tmp && bash $REPO/experiments/device_check.sh`.
 # Prints one line per run: `run=<name> final_accuracy=<x> ...` and the CUDA memory of the terminals,
 # then the GPU tests (tests/test_gpu.py: CUDA replies equal the CPU's) and bench_engine's
-# 100-terminal workload on every core (`efficiency=`, `busy=`, `app_speed=`, `feeds=` ...) and on one core fewer,
+# 100-terminal workload on every core (`efficiency=`, `busy=`, `app_speed=`, `feeds=` ...), on one core fewer and through Ray calls only,
 # then bench_driver on it (the MLP, then the CNN's shared-model A/B). About 3 minutes on a 16-core H200 host
-# without the second bench_engine line and bench_driver, which take ~40 s, ~30 s and ~50 s on the 2-core development machine.
+# without the second and third bench_engine lines and bench_driver, which take ~40 s each, ~30 s and ~50 s on the 2-core development machine.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out=${OUT:-/tmp/fedsplit-device-check}
@@ -36,10 +36,12 @@ timeout 150 python3 -m pytest -q "$repo/tests/test_gpu.py" -rs -p no:cacheprovid
 timeout 180 python3 "$repo/experiments/bench_engine.py" --workloads mlp100 --no-flower --passes 1 2>&1 | grep '^workload='
 # The same with one core left to the driver (its serial work is not time-sliced against an actor): compare fedsplit_s.
 timeout 180 python3 "$repo/experiments/bench_engine.py" --workloads mlp100 --no-flower --passes 1 --actors "$(( $(nproc) - 1 ))" 2>&1 | grep '^workload=.* pure_s'
+# The same on every core through Ray calls only (transport=ray): compare efficiency and feeds with the first line.
+timeout 180 python3 "$repo/experiments/bench_engine.py" --workloads mlp100 --no-flower --passes 1 --transport ray 2>&1 | grep '^workload=.* pure_s'
 # The server's own time per round (terminals that answer at once), in-process and on Ray with an actor per core,
-# through Ray calls (transport=ray, the default) and through a Unix socket per actor (transport=channel).
+# through Ray calls (transport=ray) and through a Unix socket per actor (transport=channel, the default).
 timeout 120 python3 "$repo/experiments/bench_driver.py" --workloads mlp100 --passes 5 --ray-actors "$(nproc)" 2>&1 | grep '^workload='
-timeout 120 python3 "$repo/experiments/bench_driver.py" --workloads mlp100 --passes 5 --ray-actors "$(nproc)" --transport channel 2>&1 | grep '^workload=.*engine=ray'
+timeout 120 python3 "$repo/experiments/bench_driver.py" --workloads mlp100 --passes 5 --ray-actors "$(nproc)" --transport ray 2>&1 | grep '^workload=.*engine=ray'
 # A large global model on an actor per core: put in the object store once a round (shared_records=on) against
 # pickled into every call (off), pass by pass (~50 s on the 2-core development machine).
 timeout 180 python3 "$repo/experiments/bench_driver.py" --workloads cnn --passes 3 --ray-actors "$(nproc)" 2>&1 | grep '^workload='

@@ -6,8 +6,8 @@ Ray's RPC path in ~2 ms more. Measured side by side on that machine (two actors,
 with 50 updates of 20 KB, the 100-terminal MLP's round): 3.6-4.0 ms a round and 2.2 ms of the
 driver's CPU through Ray calls, 0.55-0.73 ms and 0.38-0.50 ms through a Unix socket per actor.
 The driver's CPU is what caps the engine on many cores (one driver feeds every actor), so with
-``engine.transport = "channel"`` the engine sends an actor on its machine its batches through such a
-socket; Ray still starts, places, restarts and kills the actors, and carries the batches of actors
+``engine.transport = "channel"`` (the default) the engine sends an actor on its machine its batches
+through such a socket; Ray still starts, places, restarts and kills the actors, and carries the batches of actors
 on other machines and rounds whose global model goes through its object store.
 
 The actor answers its channel on the thread Ray runs its calls on (the process's main thread), so
@@ -15,14 +15,14 @@ the ClientApp runs where it runs under Ray calls: thread-local state (torch's gr
 current device and stream) is the same under both transports. Before a Ray call to such an actor
 the engine sends :data:`PAUSE`, which frees that thread; the channel stays open for later rounds.
 
-It is not the default, as measured on that machine (``bench_engine.py --transport``, alternating):
-with one actor it is a little faster (1-actor overhead 0.95-1.13 against 1.14-1.17 on the
-10-terminal MLP, the actor busy 0.94 of the time against 0.91); with two actors training at once
-it is even there (efficiency 0.68-0.73 against 0.60-0.76, within the machine's noise), and it lost
-on the 100-terminal MLP, where the two actors' app seconds were more than under Ray calls (app
-speed 0.65-0.71 against 0.77-0.83, efficiency 0.52-0.57 against 0.61-0.68). That was so when the
-app ran on a thread of the channel's own, and stays so on the main thread: the thread is not the
-cause, and the cause is not known.
+It is the default, as measured on that machine (``bench_engine.py --transport channel|ray``,
+alternating, ``experiments/results/bench_engine/output.txt``): with one actor it is faster (1-actor
+overhead 0.95-1.13 against 1.14-1.17 on the 10-terminal MLP, median 1.31 against 1.40 on the
+100-terminal one), with two actors the two are even within the machine's noise (efficiency 0.68-0.73
+against 0.60-0.76 on the 10-terminal MLP; 0.50-0.73, median 0.58, against 0.46-0.68, median 0.58,
+in 8 alternations on the 100-terminal one), and the driver spends less CPU per ClientApp second
+(``feeds`` 10.5-16.9 against 8.9-15.8), which is what many cores need. ``engine.transport = "ray"``
+sends every batch by Ray call.
 
 A frame is an 8-byte big-endian length and that many bytes. The actor answers each frame with one
 frame, in order (:class:`ActorEnd`: a thread of its own reads them); the driver reads each channel

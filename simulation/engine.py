@@ -11,8 +11,8 @@ a terminal's :class:`~flwr.app.Context` is created the first time it is sampled 
 driver (so ``Context.state`` persists across rounds whichever actor runs the terminal next). A
 large record that the round's batches share (the global model) is put in Ray's object store once
 a round instead of being pickled into every call (:mod:`fedsplit.simulation.shared_content`;
-``engine.shared_record_bytes`` is the size from which it is). With ``transport = "channel"`` an
-actor on the driver's machine gets its batches through a Unix socket of its own
+``engine.shared_record_bytes`` is the size from which it is). With ``transport = "channel"`` (the
+default) an actor on the driver's machine gets its batches through a Unix socket of its own
 (:mod:`fedsplit.simulation.actor_channel`), which costs the driver a fraction of a Ray call's CPU;
 Ray still starts, places, replaces and kills the actors, and carries the rounds whose model goes
 through its object store.
@@ -64,7 +64,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedsplit.clients.flop_meter import metered_call
 from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
-from fedsplit.config.schema import TRANSPORTS
+from fedsplit.config.schema import DEFAULT_TRANSPORT, TRANSPORTS
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
 from fedsplit.simulation import warm_actors as warm
@@ -393,10 +393,10 @@ class RayEngine:
         Compute metering: ``auto`` (meter the app unless it has ``reports_flops = True``),
         ``always`` or ``off``; default ``$FEDSPLIT_METER``, else ``auto``.
     transport : str
-        How batches reach the actors: ``ray`` (default), Ray calls; ``channel``, a Unix socket
-        to each actor on this machine (:mod:`fedsplit.simulation.actor_channel`, opened at the
-        first :meth:`execute`; why it is not the default is measured there), except in rounds
-        whose global model goes through Ray's object store, and Ray calls to other actors.
+        How batches reach the actors: ``channel`` (default), a Unix socket to each actor on
+        this machine (:mod:`fedsplit.simulation.actor_channel`, opened at the first
+        :meth:`execute`; measured against Ray calls there), except in rounds whose global model
+        goes through Ray's object store, and Ray calls to other actors; ``ray``, Ray calls only.
     """
 
     def __init__(
@@ -412,7 +412,7 @@ class RayEngine:
         batch_factor: int = 1,
         inflight_per_actor: int = 2,
         meter: str | None = None,
-        transport: str = "ray",
+        transport: str = DEFAULT_TRANSPORT,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ValueError(f"engine transport {transport!r}: expected one of {', '.join(TRANSPORTS)}")

@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
+from fedsplit.config.schema import TRANSPORTS
 from fedsplit.devices import Population, builtin_profiles
 from fedsplit.simulation.engine import ClusterTooSmallError, RayEngine, check_local_budgets, plan_pools, split_balanced, split_evenly
 from tests.conftest import REPO, fedsplit_cmd
@@ -45,9 +46,10 @@ def send_round(grid, server_round: int, nodes):
     return {r.metadata.src_node_id: r for r in grid.send_and_receive(msgs)}
 
 
-def test_failures_stay_with_their_client_and_state_persists(ray_session):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_failures_stay_with_their_client_and_state_persists(ray_session, transport):
     population = Population({"raspberry-pi-4": 3, "laptop": 3}, builtin_profiles())
-    with RayEngine(make_flaky_app(), population) as engine:
+    with RayEngine(make_flaky_app(), population, transport=transport) as engine:
         grid = engine.grid()
         nodes = list(grid.get_node_ids())
         assert len(nodes) == 6
@@ -66,12 +68,13 @@ def test_failures_stay_with_their_client_and_state_persists(ray_session):
         assert counts == {0: 2, 1: 1, 2: 1, 3: 2, 4: 2, 5: 2}
 
 
-def test_a_crash_loses_only_its_client_when_other_batches_are_queued_behind_it(ray_session):
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_crash_loses_only_its_client_when_other_batches_are_queued_behind_it(ray_session, transport):
     # One actor, two batches queued at it at once ([0, 2] then [1, 3]); client 0 kills the process
     # while [1, 3] waits behind it. Each message is retried alone, so only client 0 fails, and its
     # own retry (which kills the fresh actor again) takes nobody with it.
     population = Population({"laptop": 4}, builtin_profiles())
-    with RayEngine(make_flaky_app(raise_pid=-1, crash_pid=0), population, num_actors=1, batch_factor=2) as engine:
+    with RayEngine(make_flaky_app(raise_pid=-1, crash_pid=0), population, num_actors=1, batch_factor=2, transport=transport) as engine:
         grid = engine.grid()
         nodes = list(grid.get_node_ids())
         first = send_round(grid, 1, nodes)
@@ -384,6 +387,7 @@ import json, ray
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.clientapp import ClientApp
+from fedsplit.config.schema import TRANSPORTS
 from fedsplit.devices import Population, builtin_profiles
 from fedsplit.simulation.engine import INLINE_OBJECT_BYTES, RayEngine
 

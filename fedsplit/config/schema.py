@@ -41,6 +41,7 @@ STRATEGY_NAMES: tuple[str, ...] = (
 
 ENGINES: tuple[str, ...] = ("fedsplit", "flower", "serial")
 TRANSPORTS: tuple[str, ...] = ("ray", "channel")  # how fedsplit's engine reaches its actors (engine.transport)
+DEFAULT_TRANSPORT = "channel"  # measured against "ray": see simulation/actor_channel.py
 
 #: What the server does with a round that kept fewer than ``faults.min_clients`` updates.
 TOO_FEW_POLICIES: tuple[str, ...] = ("stop", "retry")
@@ -256,7 +257,7 @@ class EngineConfig:
     ray_address: str = field(default="", metadata=doc("attach to an existing Ray cluster at this address (empty = start a local one)"))
     num_cpus: int = field(default=0, metadata=doc("CPUs given to a local Ray (0 = all of the machine)", ge=0))
     actors_per_device: int = field(default=0, metadata=doc("actors per device class (0 = as many as its budget fits)", ge=0))
-    transport: str = field(default="ray", metadata=doc("how the engine's batches reach its actors: ray (Ray calls) | channel (a Unix socket to each actor on this machine, Ray calls to others and for rounds whose model goes through Ray's object store: less of the driver's CPU per batch)", choices=TRANSPORTS))
+    transport: str = field(default=DEFAULT_TRANSPORT, metadata=doc("how the engine's batches reach its actors: channel (a Unix socket to each actor on this machine, Ray calls to others and for rounds whose model goes through Ray's object store: less of the driver's CPU per batch) | ray (Ray calls only)", choices=TRANSPORTS))
 
 
 @dataclass
