@@ -94,7 +94,7 @@ def _recv_exact(sock: socket.socket, size: int) -> bytearray:
 class Listener:
     """A listening Unix socket for one connection, in a private temporary folder (driver side).
 
-    ``path`` is what the actor connects to (:func:`serve`); :meth:`accept` takes the connection
+    ``path`` is what the actor connects to (:class:`ActorEnd`); :meth:`accept` takes the connection
     and removes the socket file and its folder.
     """
 
@@ -215,14 +215,4 @@ class ActorEnd:
         close_socket(self.sock)
 
 
-def serve(path: str, handle: Callable[[bytearray], bytes]) -> threading.Thread:
-    """Connect to ``path`` and answer every frame with ``handle(frame)``, in order, from a
-    daemon thread (:meth:`ActorEnd.answer_all`); it ends at a pause or when the channel closes.
-    Returns it."""
-    end = ActorEnd(path)
-    thread = threading.Thread(target=end.answer_all, args=(handle,), name="fedsplit-channel", daemon=True)
-    thread.start()
-    return thread
-
-
-__all__ = ["PAUSE", "ActorEnd", "ChannelClosed", "DriverChannel", "Listener", "recv_frame", "send_frame", "serve"]
+__all__ = ["PAUSE", "ActorEnd", "ChannelClosed", "DriverChannel", "Listener", "recv_frame", "send_frame"]

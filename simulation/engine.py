@@ -45,7 +45,6 @@ import math
 import os
 import queue
 import socket
-import threading
 import time
 import traceback
 from collections import deque
@@ -180,7 +179,6 @@ class ClientAppActor:
 
         torch.set_num_threads(max(1, num_threads))
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, num_threads)))
-        self._running = threading.Lock()  # one batch at a time, whichever thread asks (serve() answers from its own)
         self._channel: ActorEnd | None = None  # opened by open_channel, answered by answer_channel
         self.load_app(client_app, meter)
 
@@ -202,8 +200,7 @@ class ClientAppActor:
         (:mod:`fedsplit.simulation.shared_content`).
         """
         items, faults, layouts = unpack(payload)
-        with self._running:
-            return pack(self._run_items(items, faults, shared, layouts))
+        return pack(self._run_items(items, faults, shared, layouts))
 
     def open_channel(self, path: str, driver_node_id: str) -> bool:
         """Connect to the engine's channel at ``path`` (:mod:`fedsplit.simulation.actor_channel`);

@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedsplit.devices import Population, builtin_profiles
-from fedsplit.simulation.actor_channel import ChannelClosed, DriverChannel, Listener, recv_frame, send_frame, serve
+from fedsplit.simulation.actor_channel import ActorEnd, ChannelClosed, DriverChannel, Listener, recv_frame, send_frame
 from fedsplit.simulation.engine import KILLED_REASON, RayEngine
 
 
@@ -38,10 +38,12 @@ def test_frames_arrive_whole_and_in_order_and_a_closed_end_is_named():
 
 
 def _served(handle):
-    """A driver channel to ``serve(handle)`` running in this process, and its arrivals queue."""
+    """A driver channel to an actor end answering with ``handle`` in a thread of this process, its
+    arrivals queue and that thread."""
     arrivals: queue.SimpleQueue = queue.SimpleQueue()
     listener = Listener()
-    answering = serve(listener.path, handle)
+    answering = threading.Thread(target=ActorEnd(listener.path).answer_all, args=(handle,), daemon=True)
+    answering.start()
     return DriverChannel(listener.accept(timeout_s=10.0), arrivals), arrivals, answering
 
 
