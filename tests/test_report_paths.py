@@ -127,3 +127,20 @@ def test_the_flower_engine_filters_the_deprecation_flower_really_logs():
 
     assert "The `run_simulation` function is deprecated" in inspect.getsource(flower_run_simulation)
     assert "`run_simulation` function is deprecated" in inspect.getsource(runner.run_on_flower_engine)
+
+
+def test_summary_separates_the_first_rounds_start_up_from_the_later_rounds_wall_time(capsys):
+    import dataclasses
+
+    ledger = Ledger()
+    for k, wall_s in ((1, 6.0), (2, 0.25), (3, 0.35)):  # the first round also starts the engine
+        ledger.rounds[k] = dataclasses.replace(_round(k), wall_s=wall_s)
+    summary = summarize(ledger, wall_s=6.6)
+    assert abs(summary["mean_round_wall_s"] - 2.2) < 1e-12
+    assert summary["first_round_wall_s"] == 6.0
+    assert abs(summary["mean_round_wall_after_first_s"] - 0.30) < 1e-12
+    print_summary(summary, "run")
+    out = capsys.readouterr().out
+    assert "first wall round, with start-up (s)" in out and "mean wall round after the first (s)" in out and "0.300" in out
+    ledger.rounds = {1: ledger.rounds[1]}  # one round: nothing to tell apart
+    assert "first_round_wall_s" not in summarize(ledger, wall_s=6.0)

@@ -122,6 +122,9 @@ def print_summary(summary: dict[str, Any], run_dir: str, console: Console | None
     table.add_row("mean simulated round (s)", f"{summary['mean_round_sim_s']:.3f}")
     table.add_row("wall time (s)", f"{summary['wall_time_s']:.2f}")
     table.add_row("mean wall round (s)", f"{summary['mean_round_wall_s']:.3f}")
+    if "first_round_wall_s" in summary:  # the first round also starts the engine
+        table.add_row("first wall round, with start-up (s)", f"{summary['first_round_wall_s']:.3f}")
+        table.add_row("mean wall round after the first (s)", f"{summary['mean_round_wall_after_first_s']:.3f}")
     table.add_row("bytes up / down (MB)", f"{summary['bytes_up'] / 1e6:.2f} / {summary['bytes_down'] / 1e6:.2f}")
     if "compression_ratio" in summary:
         table.add_row("uplink compression ratio vs fp32", f"{summary['compression_ratio']:.1f}")

@@ -76,6 +76,19 @@ def gpu_memory(ledger: Ledger) -> dict[str, int]:
     return dict(sorted(peaks.items()))
 
 
+def steady_wall(rounds: list) -> dict[str, float]:
+    """The first round's wall seconds and the mean of the later rounds' (empty with fewer than two rounds).
+
+    The first round also starts the engine (Ray, its actors, their imports: seconds on a laptop),
+    so the run's mean round says little about how long a round takes once running; the mean after
+    the first does.
+    """
+    if len(rounds) < 2:
+        return {}
+    later = [r.wall_s for r in rounds[1:]]
+    return {"first_round_wall_s": rounds[0].wall_s, "mean_round_wall_after_first_s": sum(later) / len(later)}
+
+
 def summarize(ledger: Ledger, wall_s: float, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Totals and per-device-class means derived from the ledger."""
     rounds = [ledger.rounds[r] for r in sorted(ledger.rounds)]
@@ -114,6 +127,7 @@ def summarize(ledger: Ledger, wall_s: float, extra: dict[str, Any] | None = None
         "mean_round_sim_s": sum(r.sim_s for r in rounds) / max(len(rounds), 1),
         "wall_time_s": wall_s,
         "mean_round_wall_s": wall_s / max(len(rounds), 1),
+        **steady_wall(rounds),
         "bytes_up": sum(r.bytes_up for r in rounds),
         "bytes_down": sum(r.bytes_down for r in rounds),
         "energy_j": sum(r.energy_j for r in rounds),
