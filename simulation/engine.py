@@ -39,6 +39,7 @@ fedsplit's ClientApp does), the actor runs each message through
 
 from __future__ import annotations
 
+import gc
 import heapq
 import logging
 import math
@@ -181,6 +182,9 @@ class ClientAppActor:
         os.environ.setdefault("OMP_NUM_THREADS", str(max(1, num_threads)))
         self._channel: ActorEnd | None = None  # opened by open_channel, answered by answer_channel
         self.load_app(client_app, meter)
+        # Its imports and its app live as long as the process: out of the cyclic collector's full
+        # walks (0.12 s each, at random between messages), as the server's (simulation/frozen_heap.py).
+        gc.freeze()
 
     def load_app(self, client_app: ClientApp, meter: bool = False) -> None:
         """Host another run's ClientApp (a warm actor, :mod:`fedsplit.simulation.warm_actors`)."""

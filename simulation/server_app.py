@@ -40,6 +40,7 @@ from fedsplit.simulation.checkpoint import (
     write_resume_point,
 )
 from fedsplit.simulation.faults import attach_faults
+from fedsplit.simulation.frozen_heap import frozen_heap
 from fedsplit.simulation.loop import LoopSettings, run_protocol
 from fedsplit.simulation.metered_grid import MeteredGrid
 from fedsplit.strategies import StrategyLoadError, build_strategy
@@ -369,25 +370,26 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
     )
     started = time.perf_counter()
     try:
-        final = run_protocol(
-            protocol,
-            run,
-            evaluate=evaluate_global,
-            settings=LoopSettings(
-                eval_every=t.eval_every,
-                checkpoint_every=t.checkpoint_every,
-                max_empty_rounds=t.max_empty_rounds,
-                resume_every=t.resume_every,
-                min_clients=f.min_clients,
-                too_few=f.too_few,
-                max_retries=f.max_retries,
-            ),
-            on_round=on_round,
-            resume=lambda: session.restore(protocol, metered),
-            save_resume_point=lambda server_round: session.save_resume_point(server_round, protocol, metered),
-            checkpoint=lambda server_round, state: session.checkpoint(server_round, task.full_state(state)),
-            on_stop=lambda server_round, reason: setattr(session, "stopped", {"after_round": server_round, "of_rounds": cfg.rounds, "reason": reason}),
-        )
+        with frozen_heap():  # what exists now is never garbage during the run: the collector skips it
+            final = run_protocol(
+                protocol,
+                run,
+                evaluate=evaluate_global,
+                settings=LoopSettings(
+                    eval_every=t.eval_every,
+                    checkpoint_every=t.checkpoint_every,
+                    max_empty_rounds=t.max_empty_rounds,
+                    resume_every=t.resume_every,
+                    min_clients=f.min_clients,
+                    too_few=f.too_few,
+                    max_retries=f.max_retries,
+                ),
+                on_round=on_round,
+                resume=lambda: session.restore(protocol, metered),
+                save_resume_point=lambda server_round: session.save_resume_point(server_round, protocol, metered),
+                checkpoint=lambda server_round, state: session.checkpoint(server_round, task.full_state(state)),
+                on_stop=lambda server_round, reason: setattr(session, "stopped", {"after_round": server_round, "of_rounds": cfg.rounds, "reason": reason}),
+            )
     finally:
         session.strategy_wall_s = time.perf_counter() - started
     session.final_state = {k: v.clone() for k, v in task.full_state(final).items()}
