@@ -1,13 +1,13 @@
 """Keep the objects a process already holds out of Python's cyclic collector while a run goes on.
 
 Importing torch, Flower and Ray leaves about 630k objects that the collector tracks, and hardly
-any of them becomes garbage during a run. A full (generation 2) collection walks all of them: about 0.3 s
-on the 2-core development machine. CPython starts one whenever the objects promoted since the
-last one reach a quarter of those it walked then, and every round promotes its replies, its
-messages and its ledger rows (they live until the round is aggregated), so a long run pays that
-walk again and again: 14 % of the server's time in a 200-round run of the 100-terminal MLP
-(``experiments/bench_driver.py --gc 200``); an actor holds ~270k at its start, a 0.12 s walk that lands
-between two messages at random.
+any of them becomes garbage during a run. A full (generation 2) collection walks all of them:
+about 0.3 s on the 2-core development machine. CPython starts one whenever the objects promoted
+since the last one reach a quarter of those it walked then, and every round promotes its replies,
+its messages and its ledger rows (they live until the round is aggregated), so a long run pays
+that walk again and again: 14 % of the server's time in a 200-round run of the 100-terminal MLP
+(``experiments/bench_driver.py --gc 200``). An actor holds ~270k at its start: a 0.12 s walk
+that lands between two messages at random.
 
 :func:`gc.freeze` moves every tracked object into a generation the collector never walks; objects
 made afterwards are collected as before. Garbage cycles among the frozen objects wait until

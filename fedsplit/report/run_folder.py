@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from fedsplit.config import RunConfig, dump_config
-from fedsplit.ledger import Ledger
+from fedsplit.ledger import Ledger, RoundRecord
 from fedsplit.report.plots import plot_run
 
 
@@ -76,7 +76,7 @@ def gpu_memory(ledger: Ledger) -> dict[str, int]:
     return dict(sorted(peaks.items()))
 
 
-def steady_wall(rounds: list) -> dict[str, float]:
+def steady_wall(rounds: list[RoundRecord]) -> dict[str, float]:
     """The first round's wall seconds and the mean of the later rounds' (empty with fewer than two rounds).
 
     The first round also starts the engine (Ray, its actors, their imports: seconds on a laptop),
