@@ -21,16 +21,16 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from io import BytesIO
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 try:  # the class of the views Flower hands out (tests/test_arrays.py checks it)
-    from flwr.app.message.recorddict import _SyncedDict
+    from flwr.app.message.recorddict import _SyncedDict, _check_key
 except ImportError:  # a Flower that moved it: SectionedRecordDict gives Flower's own views
-    _SyncedDict = None
+    _SyncedDict = _check_key = None
 
 __all__ = ["ParsedArray", "SectionedRecordDict", "array_from_numpy", "as_parsed", "array_record_from_state", "array_view", "parsed_record", "record_views", "sectioned"]
 
@@ -207,15 +207,25 @@ class SectionedRecordDict(RecordDict):
     views (reply validation, then the array and metric aggregations). Here the view is the same
     Flower class (writes to it still reach this ``RecordDict``), filled directly: 2.2 us. Views
     are not kept: a kept view refers back to its ``RecordDict``, a reference cycle that would hold
-    every reply's arrays until Python's cyclic collector runs. It deflates as a plain
-    ``RecordDict`` (Flower names the class on the wire).
+    every reply's arrays until Python's cyclic collector runs. Nor is a view a cycle of its own:
+    Flower's keeps its bound method ``check_value`` as its value check, so each view lives until
+    the collector runs (four a reply in FedAvg's aggregation, half the young garbage of a round);
+    these check with a plain function (:func:`_record_check`, the same test and error) and go as
+    soon as they are dropped. It deflates as a plain ``RecordDict`` (Flower names the class on
+    the wire).
     """
 
     def _view(self, kind: type) -> object:
-        if _SyncedDict is None:
+        if not _VIEW_FIELDS_KNOWN:
             return getattr(RecordDict, _VIEW_OF[kind]).fget(self)
-        view = _SyncedDict(self, kind)
-        view.__dict__["_data"] = {k: r for k, r in self.__dict__["_data"].items() if isinstance(r, kind)}
+        view = _SyncedDict.__new__(_SyncedDict)
+        view.__dict__.update(
+            _check_key_fn=_check_key,
+            _check_value_fn=_record_check(kind),
+            _data={k: r for k, r in self.__dict__["_data"].items() if isinstance(r, kind)},
+            recorddict=self,
+            allowed_type=kind,
+        )
         return view
 
     @property
@@ -232,6 +242,32 @@ class SectionedRecordDict(RecordDict):
 
     def deflate(self) -> bytes:
         return _recast(self, RecordDict).deflate()
+
+
+@functools.lru_cache(maxsize=None)
+def _record_check(kind: type) -> Callable[[object], None]:
+    """Flower's ``_SyncedDict.check_value`` for views of ``kind``, as a function that holds no view."""
+
+    def check(value: object) -> None:
+        if not isinstance(value, kind):
+            raise TypeError(f"Expected `{kind.__name__}`, but received `{type(value).__name__}` for the value.")
+
+    return check
+
+
+def _view_fields_known() -> bool:
+    """Whether Flower's view still holds exactly the fields :meth:`SectionedRecordDict._view` sets
+    (else the views are Flower's own)."""
+    if _SyncedDict is None or _check_key is None:
+        return False
+    try:
+        fields = set(_SyncedDict(RecordDict(), ArrayRecord).__dict__)
+    except Exception:  # noqa: BLE001 - a Flower whose view is built otherwise
+        return False
+    return fields == {"_check_key_fn", "_check_value_fn", "_data", "recorddict", "allowed_type"}
+
+
+_VIEW_FIELDS_KNOWN = _view_fields_known()
 
 
 def sectioned(content: RecordDict) -> SectionedRecordDict:

@@ -121,6 +121,29 @@ def test_sectioned_record_dict_gives_flowers_views_and_writes_through_them() -> 
         fast.metric_records["bad"] = ConfigRecord({"x": 1})  # the view still checks the record type
 
 
+def test_sectioned_views_are_freed_when_dropped_and_check_as_flowers_do() -> None:
+    """Flower's view holds its own bound method (a reference cycle only the cyclic collector frees);
+    a SectionedRecordDict's view is freed by its last reference going."""
+    import gc
+    import weakref
+
+    plain = RecordDict({"arrays": ArrayRecord({"w": Array(ARRAYS["float32-matrix"])}), "metrics": MetricRecord({"n": 3})})
+    fast = sectioned(plain)
+    gc.disable()
+    try:
+        theirs, ours = weakref.ref(plain.metric_records), weakref.ref(fast.metric_records)
+        assert theirs() is not None and ours() is None
+    finally:
+        gc.enable()
+    with pytest.raises(TypeError) as theirs_error:
+        plain.array_records["bad"] = MetricRecord({"x": 1})
+    with pytest.raises(TypeError) as ours_error:
+        fast.array_records["bad"] = MetricRecord({"x": 1})
+    assert str(ours_error.value) == str(theirs_error.value)
+    fast.array_records["more"] = ArrayRecord({"v": Array(ARRAYS["float32-matrix"])})  # a write still reaches the dict
+    assert isinstance(fast["more"], ArrayRecord)
+
+
 def test_sectioned_record_dict_travels_and_arrives_as_a_plain_record_dict() -> None:
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
     from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
@@ -138,7 +161,7 @@ def test_sectioned_record_dict_falls_back_to_flowers_views(monkeypatch) -> None:
     """Where Flower no longer has the private view class, the views are Flower's own."""
     import fedsplit.clients.arrays as arrays
 
-    monkeypatch.setattr(arrays, "_SyncedDict", None)
+    monkeypatch.setattr(arrays, "_VIEW_FIELDS_KNOWN", False)
     plain = RecordDict({"arrays": ArrayRecord({"w": Array(ARRAYS["float32-matrix"])}), "metrics": MetricRecord({"n": 3})})
     fast = sectioned(plain)
     for kind in ("array_records", "metric_records", "config_records"):
