@@ -210,7 +210,7 @@ class SectionedRecordDict(RecordDict):
     every reply's arrays until Python's cyclic collector runs. Nor is a view a cycle of its own:
     Flower's keeps its bound method ``check_value`` as its value check, so each view lives until
     the collector runs (four a reply in FedAvg's aggregation: 96 % of a run's cyclic garbage);
-    these check with a plain function (:func:`_record_check`, the same test and error) and go as
+    these check with Flower's check bound to another view (:func:`_record_check`) and go as
     soon as they are dropped. It deflates as a plain ``RecordDict`` (Flower names the class on
     the wire).
     """
@@ -246,22 +246,18 @@ class SectionedRecordDict(RecordDict):
 
 @functools.lru_cache(maxsize=None)
 def _record_check(kind: type) -> Callable[[object], None]:
-    """Flower's ``_SyncedDict.check_value`` for views of ``kind``, as a function that holds no view."""
-
-    def check(value: object) -> None:
-        if not isinstance(value, kind):
-            raise TypeError(f"Expected `{kind.__name__}`, but received `{type(value).__name__}` for the value.")
-
-    return check
+    """Flower's own value check for views of ``kind``: ``check_value`` bound to one view made once
+    for the purpose (kept for the process's life), not to the view that uses it."""
+    return _SyncedDict(RecordDict(), kind).check_value
 
 
 def _view_fields_known() -> bool:
     """Whether Flower's view still holds exactly the fields :meth:`SectionedRecordDict._view` sets
     (else the views are Flower's own)."""
-    if _SyncedDict is None or _check_key is None:
+    if _SyncedDict is None:
         return False
     try:
-        fields = set(_SyncedDict(RecordDict(), ArrayRecord).__dict__)
+        fields = set(_record_check(ArrayRecord).__self__.__dict__)
     except Exception:  # noqa: BLE001 - a Flower whose view is built otherwise
         return False
     return fields == {"_check_key_fn", "_check_value_fn", "_data", "recorddict", "allowed_type"}
