@@ -30,12 +30,21 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def same_value(old: str, new: str) -> bool:
-    """Equal as text, or as numbers within float round-off (the clock now adds in event order)."""
+# Columns computed by float32 training and evaluation: PyTorch's CPU kernels round differently on
+# different instruction sets (AVX2 vs AVX-512), so a model trained on another machine differs in the
+# last bits of float32 (seen: loss 1.02539435 stored, 1.02539444 on an AVX2-only EPYC). They are
+# compared within float32 round-off; accuracy within one example of the 360-example server split.
+MODEL_COLUMNS = {"loss": {"rel": 1e-5}, "accuracy": {"abs": 1.0 / 360}}
+
+
+def same_value(old: str, new: str, column: str = "") -> bool:
+    """Equal as text, or as numbers within float round-off (the clock now adds in event order;
+    model columns within float32 round-off, see MODEL_COLUMNS)."""
     if old == new:
         return True
+    tolerance = MODEL_COLUMNS.get(column, {"rel": 1e-12, "abs": 1e-15})
     try:
-        return float(new) == pytest.approx(float(old), rel=1e-12, abs=1e-15)
+        return float(new) == pytest.approx(float(old), **tolerance)
     except ValueError:
         return False
 
@@ -47,7 +56,7 @@ def assert_same_table(stored: list[dict[str, str]], fresh: list[dict[str, str]],
             if column in skip:
                 continue
             assert column in new, f"column {column} is gone"
-            assert same_value(value, new[column]), f"row {i} column {column}: stored {value!r}, now {new[column]!r}"
+            assert same_value(value, new[column], column), f"row {i} column {column}: stored {value!r}, now {new[column]!r}"
 
 
 def test_fedavg_ledgers_equal_the_stored_ledgers_of_the_previous_loop(tmp_path, ray_session):
