@@ -24,10 +24,14 @@ in 8 alternations on the 100-terminal one), and the driver spends less CPU per C
 (``feeds`` 10.5-16.9 against 8.9-15.8), which is what many cores need. ``engine.transport = "ray"``
 sends every batch by Ray call.
 
-A frame is an 8-byte big-endian length and that many bytes. The actor answers each frame with one
-frame, in order (:class:`ActorEnd`: a thread of its own reads them); the driver reads each channel
-in a thread of its own (:class:`DriverChannel`), so neither side's send waits on the other's work. A process
-that dies closes its end, which the other side reads as :class:`ChannelClosed`.
+A frame is an 8-byte big-endian length and that many bytes. The actor answers each batch frame
+in order (:class:`ActorEnd`: a thread of its own reads them) with the frames :func:`answer_chunks`
+sizes: half the batch's items still unanswered each time, so the driver unpacks, checks and meters
+the first replies while the actor trains the rest, and what it does after the batch's end is one
+reply's work (the engine's streamed replies; a batch lists its heaviest items first, so its last is
+short). The driver reads each channel in a thread of its own (:class:`DriverChannel`), so neither
+side's send waits on the other's work. A process that dies closes its end, which the other side
+reads as :class:`ChannelClosed`.
 """
 
 from __future__ import annotations
@@ -42,11 +46,28 @@ import tempfile
 import threading
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger("fedsplit")
 
 _LENGTH = struct.Struct("!Q")
+
+
+def answer_chunks(items: int) -> list[int]:
+    """How many of a batch's ``items`` each answer frame carries, in order: half of those still
+    unanswered, rounded up (10 items: 5, 3, 1, 1; 50: 25, 13, 6, 3, 2, 1). Both ends compute it:
+    the driver counts a batch's frames with it, the actor groups its replies with it.
+
+    ``log2(items) + 1`` frames at most: the per-frame costs (a pickle, a send, the driver's wake-up)
+    stay few per batch, and the last frame, the only one the driver handles after the actor has
+    finished, carries one reply.
+    """
+    sizes = []
+    while items > 0:
+        size = (items + 1) // 2
+        sizes.append(size)
+        items -= size
+    return sizes
 
 
 class ChannelClosed(ConnectionError):
@@ -130,8 +151,8 @@ class DriverChannel:
 
     :meth:`send` sends a frame; a thread of the channel reads the actor's answers and puts each on
     ``arrivals`` as ``(channel, frame)``, and at the end ``(channel, ChannelClosed)``. ``pending``
-    is the caller's: the keys of the frames sent and not yet answered, oldest first (answers come
-    in the order of the frames).
+    is the caller's: the keys of the batches sent and not yet wholly answered, oldest first
+    (answers come in the order of the batches, each batch's in :func:`answer_chunks` frames).
     """
 
     def __init__(self, sock: socket.socket, arrivals: "queue.SimpleQueue[tuple[DriverChannel, bytearray | ChannelClosed]]") -> None:
@@ -171,7 +192,7 @@ class ActorEnd:
 
     A daemon thread reads the frames as they come (so the driver's send of a next batch never
     waits for the batch before it to end); :meth:`answer_all` answers them in order in the
-    thread that calls it.
+    thread that calls it, each with the frames its handler yields.
     """
 
     def __init__(self, path: str) -> None:
@@ -187,25 +208,24 @@ class ActorEnd:
         except ChannelClosed:
             self._frames.put(None)
 
-    def answer_all(self, handle: Callable[[bytearray], bytes]) -> bool:
-        """Answer every frame with ``handle(frame)``, in order, until a :data:`PAUSE` frame (True:
-        the channel stays open, a later call answers the frames after it) or until the channel
-        closes (False).
+    def answer_all(self, handle: Callable[[bytearray], Iterable[bytes]]) -> bool:
+        """Answer every frame with the frames ``handle(frame)`` yields (each sent as it is
+        yielded), in order, until a :data:`PAUSE` frame (True: the channel stays open, a later
+        call answers the frames after it) or until the channel closes (False).
 
         ``handle`` should not raise; if it does, the traceback is logged and the channel closed,
-        which the driver treats as it treats a dead actor.
+        which the driver treats as it treats a dead actor (the frames sent before stay answered).
         """
         while (frame := self._frames.get()) is not None:
             if frame == PAUSE:
                 return True
             try:
-                reply = handle(frame)
+                for reply in handle(frame):
+                    send_frame(self.sock, reply)
+            except ChannelClosed:
+                break
             except Exception:  # noqa: BLE001 - the driver sees the closed channel
                 log.error("fedsplit channel: a batch failed outside the ClientApp; closing\n%s", traceback.format_exc())
-                break
-            try:
-                send_frame(self.sock, reply)
-            except ChannelClosed:
                 break
         self.close()
         return False
@@ -215,4 +235,4 @@ class ActorEnd:
         close_socket(self.sock)
 
 
-__all__ = ["PAUSE", "ActorEnd", "ChannelClosed", "DriverChannel", "Listener", "recv_frame", "send_frame"]
+__all__ = ["PAUSE", "ActorEnd", "answer_chunks", "ChannelClosed", "DriverChannel", "Listener", "recv_frame", "send_frame"]

@@ -49,7 +49,7 @@ import socket
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from dataclasses import dataclass
 from uuid import uuid4
@@ -68,7 +68,7 @@ from fedsplit.config.schema import DEFAULT_TRANSPORT, TRANSPORTS
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
 from fedsplit.simulation import warm_actors as warm
-from fedsplit.simulation.actor_channel import PAUSE, ActorEnd, ChannelClosed, DriverChannel, Listener
+from fedsplit.simulation.actor_channel import PAUSE, ActorEnd, ChannelClosed, DriverChannel, Listener, answer_chunks
 from fedsplit.simulation.actor_payload import pack, unpack
 from fedsplit.simulation.shared_content import SHARED_RECORD_BYTES, Layout, restore, shared_records, strip
 
@@ -198,13 +198,26 @@ class ClientAppActor:
         :func:`~fedsplit.simulation.actor_payload.pack`, and so is the result: one ``(reply,
         context, measured, seconds)`` per item, ``seconds`` being the real seconds the app took
         on this actor. ``faults[i]`` is the injected fault of item ``i``: ``"kill"`` ends this
-        process when the item is reached (the batch's replies are lost, as when any process
-        dies). ``shared`` are the round's records sent once through the object store and
+        process when the item is reached (the replies of the batch not yet sent are lost, as
+        when any process dies). ``shared`` are the round's records sent once through the object store and
         ``layouts[i]`` where they go back into message ``i``
         (:mod:`fedsplit.simulation.shared_content`).
         """
         items, faults, layouts = unpack(payload)
         return pack(self._run_items(items, faults, shared, layouts))
+
+    def answer_batch(self, payload: bytes) -> Iterator[bytes]:
+        """:meth:`run_batch` for a channel: the results packed in the groups of
+        :func:`~fedsplit.simulation.actor_channel.answer_chunks`, each yielded (and sent) as soon
+        as its items have run, so the driver handles them while the rest of the batch runs."""
+        items, faults, layouts = unpack(payload)
+        faults = faults or [None] * len(items)
+        layouts = layouts or [None] * len(items)
+        start = 0
+        for size in answer_chunks(len(items)):
+            end = start + size
+            yield pack(self._run_items(items[start:end], faults[start:end], None, layouts[start:end]))
+            start = end
 
     def open_channel(self, path: str, driver_node_id: str) -> bool:
         """Connect to the engine's channel at ``path`` (:mod:`fedsplit.simulation.actor_channel`);
@@ -228,7 +241,7 @@ class ClientAppActor:
         It runs on the thread Ray runs this actor's calls on (the process's main thread), as the
         calls do, and holds it: a call to this actor waits until the channel pauses or closes.
         """
-        if self._channel is not None and not self._channel.answer_all(self.run_batch):
+        if self._channel is not None and not self._channel.answer_all(self.answer_batch):
             self._channel = None
 
     def _run_items(
@@ -255,9 +268,13 @@ class ClientAppActor:
 
 
 class _ChannelCall:
-    """The key of a batch sent through a channel (:meth:`RayEngine._execute_batches`)."""
+    """The key of a batch sent through a channel (:meth:`RayEngine._execute_batches`), with the
+    number of its answer frames still to come (:func:`~fedsplit.simulation.actor_channel.answer_chunks`)."""
 
-    __slots__ = ()
+    __slots__ = ("frames_left",)
+
+    def __init__(self, items: int) -> None:
+        self.frames_left = len(answer_chunks(items))
 
 
 def _raises(exc: BaseException) -> Callable[[], bytes]:
@@ -571,9 +588,11 @@ class RayEngine:
         """Run every message on an actor of its terminal's pool; return the replies.
 
         When the engine meters the app, each reply's ``(flops, method)`` is put in ``measured``
-        under the id of the message it replies to. ``on_replies`` is called with each batch's
-        replies as the batch comes back, after the next batches are dispatched: the caller's
-        per-reply work then runs while the actors still train (the returned list is unchanged).
+        under the id of the message it replies to. ``on_replies`` is called with the replies of
+        each answer as it comes back (a Ray call's: its whole batch; a channel's batch answers in
+        parts, :func:`~fedsplit.simulation.actor_channel.answer_chunks`), after the next batches
+        are dispatched: the caller's per-reply work then runs while the actors still train (the
+        returned list is unchanged).
         """
         started = time.perf_counter()
         try:
@@ -615,7 +634,8 @@ class RayEngine:
         exclusive: set[int] = set()  # actors running a retry
         replaced: dict[int, object] = {}  # id -> dead actor (kept referenced: ids stay unique)
         running: dict = {}  # a Ray call's ObjectRef, or a _ChannelCall -> (actor, budget, batch, retry)
-        ended: deque[tuple[object, Callable[[], bytes]]] = deque()  # channel calls that failed as they were sent
+        answered: dict = {}  # a _ChannelCall -> its batch's items answered so far (its frames come in parts)
+        ended: deque[tuple[object, Callable[[], bytes], bool]] = deque()  # channel calls that failed as they were sent
         replies: list[Message] = []
         deadline = None if timeout is None else time.monotonic() + timeout
 
@@ -624,19 +644,19 @@ class RayEngine:
             candidates = [a for a in self.pools[budget].actors if id(a) not in exclusive and inflight.get(id(a), 0) < limit]
             return min(candidates, key=lambda a: inflight.get(id(a), 0), default=None)
 
-        def send(actor, payload: bytes) -> object:  # noqa: ANN001 - the key of the batch in ``running``
+        def send(actor, payload: bytes, items: int) -> object:  # noqa: ANN001 - the key of the batch in ``running``
             channel = self._channels.get(id(actor)) if by_channel else None
             if channel is None:  # Ray calls (or a replacement actor whose channel did not open)
                 self._pause_channel(actor)
                 return actor.run_batch.remote(payload, shared_ref)
             if id(actor) not in self._answering:
                 self._answering[id(actor)] = actor.answer_channel.remote()
-            call = _ChannelCall()
+            call = _ChannelCall(items)
             channel.pending.append(call)
             try:
                 channel.send(payload)
             except ChannelClosed as exc:  # its process died: fail the batch now, as a dead actor's call
-                ended.append((call, _raises(exc)))
+                ended.append((call, _raises(exc), True))
             return call
 
         def dispatch() -> None:
@@ -653,7 +673,7 @@ class RayEngine:
                 items = [(sent, self.context_of(m.metadata.dst_node_id)) for (sent, _), m in zip(stripped, batch)]
                 layouts = [layout for _, layout in stripped] if positions else None
                 faults = [self.faults(m) for m in batch] if self.faults is not None else None
-                running[send(actor, pack((items, faults, layouts)))] = (actor, budget, batch, retry)
+                running[send(actor, pack((items, faults, layouts)), len(batch))] = (actor, budget, batch, retry)
 
         dispatch()
         while running:
@@ -663,18 +683,21 @@ class RayEngine:
                 log.warning("engine: %d batches still running at the %.1f s timeout", len(running), timeout)
                 break
             arrived: list[Message] = []
-            for key, answer in done:
+            for key, answer, last in done:  # ``last``: the batch's last answer (a channel's come in parts)
                 if key not in running:  # a batch of an earlier call that timed out
                     continue
-                actor, budget, batch, retry = running.pop(key)
-                inflight[id(actor)] -= 1
-                exclusive.discard(id(actor))
+                actor, budget, batch, retry = running[key]
+                if last:
+                    del running[key]
+                    inflight[id(actor)] -= 1
+                    exclusive.discard(id(actor))
                 try:
                     results = unpack(answer())
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ChannelClosed) as exc:
                     if id(actor) not in replaced:  # the first of its batches to fail replaces it
                         replaced[id(actor)] = actor
                         self._replace(actor, budget)
+                    batch = batch[answered.pop(key, 0):]  # the replies that came before its death stand
                     if retry:  # it died alone on its actor: this message killed it
                         for msg in batch:
                             injected = self.faults is not None and self.faults(msg) == "kill"
@@ -683,6 +706,10 @@ class RayEngine:
                     else:
                         queue.extend((budget, [m], True) for m in batch)
                 else:
+                    if last:
+                        answered.pop(key, None)
+                    else:
+                        answered[key] = answered.get(key, 0) + len(results)
                     for reply, ctx, found, seconds in results:
                         self.contexts[ctx.node_id] = ctx
                         self.seconds[(ctx.node_id, reply.metadata.message_type)] = seconds
@@ -696,9 +723,10 @@ class RayEngine:
                 on_replies(arrived)
         return replies
 
-    def _answers(self, running: dict, left: float | None) -> list[tuple[object, Callable[[], bytes]]]:
-        """The next batches to end, as ``[(key, fetch)]`` (``fetch()`` gives the packed results or
-        raises as a dead actor's call does); empty at the timeout (``left`` seconds, None: none)."""
+    def _answers(self, running: dict, left: float | None) -> list[tuple[object, Callable[[], bytes], bool]]:
+        """The next answers, as ``[(key, fetch, last)]`` (``fetch()`` gives the packed results or
+        raises as a dead actor's call does; ``last``: the batch's last answer, those of a channel
+        coming in parts); empty at the timeout (``left`` seconds, None: none)."""
         channels = any(isinstance(key, _ChannelCall) for key in running)
         calls = any(isinstance(key, ray.ObjectRef) for key in running)
         if not (channels and calls):
@@ -711,16 +739,17 @@ class RayEngine:
                 return done
 
     @staticmethod
-    def _ray_answers(running: dict, left: float | None) -> list[tuple[object, Callable[[], bytes]]]:
-        """The next Ray call to end, as ``[(ref, fetch)]``; empty at the timeout."""
+    def _ray_answers(running: dict, left: float | None) -> list[tuple[object, Callable[[], bytes], bool]]:
+        """The next Ray call to end, as ``[(ref, fetch, True)]``; empty at the timeout."""
         refs = [key for key in running if isinstance(key, ray.ObjectRef)]
         done, _ = ray.wait(refs, num_returns=1, timeout=left)
-        return [(ref, lambda ref=ref: ray.get(ref)) for ref in done]
+        return [(ref, lambda ref=ref: ray.get(ref), True) for ref in done]
 
-    def _channel_answers(self, running: dict, left: float | None) -> list[tuple[object, Callable[[], bytes]]]:
-        """The next channel answers for batches in ``running``, as ``[(call, fetch)]``: one
-        batch's frame, or every pending batch of a channel that closed; empty at the timeout.
-        Answers to batches no longer running (an earlier call's, after its timeout) are dropped."""
+    def _channel_answers(self, running: dict, left: float | None) -> list[tuple[object, Callable[[], bytes], bool]]:
+        """The next channel answers for batches in ``running``, as ``[(call, fetch, last)]``: one
+        frame of a batch's answer, or every pending batch of a channel that closed; empty at the
+        timeout. Answers to batches no longer running (an earlier call's, after its timeout) are
+        dropped."""
         deadline = None if left is None else time.monotonic() + left
         while True:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -731,10 +760,13 @@ class RayEngine:
             if isinstance(answer, ChannelClosed):
                 calls = list(channel.pending)
                 channel.pending.clear()
-                done = [(call, _raises(answer)) for call in calls if call in running]
+                done = [(call, _raises(answer), True) for call in calls if call in running]
             elif channel.pending:
-                call = channel.pending.popleft()
-                done = [(call, lambda answer=answer: answer)] if call in running else []
+                call = channel.pending[0]
+                call.frames_left -= 1
+                if call.frames_left == 0:
+                    channel.pending.popleft()
+                done = [(call, lambda answer=answer: answer, call.frames_left == 0)] if call in running else []
             else:  # an answer with no batch of this engine waiting for it: cannot happen, dropped
                 done = []
             if done:

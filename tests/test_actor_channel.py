@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedsplit.devices import Population, builtin_profiles
-from fedsplit.simulation.actor_channel import ActorEnd, ChannelClosed, DriverChannel, Listener, recv_frame, send_frame
+from fedsplit.simulation.actor_channel import ActorEnd, ChannelClosed, DriverChannel, Listener, answer_chunks, recv_frame, send_frame
 from fedsplit.simulation.engine import KILLED_REASON, RayEngine
 
 
@@ -47,19 +47,37 @@ def _served(handle):
     return DriverChannel(listener.accept(timeout_s=10.0), arrivals), arrivals, answering
 
 
-def test_a_served_actor_answers_each_frame_in_order_and_ends_when_the_driver_closes():
-    started = []
+def test_answer_chunks_halve_what_is_left_and_cover_the_batch():
+    assert answer_chunks(10) == [5, 3, 1, 1]
+    assert answer_chunks(50) == [25, 13, 6, 3, 2, 1]
+    assert answer_chunks(1) == [1] and answer_chunks(2) == [1, 1] and answer_chunks(0) == []
+    for items in range(1, 300):
+        sizes = answer_chunks(items)
+        assert sum(sizes) == items and sizes[-1] == 1 and len(sizes) <= items.bit_length() + 1
 
-    def handle(frame: bytearray) -> bytes:
+
+def test_a_served_actor_answers_each_frame_in_order_in_parts_sent_as_they_are_made_and_ends_when_the_driver_closes():
+    started = []
+    release = threading.Event()
+
+    def handle(frame: bytearray):
         started.append(bytes(frame))
         time.sleep(0.05)  # the next frames are sent while this one is handled
-        return bytes(frame) * 2
+        yield bytes(frame)
+        if frame == b"a":
+            assert release.wait(10)  # the first part is on its way before the handler goes on
+        yield bytes(frame) * 2
 
     channel, arrivals, answering = _served(handle)
     for payload in (b"a", b"bb", b"ccc"):
         channel.send(payload)  # none of these waits for the answer of the one before
-    answers = [arrivals.get(timeout=10) for _ in range(3)]
-    assert [(c, bytes(a)) for c, a in answers] == [(channel, b"aa"), (channel, b"bbbb"), (channel, b"cccccc")]
+    first = arrivals.get(timeout=10)
+    assert (first[0], bytes(first[1])) == (channel, b"a")
+    release.set()
+    answers = [first] + [arrivals.get(timeout=10) for _ in range(5)]
+    assert [(c, bytes(a)) for c, a in answers] == [
+        (channel, b"a"), (channel, b"aa"), (channel, b"bb"), (channel, b"bbbb"), (channel, b"ccc"), (channel, b"cccccc"),
+    ]
     assert started == [b"a", b"bb", b"ccc"]
     channel.close()
     answering.join(timeout=10)
@@ -251,3 +269,60 @@ def test_the_config_chooses_the_transport():
         assert RayEngine.from_run_config(cfg, sleepy_app()).transport == value
     with pytest.raises(ConfigError, match=r"engine.transport = 'grpc': unknown \(allowed: ray, channel\)"):
         load_config(None, ["engine.transport=grpc"])
+
+
+def timed_app() -> ClientApp:
+    """Every terminal but 3 works ``sleep_s`` seconds, then replies with its process id and the
+    wall clock time (seconds) at which it ended; terminal 3 ends its process in a round with
+    ``kill = 1`` (else replies at once: the lightest, it is last in its batch from round 2 on)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        config = msg.content["config"]
+        if int(context.node_config["partition-id"]) == 3:
+            if int(config["kill"]):
+                os._exit(1)
+        else:
+            time.sleep(float(config["sleep_s"]))
+        return Message(RecordDict({"metrics": MetricRecord({"os_pid": os.getpid(), "ended_at": time.time()})}), reply_to=msg)
+
+    return app
+
+
+def test_a_channel_batch_answers_in_parts_that_reach_the_caller_while_the_actor_works_on(ray_session):
+    population = Population({"laptop": 4}, builtin_profiles())
+    with RayEngine(timed_app(), population, num_actors=1, transport="channel") as engine:
+        grid = engine.grid()
+        nodes = list(grid.get_node_ids())
+        parts: list[tuple[int, float]] = []
+        content = RecordDict({"config": ConfigRecord({"sleep_s": 0.3, "kill": 0})})
+        msgs = [Message(content, dst_node_id=n, message_type="train", group_id="1") for n in nodes]
+        replies = grid.send_and_receive(msgs, on_replies=lambda got: parts.append((len(got), time.time())))
+        assert len(engine._channels) == 1
+        assert [size for size, _ in parts] == answer_chunks(4) == [2, 1, 1]
+        ended = sorted(float(r.content["metrics"]["ended_at"]) for r in replies)
+        # the first two replies were in the caller's hands while the actor still worked on the third and fourth
+        assert parts[0][1] < ended[2] - 0.1
+
+
+def test_a_channel_batch_keeps_the_replies_sent_before_its_actor_died(ray_session):
+    population = Population({"laptop": 4}, builtin_profiles())
+    with RayEngine(timed_app(), population, num_actors=1, transport="channel") as engine:
+        grid = engine.grid()
+        nodes = list(grid.get_node_ids())
+
+        def round_(kill: int) -> dict[int, Message]:
+            content = RecordDict({"config": ConfigRecord({"sleep_s": 0.05, "kill": kill})})
+            msgs = [Message(content, dst_node_id=n, message_type="train", group_id=str(kill)) for n in nodes]
+            return {engine.partition_of(r.metadata.src_node_id): r for r in grid.send_and_receive(msgs, timeout=60.0)}
+
+        first_pid = {int(r.content["metrics"]["os_pid"]) for r in round_(0).values()}
+        assert len(first_pid) == 1
+        killed = round_(1)
+        # one actor, one batch, terminal 3 last (the lightest in round 1): answered as [a, b], [c], [3]
+        assert len(engine.last_batches) == 1 and engine.last_batches[0][-1] == 3
+        assert killed[3].error.code == ErrorCode.CLIENT_APP_CRASHED
+        # terminals 0-2 answered before terminal 3 ended the process: their replies stand, not re-run
+        assert {p: int(killed[p].content["metrics"]["os_pid"]) for p in (0, 1, 2)} == dict.fromkeys((0, 1, 2), first_pid.pop())
+        assert engine.actor_restarts >= 1
