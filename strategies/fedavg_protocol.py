@@ -24,6 +24,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
+from fedsplit.clients.arrays import state_dict_of
 from fedsplit.devices import aggregation_flops
 from fedsplit.simulation.metered_grid import accepts_keyword
 from fedsplit.strategies.protocol import ProtocolRun, TrainingProtocol
@@ -135,7 +136,7 @@ class StrategyProtocol(TrainingProtocol):
 
     def global_state(self) -> "OrderedDict[str, torch.Tensor]":
         assert self.arrays is not None, "start() first"
-        return self.arrays.to_torch_state_dict()
+        return state_dict_of(self.arrays)
 
     def stop_reason(self, run: ProtocolRun) -> str | None:
         """The first reason to stop given by a strategy of the wrapper chain that has a
@@ -236,7 +237,7 @@ class StartDrivenProtocol(TrainingProtocol):
 
     def global_state(self) -> "OrderedDict[str, torch.Tensor]":
         assert self._arrays is not None, "start() first"
-        return self._arrays.to_torch_state_dict()
+        return state_dict_of(self._arrays)
 
     def finish(self, run: ProtocolRun) -> None:
         if self._thread is None:

@@ -64,7 +64,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore.primitives.asymmetric import bytes_to_private_key, bytes_to_public_key
 
-from fedsplit.clients.arrays import array_record_from_state, record_views
+from fedsplit.clients.arrays import array_record_from_state, record_views, state_dict_of
 from fedsplit.config.names import SECAGG_STRATEGIES
 from fedsplit.host_rate import timed_flops
 from fedsplit.secagg import MASKED_KEY, STAGE_ACTIONS, WEIGHT_KEY, SecAggSettings, check_survivors, neighbour_graph
@@ -123,7 +123,7 @@ class SecAggProtocol(TrainingProtocol):
 
     def global_state(self) -> "OrderedDict[str, torch.Tensor]":
         assert self.arrays is not None, "start() first"
-        return self.arrays.to_torch_state_dict()
+        return state_dict_of(self.arrays)
 
     # --- one round ----------------------------------------------------------------------------
     def step(self, run: ProtocolRun, server_round: int) -> dict[str, float]:

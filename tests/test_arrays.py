@@ -15,6 +15,7 @@ from fedsplit.clients.arrays import (
     array_view,
     parsed_record,
     sectioned,
+    state_dict_of,
 )
 
 rng = np.random.default_rng(0)
@@ -187,3 +188,22 @@ def test_parsed_array_reads_through_the_view_it_was_given_until_its_bytes_change
     again = parsed_record(record, record_views(record))["w"]
     assert "_view" not in pickle.loads(pickle.dumps(again)).__dict__
     assert again.deflate() == record["w"].deflate()  # travels as the plain Array, view left behind
+
+
+TORCH_ARRAYS = sorted(name for name in ARRAYS if name != "big-endian")  # torch takes native byte order only
+
+
+@pytest.mark.parametrize("name", TORCH_ARRAYS)
+def test_state_dict_of_equals_flowers_to_torch_state_dict(name: str) -> None:
+    record = ArrayRecord({"a": Array(ARRAYS[name]), "b": Array(ARRAYS["float32-matrix"])})
+    ours, flowers = state_dict_of(record), record.to_torch_state_dict()
+    assert list(ours) == list(flowers) == ["a", "b"]
+    for key in ours:
+        assert ours[key].dtype == flowers[key].dtype and ours[key].shape == flowers[key].shape
+        if ours[key].numel():  # (strides of an empty tensor mean nothing)
+            assert ours[key].stride() == flowers[key].stride()  # Fortran order kept, as np.load keeps it
+        assert torch.equal(ours[key], flowers[key])
+    before = bytes(record["b"].data)
+    ours["b"].add_(1.0)  # its own writable copy: the record's bytes do not change
+    assert bytes(record["b"].data) == before
+    np.testing.assert_array_equal(state_dict_of(record)["b"].numpy(), ARRAYS["float32-matrix"])
