@@ -1,20 +1,27 @@
-"""Benchmark: the server's per-reply work overlapped with training, against the same work done after
-the whole exchange.
+"""Benchmark: the server's work overlapped with training, against the same work done serially.
 
-fedsplit's engine hands each batch of replies to the server as it comes back
-(:attr:`fedsplit.simulation.metered_grid.MeteredGrid.stream_replies`): the updates are checked and
-their bytes counted while other actors still train. With ``stream_replies = False`` the same work
-runs after the last reply. Both ways run in one process on the same actors, interleaved pass by
-pass, one actor per core; the final weights must be identical.
+Two kinds of server work can overlap the terminals' training (``--work``):
+
+- ``replies`` (default): fedsplit's engine hands each batch of replies to the server as it comes
+  back (:attr:`fedsplit.simulation.metered_grid.MeteredGrid.stream_replies`): the updates are
+  checked and their bytes counted while other actors still train. With ``stream_replies = False``
+  the same work runs after the last reply.
+- ``evaluation``: the server's evaluation of a round's model runs during the next round's first
+  exchange (:attr:`~fedsplit.simulation.metered_grid.MeteredGrid.overlap_server_work`), against
+  before the next round starts.
+
+Both ways run in one process on the same actors, interleaved pass by pass, one actor per core
+(``--actors`` to choose); the final weights must be identical.
 
 Run::
 
     python experiments/bench_overlap.py                        # mlp100 and mlp, 8 passes each (~1 minute)
     python experiments/bench_overlap.py --workloads mlp --passes 3
+    python experiments/bench_overlap.py --work evaluation --workloads mlp,cnn --actors 1 --passes 3
 
 It prints one line per workload::
 
-    workload=<name> serial_s=.. overlap_s=.. speedup=.. serial_server_s=.. overlap_server_s=.. serial_median_s=.. overlap_median_s=..
+    workload=<name> serial_s=.. overlap_s=.. speedup=.. serial_server_s=.. overlap_server_s=.. serial_median_s=.. overlap_median_s=.. work=.. actors=.. load_avg=..
 
 ``*_s`` is the best wall time of the rounds (``Strategy.start``), ``*_median_s`` the median, and
 ``*_server_s`` the best time spent outside the engine (the serial work more actors do not shorten,
@@ -33,7 +40,7 @@ from bench_engine import COMMON, WORKLOADS, max_diff, run_fedsplit_timed
 from fedsplit.config import load_config
 
 
-def bench(name: str, passes: int) -> dict[str, float]:
+def bench(name: str, passes: int, work: str = "replies", actors: int | None = None) -> dict[str, float]:
     import ray
 
     from fedsplit.clients.app import make_client_app
@@ -45,22 +52,24 @@ def bench(name: str, passes: int) -> dict[str, float]:
     cfg = load_config(None, COMMON + WORKLOADS[name])
     cpus = os.cpu_count() or 1
     ray.init(**ray_init_options(num_cpus=cpus))
+    switch = "stream_replies" if work == "replies" else "overlap_server_work"
+    actors = actors or cpus
     population = Population(cfg.devices, resolve_profiles(cfg.profiles))
     app = make_client_app(config_json=config_to_json(cfg))
     walls: dict[bool, list[float]] = {True: [], False: []}
     server: dict[bool, list[float]] = {True: [], False: []}
     weights: dict[bool, dict] = {}
     try:
-        with RayEngine(app, population, num_actors=cpus, cpus_per_actor=1.0) as engine:
+        with RayEngine(app, population, num_actors=actors, cpus_per_actor=1.0) as engine:
             for timed in [False] + [True] * passes:  # one untimed warm-up pass of both ways
                 for stream in (True, False):
-                    MeteredGrid.stream_replies = stream
+                    setattr(MeteredGrid, switch, stream)
                     seconds, weights[stream], outside, _ = run_fedsplit_timed(cfg, engine, server_threads=1)
                     if timed:
                         walls[stream].append(seconds)
                         server[stream].append(outside)
     finally:
-        MeteredGrid.stream_replies = True
+        setattr(MeteredGrid, switch, True)
         ray.shutdown()
     diff = max_diff(weights[True], weights[False])
     print(f"workload={name} check weights_overlap_vs_serial max_abs_diff={diff:.2e} {'PASS' if diff == 0 else 'FAIL'}")
@@ -73,7 +82,7 @@ def bench(name: str, passes: int) -> dict[str, float]:
         f"workload={name} serial_s={result['serial_s']:.3f} overlap_s={result['overlap_s']:.3f} "
         f"speedup={result['serial_s'] / result['overlap_s']:.3f} serial_server_s={result['serial_server_s']:.3f} "
         f"overlap_server_s={result['overlap_server_s']:.3f} serial_median_s={result['serial_median_s']:.3f} "
-        f"overlap_median_s={result['overlap_median_s']:.3f} actors={cpus} load_avg={os.getloadavg()[0]:.2f}",
+        f"overlap_median_s={result['overlap_median_s']:.3f} work={work} actors={actors} load_avg={os.getloadavg()[0]:.2f}",
         flush=True,
     )
     return result
@@ -83,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="mlp100,mlp", help=f"comma-separated: {','.join(WORKLOADS)}")
     parser.add_argument("--passes", type=int, default=8, help="timed passes per way (best and median are reported)")
+    parser.add_argument("--work", choices=("replies", "evaluation"), default="replies", help="the server work overlapped (see above)")
+    parser.add_argument("--actors", type=int, default=None, help="actors of 1 CPU (default: one per core)")
     args = parser.parse_args(argv)
     for item in args.workloads.split(","):  # an unknown name: one line now, not a KeyError traceback
         if item not in WORKLOADS:
@@ -91,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_flower()
     for name in args.workloads.split(","):
-        bench(name, args.passes)
+        bench(name, args.passes, args.work, args.actors)
     return 0
 
 

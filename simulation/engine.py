@@ -450,6 +450,7 @@ class RayEngine:
         self.last_batches: list[list[int]] = []  # terminals of each batch of the last execute, as dispatched
         self.execute_s = 0.0  # wall seconds spent in execute (dispatch, the actors' work, replies), all calls
         self.app_s = 0.0  # real seconds the actors spent running the ClientApp, summed over messages, all calls
+        self._while_training: list[Callable[[], None]] = []  # driver work for the next exchange (run_while_training)
         self.pools: dict[Budget, ActorPool] = {}
         self._started_ray = False
         self.actor_restarts = 0
@@ -578,6 +579,20 @@ class RayEngine:
         return EngineGrid(self)
 
     # --- execution -----------------------------------------------------------------------------
+    def run_while_training(self, work: Callable[[], None]) -> None:
+        """Run ``work`` in this process during the next :meth:`execute`, once its first batches
+        are on their way to the actors: the driver's own work (the server's evaluation of the
+        model the round just made) then overlaps the terminals' training instead of delaying it.
+        :meth:`run_deferred_work` runs it at once instead (no exchange came). ``work`` must not
+        raise (the server loop's wraps its own)."""
+        self._while_training.append(work)
+
+    def run_deferred_work(self) -> None:
+        """Run the work given to :meth:`run_while_training` and not yet run, in the order given."""
+        work, self._while_training = self._while_training, []
+        for fn in work:
+            fn()
+
     def execute(
         self,
         messages: Sequence[Message],
@@ -676,6 +691,7 @@ class RayEngine:
                 running[send(actor, pack((items, faults, layouts)), len(batch))] = (actor, budget, batch, retry)
 
         dispatch()
+        self.run_deferred_work()  # while the batches just sent train
         while running:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             done = [ended.popleft()] if ended else self._answers(running, left)
@@ -923,6 +939,15 @@ class EngineGrid(Grid):
                 del self._measured[key]
         return replies
 
+    def run_while_training(self, work: Callable[[], None]) -> None:
+        """:meth:`RayEngine.run_while_training`: ``work`` runs in the driver during the next
+        exchange, while its terminals train."""
+        self.engine.run_while_training(work)
+
+    def run_deferred_work(self) -> None:
+        """:meth:`RayEngine.run_deferred_work`."""
+        self.engine.run_deferred_work()
+
     def measured_compute(self, reply: Message) -> Measured | None:
         """The engine's ``(flops, method)`` for ``reply``, once (the entry is dropped); None if not metered."""
         return self._measured.pop(reply.metadata.reply_to_message_id, None)
@@ -949,7 +974,9 @@ class SerialEngine(RayEngine):
         self, messages: Sequence[Message], timeout: float | None = None, measured: dict | None = None, on_replies: RepliesHook | None = None
     ) -> list[Message]:
         """Run each message on the ClientApp in turn; return the replies in message order
-        (``on_replies`` is called with all of them at the end)."""
+        (``on_replies`` is called with all of them at the end). Work given to
+        :meth:`run_while_training` runs first: nothing trains beside this process."""
+        self.run_deferred_work()
         replies = self._run_in_order(messages)
         if on_replies is not None and replies:
             on_replies(replies)

@@ -9,6 +9,12 @@ may end the run early and cleanly (:meth:`~fedsplit.strategies.protocol.Training
 e.g. a resource budget spent): the round is then evaluated, closed, reported and saved as a last
 round is, and the loop stops after it, handing the reason to ``on_stop``.
 
+The server's evaluation of a round's model does not hold up the next round: on fedsplit's engine
+it runs in the driver during the next round's first exchange, once that exchange's batches are
+on their way to the actors (:meth:`MeteredGrid.run_while_training`), and the round is reported
+when it has run. The model it evaluates is a copy taken when the round ended, so the metrics are
+those of the round's model; the round's ``wall_s`` then leaves the evaluation out.
+
 A round that keeps fewer updates than ``LoopSettings.min_clients`` (terminals that crashed, died,
 missed the deadline or were rejected leave it to the rest) is either tried again, from the
 protocol's state before the round, up to ``max_retries`` times, or stops the run
@@ -140,6 +146,45 @@ def step_round(protocol: TrainingProtocol, run: ProtocolRun, server_round: int, 
         )
 
 
+def _run_while_training(grid: object, work: Callable[[], None]) -> bool:
+    """``grid.run_while_training(work)`` where the grid has it (a MeteredGrid), else False."""
+    offer = getattr(grid, "run_while_training", None)
+    return bool(offer(work)) if callable(offer) else False
+
+
+def _run_deferred_work(grid: object) -> None:
+    flush = getattr(grid, "run_deferred_work", None)
+    if callable(flush):
+        flush()
+
+
+class _RoundEvaluation:
+    """A round's evaluation that runs during the next round's first exchange: it evaluates
+    ``state``, adds the metrics to the round's record (closed already), reports the round and
+    writes its resume point (``then``). An exception is kept in ``error`` for the loop to raise
+    (the engine runs this mid-exchange)."""
+
+    def __init__(self, evaluate: Callable[[StateDict], dict[str, float]], state: StateDict, on_round: Callable[[RoundRecord], None] | None) -> None:
+        self.evaluate, self.state, self.on_round = evaluate, state, on_round
+        self.record: RoundRecord | None = None  # set when the round is closed, before any exchange
+        self.then: Callable[[], None] | None = None  # the round's resume point's writer, if one is due
+        self.error: Exception | None = None
+
+    def __call__(self) -> None:
+        if self.record is None:  # the loop stopped before the round closed: nothing to report
+            return
+        try:
+            self.record.metrics.update(self.evaluate(self.state))
+            if self.on_round is not None:
+                self.on_round(self.record)
+            if self.then is not None:
+                self.then()
+        except Exception as exc:  # noqa: BLE001 - raised by the loop after the exchange (a BaseException, e.g. Ctrl-C, goes through)
+            self.error = exc
+        finally:
+            self.state = {}  # the model's copy is not kept past its evaluation
+
+
 def run_protocol(
     protocol: TrainingProtocol,
     run: ProtocolRun,
@@ -150,6 +195,7 @@ def run_protocol(
     checkpoint: Callable[[int, StateDict], None] | None = None,
     resume: Callable[[], int] | None = None,
     save_resume_point: Callable[[int], None] | None = None,
+    resume_point: Callable[[int], Callable[[], None] | None] | None = None,
     on_stop: Callable[[int, str], None] | None = None,
 ) -> StateDict:
     """Run ``protocol`` for ``run.num_rounds`` rounds on ``run.grid``; return the final weights.
@@ -162,11 +208,16 @@ def run_protocol(
         Grid (a :class:`MeteredGrid`), rounds, initial weights and configs.
     evaluate : callable, optional
         ``state_dict -> metrics`` (e.g. accuracy on the server's held-out set); its metrics are
-        stored with the round.
+        stored with the round. It is given a copy of the round's global state and, where the grid
+        offers it (:meth:`MeteredGrid.run_while_training`), runs during the next round's first
+        exchange, while the terminals train: the last round, a round that checkpoints or saves a
+        resume point, and every round on other grids are evaluated before the round closes.
     settings : LoopSettings, optional
         Evaluation / checkpoint cadence and the empty-round limit.
     on_round : callable, optional
-        Called with each closed round's :class:`RoundRecord` (progress display).
+        Called with each closed round's :class:`RoundRecord` (progress display), in round order,
+        once its evaluation's metrics are in it (for an overlapped evaluation: during the next
+        round's first exchange).
     checkpoint : callable, optional
         ``(round, state_dict) -> None``, called every ``settings.checkpoint_every`` rounds.
     resume : callable, optional
@@ -174,7 +225,14 @@ def run_protocol(
         it completed (0 = start from round 1).
     save_resume_point : callable, optional
         ``(round) -> None``, called after a round every ``settings.resume_every`` rounds and
-        after the last, once the round is closed and reported.
+        after the last, once the round is closed, evaluated and reported (such rounds are then
+        evaluated before they close).
+    resume_point : callable, optional
+        Instead of ``save_resume_point``: ``(round) -> write``, called at the same points, after
+        the round closed, to capture what the round ended with; ``write()`` (None: nothing to
+        write) is called once the round is evaluated and reported, which for an overlapped
+        evaluation is during the next round's first exchange. The ledger a resume point holds
+        then has the round's metrics.
     on_stop : callable, optional
         ``(round, reason) -> None``, called when the protocol ended the run early after
         ``round`` (its :meth:`~fedsplit.strategies.protocol.TrainingProtocol.stop_reason`); a
@@ -200,40 +258,70 @@ def run_protocol(
             on_stop(done, stop)
         protocol.finish(run)
         return protocol.global_state()
-    for server_round in range(done + 1, run.num_rounds + 1):
-        metrics = step_round(protocol, run, server_round, settings)
-        stop = protocol.stop_reason(run)
-        last = server_round == run.num_rounds or bool(stop)
-        due = settings.eval_every > 0 and (server_round % settings.eval_every == 0 or last)
-        if evaluate is not None and due:
-            metrics.update(evaluate(protocol.global_state()))
-        record = grid.close_round(metrics)
-        empty = trailing_empty_rounds(grid, server_round)
-        if record.empty:
-            log.warning("round %d: nothing aggregated (%s)", server_round, most_common_reason(grid, [server_round]))
-        if on_round is not None:
-            on_round(record)
-        if checkpoint is not None and settings.checkpoint_every > 0 and server_round % settings.checkpoint_every == 0:
-            checkpoint(server_round, protocol.global_state())
-        if settings.max_empty_rounds > 0 and len(empty) >= settings.max_empty_rounds:
-            raise EmptyRoundsError(
-                f"stopped after round {server_round}: {len(empty)} consecutive rounds aggregated no update; "
-                f"most common reason: {most_common_reason(grid, empty)}"
-            )
-        if settings.max_empty_rounds > 0 and last and len(empty) == server_round:  # fewer rounds than the limit, all empty
-            raise EmptyRoundsError(
-                f"the run ended after round {server_round} without aggregating any update; "
-                f"most common reason: {most_common_reason(grid, empty)}"
-            )
-        # After the stop check: a run resumed from here is one that had not stopped.
-        resume_due = settings.resume_every > 0 and (server_round % settings.resume_every == 0 or last)
-        if save_resume_point is not None and resume_due:
-            save_resume_point(server_round)
-        if stop:
-            log.info("stopped after round %d of %d: %s", server_round, run.num_rounds, stop)
-            if on_stop is not None:
-                on_stop(server_round, stop)
-            break
+    deferred: _RoundEvaluation | None = None
+    try:
+        for server_round in range(done + 1, run.num_rounds + 1):
+            try:
+                metrics = step_round(protocol, run, server_round, settings)
+            finally:
+                _run_deferred_work(grid)  # the last round's evaluation, where no exchange of this one ran it
+            if deferred is not None and deferred.error is not None:
+                raise deferred.error
+            stop = protocol.stop_reason(run)
+            last = server_round == run.num_rounds or bool(stop)
+            due = settings.eval_every > 0 and (server_round % settings.eval_every == 0 or last)
+            checkpoint_due = checkpoint is not None and settings.checkpoint_every > 0 and server_round % settings.checkpoint_every == 0
+            saves = resume_point is not None or save_resume_point is not None
+            resume_due = saves and settings.resume_every > 0 and (server_round % settings.resume_every == 0 or last)
+            deferred = None
+            if evaluate is not None and due:
+                state = protocol.global_state()
+                # The evaluation of this round's model overlaps the next round's training where the
+                # grid offers it; the run's last round, a checkpointed one, and one whose resume
+                # point is written at once (``save_resume_point``) are evaluated before they close.
+                if not (last or checkpoint_due or (resume_due and resume_point is None)):
+                    # a copy: a protocol may train its tensors in place in the next round (split learning's server part)
+                    deferred = _RoundEvaluation(evaluate, {k: v.detach().clone() for k, v in state.items()}, on_round)
+                    if not _run_while_training(grid, deferred):
+                        deferred = None
+                if deferred is None:
+                    metrics.update(evaluate(state))
+            record = grid.close_round(metrics)
+            if deferred is not None:
+                deferred.record = record
+            empty = trailing_empty_rounds(grid, server_round)
+            if record.empty:
+                log.warning("round %d: nothing aggregated (%s)", server_round, most_common_reason(grid, [server_round]))
+            if on_round is not None and deferred is None:
+                on_round(record)
+            if checkpoint_due:
+                checkpoint(server_round, protocol.global_state())  # type: ignore[misc]
+            if settings.max_empty_rounds > 0 and len(empty) >= settings.max_empty_rounds:
+                raise EmptyRoundsError(
+                    f"stopped after round {server_round}: {len(empty)} consecutive rounds aggregated no update; "
+                    f"most common reason: {most_common_reason(grid, empty)}"
+                )
+            if settings.max_empty_rounds > 0 and last and len(empty) == server_round:  # fewer rounds than the limit, all empty
+                raise EmptyRoundsError(
+                    f"the run ended after round {server_round} without aggregating any update; "
+                    f"most common reason: {most_common_reason(grid, empty)}"
+                )
+            # After the stop check: a run resumed from here is one that had not stopped.
+            if resume_due and resume_point is not None:
+                write = resume_point(server_round)  # what the round ended with, captured now
+                if write is not None and deferred is not None:
+                    deferred.then = write  # once the round's metrics are in the ledger
+                elif write is not None:
+                    write()
+            elif resume_due:
+                save_resume_point(server_round)  # type: ignore[misc]
+            if stop:
+                log.info("stopped after round %d of %d: %s", server_round, run.num_rounds, stop)
+                if on_stop is not None:
+                    on_stop(server_round, stop)
+                break
+    finally:
+        _run_deferred_work(grid)  # a round's evaluation is never lost, whatever ended the loop
     protocol.finish(run)
     return protocol.global_state()
 

@@ -148,6 +148,10 @@ class MeteredGrid(Grid):
     #: hands them over so (fedsplit's engine); False: after the whole exchange, the same work
     #: done serially (``experiments/bench_overlap.py`` compares the two).
     stream_replies = True
+    #: Let the server's own work between rounds (the evaluation of the model a round made) run
+    #: during the next exchange, where the inner grid offers it (fedsplit's engine,
+    #: :meth:`run_while_training`); False: always at once (``experiments/bench_overlap.py``).
+    overlap_server_work = True
 
     def __init__(
         self,
@@ -258,6 +262,25 @@ class MeteredGrid(Grid):
             The server serves one terminal at a time: this work waits for the previous.
         """
         self.clock.server_work(self.server_profile, flops, lane=partition_id, exclusive=exclusive)
+
+    def run_while_training(self, work: Callable[[], None]) -> bool:
+        """Have ``work`` run in this process during the next exchange, once its messages are on
+        their way (fedsplit's engine: after the first batches are dispatched), so that it overlaps
+        the terminals' training; True if so. False, and nothing kept, where the inner grid cannot
+        (Flower's engine, a deployment) or :attr:`overlap_server_work` is off: the caller runs
+        ``work`` itself. ``work`` must not raise; :meth:`run_deferred_work` runs it if no exchange
+        comes."""
+        offer = getattr(self.inner, "run_while_training", None)
+        if not self.overlap_server_work or self._timed or not callable(offer):
+            return False
+        offer(work)
+        return True
+
+    def run_deferred_work(self) -> None:
+        """Run now the work of :meth:`run_while_training` that no exchange has run yet."""
+        flush = getattr(self.inner, "run_deferred_work", None)
+        if callable(flush):
+            flush()
 
     def kept_terminals(self, phase: str = "train") -> int:
         """Terminals of the current round attempt whose ``phase`` exchanges are all ``ok`` so far."""

@@ -104,24 +104,39 @@ class RunSession:
         """Write everything needed to continue after ``server_round`` (atomically; see
         :mod:`fedsplit.simulation.checkpoint`). A protocol whose state cannot be saved gets one
         warning, and the run goes on without resume points."""
+        write = self.resume_point(server_round, protocol, grid)
+        if write is not None:
+            write()
+
+    def resume_point(self, server_round: int, protocol: TrainingProtocol, grid: MeteredGrid) -> Callable[[], None] | None:
+        """:meth:`save_resume_point` in two steps: capture now, as ``server_round`` ends, the
+        protocol's state, the terminals' contexts and the random generators (the next round's
+        first steps change them), and return the function that writes them with the ledger and
+        the simulated time as they are when it is called (after the round's evaluation and
+        report, which may overlap the next round's first exchange). None: nothing to write."""
         path = self.resume_path
         if path is None or self.not_resumable:
-            return
+            return None
         try:
             blob = capture_protocol(protocol, grid)
         except NotResumable as exc:
             self.not_resumable = str(exc)
             log.warning("no resume points for this run: the protocol's state cannot be saved (%s)", exc)
-            return
-        point = ResumePoint(
-            round=server_round,
-            protocol=blob,
-            ledger=self.ledger,
-            contexts=context_states(grid),
-            rng=rng_states(),
-            sim_elapsed_s=self.sim_elapsed_s,
-        )
-        write_resume_point(path, point)
+            return None
+        contexts, rng = context_states(grid), rng_states()
+
+        def write() -> None:
+            point = ResumePoint(
+                round=server_round,
+                protocol=blob,
+                ledger=self.ledger,
+                contexts=contexts,
+                rng=rng,
+                sim_elapsed_s=self.sim_elapsed_s,
+            )
+            write_resume_point(path, point)
+
+        return write
 
     def restore(self, protocol: TrainingProtocol, grid: MeteredGrid) -> int:
         """Put :attr:`resume_from` back into this run (after ``protocol.start``); the round to continue after."""
@@ -386,7 +401,7 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
                 ),
                 on_round=on_round,
                 resume=lambda: session.restore(protocol, metered),
-                save_resume_point=lambda server_round: session.save_resume_point(server_round, protocol, metered),
+                resume_point=lambda server_round: session.resume_point(server_round, protocol, metered),
                 checkpoint=lambda server_round, state: session.checkpoint(server_round, task.full_state(state)),
                 on_stop=lambda server_round, reason: setattr(session, "stopped", {"after_round": server_round, "of_rounds": cfg.rounds, "reason": reason}),
             )

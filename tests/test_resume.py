@@ -66,14 +66,19 @@ def run_until_killed(cfg, monkeypatch, *, after_checkpoint: int | None = None, i
     """Run ``cfg`` and stop dead right after the resume point of round ``after_checkpoint`` was
     written, or in the middle of round ``in_round`` (after its first terminal's message)."""
     if after_checkpoint is not None:
-        original = server_app.RunSession.save_resume_point
+        original = server_app.RunSession.resume_point
 
-        def save_then_die(self, server_round, protocol, grid):  # noqa: ANN001, ANN202
-            original(self, server_round, protocol, grid)
-            if server_round == after_checkpoint:
-                raise Killed
+        def capture_then_die_after_writing(self, server_round, protocol, grid):  # noqa: ANN001, ANN202
+            write = original(self, server_round, protocol, grid)
 
-        monkeypatch.setattr(server_app.RunSession, "save_resume_point", save_then_die)
+            def write_then_die() -> None:
+                write()
+                if server_round == after_checkpoint:
+                    raise Killed
+
+            return write_then_die
+
+        monkeypatch.setattr(server_app.RunSession, "resume_point", capture_then_die_after_writing)
     if in_round is not None:
         original_execute = SerialEngine.execute
 
