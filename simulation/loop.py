@@ -210,8 +210,9 @@ def run_protocol(
         ``state_dict -> metrics`` (e.g. accuracy on the server's held-out set); its metrics are
         stored with the round. It is given a copy of the round's global state and, where the grid
         offers it (:meth:`MeteredGrid.run_while_training`), runs during the next round's first
-        exchange, while the terminals train: the last round, a round that checkpoints or saves a
-        resume point, and every round on other grids are evaluated before the round closes.
+        exchange, while the terminals train: the last round, a checkpointed round, a round whose
+        resume point ``save_resume_point`` writes at once, and every round on other grids are
+        evaluated before the round closes.
     settings : LoopSettings, optional
         Evaluation / checkpoint cadence and the empty-round limit.
     on_round : callable, optional
