@@ -90,12 +90,21 @@ def metered(engine: RayEngine, population: Population, ledger: Ledger) -> Metere
     return MeteredGrid(EngineGrid(engine), population, ledger, seed=0, partition_of=engine.partition_of, emulate_availability=False)
 
 
-def run_rounds(engine: RayEngine, rounds: int, settings: LoopSettings | None = None, **recorder) -> tuple[InPlaceProtocol, Recorder, Ledger, dict]:  # noqa: ANN003
-    population = engine.population
+def serial_grid(**recorder) -> tuple[MeteredGrid, Ledger, Recorder]:  # noqa: ANN003
+    """A metered grid over two terminals on the serial engine, its ledger and a Recorder."""
+    population = Population({"laptop": 2}, builtin_profiles())
+    return grid_of(SerialEngine(sleeping_app(), population), **recorder)
+
+
+def grid_of(engine: RayEngine, **recorder) -> tuple[MeteredGrid, Ledger, Recorder]:  # noqa: ANN003
     ledger = Ledger()
-    grid = metered(engine, population, ledger)
-    protocol = InPlaceProtocol(sleep_s=0.2 if isinstance(engine, RayEngine) and not isinstance(engine, SerialEngine) else 0.0)
-    record = Recorder(grid, **recorder)
+    grid = metered(engine, engine.population, ledger)
+    return grid, ledger, Recorder(grid, **recorder)
+
+
+def run_rounds(engine: RayEngine, rounds: int, settings: LoopSettings | None = None, sleep_s: float = 0.0, **recorder) -> tuple[InPlaceProtocol, Recorder, Ledger, dict]:  # noqa: ANN003
+    grid, ledger, record = grid_of(engine, **recorder)
+    protocol = InPlaceProtocol(sleep_s)
     saved: dict = {}
     run = ProtocolRun(grid=grid, num_rounds=rounds, initial_state=OrderedDict(w=torch.zeros(1)))
     run_protocol(
@@ -109,7 +118,7 @@ def run_rounds(engine: RayEngine, rounds: int, settings: LoopSettings | None = N
 def test_a_rounds_evaluation_runs_while_the_next_round_trains_on_ray_actors(ray_session):
     population = Population({"laptop": 2}, builtin_profiles())
     with RayEngine(sleeping_app(), population, num_actors=1) as engine:
-        protocol, record, ledger, _ = run_rounds(engine, rounds=3)
+        protocol, record, ledger, _ = run_rounds(engine, rounds=3, sleep_s=0.2)
     for model_round in (1, 2):
         nxt = [r.content["metrics"] for r in protocol.replies[model_round + 1]]
         first_started = min(float(m["started_at"]) for m in nxt)
@@ -150,11 +159,7 @@ def test_an_overlapped_evaluation_that_fails_stops_the_run_with_its_error():
 
 
 def test_a_rounds_evaluation_is_not_lost_when_the_next_step_fails():
-    population = Population({"laptop": 2}, builtin_profiles())
-    engine = SerialEngine(sleeping_app(), population)
-    ledger = Ledger()
-    grid = metered(engine, population, ledger)
-    record = Recorder(grid)
+    grid, ledger, record = serial_grid()
     run = ProtocolRun(grid=grid, num_rounds=3, initial_state=OrderedDict(w=torch.zeros(1)))
     with pytest.raises(RuntimeError, match="step 2 failed before its exchange"):
         run_protocol(InPlaceProtocol(0.0, fail_in_round=2), run, evaluate=record.evaluate, on_round=record.on_round)
@@ -163,11 +168,7 @@ def test_a_rounds_evaluation_is_not_lost_when_the_next_step_fails():
 
 
 def test_a_resume_point_captured_as_its_round_ends_is_written_with_the_rounds_metrics():
-    population = Population({"laptop": 2}, builtin_profiles())
-    engine = SerialEngine(sleeping_app(), population)
-    ledger = Ledger()
-    grid = metered(engine, population, ledger)
-    record = Recorder(grid)
+    grid, ledger, record = serial_grid()
     protocol = InPlaceProtocol(0.0)
     captured, written = {}, {}
 
