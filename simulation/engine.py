@@ -269,12 +269,14 @@ class ClientAppActor:
 
 class _ChannelCall:
     """The key of a batch sent through a channel (:meth:`RayEngine._execute_batches`), with the
-    number of its answer frames still to come (:func:`~fedsplit.simulation.actor_channel.answer_chunks`)."""
+    number of its answer frames still to come (:func:`~fedsplit.simulation.actor_channel.answer_chunks`)
+    and of its items answered so far."""
 
-    __slots__ = ("frames_left",)
+    __slots__ = ("answered", "frames_left")
 
     def __init__(self, items: int) -> None:
         self.frames_left = len(answer_chunks(items))
+        self.answered = 0
 
 
 def _raises(exc: BaseException) -> Callable[[], bytes]:
@@ -649,7 +651,6 @@ class RayEngine:
         exclusive: set[int] = set()  # actors running a retry
         replaced: dict[int, object] = {}  # id -> dead actor (kept referenced: ids stay unique)
         running: dict = {}  # a Ray call's ObjectRef, or a _ChannelCall -> (actor, budget, batch, retry)
-        answered: dict = {}  # a _ChannelCall -> its batch's items answered so far (its frames come in parts)
         ended: deque[tuple[object, Callable[[], bytes], bool]] = deque()  # channel calls that failed as they were sent
         replies: list[Message] = []
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -713,7 +714,7 @@ class RayEngine:
                     if id(actor) not in replaced:  # the first of its batches to fail replaces it
                         replaced[id(actor)] = actor
                         self._replace(actor, budget)
-                    batch = batch[answered.pop(key, 0):]  # the replies that came before its death stand
+                    batch = batch[getattr(key, "answered", 0):]  # a channel's replies that came before its death stand
                     if retry:  # it died alone on its actor: this message killed it
                         for msg in batch:
                             injected = self.faults is not None and self.faults(msg) == "kill"
@@ -722,10 +723,8 @@ class RayEngine:
                     else:
                         queue.extend((budget, [m], True) for m in batch)
                 else:
-                    if last:
-                        answered.pop(key, None)
-                    else:
-                        answered[key] = answered.get(key, 0) + len(results)
+                    if isinstance(key, _ChannelCall):
+                        key.answered += len(results)
                     for reply, ctx, found, seconds in results:
                         self.contexts[ctx.node_id] = ctx
                         self.seconds[(ctx.node_id, reply.metadata.message_type)] = seconds

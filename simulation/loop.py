@@ -146,18 +146,6 @@ def step_round(protocol: TrainingProtocol, run: ProtocolRun, server_round: int, 
         )
 
 
-def _run_while_training(grid: object, work: Callable[[], None]) -> bool:
-    """``grid.run_while_training(work)`` where the grid has it (a MeteredGrid), else False."""
-    offer = getattr(grid, "run_while_training", None)
-    return bool(offer(work)) if callable(offer) else False
-
-
-def _run_deferred_work(grid: object) -> None:
-    flush = getattr(grid, "run_deferred_work", None)
-    if callable(flush):
-        flush()
-
-
 class _RoundEvaluation:
     """A round's evaluation that runs during the next round's first exchange: it evaluates
     ``state``, adds the metrics to the round's record (closed already), reports the round and
@@ -265,7 +253,7 @@ def run_protocol(
             try:
                 metrics = step_round(protocol, run, server_round, settings)
             finally:
-                _run_deferred_work(grid)  # the last round's evaluation, where no exchange of this one ran it
+                grid.run_deferred_work()  # the last round's evaluation, where no exchange of this one ran it
             if deferred is not None and deferred.error is not None:
                 raise deferred.error
             stop = protocol.stop_reason(run)
@@ -283,7 +271,7 @@ def run_protocol(
                 if not (last or checkpoint_due or (resume_due and resume_point is None)):
                     # a copy: a protocol may train its tensors in place in the next round (split learning's server part)
                     deferred = _RoundEvaluation(evaluate, {k: v.detach().clone() for k, v in state.items()}, on_round)
-                    if not _run_while_training(grid, deferred):
+                    if not grid.run_while_training(deferred):
                         deferred = None
                 if deferred is None:
                     metrics.update(evaluate(state))
@@ -322,7 +310,7 @@ def run_protocol(
                     on_stop(server_round, stop)
                 break
     finally:
-        _run_deferred_work(grid)  # a round's evaluation is never lost, whatever ended the loop
+        grid.run_deferred_work()  # a round's evaluation is never lost, whatever ended the loop
     protocol.finish(run)
     return protocol.global_state()
 
