@@ -38,12 +38,13 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedsplit.devices import EDGE_SERVER_PROFILE, DeviceProfile, Population, RoundClock, builtin_profiles, compute_cost, exchange_cost
+from fedsplit.devices import EDGE_SERVER_PROFILE, ClientCost, DeviceProfile, Population, RoundClock, builtin_profiles, compute_cost, exchange_cost
 from fedsplit.ledger import Ledger, LedgerRow, RoundRecord, terminal_statuses
 from fedsplit.records import record_of
 from fedsplit.simulation.measured import MeasuredTerminals, is_polled_grid, timed_send_and_receive
@@ -106,6 +107,22 @@ def declared_device(content: RecordDict) -> str | None:
     return str(record[DEVICE_PROFILE_KEY])
 
 
+class _ReplyFacts(NamedTuple):
+    """What a ledger row takes from one delivered reply, apart from its place on the round's clock:
+    read as the reply arrives (:meth:`MeteredGrid._facts`), while other terminals still train, so
+    that writing the round's rows after its last reply is little more than placing them."""
+
+    profile: DeviceProfile
+    cost: ClientCost
+    flops: int
+    flops_method: str
+    bytes_up: int
+    gpu_mem_bytes: int
+    dp_epsilon: float
+    measured_compute_s: float
+    measured_comm_s: float
+
+
 class MeteredGrid(Grid):
     """Availability emulation and ledger metering around another Grid.
 
@@ -144,7 +161,7 @@ class MeteredGrid(Grid):
         Real seconds to wait for ``min_nodes`` nodes before giving up with an error.
     """
 
-    #: Read replies (uplink bytes, ``on_reply``) as their batches arrive, where the inner grid
+    #: Read replies (their rows' facts, :meth:`_facts`; ``on_reply``) as their batches arrive, where the inner grid
     #: hands them over so (fedsplit's engine); False: after the whole exchange, the same work
     #: done serially (``experiments/bench_overlap.py`` compares the two).
     stream_replies = True
@@ -188,7 +205,7 @@ class MeteredGrid(Grid):
         self._refreshed_round: int | None = None
         self._ignored: set[int] = set()  # nodes that are no terminal of this run (told once)
         self._timed = is_polled_grid(inner)  # a deployment: exchanges are timed, nodes may join late
-        self._arrived_bytes: dict[int, tuple[Message, int]] = {}  # id(reply) -> (reply, uplink bytes) read on arrival
+        self._arrived: dict[int, tuple[Message, _ReplyFacts]] = {}  # id(reply) -> (reply, its row's facts) read on arrival
         self._streams = self.stream_replies and accepts_keyword(getattr(inner, "send_and_receive", None), "on_replies")
         self.measured = MeasuredTerminals()
         #: Terminal -> the device class its node declared (node config ``device-profile``; None:
@@ -508,7 +525,7 @@ class MeteredGrid(Grid):
             self.begin_round(self.current_round + 1)
         sizes: dict[int, int] = {}  # by id(content): a strategy sends one content to every node
         sent = {m.metadata.dst_node_id: (m, _size_once(sizes, m.content)) for m in messages}
-        received, round_trip = self._exchange(messages, timeout, on_reply)
+        received, round_trip = self._exchange(messages, timeout, on_reply, sent, on_device)
         replies = {r.metadata.src_node_id: r for r in received}
         kept: list[Message] = []
         # Rows are written, and replies handed to the strategy, in terminal order whatever order
@@ -522,26 +539,35 @@ class MeteredGrid(Grid):
         return kept
 
     def _exchange(
-        self, messages: list[Message], timeout: float | None, on_reply: Callable[[Message], None] | None = None
+        self,
+        messages: list[Message],
+        timeout: float | None,
+        on_reply: Callable[[Message], None] | None = None,
+        sent: Mapping[int, tuple[Message, int]] | None = None,
+        on_device: bool = False,
     ) -> tuple[list[Message], dict[str, float]]:
         """Deliver ``messages``: the replies, and the round trip of each in real seconds (by the
         id of the message sent) when the inner Grid reaches real nodes (else empty).
 
         Over a grid whose ``send_and_receive`` takes ``on_replies`` (fedsplit's
-        :class:`~fedsplit.simulation.engine.EngineGrid`) each reply's uplink bytes are computed,
-        and ``on_reply`` called, as its batch arrives.
+        :class:`~fedsplit.simulation.engine.EngineGrid`) each reply's row facts (:meth:`_facts`;
+        ``sent``: node id -> the message sent and its bytes down, as :meth:`send_and_receive`
+        meters them) are read, and ``on_reply`` called, as its batch arrives.
         """
-        self._arrived_bytes = {}
+        self._arrived = {}
         if self._timed:
             received, round_trip = timed_send_and_receive(self.inner, messages, timeout)
         elif self._streams:
             def arrived(batch: list[Message]) -> None:
                 for reply in batch:
-                    if not reply.has_error():
+                    node = reply.metadata.src_node_id
+                    if sent is not None and node in sent and not reply.has_error():
                         try:
-                            self._arrived_bytes[id(reply)] = (reply, payload_bytes(reply.content))
-                        except ValueError:  # a record Flower cannot send: _record raises it, as without streaming
+                            facts = self._facts(self.partition_of(node), reply, 0 if on_device else sent[node][1], on_device=on_device)
+                        except Exception:  # noqa: BLE001 - _record reads the reply again and raises where it did without streaming
                             pass
+                        else:
+                            self._arrived[id(reply)] = (reply, facts)
                     self._hand(on_reply, reply)
 
             return list(self.inner.send_and_receive(messages, timeout=timeout, on_replies=arrived)), {}
@@ -560,12 +586,21 @@ class MeteredGrid(Grid):
         except Exception:  # noqa: BLE001 - the caller's early look at a reply must not lose the round
             log.exception("a reply hook failed on the reply of node %d; the reply is kept", reply.metadata.src_node_id)
 
-    def _uplink_bytes(self, reply: Message) -> int:
-        """:func:`payload_bytes` of ``reply``, as computed when it arrived (else now)."""
-        found = self._arrived_bytes.pop(id(reply), None)
-        if found is not None and found[0] is reply:
-            return found[1]
-        return payload_bytes(reply.content)
+    def _facts(self, pid: int, reply: Message, bytes_down: int, *, on_device: bool = False, round_trip_s: float | None = None) -> _ReplyFacts:
+        """The row facts of terminal ``pid``'s delivered ``reply`` (one without error) to a
+        message of ``bytes_down`` bytes: its uplink bytes (none ``on_device``), FLOPs, metrics and
+        cost on the terminal's profile. A measuring terminal's measurements are taken out of the
+        reply (:meth:`_observe`), and the engine's measurement of it read once, so they are read
+        once per reply: on arrival (:meth:`_exchange`) or else when its row is written."""
+        bytes_up = 0 if on_device else payload_bytes(reply.content)
+        metrics = _app_metrics(reply)
+        flops, method = self._compute_of(reply, metrics)
+        gpu_mem = _gpu_mem_of(reply, metrics)
+        dp_epsilon = _dp_epsilon_of(reply, metrics)
+        measured_compute_s, measured_comm_s = self._observe(pid, reply, bytes_down, bytes_up, round_trip_s)
+        profile = self.profile_of(pid)
+        cost = compute_cost(profile, flops) if on_device else exchange_cost(profile, flops, bytes_up, bytes_down)
+        return _ReplyFacts(profile, cost, flops, method, bytes_up, gpu_mem, dp_epsilon, measured_compute_s, measured_comm_s)
 
     def _observe(self, pid: int, reply: Message, bytes_moved_down: int, bytes_up: int, round_trip_s: float | None) -> tuple[float, float]:
         """Feed a measuring terminal's reply to :attr:`measured` and take its measurements out of
@@ -607,21 +642,21 @@ class MeteredGrid(Grid):
         pid = self.partition_of(out.metadata.dst_node_id)
         message_type = out.metadata.message_type
         server_round = self.current_round
-        status, reason, flops, method, bytes_up, gpu_mem = "ok", "", 0, "none", 0, 0
-        dp_epsilon = measured_compute_s = measured_comm_s = 0.0
+        status, reason = "ok", ""
         if reply is None:
             status, reason = "failed", "no reply"
         elif reply.has_error():
             status, reason = "failed", reply.error.reason.splitlines()[0][:200] if reply.error.reason else "error"
+        if status == "ok":
+            arrived = self._arrived.pop(id(reply), None)
+            facts = arrived[1] if arrived is not None and arrived[0] is reply else None
+            if facts is None:
+                facts = self._facts(pid, reply, bytes_down, on_device=on_device, round_trip_s=round_trip_s)
         else:
-            bytes_up = 0 if on_device else self._uplink_bytes(reply)
-            metrics = _app_metrics(reply)
-            flops, method = self._compute_of(reply, metrics)
-            gpu_mem = _gpu_mem_of(reply, metrics)
-            dp_epsilon = _dp_epsilon_of(reply, metrics)
-            measured_compute_s, measured_comm_s = self._observe(pid, reply, bytes_down, bytes_up, round_trip_s)
-        profile = self.profile_of(pid)
-        cost = compute_cost(profile, flops) if on_device else exchange_cost(profile, flops, bytes_up, bytes_down)
+            profile = self.profile_of(pid)
+            cost = compute_cost(profile, 0) if on_device else exchange_cost(profile, 0, 0, bytes_down)
+            facts = _ReplyFacts(profile, cost, 0, "none", 0, 0, 0.0, 0.0, 0.0)
+        profile, cost = facts.profile, facts.cost
         slot = self.clock.exchange(pid, cost.total_s, counts=status == "ok")
         if slot.straggler:
             lane_s = slot.end_s - self.clock.phase_start_s
@@ -637,9 +672,9 @@ class MeteredGrid(Grid):
                 device=profile.name,
                 status=status,
                 reason=reason,
-                flops=flops,
+                flops=facts.flops,
                 compute_s=cost.compute_s,
-                bytes_up=bytes_up,
+                bytes_up=facts.bytes_up,
                 bytes_down=bytes_down,
                 comm_s=cost.comm_s,
                 energy_j=cost.energy_j,
@@ -647,12 +682,12 @@ class MeteredGrid(Grid):
                 seq=self.ledger.next_seq(server_round, pid),
                 start_s=slot.start_s,
                 end_s=slot.end_s,
-                flops_method=method,
-                gpu_mem_bytes=gpu_mem,
-                dp_epsilon=dp_epsilon,
+                flops_method=facts.flops_method,
+                gpu_mem_bytes=facts.gpu_mem_bytes,
+                dp_epsilon=facts.dp_epsilon,
                 attempt=self.attempt,
-                measured_compute_s=measured_compute_s,
-                measured_comm_s=measured_comm_s,
+                measured_compute_s=facts.measured_compute_s,
+                measured_comm_s=facts.measured_comm_s,
             )
         )
         return status == "ok"

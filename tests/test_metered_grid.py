@@ -164,6 +164,49 @@ def test_reply_hook_sees_every_reply_before_the_rows_and_cannot_lose_one(tmp_pat
     assert {r.client_id: r.bytes_up for r in ledger.rows} == {p: payload_bytes(r.content) for p, r in by_pid.items()}
 
 
+def test_row_facts_are_read_as_replies_arrive_and_the_rows_stay_the_same(tmp_path, monkeypatch):
+    """Streamed, each delivered reply's row facts (bytes, FLOPs, metrics, cost) are read while the
+    inner exchange still runs (on the Ray engine: while other terminals train), so that after the
+    last reply only the clock places the rows; the rows are those of a grid that reads everything
+    after the exchange, for a train exchange and an on-device one (no bytes), and read once."""
+    import dataclasses
+
+    rows, reads = {}, {}
+    for stream in (True, False):
+        monkeypatch.setattr(MeteredGrid, "stream_replies", stream)
+        cfg, grid, ledger, _ = metered_serial_grid(tmp_path / str(stream))
+        task = task_for(config_to_json(cfg))
+        exchanging, read_while = [False], []
+        inner_exchange, read_facts = grid.inner.send_and_receive, grid._facts
+
+        def exchange(*args, **kwargs):
+            exchanging[0] = True
+            try:
+                return inner_exchange(*args, **kwargs)
+            finally:
+                exchanging[0] = False
+
+        def facts(*args, **kwargs):
+            read_while.append(exchanging[0])
+            return read_facts(*args, **kwargs)
+
+        monkeypatch.setattr(grid.inner, "send_and_receive", exchange)
+        monkeypatch.setattr(grid, "_facts", facts)
+        grid.begin_round(1)
+        config = ConfigRecord({"lr": 0.05, "local-epochs": 1, "batch-size": 32, "server-round": 1})
+        for on_device in (False, True):
+            msgs = [Message(RecordDict({"arrays": ArrayRecord(task.initial_state()), "config": config}), dst_node_id=n, message_type="train", group_id="1")
+                    for n in grid.get_node_ids()]
+            assert len(list(grid.send_and_receive(msgs, on_device=on_device))) == 4
+        rows[stream], reads[stream] = [dataclasses.astuple(r) for r in ledger.rows], read_while
+        on_device_rows = ledger.rows[4:]
+        assert all(r.bytes_up == r.bytes_down == 0 and r.comm_s == 0.0 and r.flops > 0 for r in on_device_rows)
+        assert all(r.bytes_up > 0 and r.bytes_down > 0 for r in ledger.rows[:4])
+    assert reads[True] == [True] * 8  # on arrival, once per reply
+    assert reads[False] == [False] * 8  # when the rows are written
+    assert rows[True] == rows[False]
+
+
 def test_auto_rounds_begin_at_each_train_batch(setup):
     """Round 1 trains and evaluates, round 2 only trains (fraction_evaluate = 0), round 3 trains."""
     cfg, grid, ledger, _ = setup
