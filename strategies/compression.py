@@ -57,6 +57,8 @@ from fedsplit.compression.wire import (
     UPDATE_KEY,
 )
 from fedsplit.records import record_key, section, to_numpy
+from fedsplit.strategies.fedavg_aggregate import aggregate_train as fedavg_aggregate_train
+from fedsplit.strategies.fedavg_aggregate import uses_flower_fedavg_aggregate
 
 __all__ = ["CompressedStrategy", "GuardedStrategy", "RejectCallback", "TrafficCallback"]
 
@@ -99,6 +101,14 @@ class _DelegatingStrategy(Strategy):
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.inner.aggregate_train(server_round, replies)
+
+    def _inner_aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """``self.inner.aggregate_train(server_round, replies)``: for an inner strategy that
+        aggregates with Flower's own ``FedAvg.aggregate_train`` (FedAvg, FedProx), the same result
+        reading every array without a copy (:mod:`fedsplit.strategies.fedavg_aggregate`)."""
+        if uses_flower_fedavg_aggregate(self.inner):
+            return fedavg_aggregate_train(self.inner, replies)
         return self.inner.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -192,7 +202,7 @@ class GuardedStrategy(_DelegatingStrategy):
             else:
                 self._reject(server_round, msg.metadata.src_node_id, reason)
         self._verdicts.clear()
-        arrays, metrics = self.inner.aggregate_train(server_round, clean)
+        arrays, metrics = self._inner_aggregate_train(server_round, clean)
         specs = next(iter(self._expected.values()), (None, None))[1]
         return keep_dtypes(arrays, specs), metrics
 
@@ -392,7 +402,7 @@ class CompressedStrategy(_DelegatingStrategy):
         sent_specs = next(iter(self._sent.values())).specs if self._sent else None
         self._sent = {}
 
-        arrays, metrics = self.inner.aggregate_train(server_round, clean)
+        arrays, metrics = self._inner_aggregate_train(server_round, clean)
         arrays = keep_dtypes(arrays, sent_specs)
         if metrics is not None:
             down = [r for r in self.traffic if r.server_round == server_round and r.direction == "down"]
