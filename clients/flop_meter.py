@@ -65,7 +65,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from fedsplit.host_rate import CALIBRATION_N, CALIBRATION_REPEATS, CALIBRATION_TRIALS, host_flops_per_cpu_s, timed_flops
+from fedsplit.host_rate import host_flops_per_cpu_s, timed_flops
 from fedsplit.records import record_of
 
 __all__ = [

@@ -60,12 +60,4 @@ def timed_flops(cpu_s: float) -> int:
     return int(round(cpu_s * host_flops_per_cpu_s()))
 
 
-def _one_blas_thread():  # noqa: ANN202 - a context manager
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
-
 __all__ = ["CALIBRATION_N", "CALIBRATION_REPEATS", "CALIBRATION_TRIALS", "host_flops_per_cpu_s", "timed_flops"]

@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedsplit.clients.arrays import array_record_from_state, record_views
 from fedsplit.devices import RoundClock, Slot, aggregation_flops

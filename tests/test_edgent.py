@@ -16,7 +16,6 @@ from fedsplit.inference.edgent.latency import (
     LayerTiming,
     calibrate_reps,
     held_out_mdape,
-    layer_features,
     profile_layer_sets,
     profile_layers,
     random_layer_calls,
