@@ -34,7 +34,7 @@ try:  # the class of the views Flower hands out (tests/test_arrays.py checks it)
 except ImportError:  # a Flower that moved it: SectionedRecordDict gives Flower's own views
     _SyncedDict = _check_key = None
 
-__all__ = ["ParsedArray", "SectionedRecordDict", "array_from_numpy", "as_parsed", "array_record_from_state", "array_view", "parsed_record", "record_views", "sectioned", "state_dict_of"]
+__all__ = ["ParsedArray", "SectionedRecordDict", "array_from_numpy", "as_parsed", "array_record_from_state", "array_view", "parsed_record", "read_only_values", "record_views", "sectioned", "state_dict_of"]
 
 
 def array_from_numpy(ndarray: np.ndarray) -> Array:
@@ -175,6 +175,19 @@ class ParsedArray(Array):
         plain = _recast(self, Array)
         plain.__dict__.pop("_view", None)
         return plain.deflate()
+
+
+def read_only_values(array: Array) -> np.ndarray:
+    """``array.numpy()``'s values without its copy, read-only: the view a :class:`ParsedArray`
+    kept, else :func:`array_view` of its bytes; ``array.numpy()`` itself (which raises Flower's
+    own error) for what :func:`array_view` cannot read."""
+    view = array.__dict__.get("_view")
+    if view is not None:
+        return view
+    try:
+        return array_view(array)
+    except (TypeError, ValueError):
+        return array.numpy()
 
 
 def parsed_record(record: ArrayRecord, views: Mapping[str, np.ndarray] | None = None) -> ArrayRecord:

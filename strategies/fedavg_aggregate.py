@@ -22,12 +22,13 @@ from collections.abc import Iterable
 from typing import cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, Strategy
 
-from fedsplit.clients.arrays import array_record_from_state, array_view
+from fedsplit.clients.arrays import array_record_from_state, read_only_values
 
 __all__ = ["aggregate_arrayrecords", "aggregate_train", "uses_flower_fedavg_aggregate"]
+
 
 def uses_flower_fedavg_aggregate(strategy: Strategy) -> bool:
     """Whether ``strategy`` aggregates training replies with Flower's own ``FedAvg.aggregate_train``
@@ -61,22 +62,9 @@ def aggregate_arrayrecords(records: list[RecordDict], weighting_metric_name: str
         for item in record.array_records.values():
             for key, value in item.items():
                 arrays, owners = columns.setdefault(key, ([], []))
-                arrays.append(_values(value))
+                arrays.append(read_only_values(value))
                 owners.append(factor)
     return array_record_from_state({key: _weighted_sum(arrays, owners) for key, (arrays, owners) in columns.items()})
-
-
-def _values(array: Array) -> np.ndarray:
-    """``array.numpy()``'s values, read-only and without its copy where they can be viewed: the
-    view an update check kept (:class:`~fedsplit.clients.arrays.ParsedArray`), else
-    :func:`~fedsplit.clients.arrays.array_view` of its ``.npy`` bytes."""
-    view = array.__dict__.get("_view")
-    if view is not None:
-        return view
-    try:
-        return array_view(array)
-    except (TypeError, ValueError):  # not a NumPy array's bytes: Flower's own reading says why
-        return array.numpy()
 
 
 def _weighted_sum(arrays: list[np.ndarray], factors: list[float]) -> np.ndarray:

@@ -207,3 +207,20 @@ def test_state_dict_of_equals_flowers_to_torch_state_dict(name: str) -> None:
     ours["b"].add_(1.0)  # its own writable copy: the record's bytes do not change
     assert bytes(record["b"].data) == before
     np.testing.assert_array_equal(state_dict_of(record)["b"].numpy(), ARRAYS["float32-matrix"])
+
+
+def test_read_only_values_are_numpys_values_without_a_copy():
+    from fedsplit.clients.arrays import read_only_values
+
+    values = np.arange(12, dtype=np.float32).reshape(3, 4)
+    plain = Array(values)
+    read = read_only_values(plain)
+    np.testing.assert_array_equal(read, plain.numpy())
+    assert read.dtype == values.dtype and not read.flags.writeable
+    checked = parsed_record(ArrayRecord({"x": plain}), {"x": read})["x"]
+    assert read_only_values(checked) is read  # the view the check kept
+    other = Array(dtype="float32", shape=(1,), stype="torch.raw", data=b"\x00" * 4)
+    with pytest.raises(TypeError):  # Flower's own error for bytes that are no NumPy array
+        other.numpy()
+    with pytest.raises(TypeError):
+        read_only_values(other)
