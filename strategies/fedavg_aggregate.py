@@ -29,14 +29,18 @@ from fedsplit.clients.arrays import array_record_from_state, read_only_values
 
 __all__ = ["aggregate_arrayrecords", "aggregate_train", "uses_flower_fedavg_aggregate"]
 
+#: Flower's ``FedAvg.aggregate_train`` as this module read it (one patched in later is not it).
+FLOWER_FEDAVG_AGGREGATE_TRAIN = FedAvg.aggregate_train
+
 
 def uses_flower_fedavg_aggregate(strategy: Strategy) -> bool:
     """Whether ``strategy`` aggregates training replies with Flower's own ``FedAvg.aggregate_train``
-    (its class does not override it), which :func:`aggregate_train` replaces exactly."""
+    (its class does not override it, nor its instance, nor anyone patched Flower's class since),
+    which :func:`aggregate_train` replaces exactly."""
     return (
         isinstance(strategy, FedAvg)
-        and type(strategy).aggregate_train is FedAvg.aggregate_train
-        and "aggregate_train" not in vars(strategy)  # not replaced on the instance either
+        and type(strategy).aggregate_train is FLOWER_FEDAVG_AGGREGATE_TRAIN
+        and "aggregate_train" not in vars(strategy)
     )
 
 

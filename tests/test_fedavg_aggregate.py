@@ -74,6 +74,13 @@ def test_which_strategies_take_the_vectorised_average():
     assert not uses_flower_fedavg_aggregate(patched)
 
 
+def test_a_patched_flower_fedavg_is_called_not_replaced(monkeypatch):
+    """Whoever patches Flower's ``FedAvg.aggregate_train`` (a test double, a hot fix) gets theirs called."""
+    monkeypatch.setattr(flwr_strategy.FedAvg, "aggregate_train", lambda self, server_round, replies: (None, None))
+    assert not uses_flower_fedavg_aggregate(flwr_strategy.FedAvg())
+    assert GuardedStrategy(flwr_strategy.FedAvg()).aggregate_train(1, []) == (None, None)
+
+
 def test_guarded_fedavg_aggregates_as_flower_does_without_flowers_loop(monkeypatch, task_identity):
     """The update guard around Flower's FedAvg gives Flower's own result (arrays and metrics),
     computed by fedsplit's average: Flower's per-reply loop is not called."""
