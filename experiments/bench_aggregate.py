@@ -47,14 +47,12 @@ def replies(model: str, count: int, seed: int = 0) -> list[RecordDict]:
     return out
 
 
-def best_ms(fn, passes: int, number: int) -> float:  # noqa: ANN001 - () -> ArrayRecord
-    best = float("inf")
-    for _ in range(passes):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        best = min(best, (time.perf_counter() - start) / number)
-    return best * 1e3
+def time_ms(fn, number: int) -> float:  # noqa: ANN001 - () -> ArrayRecord
+    """Milliseconds per call of ``fn``, over ``number`` calls."""
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - start) / number * 1e3
 
 
 def same_bits(a: ArrayRecord, b: ArrayRecord) -> bool:
@@ -73,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         number = max(1, 200 // count)
         flower_ms = fedsplit_ms = float("inf")
         for _ in range(args.passes):  # alternating, one pass of each at a time
-            flower_ms = min(flower_ms, best_ms(lambda: flower_aggregate(contents, "num-examples"), 1, number))
-            fedsplit_ms = min(fedsplit_ms, best_ms(lambda: fedsplit_aggregate(contents, "num-examples"), 1, number))
+            flower_ms = min(flower_ms, time_ms(lambda: flower_aggregate(contents, "num-examples"), number))
+            fedsplit_ms = min(fedsplit_ms, time_ms(lambda: fedsplit_aggregate(contents, "num-examples"), number))
         same = same_bits(fedsplit_aggregate(contents, "num-examples"), flower_aggregate(contents, "num-examples"))
         ok &= same
         print(

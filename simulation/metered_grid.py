@@ -648,8 +648,8 @@ class MeteredGrid(Grid):
         elif reply.has_error():
             status, reason = "failed", reply.error.reason.splitlines()[0][:200] if reply.error.reason else "error"
         if status == "ok":
-            arrived = self._arrived.pop(id(reply), None)
-            facts = arrived[1] if arrived is not None and arrived[0] is reply else None
+            found = self._arrived.pop(id(reply), None)
+            facts = found[1] if found is not None and found[0] is reply else None
             if facts is None:
                 facts = self._facts(pid, reply, bytes_down, on_device=on_device, round_trip_s=round_trip_s)
         else:
