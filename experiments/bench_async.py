@@ -32,7 +32,8 @@ import argparse
 import time
 
 from fedsplit.config import load_config
-from fedsplit.simulation.runner import ENGINES, quiet_flower, quiet_ray
+from fedsplit.simulation.ray_env import quiet_ray
+from fedsplit.simulation.runner import ENGINES, quiet_flower
 from fedsplit.simulation.server_app import RunSession, build_protocol
 
 CLASSES = ("laptop", "jetson-nano", "raspberry-pi-4", "smartphone-mid", "smartphone-low")

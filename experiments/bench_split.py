@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     from fedsplit.cli_types import positive_int
     from fedsplit.inference.experiment_io import Checks, plt, write_csv
     from fedsplit.report import shown_path
-    from fedsplit.simulation.runner import quiet_flower, quiet_ray
+    from fedsplit.simulation.runner import quiet_flower
+    from fedsplit.simulation.ray_env import quiet_ray
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true",

@@ -27,7 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "fedsplit.inference.edgent_cli",
 )
 
-#: Sub-commands that may start Ray: :func:`fedsplit.simulation.runner.quiet_ray` runs first.
+#: Sub-commands that may start Ray: :func:`fedsplit.simulation.ray_env.quiet_ray` runs first.
 RAY_COMMANDS: frozenset[str] = frozenset({"simulate", "run-app", "pipeline"})
 
 
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in RAY_COMMANDS:
-        from fedsplit.simulation.runner import quiet_ray
+        from fedsplit.simulation.ray_env import quiet_ray
 
         quiet_ray()
     try:

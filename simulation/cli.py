@@ -7,7 +7,7 @@ import argparse
 from fedsplit.cli_errors import print_error
 from fedsplit.config import ConfigError, iter_fields, load_config
 from fedsplit.config.schema import ENGINES, RunConfig
-from fedsplit.output_paths import unwritable_reason
+from fedsplit.output_paths import output_folder, unwritable_reason
 
 
 def _fields_help() -> str:
@@ -166,8 +166,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="validate the configuration (and the strategy), print it resolved as TOML and exit 0; starts no Ray, trains nothing",
     )
     p.set_defaults(func=cmd_simulate)
-    try:
-        from fedsplit.simulation.run_app import register as register_run_app
-    except ImportError:
-        return
     register_run_app(subparsers)
+
+
+def cmd_run_app(args: argparse.Namespace) -> int:
+    """Handler of ``fedsplit run-app`` (:mod:`fedsplit.simulation.run_app`, imported only to run it:
+    it imports Flower, Ray and torch, which building the command's parser does not need)."""
+    from fedsplit.simulation.run_app import cmd_run_app as run
+
+    return run(args)
+
+
+def register_run_app(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``run-app`` to the ``fedsplit`` command."""
+    p = subparsers.add_parser(
+        "run-app",
+        help="run a Flower ServerApp/ClientApp pair (written for flwr run) on fedsplit's engine",
+        description="Run a third-party Flower app unchanged on fedsplit's Ray engine with per-device budgets.",
+    )
+    p.add_argument("server_app", metavar="MODULE:SERVER_APP")
+    p.add_argument("client_app", metavar="MODULE:CLIENT_APP")
+    p.add_argument("--nodes", type=int, required=True, help="number of emulated terminals")
+    p.add_argument("--devices", help="device mix, e.g. raspberry-pi-4=6,laptop=4 (default: all laptop)")
+    p.add_argument("--run-config", action="append", metavar="KEY=VALUE", help="Flower run config entry")
+    p.add_argument("--ray-address", help="attach to an existing Ray cluster")
+    p.add_argument("--out", type=output_folder, help="folder for clients.csv and rounds.csv, new or empty "
+                   "(default: a new runs/run-app/<date-time>)")
+    p.set_defaults(func=cmd_run_app)

@@ -26,7 +26,6 @@ from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
 from fedsplit.devices import Population, resolve_profiles
 from fedsplit.cli_errors import print_error
 from fedsplit.ledger import Ledger
-from fedsplit.output_paths import output_folder
 from fedsplit.report import fresh_folder, shown_path
 
 
@@ -207,21 +206,3 @@ def cmd_run_app(args: argparse.Namespace) -> int:
               f"bytes_up={record.bytes_up} bytes_down={record.bytes_down} sim_s={record.sim_s:.4f}")
     print(f"out={shown_path(out)} (clients.csv: one row per terminal and exchange; rounds.csv: one per round)")
     return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``run-app`` to the ``fedsplit`` command."""
-    p = subparsers.add_parser(
-        "run-app",
-        help="run a Flower ServerApp/ClientApp pair (written for flwr run) on fedsplit's engine",
-        description="Run a third-party Flower app unchanged on fedsplit's Ray engine with per-device budgets.",
-    )
-    p.add_argument("server_app", metavar="MODULE:SERVER_APP")
-    p.add_argument("client_app", metavar="MODULE:CLIENT_APP")
-    p.add_argument("--nodes", type=int, required=True, help="number of emulated terminals")
-    p.add_argument("--devices", help="device mix, e.g. raspberry-pi-4=6,laptop=4 (default: all laptop)")
-    p.add_argument("--run-config", action="append", metavar="KEY=VALUE", help="Flower run config entry")
-    p.add_argument("--ray-address", help="attach to an existing Ray cluster")
-    p.add_argument("--out", type=output_folder, help="folder for clients.csv and rounds.csv, new or empty "
-                   "(default: a new runs/run-app/<date-time>)")
-    p.set_defaults(func=cmd_run_app)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from fedsplit.config import RunConfig, dump_config
 from fedsplit.learning import config_to_json, task_for
 from fedsplit.privacy.report import privacy_extra
 from fedsplit.report import RoundProgress, make_run_dir, print_summary, summarize, write_run_folder
+from fedsplit.simulation.ray_env import quiet_ray
 from fedsplit.simulation.checkpoint import RESUME_FILE, check_unfinished, read_resume_point, resuming_line
 from fedsplit.simulation.server_app import RunSession, _without_flower_warning, make_server_app, run_server
 
@@ -30,24 +29,6 @@ class RunOutcome:
     run_dir: Path
     summary: dict[str, Any]
     session: RunSession
-
-
-#: Ray's FutureWarning at ``ray.init``: a tip about a future default, not about this run.
-RAY_ACCEL_TIP = r"Tip: In future versions of Ray, Ray will no longer override accelerator"
-
-
-def quiet_ray() -> None:
-    """Pin the GPU visibility fedsplit relies on, and drop Ray's tip about its future default.
-
-    A Ray actor with ``num_gpus=0`` gets ``CUDA_VISIBLE_DEVICES=""`` (Ray's default,
-    ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1``), so a CPU-budget device class trains on the CPU
-    even on a GPU machine, as its profile says. ``ray.init`` warns that a future Ray will stop
-    doing this unless told; the variable is set here (unless the user set it) so that it keeps
-    doing it, and the warning, which then says nothing true about the run, is filtered. Call
-    before Ray starts (either engine).
-    """
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")
-    warnings.filterwarnings("ignore", message=RAY_ACCEL_TIP, category=FutureWarning)
 
 
 def quiet_flower() -> None:

@@ -248,3 +248,44 @@ def test_strategies_and_clients_share_record_helpers_through_the_core() -> None:
     from_clients = {".".join(t.split(".")[:3]) for t in imports["strategies"] if t.startswith("fedsplit.clients")}
     assert from_clients <= {"fedsplit.clients.arrays"}
     assert {"fedsplit.records.record_key"} <= imports["strategies"] & imports["clients"]
+
+
+def test_the_front_door_answers_help_and_bad_input_without_importing_the_training_stack() -> None:
+    """``fedsplit --help``, a command's ``--help`` and a bad configuration need only the parsers
+    and the config schema: none of torch, Ray, Flower, matplotlib or scikit-learn (seconds of
+    imports on 2 cores) is loaded for them (:mod:`fedsplit.lazy_exports`)."""
+    probe = (
+        "import contextlib, io, json, sys\n"
+        "from fedsplit.cli import main\n"
+        "codes = []\n"
+        "for argv in (['--help'], ['simulate', '--set', 'bogus=1'], ['simulate', '--help'], ['run-app', '--help'],\n"
+        "             ['pretrain', '--help'], ['catalog', 'show', '--help'], ['deploy', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "        try:\n"
+        "            codes.append(main(argv))\n"
+        "        except SystemExit as exc:\n"
+        "            codes.append(exc.code)\n"
+        "heavy = ('torch', 'ray', 'flwr', 'matplotlib', 'sklearn')\n"
+        "print(json.dumps([codes, sorted(m for m in heavy if m in sys.modules)]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    codes, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert codes == [0, 2, 0, 0, 0, 0, 0]
+    assert loaded == []
+
+
+def test_a_lazily_exported_name_is_the_defining_module_s_and_unknown_names_fail_as_usual() -> None:
+    import fedsplit.report
+    import fedsplit.transfer
+    from fedsplit.learning.distill import distill
+    from fedsplit.report.run_folder import shown_path
+
+    assert fedsplit.transfer.distill is distill
+    assert "distill" in vars(fedsplit.transfer)  # kept: the next read is a plain attribute
+    assert fedsplit.report.shown_path is shown_path
+    assert {"RoundProgress", "write_run_folder"} <= set(dir(fedsplit.report))
+    with pytest.raises(AttributeError, match="module 'fedsplit.report' has no attribute 'nothing'"):
+        fedsplit.report.nothing  # noqa: B018
+    for package in (fedsplit.report, fedsplit.transfer):
+        assert all(hasattr(package, name) for name in package.__all__)

@@ -107,7 +107,7 @@ def test_closing_tables_print_in_full_off_a_terminal_and_say_the_device_columns_
 def test_quiet_ray_filters_the_tip_ray_really_prints_and_keeps_gpus_from_cpu_actors(monkeypatch):
     import ray._private.worker
 
-    from fedsplit.simulation.runner import RAY_ACCEL_TIP, quiet_ray
+    from fedsplit.simulation.ray_env import RAY_ACCEL_TIP, quiet_ray
 
     tip = "Tip: In future versions of Ray, Ray will no longer override accelerator "
     assert tip in inspect.getsource(ray._private.worker.init)  # a new Ray rewords it: update RAY_ACCEL_TIP

@@ -13,17 +13,38 @@ knows nothing of training, training nothing of configuration):
 * :mod:`~fedsplit.transfer.pretrain` - central pretraining on a source task (``fedsplit pretrain``).
 """
 
-from fedsplit.models.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    head_keys,
-    load_pretrained,
-    model_from_checkpoint,
-    read_checkpoint,
-    save_checkpoint,
+from typing import TYPE_CHECKING
+
+from fedsplit.lazy_exports import lazy_exports
+
+if TYPE_CHECKING:
+    from fedsplit.models.checkpoint import (
+        Checkpoint, CheckpointError, head_keys, load_pretrained, model_from_checkpoint, read_checkpoint, save_checkpoint,
+    )
+    from fedsplit.learning.distill import distill, distillation_loss, kd_term
+    from fedsplit.models.freezing import FreezePlan, apply_freezing, freeze_batchnorm, plan_freezing, resolve_trainable
+
+# imported on first use (fedsplit.lazy_exports): this package's light submodules stay light
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Checkpoint": "fedsplit.models.checkpoint",
+        "CheckpointError": "fedsplit.models.checkpoint",
+        "FreezePlan": "fedsplit.models.freezing",
+        "apply_freezing": "fedsplit.models.freezing",
+        "distill": "fedsplit.learning.distill",
+        "distillation_loss": "fedsplit.learning.distill",
+        "freeze_batchnorm": "fedsplit.models.freezing",
+        "head_keys": "fedsplit.models.checkpoint",
+        "kd_term": "fedsplit.learning.distill",
+        "load_pretrained": "fedsplit.models.checkpoint",
+        "model_from_checkpoint": "fedsplit.models.checkpoint",
+        "plan_freezing": "fedsplit.models.freezing",
+        "read_checkpoint": "fedsplit.models.checkpoint",
+        "resolve_trainable": "fedsplit.models.freezing",
+        "save_checkpoint": "fedsplit.models.checkpoint",
+    },
 )
-from fedsplit.learning.distill import distill, distillation_loss, kd_term
-from fedsplit.models.freezing import FreezePlan, apply_freezing, freeze_batchnorm, plan_freezing, resolve_trainable
 
 __all__ = [
     "Checkpoint",
