@@ -37,7 +37,9 @@ from fedsplit.clients.privacy_mod import local_trainer
 from fedsplit.clients.secagg_client import STAGE_ACTIONS, handle_secagg_stage
 from fedsplit.clients.split_client import SPLIT_ACTION, handle_split
 from fedsplit.config import load_config
+from fedsplit.data import FederatedData
 from fedsplit.learning import Task, config_to_json, evaluate, task_for
+from fedsplit.learning.task import provide_data
 from fedsplit.records import record_of
 
 def _config_json(context: Context, config_json: str | None) -> str:
@@ -243,7 +245,7 @@ def handle_query(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-def make_client_app(mods: list | None = None, config_json: str | None = None) -> ClientApp:
+def make_client_app(mods: list | None = None, config_json: str | None = None, data: FederatedData | None = None) -> ClientApp:
     """Build fedsplit's ClientApp.
 
     Parameters
@@ -255,9 +257,19 @@ def make_client_app(mods: list | None = None, config_json: str | None = None) ->
     config_json : str, optional
         The run's resolved configuration (:func:`fedsplit.learning.config_to_json`). Simulations
         pass it here; deployed ClientApps read ``config-file``/``overrides`` from the run config.
+    data : FederatedData, optional
+        The run's data as the caller built it from ``config_json`` (with ``config_json`` only):
+        it travels with the app, and a process the app is sent to (an actor) builds its task on
+        it (:func:`fedsplit.learning.task.provide_data`) instead of loading and partitioning the
+        dataset again, seconds of imports (scikit-learn, flwr-datasets) on a small machine. Best
+        with :meth:`~fedsplit.data.FederatedData.with_drawn_partitions`, which that process then
+        reads without flwr-datasets.
     """
+    if data is not None and config_json is None:
+        raise ValueError("make_client_app: data is the data of config_json, which was not given")
     # outermost: a measuring terminal (node config profile = "measure") times all the rest
-    app = ClientApp(mods=[measure_mod, *(default_mods(config_json) if mods is None else mods)])
+    outer = [measure_mod] if data is None else [_data_mod(config_json, data), measure_mod]
+    app = ClientApp(mods=[*outer, *(default_mods(config_json) if mods is None else mods)])
     app.reports_flops = True  # replies carry exact "flops": fedsplit's engine need not meter them
 
     def train(msg: Message, context: Context) -> Message:
@@ -276,6 +288,17 @@ def make_client_app(mods: list | None = None, config_json: str | None = None) ->
     app.evaluate()(with_gpu_memory(evaluate_))
     app.query()(handle_query)
     return app
+
+
+def _data_mod(config_json: str, data: FederatedData) -> Callable[[Message, Context, Callable], Message]:
+    """A mod that, before this process first builds the task of ``config_json``, provides it
+    ``data`` (:func:`fedsplit.learning.task.provide_data`); the messages are untouched."""
+
+    def provide_run_data(msg: Message, context: Context, call_next: Handler) -> Message:
+        provide_data(config_json, data)  # a dict lookup once the task is built
+        return call_next(msg, context)
+
+    return provide_run_data
 
 
 def default_mods(config_json: str | None = None) -> list:

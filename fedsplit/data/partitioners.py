@@ -273,3 +273,25 @@ class PoolPartitioner:
             f"no samples of {self.pool_size}; allowed: fewer partitions or size_scheme='dirichlet' "
             f"(flwr: {error})"
         )
+
+
+class DrawnPartitions:
+    """Every partition's pool indices, drawn once by a :class:`PoolPartitioner`: what a process
+    that was handed the data needs to read partitions, without flwr-datasets (and the Hugging Face
+    ``datasets``, pandas and seaborn it imports, seconds on a small machine).
+
+    :meth:`indices` returns the same values as the partitioner it was drawn from, a fresh writable
+    copy each call, as :meth:`PoolPartitioner.indices` does.
+    """
+
+    def __init__(self, partitioner: PoolPartitioner) -> None:
+        self.num_partitions = partitioner.num_partitions
+        self.scheme = partitioner.scheme
+        self.options = partitioner.options
+        self.seed = partitioner.seed
+        self.pool_size = partitioner.pool_size
+        self._indices = [partitioner.indices(p) for p in range(partitioner.num_partitions)]
+
+    def indices(self, partition_id: int) -> np.ndarray:
+        """Pool indices (int64, in the partition's order) of partition ``partition_id``."""
+        return self._indices[int(partition_id)].copy()

@@ -72,9 +72,21 @@ class Task:
     _teacher: nn.Module | None = None
 
     @classmethod
-    def from_config(cls, cfg: RunConfig) -> "Task":
-        """Build the task (data partitions are materialised lazily, on first use)."""
-        data = make_federated_data(cfg)
+    def from_config(cls, cfg: RunConfig, data: FederatedData | None = None) -> "Task":
+        """Build the task (data partitions are materialised lazily, on first use).
+
+        ``data``: the run's data as another process built it from ``cfg``
+        (:func:`provide_data`); by default it is built here.
+
+        Raises
+        ------
+        ValueError
+            If ``data`` has another number of partitions than ``cfg`` has terminals.
+        """
+        if data is None:
+            data = make_federated_data(cfg)
+        elif data.num_partitions != cfg.num_terminals:
+            raise ValueError(f"the data handed over has {data.num_partitions} partitions, the run {cfg.num_terminals} terminals")
         model = build_model(
             cfg.model.name,
             tuple(data.input_shape),
@@ -156,13 +168,24 @@ class Task:
 
 _TASKS: "OrderedDict[str, Task]" = OrderedDict()
 _MAX_TASKS = 4
+_PROVIDED: dict[str, FederatedData] = {}
+
+
+def provide_data(config_json: str, data: FederatedData) -> None:
+    """Have this process build the task of ``config_json`` on ``data`` (the data as the process
+    that sent it built it from the same configuration) instead of loading and partitioning the
+    dataset again, unless the task is built already. :func:`fedsplit.clients.app.make_client_app`
+    hands the driver's data to its actors this way."""
+    if config_json not in _TASKS:
+        _PROVIDED[config_json] = data
 
 
 def task_for(config_json: str) -> Task:
-    """The process-wide :class:`Task` of a configuration (built on first use, then reused)."""
+    """The process-wide :class:`Task` of a configuration (built on first use, then reused; on the
+    data :func:`provide_data` gave for it, if any)."""
     task = _TASKS.get(config_json)
     if task is None:
-        task = Task.from_config(config_from_json(config_json))
+        task = Task.from_config(config_from_json(config_json), _PROVIDED.pop(config_json, None))
         _TASKS[config_json] = task
         while len(_TASKS) > _MAX_TASKS:
             _TASKS.popitem(last=False)
