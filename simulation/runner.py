@@ -16,8 +16,8 @@ from fedsplit.data import FederatedData
 from fedsplit.learning import config_to_json, task_for
 from fedsplit.privacy.report import privacy_extra
 from fedsplit.report import RoundProgress, make_run_dir, print_summary, summarize, write_run_folder
-from fedsplit.simulation.ray_env import quiet_ray
 from fedsplit.simulation.checkpoint import RESUME_FILE, check_unfinished, read_resume_point, resuming_line
+from fedsplit.simulation.ray_env import quiet_ray
 from fedsplit.simulation.server_app import RunSession, _without_flower_warning, make_server_app, run_server
 
 log = logging.getLogger("fedsplit")

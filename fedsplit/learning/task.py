@@ -2,7 +2,9 @@
 
 Both the server (initial model, held-out test set) and every ClientApp (its partition, a model to
 train) build the same :class:`Task` from the same :class:`~fedsplit.config.RunConfig`; a process
-keeps one per configuration so actors reuse data and model across clients and rounds.
+keeps one per configuration so actors reuse data and model across clients and rounds. A process
+handed the data another built from that configuration (:func:`provide_data`: the simulation's
+actors get the driver's with their ClientApp) builds its task on it instead of loading it again.
 
 Transfer (:mod:`fedsplit.transfer`): with ``model.pretrained`` the model starts from a local
 checkpoint; with ``transfer.trainable`` other than ``all`` only the trainable parameters travel
