@@ -585,6 +585,8 @@ class RayEngine:
         """Run ``work`` in this process during the next :meth:`execute`, once its first batches
         are on their way to the actors: the driver's own work (the server's evaluation of the
         model the round just made) then overlaps the terminals' training instead of delaying it.
+        At an engine's first exchange it runs earlier, while the channels wait for the actors to
+        start (seconds for new processes, during which the driver would only wait).
         :meth:`run_deferred_work` runs it at once instead (no exchange came). ``work`` must not
         raise (the server loop's wraps its own)."""
         self._while_training.append(work)
@@ -807,6 +809,7 @@ class RayEngine:
             log.warning("engine: transport 'channel' cannot listen on a Unix socket (%s); the actors get Ray calls", exc)
             return
         refs = [actor.open_channel.remote(listener.path, node) for actor, listener in zip(actors, listeners)]
+        self.run_deferred_work()  # while the actors start (seconds for new ones), not after
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=CHANNEL_OPEN_S)
         started = set(ready)
         for actor, listener, ref in zip(actors, listeners, refs):
@@ -940,7 +943,7 @@ class EngineGrid(Grid):
 
     def run_while_training(self, work: Callable[[], None]) -> None:
         """:meth:`RayEngine.run_while_training`: ``work`` runs in the driver during the next
-        exchange, while its terminals train."""
+        exchange, while its terminals train (or, at the first, while the actors start)."""
         self.engine.run_while_training(work)
 
     def run_deferred_work(self) -> None:

@@ -25,6 +25,7 @@ from fedsplit.config import RunConfig
 from fedsplit.devices import DeviceProfile, Population, resolve_profiles
 from fedsplit.learning import config_to_json, evaluate, task_for
 from fedsplit.ledger import Ledger, RoundRecord
+from fedsplit.models.flops import warm_flop_counter
 from fedsplit.faults import FaultPlan
 from fedsplit.simulation.checkpoint import (
     RESUME_FILE,
@@ -374,6 +375,8 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
         if session.on_round is not None:
             session.on_round(record, session.sim_elapsed_s)
 
+    if cfg.training.eval_every > 0:  # the first evaluation's one-off import, while the actors start
+        metered.run_while_training(_warm_flop_counter)
     t = cfg.training
     run = ProtocolRun(
         grid=metered,
@@ -408,6 +411,15 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
     finally:
         session.strategy_wall_s = time.perf_counter() - started
     session.final_state = {k: v.clone() for k, v in task.full_state(final).items()}
+
+
+def _warm_flop_counter() -> None:
+    """:func:`fedsplit.models.flops.warm_flop_counter`, for :meth:`MeteredGrid.run_while_training`
+    (work that must not raise: a failure here only leaves the import to the first evaluation)."""
+    try:
+        warm_flop_counter()
+    except Exception as exc:  # noqa: BLE001 - an optimisation; the evaluation counts as before
+        log.debug("server: FLOP counter warm-up failed (%s: %s)", type(exc).__name__, exc)
 
 
 def make_server_app(session: RunSession) -> ServerApp:

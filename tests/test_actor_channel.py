@@ -326,3 +326,19 @@ def test_a_channel_batch_keeps_the_replies_sent_before_its_actor_died(ray_sessio
         # terminals 0-2 answered before terminal 3 ended the process: their replies stand, not re-run
         assert {p: int(killed[p].content["metrics"]["os_pid"]) for p in (0, 1, 2)} == dict.fromkeys((0, 1, 2), first_pid.pop())
         assert engine.actor_restarts >= 1
+
+
+def test_driver_work_for_the_first_exchange_runs_while_new_actors_start_before_any_batch_is_sent(ray_session):
+    # The channels open at the first exchange and wait for the actors to start (seconds for new
+    # processes): the driver's work given to run_while_training runs in that wait, so every
+    # terminal's work starts after it (through Ray calls it would run after the dispatch).
+    population = Population({"laptop": 3}, builtin_profiles())
+    done_at: list[float] = []
+    with RayEngine(timed_app(), population, num_actors=1, transport="channel") as engine:
+        grid = engine.grid()
+        engine.run_while_training(lambda: (time.sleep(0.3), done_at.append(time.time())))  # after the dispatch, the terminals would end first
+        content = RecordDict({"config": ConfigRecord({"sleep_s": 0.0, "kill": 0})})
+        replies = grid.send_and_receive([Message(content, dst_node_id=n, message_type="train", group_id="1") for n in grid.get_node_ids()])
+        assert len(engine._channels) == 1
+    assert len(done_at) == 1  # once
+    assert all(float(r.content["metrics"]["ended_at"]) > done_at[0] for r in replies)

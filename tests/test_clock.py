@@ -62,3 +62,26 @@ def test_user_profile_may_inherit_from_a_user_profile_listed_later_and_cycles_ar
     assert overridden["laptop"].uplink_bps == 2e6  # a built-in overridden through base = its own name
     with pytest.raises(ValueError, match=r"profiles\.b\.base = 'a': leads back to itself \(a -> b -> a\)"):
         resolve_profiles({"a": {"base": "b"}, "b": {"base": "a"}})
+
+
+def test_warming_the_flop_counter_pays_its_one_off_import_and_counts_stay_the_same():
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    probe = (
+        "import json, sys\n"
+        "from fedsplit.models import build_model\n"
+        "from fedsplit.models.flops import step_flops, warm_flop_counter\n"
+        "before = 'torch._dynamo' in sys.modules\n"
+        "warm_flop_counter()\n"
+        "after = 'torch._dynamo' in sys.modules\n"
+        "print(json.dumps([before, after, step_flops(build_model('mlp', (1, 8, 8), 10, hidden=16), (1, 8, 8), 5)]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after, counted = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (before, after) == (False, True)
+    assert counted == step_flops(build_model("mlp", (1, 8, 8), 10, hidden=16), (1, 8, 8), 5)

@@ -75,6 +75,14 @@ def step_flops(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, 
     return _CACHE[key]
 
 
+def warm_flop_counter() -> None:
+    """Pay now what the first count in a process costs beyond counting: ``FlopCounterMode``'s first
+    use imports ``torch._dynamo`` (about 1.1 s on this project's 2-core machine)."""
+    probe = nn.Linear(1, 1)
+    with FlopCounterMode(display=False), torch.no_grad():
+        probe(torch.zeros(1, 1))
+
+
 def inference_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one inference on one input (forward pass, batch of 1)."""
     return step_flops(model, input_shape, 1, train=False)
