@@ -125,6 +125,18 @@ def small_overrides(tmp_path: Path, **extra: object) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def fresh_interpreter_json(code: str, timeout_s: float = 300.0) -> object:
+    """Run ``code`` in a new Python interpreter (this one's, from the repository root) and return
+    the JSON value its last line of output prints: what a process that imported nothing before
+    sees (imported modules, values read back). Fails the test, with the stderr, if it fails."""
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def fedsplit_cmd(*args: str) -> list[str]:
     """The ``fedsplit`` console command, run with this interpreter."""
     return [sys.executable, "-m", "fedsplit.cli", *args]

@@ -8,10 +8,7 @@ first message on a 2-core machine. With the partitions drawn in the driver
 
 from __future__ import annotations
 
-import json
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -22,7 +19,7 @@ from fedsplit.config import load_config
 from fedsplit.data import make_federated_data
 from fedsplit.learning import config_to_json, task_for
 from fedsplit.learning.task import provide_data
-from tests.conftest import REPO
+from tests.conftest import fresh_interpreter_json
 
 HEAVY = ("sklearn", "flwr_datasets", "datasets")
 
@@ -57,9 +54,7 @@ def test_drawn_partitions_read_as_drawn_here_in_a_process_without_the_partitioni
         f"np.savez({str(tmp_path / 'read.npz')!r}, **arrays)\n"
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert fresh_interpreter_json(probe) == []
     read = np.load(tmp_path / "read.npz")
     for pid, parts in enumerate(expected):
         for name, array in zip(("tx", "ty", "vx", "vy"), parts):

@@ -11,9 +11,7 @@
 from __future__ import annotations
 
 import ast
-import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fedsplit.config import ConfigError, load_config
-from tests.conftest import REPO, fedsplit_cmd
+from tests.conftest import REPO, fedsplit_cmd, fresh_interpreter_json
 
 CORE = REPO / "fedsplit"
 #: Packages of the ``fedsplit`` namespace that live in their own top-level folders (Flower glue).
@@ -59,9 +57,7 @@ def test_config_error_path_never_initialises_ray(tmp_path: Path) -> None:
         "ray = sys.modules.get('ray')\n"
         "print(json.dumps({'rc': rc, 'ray_started': bool(ray and ray.is_initialized())}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"rc": 2, "ray_started": False}
+    assert fresh_interpreter_json(probe, timeout_s=120) == {"rc": 2, "ray_started": False}
 
 
 @pytest.mark.parametrize(
@@ -231,9 +227,7 @@ def test_importing_the_core_loads_neither_flower_nor_ray() -> None:
         "    importlib.import_module(name)\n"
         "print(json.dumps(sorted(m for m in ('flwr', 'ray') if m in sys.modules)))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    assert fresh_interpreter_json(probe) == []
 
 
 def test_strategies_and_clients_share_record_helpers_through_the_core() -> None:
@@ -268,9 +262,7 @@ def test_the_front_door_answers_help_and_bad_input_without_importing_the_trainin
         "heavy = ('torch', 'ray', 'flwr', 'matplotlib', 'sklearn')\n"
         "print(json.dumps([codes, sorted(m for m in heavy if m in sys.modules)]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    codes, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    codes, loaded = fresh_interpreter_json(probe)
     assert codes == [0, 2, 0, 0, 0, 0, 0]
     assert loaded == []
 

@@ -65,11 +65,7 @@ def test_user_profile_may_inherit_from_a_user_profile_listed_later_and_cycles_ar
 
 
 def test_warming_the_flop_counter_pays_its_one_off_import_and_counts_stay_the_same():
-    import json
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
+    from tests.conftest import fresh_interpreter_json
 
     probe = (
         "import json, sys\n"
@@ -80,8 +76,6 @@ def test_warming_the_flop_counter_pays_its_one_off_import_and_counts_stay_the_sa
         "after = 'torch._dynamo' in sys.modules\n"
         "print(json.dumps([before, after, step_flops(build_model('mlp', (1, 8, 8), 10, hidden=16), (1, 8, 8), 5)]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    before, after, counted = json.loads(proc.stdout.strip().splitlines()[-1])
+    before, after, counted = fresh_interpreter_json(probe)
     assert (before, after) == (False, True)
     assert counted == step_flops(build_model("mlp", (1, 8, 8), 10, hidden=16), (1, 8, 8), 5)
