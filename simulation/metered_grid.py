@@ -283,10 +283,10 @@ class MeteredGrid(Grid):
     def run_while_training(self, work: Callable[[], None]) -> bool:
         """Have ``work`` run in this process during the next exchange, once its messages are on
         their way (fedsplit's engine: after the first batches are dispatched, or at its first
-        exchange while its actors start), so that it overlaps the terminals' work; True if so. False, and nothing kept, where the inner grid cannot
-        (Flower's engine, a deployment) or :attr:`overlap_server_work` is off: the caller runs
-        ``work`` itself. ``work`` must not raise; :meth:`run_deferred_work` runs it if no exchange
-        comes."""
+        exchange while its actors start), so that it overlaps the terminals' work; True if so.
+        False, and nothing kept, where the inner grid cannot (Flower's engine, a deployment) or
+        :attr:`overlap_server_work` is off: the caller runs ``work`` itself. ``work`` must not
+        raise; :meth:`run_deferred_work` runs it if no exchange comes."""
         offer = getattr(self.inner, "run_while_training", None)
         if not self.overlap_server_work or self._timed or not callable(offer):
             return False

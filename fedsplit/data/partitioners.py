@@ -285,11 +285,6 @@ class DrawnPartitions:
     """
 
     def __init__(self, partitioner: PoolPartitioner) -> None:
-        self.num_partitions = partitioner.num_partitions
-        self.scheme = partitioner.scheme
-        self.options = partitioner.options
-        self.seed = partitioner.seed
-        self.pool_size = partitioner.pool_size
         self._indices = [partitioner.indices(p) for p in range(partitioner.num_partitions)]
 
     def indices(self, partition_id: int) -> np.ndarray:
