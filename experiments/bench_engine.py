@@ -33,11 +33,15 @@ Run::
 
 It prints one line per workload::
 
-    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. speedup=.. flower_over_fedsplit=.. efficiency=.. limit_s=.. limit_efficiency=.. vs_limit=.. server_s=.. busy1=.. app_speed1=.. busy=.. app_speed=.. feeds=.. gc_s=.. full_gcs=..
+    workload=<name> pure_s=.. fedsplit1_s=.. fedsplit_s=.. flower_s=.. overhead=.. overhead_med=.. speedup=.. flower_over_fedsplit=.. efficiency=.. efficiency_med=.. limit_s=.. limit_efficiency=.. limit_efficiency_med=.. vs_limit=.. server_s=.. busy1=.. app_speed1=.. busy=.. app_speed=.. feeds=.. gc_s=.. full_gcs=..
 
 ``efficiency = pure_s / (min(actors, terminals per round) * fedsplit_s)``: 1.0 when P actors take
 1/P of the pure loop's time (P = the cores, ``--actors`` if given, or fewer when fewer terminals
 train per round; with ``--actors`` below the cores, compare ``fedsplit_s`` across runs).
+The ratios are of each way's best pass; ``overhead_med``, ``efficiency_med`` and
+``limit_efficiency_med`` are the same ratios taken within each pass (the two ways run seconds
+apart) and their median over the passes (:func:`paired_median`): where the two views disagree by
+more than a few percent, the machine was not steady enough for either to settle a target.
 ``server_s`` is the part of the fedsplit way's time spent outside the engine (the strategy's
 aggregation, the server's evaluation, metering, building the next round's messages): serial work
 that more actors do not shorten, so with P actors ``efficiency <= pure_s / (pure_s + P * server_s)``.
@@ -70,6 +74,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import statistics
 import sys
 import time
 from collections import OrderedDict
@@ -269,11 +274,12 @@ class CollectorTime:
         gc.callbacks.remove(self._callback)
 
 
-def best_interleaved(ways: dict, passes: int) -> tuple[dict[str, float], dict[str, dict]]:
+def best_interleaved(ways: dict, passes: int, per_pass: dict[str, list[float]] | None = None) -> tuple[dict[str, float], dict[str, dict]]:
     """Warm every way up once (untimed), then time ``passes`` rounds of all ways in turn.
 
     Interleaving (pure, fedsplit1, fedsplit, pure, ...) spreads the machine's slow spells over
-    all ways instead of charging them to whichever happened to run then. Best time per way.
+    all ways instead of charging them to whichever happened to run then. Best time per way;
+    ``per_pass``, when given, receives every timed pass's seconds by way (for :func:`paired_median`).
     Every pass starts after a full collection (``gc.collect()``, untimed), as ``timeit`` turns
     the collector off: the garbage of the way before is not charged to the next, and a pass pays
     for its own (a long run's collector share is ``bench_driver.py --gc``'s).
@@ -288,7 +294,17 @@ def best_interleaved(ways: dict, passes: int) -> tuple[dict[str, float], dict[st
             gc.collect()
             seconds, weights[name] = fn()
             times[name].append(seconds)
+    if per_pass is not None:
+        per_pass.update(times)
     return {name: min(t) for name, t in times.items()}, weights
+
+
+def paired_median(numerator: list[float], denominator: list[float]) -> float:
+    """The median over passes of ``numerator[i] / denominator[i]``: two ways' times taken in the
+    same pass, seconds apart, so a slow spell of the machine weighs on both sides of each ratio.
+    A second view of a ratio beside the ratio of the best times: on this project's noisy 2-core VM
+    the two differ by a few percent, and how much tells how far to trust either."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -426,6 +442,7 @@ def bench(
         RayEngine(app, population, num_actors=1, cpus_per_actor=1.0, batch_factor=batch_factor, transport=transport) as one,
         RayEngine(app, population, num_actors=actors, cpus_per_actor=1.0, batch_factor=batch_factor, transport=transport) as every,
     ):
+        per_pass: dict[str, list[float]] = {}
         times, weights = best_interleaved(
             {
                 "pure": lambda: run_pure(cfg),
@@ -434,6 +451,7 @@ def bench(
                 "fedsplit": lambda: run_timed("fedsplit", every),
             },
             passes,
+            per_pass,
         )
     ray.shutdown()
     plain.close()
@@ -456,10 +474,13 @@ def bench(
     line = (
         f"workload={name} pure_s={times['pure']:.3f} fedsplit1_s={times['fedsplit1']:.3f} "
         f"fedsplit_s={times['fedsplit']:.3f} flower_s={times['flower']:.3f} "
-        f"overhead={times['fedsplit1'] / times['pure']:.3f} speedup={times['fedsplit1'] / times['fedsplit']:.3f} "
+        f"overhead={times['fedsplit1'] / times['pure']:.3f} overhead_med={paired_median(per_pass['fedsplit1'], per_pass['pure']):.3f} "
+        f"speedup={times['fedsplit1'] / times['fedsplit']:.3f} "
         f"flower_over_fedsplit={times['flower'] / times['fedsplit']:.3f} "
         f"efficiency={efficiency(times['pure'], times['fedsplit'], actors, terminals_per_round(cfg)):.3f} "
+        f"efficiency_med={paired_median(per_pass['pure'], per_pass['fedsplit']) / min(actors, terminals_per_round(cfg)):.3f} "
         f"limit_s={times['limit']:.3f} limit_efficiency={efficiency(times['pure'], times['limit'], cpus, terminals_per_round(cfg)):.3f} "
+        f"limit_efficiency_med={paired_median(per_pass['pure'], per_pass['limit']) / min(cpus, terminals_per_round(cfg)):.3f} "
         f"vs_limit={times['limit'] / times['fedsplit']:.3f} server_s={server_s:.3f} "
         f"busy1={parts['fedsplit1'][0]:.3f} app_speed1={parts['fedsplit1'][1]:.3f} "
         f"busy={parts['fedsplit'][0]:.3f} app_speed={parts['fedsplit'][1]:.3f} feeds={app_s / driver_cpu_s:.1f} gc_s={gc_s:.3f} full_gcs={full_gcs} "

@@ -372,6 +372,10 @@ def test_engine_benchmark_smoke_runs_and_models_agree():
     # which on a fast (or a loaded) machine is more than 1 % of sub-second times.
     slack = 0.0005 / one + 0.0005 / pure + 0.001
     assert float(fields["overhead"]) == pytest.approx(one / pure, rel=slack)
+    # the same ratios within each pass, their median: of one --smoke pass, the pass whose times are printed
+    assert float(fields["overhead_med"]) == pytest.approx(one / pure, rel=slack)
+    assert float(fields["efficiency_med"]) == pytest.approx(float(fields["efficiency"]), rel=slack + 0.0005 / many + 0.002)
+    assert float(fields["limit_efficiency_med"]) == pytest.approx(float(fields["limit_efficiency"]), rel=slack + 0.0005 / limit + 0.002)
     # where the time goes: the share of the actors' time inside the ClientApp, and the apps' speed
     # against the pure loop, multiply back to 1 / overhead (one actor) and to the efficiency
     busy1, speed1, busy, speed = (float(fields[k]) for k in ("busy1", "app_speed1", "busy", "app_speed"))
