@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from fedsplit.cli_errors import command_of, print_error
-from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
+from fedsplit.config.errors import ActorStartError, ClusterTooSmallError, RayUnreachableError
 
 #: Modules that contribute sub-commands, in the order they appear in ``fedsplit --help``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClusterTooSmallError as exc:  # a device class's num_cpus above the Ray cluster's CPUs
         print_error(command_of(args), f"engine: {exc}")
         return 2
+    except ActorStartError as exc:  # the engine's actors cannot start the ClientApp: the run stopped
+        print_error(command_of(args), f"engine: {exc}")
+        return 3
     except ValueError as exc:  # a DataError: a broken dataset file, a partitioning the pool cannot give
         # (fedsplit.data, with torch, is imported by then; importing it up front would slow every command down)
         from fedsplit.data.errors import DataError

@@ -45,6 +45,7 @@ import logging
 import math
 import os
 import queue
+import re
 import socket
 import time
 import traceback
@@ -63,7 +64,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsplit.clients.flop_meter import metered_call
-from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
+from fedsplit.config.errors import ActorStartError, ClusterTooSmallError, RayUnreachableError
 from fedsplit.config.schema import DEFAULT_TRANSPORT, TRANSPORTS
 from fedsplit.devices import DeviceProfile, Population
 from fedsplit.faults import InjectedCrash
@@ -141,6 +142,30 @@ def meters(app: ClientApp, mode: str) -> bool:
     if mode == "auto":
         return not getattr(app, "reports_flops", False)
     return mode == "always"
+
+
+_ERROR_LINE = re.compile(r"^\s*((?:\w+\.)*\w*(?:Error|Exception)\b: .+)$", re.MULTILINE)
+
+
+def error_line(exc: BaseException) -> str:
+    """The line of a (Ray) error's text that names the root cause (its last ``SomeError: ...``
+    line; Ray's wrap the worker's traceback), else its first line; at most 500 characters."""
+    text = str(exc)
+    found = _ERROR_LINE.findall(text)
+    line = found[-1].strip() if found else (text.strip().splitlines() or [type(exc).__name__])[0]
+    return line[:500]
+
+
+def start_failure(exc: BaseException) -> ActorStartError | None:
+    """:class:`ActorStartError` when ``exc`` (a failed actor call) says that the actor's creation
+    raised (Ray's ``actor_init_failed``: e.g. the ClientApp could not be unpickled there), not
+    that a running actor died; else None."""
+    if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:
+        hint = ""
+        if "No module named" in str(exc):
+            hint = " (Ray's worker processes, on every node, must be able to import the ClientApp's code: install it there)"
+        return ActorStartError(f"a Ray actor could not start the ClientApp: {error_line(exc)}{hint}")
+    return None
 
 
 def _error_reply(msg: Message, code: int, reason: str) -> Message:
@@ -463,6 +488,8 @@ class RayEngine:
         self._arrivals: queue.SimpleQueue = queue.SimpleQueue()  # (channel, answer or ChannelClosed), every channel's
         self._channels_opened = False
         self._answering: dict[int, object] = {}  # id(actor) -> its running answer_channel call
+        self._loading: list = []  # warm actors' load_app calls, checked before the engine is used
+        self._start_failed = False  # an actor could not start the app: none is kept for a later run
 
     @classmethod
     def from_run_config(cls, cfg, client_app: ClientApp) -> "RayEngine":  # noqa: ANN001 - RunConfig
@@ -498,7 +525,26 @@ class RayEngine:
             pool = ActorPool(budget=budget, size=count, actors=[])
             pool.actors = [self._new_actor(pool) for _ in range(count)]
             self.pools[budget] = pool
+        self._check_loaded()
         return self
+
+    def _check_loaded(self) -> None:
+        """Wait for the warm actors' ``load_app`` calls (milliseconds: the actors run already).
+
+        A warm actor that died while idle gives its place to a new actor. One whose ``load_app``
+        raised still holds the previous run's app: the engine shuts down and raises
+        :class:`ActorStartError`. New actors' failures show at their first call (:func:`start_failure`).
+        """
+        loading, self._loading = self._loading, []
+        for actor, pool, ref in loading:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:  # died while idle
+                pool.actors[pool.actors.index(actor)] = self._fresh_actor(pool)
+            except ray.exceptions.RayError as exc:
+                self._start_failed = True
+                self.shutdown()
+                raise ActorStartError(f"a warm Ray actor could not load the ClientApp: {error_line(exc)}") from None
 
     def claim_task_identity(self) -> None:
         """Make this process the run's server: messages the ServerApp creates take this run's id."""
@@ -522,8 +568,12 @@ class RayEngine:
     def _new_actor(self, pool: ActorPool):  # noqa: ANN202
         actor = warm.take(pool.budget)
         if actor is not None:
-            actor.load_app.remote(self.client_app, self.meter)  # runs before any later call
+            self._loading.append((actor, pool, actor.load_app.remote(self.client_app, self.meter)))  # runs before any later call
             return actor
+        return self._fresh_actor(pool)
+
+    def _fresh_actor(self, pool: ActorPool):  # noqa: ANN202
+        """A new actor of ``pool``'s budget (its process starts in the background)."""
         threads = max(1, math.floor(pool.budget[0]))
         return ClientAppActor.options(**pool.options()).remote(self.client_app, threads, self.meter)
 
@@ -537,7 +587,7 @@ class RayEngine:
         self._channels_opened = False
         for pool in self.pools.values():
             for actor in pool.actors:
-                if self._started_ray or not warm.give_back(pool.budget, actor):
+                if self._started_ray or self._start_failed or not warm.give_back(pool.budget, actor):
                     ray.kill(actor, no_restart=True)
         self.pools.clear()
         if self._started_ray:
@@ -713,6 +763,10 @@ class RayEngine:
                 try:
                     results = unpack(answer())
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ChannelClosed) as exc:
+                    failure = start_failure(exc)
+                    if failure is not None:  # every actor, and any replacement, would fail alike
+                        self._start_failed = True
+                        raise failure from None
                     if id(actor) not in replaced:  # the first of its batches to fail replaces it
                         replaced[id(actor)] = actor
                         self._replace(actor, budget)
@@ -848,8 +902,10 @@ class RayEngine:
         self._answering.pop(id(dead), None)
         if channel is not None:
             channel.close()
-        fresh = self._new_actor(pool)
-        pool.actors[pool.actors.index(dead)] = fresh
+        index = pool.actors.index(dead)
+        pool.actors[index] = self._new_actor(pool)
+        self._check_loaded()  # a warm actor taken in its place may have died while idle
+        fresh = pool.actors[index]
         if self._channels_opened:  # the engine uses channels: the new actor gets one (it starts first)
             self._open_channels([fresh])
         self.actor_restarts += 1

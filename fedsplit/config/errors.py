@@ -22,3 +22,11 @@ class ClusterTooSmallError(ValueError):
     (:func:`fedsplit.simulation.engine.check_local_budgets`, ``plan_pools``); the message names
     the class and what to change; the ``fedsplit`` command prints it after ``fedsplit <command>: error:
     engine:`` and exits with status 2."""
+
+
+class ActorStartError(RuntimeError):
+    """A Ray actor of fedsplit's engine could not start the run's ClientApp: its creation raised,
+    or a warm actor could not load the new app (typically the app's module cannot be imported
+    in Ray's worker processes). Every actor would fail alike, so the run stops at once instead of
+    replacing actors for ever; the message names the cause. The ``fedsplit`` command prints it
+    after ``fedsplit <command>: error: engine:`` and exits with status 3."""
