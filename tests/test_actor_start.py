@@ -3,7 +3,8 @@
 A ClientApp whose code the Ray workers cannot import (defined in a module only the driver's
 ``sys.path`` reaches: a script's folder, a notebook's) fails the same way on every actor. The
 engine used to replace each dead actor and retry each message alone on a new one, so such a run
-started actors for ever; a warm actor kept the previous run's app and answered with it.
+started an actor per message, round after round, until every terminal had failed; a warm actor
+kept the previous run's app and answered with it.
 """
 
 from __future__ import annotations

@@ -28,5 +28,5 @@ class ActorStartError(RuntimeError):
     """A Ray actor of fedsplit's engine could not start the run's ClientApp: its creation raised,
     or a warm actor could not load the new app (typically the app's module cannot be imported
     in Ray's worker processes). Every actor would fail alike, so the run stops at once instead of
-    replacing actors for ever; the message names the cause. The ``fedsplit`` command prints it
+    replacing actors message after message; the message names the cause. The ``fedsplit`` command prints it
     after ``fedsplit <command>: error: engine:`` and exits with status 3."""
