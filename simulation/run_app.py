@@ -22,7 +22,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import ServerApp
 from ray import cloudpickle as ray_cloudpickle
 
-from fedsplit.config.errors import ClusterTooSmallError, RayUnreachableError
+from fedsplit.config.errors import ActorStartError, ClusterTooSmallError, RayUnreachableError
 from fedsplit.devices import Population, resolve_profiles
 from fedsplit.cli_errors import print_error
 from fedsplit.ledger import Ledger
@@ -197,6 +197,9 @@ def cmd_run_app(args: argparse.Namespace) -> int:
         if isinstance(exc, KeyboardInterrupt):
             print(f"fedsplit run-app: interrupted; {kept}", file=sys.stderr)
             raise  # fedsplit.cli.main: exit 130
+        if isinstance(exc, ActorStartError):  # the engine's, not the app's: one line, as fedsplit.cli.main prints it
+            print_error("run-app", f"engine: {exc}; {kept}")
+            return 3
         traceback.print_exc()  # the app's own code: its stack is what its developer needs
         print_error("run-app", f"the ServerApp raised {type(exc).__name__}: {exc}; {kept}")
         return 1

@@ -375,9 +375,9 @@ def run_server(grid: Grid, session: RunSession, partition_of: Callable[[int], in
         if session.on_round is not None:
             session.on_round(record, session.sim_elapsed_s)
 
-    if cfg.training.eval_every > 0:  # the first evaluation's one-off import, while the actors start
-        metered.run_while_training(_warm_flop_counter)
     t = cfg.training
+    if t.eval_every > 0:  # the first evaluation's one-off import, while the actors start
+        metered.run_while_training(_warm_flop_counter)
     run = ProtocolRun(
         grid=metered,
         num_rounds=cfg.rounds,

@@ -224,10 +224,12 @@ failing_server_app = ServerApp()
 
 @failing_server_app.main()
 def failing(grid: Grid, context: Context) -> None:
-    """One round of FedAvg, then what run config ``fail-with`` names (a bug, or Ctrl-C)."""
+    """One round of FedAvg, then what run config ``fail-with`` names (a bug, Ctrl-C, or the engine's ActorStartError as its grid raises it)."""
     strategy = FedAvg(fraction_train=1.0, fraction_evaluate=0.0)
     strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), train_config=ConfigRecord({"lr": 0.5}), num_rounds=1)
-    raise {"error": RuntimeError, "interrupt": KeyboardInterrupt}[context.run_config["fail-with"]]("after round 1")
+    from fedsplit.config.errors import ActorStartError
+
+    raise {"error": RuntimeError, "interrupt": KeyboardInterrupt, "actor-start": ActorStartError}[context.run_config["fail-with"]]("after round 1")
 '''
 
 
@@ -262,6 +264,7 @@ def test_run_app_writes_a_new_folder_per_run_and_says_where(tmp_path, monkeypatc
 @pytest.mark.parametrize(("fail_with", "code", "line"), [
     ("error", 1, "fedsplit run-app: error: the ServerApp raised RuntimeError: after round 1; the ledgers of its 1 finished round(s) are in out"),
     ("interrupt", 130, "fedsplit run-app: interrupted; the ledgers of its 1 finished round(s) are in out"),
+    ("actor-start", 3, "fedsplit run-app: error: engine: after round 1; the ledgers of its 1 finished round(s) are in out"),
 ])
 def test_run_app_keeps_the_finished_rounds_when_the_server_app_fails(tmp_path, monkeypatch, ray_session, fedsplit_main, fail_with, code, line):
     (tmp_path / "quickstart_app.py").write_text(QUICKSTART)
