@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from fedsplit.cli_errors import command_of, print_error
 from fedsplit.config.errors import ActorStartError, ClusterTooSmallError, RayUnreachableError
+from fedsplit.process_exit import exit_now
 
 #: Modules that contribute sub-commands, in the order they appear in ``fedsplit --help``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -90,5 +93,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def console_main() -> NoReturn:
+    """The ``fedsplit`` console command: :func:`main`, then :func:`~fedsplit.process_exit.exit_now`.
+
+    The exit skips the interpreter's teardown, where the destructors of Ray's core worker and
+    gRPC's channels can block for ever after a run's work is done; the ``atexit`` handlers and the
+    output are kept. An unexpected exception prints its traceback and exits 1, as Python's exit does.
+    """
+    try:
+        code: object = main()
+    except SystemExit as exc:  # argparse's --help (0) and usage errors (2)
+        code = exc.code
+    except KeyboardInterrupt:  # Ctrl-C before a command's handler runs (it handles its own)
+        code = 130
+    except BaseException:  # a bug: its traceback, exit 1
+        traceback.print_exc()
+        code = 1
+    exit_now(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()
