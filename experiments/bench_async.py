@@ -91,4 +91,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from fedsplit.process_exit import exit_now
+
+    exit_now(main())  # skips the interpreter teardown, where Ray's destructors can hang

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import pickle
 import statistics
-import sys
 import time
 
 import torch
@@ -312,4 +311,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fedsplit.process_exit import exit_now
+
+    exit_now(main())  # skips the interpreter teardown, where Ray's destructors can hang

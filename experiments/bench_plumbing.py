@@ -26,7 +26,6 @@ It prints one line per workload::
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
@@ -90,4 +89,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fedsplit.process_exit import exit_now
+
+    exit_now(main())  # skips the interpreter teardown, where Ray's destructors can hang

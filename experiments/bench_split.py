@@ -47,7 +47,6 @@ import logging
 import math
 import os
 import statistics
-import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -253,4 +252,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fedsplit.process_exit import exit_now
+
+    exit_now(main())  # skips the interpreter teardown, where Ray's destructors can hang

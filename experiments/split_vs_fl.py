@@ -316,4 +316,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fedsplit.process_exit import exit_now
+
+    exit_now(main())  # skips the interpreter teardown, where Ray's destructors can hang
