@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +136,33 @@ def fresh_interpreter_json(code: str, timeout_s: float = 300.0) -> object:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_child(cmd: list[str], timeout_s: float, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, **kwargs)``, except
+    that a child still running after ``timeout_s`` seconds fails the test with its Python stacks.
+
+    The child runs with ``PYTHONFAULTHANDLER=1``; at the timeout it gets SIGABRT, on which
+    :mod:`faulthandler` writes every thread's stack to its stderr, and the test fails with that
+    stderr: a hang in CI names its place (a stack at the interpreter's exit, or none for a hang
+    in C++ after it) instead of only the command line that timed out.
+    """
+    import signal
+
+    env = {**dict(kwargs.pop("env", None) or os.environ), "PYTHONFAULTHANDLER": "1"}  # type: ignore[call-overload]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs) as child:  # type: ignore[call-overload]
+        try:
+            out, err = child.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGABRT)
+            try:
+                out, err = child.communicate(timeout=30)
+            except subprocess.TimeoutExpired:  # not even the stacks: a process stuck outside Python
+                child.kill()
+                out, err = child.communicate()
+            pytest.fail(f"{' '.join(map(str, cmd))!r} ran over {timeout_s:g} s; its stdout ends:\n{out[-2000:]}\n"
+                        f"its stderr (with the stacks at the timeout) ends:\n{err[-8000:]}")
+    return subprocess.CompletedProcess(cmd, child.returncode, out, err)
 
 
 def fedsplit_cmd(*args: str) -> list[str]:

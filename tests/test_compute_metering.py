@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import importlib
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -29,7 +28,7 @@ from fedsplit.devices import Population, builtin_profiles
 from fedsplit.ledger import Ledger
 from fedsplit.simulation.engine import RayEngine
 from fedsplit.simulation.metered_grid import MeteredGrid
-from tests.conftest import REPO, fedsplit_cmd
+from tests.conftest import REPO, fedsplit_cmd, run_child
 
 APPS = REPO / "tests" / "apps"
 ROWS, COLS, OUT = 64, 32, 16
@@ -270,7 +269,7 @@ def test_quickstart_app_train_rows_are_counted_exactly_under_run_app(tmp_path):
         "--run-config", f"batch-size={batch_size}", "--run-config", "lr=0.01", "--out", str(tmp_path),
     ]
     env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.run(fedsplit_cmd(*args), capture_output=True, text=True, timeout=600, cwd=APPS, env=env)
+    proc = run_child(fedsplit_cmd(*args), 600, cwd=APPS, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "clients.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -19,7 +19,7 @@ from flwr.common.constant import ErrorCode
 from fedsplit.config.schema import TRANSPORTS
 from fedsplit.devices import Population, builtin_profiles
 from fedsplit.simulation.engine import ClusterTooSmallError, RayEngine, check_local_budgets, plan_pools, split_balanced, split_evenly
-from tests.conftest import REPO, fedsplit_cmd
+from tests.conftest import REPO, fedsplit_cmd, run_child
 
 
 def make_flaky_app(raise_pid: int = 1, crash_pid: int = 2) -> ClientApp:
@@ -340,7 +340,7 @@ def test_attach_to_ray_cluster_on_loopback(tmp_path):
             time.sleep(1)
         args = ["simulate", "--set", f"engine.ray_address={address}", "--set", f"out_dir={tmp_path}", "--set", "run_name=r",
                 "--set", "rounds=1", "--set", "devices={laptop=2}", "--set", "model.name=mlp", "--set", "progress=false"]
-        proc = subprocess.run(fedsplit_cmd(*args), capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+        proc = run_child(fedsplit_cmd(*args), 300, cwd=REPO, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads((tmp_path / "r" / "summary.json").read_text())
         assert summary["rounds"] == 1 and summary["terminals"] == 2
@@ -356,10 +356,7 @@ def test_attach_to_ray_cluster_on_loopback(tmp_path):
 
 def test_engine_benchmark_smoke_runs_and_models_agree():
     """``experiments/bench_engine.py --smoke``: all ways train the same model, the line parses."""
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "bench_engine.py"), "--smoke"],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )
+    proc = run_child([sys.executable, str(REPO / "experiments" / "bench_engine.py"), "--smoke"], 600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("workload=mlp")]
     assert [line.split()[-1] for line in lines[:3]] == ["PASS", "PASS", "PASS"], lines  # limit, fedsplit1, fedsplit vs pure
@@ -428,7 +425,7 @@ def test_an_engine_that_starts_ray_returns_batches_of_small_replies_inline():
     """A RayEngine that starts its own Ray raises Ray's inline-object cut to INLINE_OBJECT_BYTES
     (a batch of two 240 KB replies, over Ray's 100 KiB default, returns in the call's reply)."""
     env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.run([sys.executable, "-c", INLINE_CHECK], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    proc = run_child([sys.executable, "-c", INLINE_CHECK], 300, cwd=REPO, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["inline"] == out["expected"] == 2 * 1024 * 1024
@@ -445,10 +442,7 @@ def test_attaching_to_a_cluster_keeps_its_settings():
 def test_driver_benchmark_smoke_times_the_server_without_training():
     """``experiments/bench_driver.py --smoke``: the timed runs replay replies computed beforehand
     (the script asserts the ClientApp is not called again) and the bound is the ratio it states."""
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "bench_driver.py"), "--smoke"],
-        capture_output=True, text=True, timeout=600, cwd=REPO / "experiments",
-    )
+    proc = run_child([sys.executable, str(REPO / "experiments" / "bench_driver.py"), "--smoke"], 600, cwd=REPO / "experiments")
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("workload=mlp"))
     fields = dict(item.split("=", 1) for item in line.split())

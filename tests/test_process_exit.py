@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import REPO, fedsplit_cmd
+from tests.conftest import REPO, fedsplit_cmd, run_child
 
 #: A module-level object whose destructor blocks for ever: what the interpreter's teardown meets.
 STUCK_AT_TEARDOWN = textwrap.dedent(
@@ -107,3 +107,15 @@ def test_the_installed_fedsplit_script_is_the_console_main():
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"fedsplit": "fedsplit.cli:console_main"}
+
+
+def test_a_child_that_hangs_fails_the_test_with_its_python_stacks():
+    """tests' run_child: CI's log of a hang shows where the child was, not only its command line."""
+    code = "import time\ndef waiting_for_ever():\n    time.sleep(600)\nprint('started', flush=True)\nwaiting_for_ever()\n"
+    with pytest.raises(pytest.fail.Exception) as info:
+        run_child([sys.executable, "-c", code], 5)
+    message = str(info.value)
+    assert "ran over 5 s" in message and "started" in message
+    assert "Fatal Python error: Aborted" in message and "in waiting_for_ever" in message
+    done = run_child([sys.executable, "-c", "print('fine')"], 60)
+    assert (done.returncode, done.stdout) == (0, "fine\n")

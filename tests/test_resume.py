@@ -20,7 +20,7 @@ from fedsplit.simulation import server_app
 from fedsplit.simulation.checkpoint import KILL_ENV, RESUME_FILE, ResumePointError, read_resume_point
 from fedsplit.simulation.engine import SerialEngine
 from fedsplit.simulation.runner import simulate
-from tests.conftest import REPO, fedsplit_cmd, small_overrides
+from tests.conftest import REPO, fedsplit_cmd, run_child, small_overrides
 
 ROUNDS = 3
 WALL_COLUMNS = ("wall_s",)
@@ -331,6 +331,6 @@ def test_sigkill_at_two_moments_then_resume_equals_the_uninterrupted_run(tmp_pat
     killed_run(fedsplit_cmd("simulate", "--resume", str(run_dir)), at="before-rename:3")
     assert resume_round(run_dir) == 2
     assert (run_dir / "checkpoints" / (RESUME_FILE + ".tmp")).is_file()  # round 3's point, never renamed
-    last = subprocess.run(fedsplit_cmd("simulate", "--resume", str(run_dir)), capture_output=True, text=True, cwd=REPO, timeout=300)
+    last = run_child(fedsplit_cmd("simulate", "--resume", str(run_dir)), 300, cwd=REPO)
     assert last.returncode == 0, last.stderr
     assert_same_run(reference.run_dir, run_dir)

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import csv
 import re
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_child
 
 
 @pytest.mark.slow
 def test_transfer_experiment_smoke(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "transfer.py"), "--smoke", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, cwd=REPO,
-    )
+    result = run_child([sys.executable, str(REPO / "experiments" / "transfer.py"), "--smoke", "--out", str(tmp_path)], 600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = {m.group(1): m for m in re.finditer(r"^method=(\S+) final_acc=([\d.]+) uplink_bytes=(\d+) client_flops=(\d+)$", result.stdout, re.M)}
     assert set(lines) == {"scratch", "finetune", "student-scratch", "student-distilled"}
