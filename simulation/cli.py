@@ -6,6 +6,7 @@ import argparse
 
 from fedsplit.cli_errors import print_error
 from fedsplit.config import ConfigError, iter_fields, load_config
+from fedsplit.config.errors import RayUnreachableError
 from fedsplit.config.schema import ENGINES, RunConfig
 from fedsplit.output_paths import output_folder, unwritable_reason
 
@@ -66,21 +67,33 @@ def dry_run(cfg: RunConfig) -> int:
     return 0
 
 
+#: ``--set`` keys that ``--resume`` accepts: where the run goes on (another Ray cluster, a local
+#: Ray of another size), not what it computes; a run resumed elsewhere ends as the same run does.
+RESUME_PLACEMENT_KEYS: tuple[str, ...] = ("engine.ray_address", "engine.num_cpus")
+
+
 def resume_config(run_dir: str, args: argparse.Namespace) -> RunConfig:
-    """The configuration of the run folder ``run_dir`` (its ``config.toml``), for ``--resume``.
+    """The configuration of the run folder ``run_dir`` (its ``config.toml``), for ``--resume``,
+    with the ``--set`` overrides of :data:`RESUME_PLACEMENT_KEYS` applied (e.g. the Ray cluster
+    the run was attached to is gone: ``--set engine.ray_address=`` goes on with a local Ray).
 
     Raises
     ------
     ConfigError
-        The folder has no ``config.toml``, or ``--config`` / ``--set`` / ``--engine`` would
-        change the run being continued.
+        The folder has no ``config.toml``, or ``--config``, ``--engine`` or a ``--set`` of another
+        key would change the run being continued.
     """
     from pathlib import Path
 
     from fedsplit.simulation.checkpoint import ResumePointError, check_unfinished
 
-    if args.config or args.set or args.engine:
-        raise ConfigError("--resume RUN_DIR continues the run of RUN_DIR/config.toml; --config, --set and --engine cannot change it")
+    overrides = list(args.set or [])
+    changed = [item.partition("=")[0].strip() for item in overrides]
+    if args.config or args.engine or any(key not in RESUME_PLACEMENT_KEYS for key in changed):
+        raise ConfigError(
+            "--resume RUN_DIR continues the run of RUN_DIR/config.toml; --config, --engine and --set cannot change it "
+            f"(--set may only say where it goes on: {', '.join(RESUME_PLACEMENT_KEYS)})"
+        )
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.toml there (not a run folder of fedsplit simulate)")
@@ -88,7 +101,7 @@ def resume_config(run_dir: str, args: argparse.Namespace) -> RunConfig:
         check_unfinished(run_dir)
     except ResumePointError as exc:
         raise ConfigError(str(exc)) from None
-    return load_config(path)
+    return load_config(path, overrides)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -134,6 +147,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except CheckpointError as exc:  # model.pretrained / transfer.teacher whose tensors do not fit the model built
         print_error("simulate", f"config: {exc}")
         return 2
+    except RayUnreachableError as exc:
+        if not resume:
+            raise  # fedsplit.cli: one line, exit 2
+        print_error("simulate", f"{exc}; or go on elsewhere: fedsplit simulate --resume {resume} --set engine.ray_address=HOST:PORT "
+                                "(empty: a local Ray)")
+        return 2
     acc = outcome.summary["final_metrics"].get("accuracy")
     if "stopped" in outcome.summary:
         stopped = outcome.summary["stopped"]
@@ -159,7 +178,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume", metavar="RUN_DIR",
         help="continue the run of RUN_DIR (killed or stopped) after the round of its checkpoints/resume.pt, "
-        "with its own config.toml; the result equals an uninterrupted run's",
+        "with its own config.toml; the result equals an uninterrupted run's. --set may only say where it goes on "
+        f"({', '.join(RESUME_PLACEMENT_KEYS)}), e.g. when the Ray cluster it was attached to is gone",
     )
     p.add_argument(
         "--dry-run", action="store_true",

@@ -166,7 +166,8 @@ def test_every_readme_command_names_a_program_that_exists_after_installation(com
             assert exc.code == 0, f"{command}: fedsplit does not take these arguments"
 
 
-SIMULATE = [c for c in COMMANDS if (fedsplit_args(c) or [None])[0] == "simulate" and "--help" not in c.argv]
+SIMULATE = [c for c in COMMANDS if (fedsplit_args(c) or [None])[0] == "simulate" and not {"--help", "--resume"} & set(c.argv)]
+RESUME = [c for c in COMMANDS if (fedsplit_args(c) or [None])[0] == "simulate" and "--resume" in c.argv]
 
 
 def test_the_readme_has_simulate_examples():
@@ -181,6 +182,16 @@ def test_every_simulate_example_is_a_valid_configuration(command, monkeypatch, c
     assert code == 0, f"{command}: {err}"
     assert out.splitlines()[-1].startswith("# config OK: ")
     tomllib.loads(out)  # the resolved configuration is TOML
+
+
+@pytest.mark.parametrize("command", RESUME, ids=str)
+def test_every_resume_example_sets_only_what_resume_accepts(command):
+    """A ``--resume`` example names a run folder the reader has: its ``--set`` keys are checked."""
+    from fedsplit.simulation.cli import RESUME_PLACEMENT_KEYS
+
+    args = fedsplit_args(command)
+    keys = [args[i + 1].partition("=")[0] for i, arg in enumerate(args) if arg in ("--set", "-s")]
+    assert keys and set(keys) <= set(RESUME_PLACEMENT_KEYS), command
 
 
 def test_the_installed_fedsplit_command_dry_runs_the_main_job(tmp_path):

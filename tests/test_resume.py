@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -175,6 +176,33 @@ def test_on_the_ray_engine_with_killed_actors_a_resumed_run_is_bitwise_the_same(
     assert_same_run(reference.run_dir, tmp_path / "cut", engine_keys=ENGINE_KEYS)
 
 
+@pytest.mark.slow
+def test_a_run_whose_ray_cluster_is_gone_goes_on_elsewhere_as_the_same_run(tmp_path, monkeypatch, fedsplit_main, reference, ray_session):
+    """The Ray cluster a run was attached to is gone (nothing answers at its address): --resume
+    refuses in one line that gives the way out, and ``--set engine.ray_address=`` (a local Ray)
+    goes on to the same run as an uninterrupted one."""
+    run_until_killed(load_config(None, overrides(tmp_path, "cut", **{"engine.name": "fedsplit"})), monkeypatch, after_checkpoint=1)
+    run_dir = tmp_path / "cut"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gone = f"127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens there
+    config = run_dir / "config.toml"
+    config.write_text(config.read_text().replace('ray_address = ""', f'ray_address = "{gone}"'))  # where it ran
+    # a new process, as a user's command is (this one's Ray is up: the check is for starting one)
+    refused = run_child(fedsplit_cmd("simulate", "--resume", str(run_dir)), 300, cwd=REPO)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"fedsplit simulate: error: engine.ray_address = '{gone}': no Ray cluster answers there (Connection refused); "
+        "start one with `ray start --head --port=6379` on that machine, or leave engine.ray_address empty for a local Ray; "
+        f"or go on elsewhere: fedsplit simulate --resume {run_dir} --set engine.ray_address=HOST:PORT (empty: a local Ray)"
+    )
+    assert read_resume_point(run_dir / "checkpoints" / RESUME_FILE).round == 1  # nothing lost
+    moved = fedsplit_main("simulate", "--resume", str(run_dir), "--set", "engine.ray_address=")
+    assert moved.returncode == 0, moved.stderr
+    assert_same_run(reference("plain"), run_dir, engine_keys=ENGINE_KEYS)
+    assert 'ray_address = ""' in config.read_text()  # the folder's config says where the run ended
+
+
 def test_a_run_killed_mid_round_resumes_from_the_last_checkpoint(tmp_path, monkeypatch, reference):
     extra = CASES["fedadam-topk-ef"]
     run_until_killed(load_config(None, overrides(tmp_path, "cut", **extra)), monkeypatch, in_round=2)
@@ -220,8 +248,10 @@ def test_a_protocol_whose_state_cannot_be_saved_runs_on_without_resume_points(tm
 
 
 def test_resume_refuses_changes_and_folders_that_are_not_runs(tmp_path, fedsplit_main):
-    changed = fedsplit_main("simulate", "--resume", str(tmp_path), "--set", "rounds=5")
-    assert changed.returncode == 2 and "--config, --set and --engine cannot change it" in changed.stderr
+    for what in (["--set", "rounds=5"], ["--set", "engine.num_cpus=1", "--set", "seed=2"], ["--engine", "serial"]):
+        changed = fedsplit_main("simulate", "--resume", str(tmp_path), *what)
+        assert changed.returncode == 2
+        assert "--config, --engine and --set cannot change it (--set may only say where it goes on: engine.ray_address, engine.num_cpus)" in changed.stderr
     missing = fedsplit_main("simulate", "--resume", str(tmp_path))
     assert missing.returncode == 2 and "no config.toml there" in missing.stderr
     (tmp_path / "config.toml").write_text("rounds = 1\n")
