@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -352,6 +353,7 @@ def test_attach_to_ray_cluster_on_loopback(tmp_path):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(f"/tmp/fsray-{port}", ignore_errors=True)  # the head's session folder (logs, sockets)
 
 
 def test_engine_benchmark_smoke_runs_and_models_agree():
