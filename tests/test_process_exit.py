@@ -41,7 +41,7 @@ def run_python(code: str, timeout_s: float) -> subprocess.CompletedProcess:
 def test_a_plain_exit_hangs_on_a_destructor_that_blocks():
     """The hazard is real: Python's own exit prints the output, then never ends."""
     with pytest.raises(subprocess.TimeoutExpired) as info:
-        run_python(STUCK_AT_TEARDOWN + "sys.exit(3)\n", timeout_s=8)
+        run_python(STUCK_AT_TEARDOWN + "sys.exit(3)\n", timeout_s=5)
     assert b"result line" in (info.value.stdout or b"")
 
 
