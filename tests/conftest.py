@@ -165,6 +165,15 @@ def run_child(cmd: list[str], timeout_s: float, **kwargs: object) -> subprocess.
     return subprocess.CompletedProcess(cmd, child.returncode, out, err)
 
 
+def free_port() -> int:
+    """A TCP port on loopback where nothing listens (bound, then closed again)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def fedsplit_cmd(*args: str) -> list[str]:
     """The ``fedsplit`` console command, run with this interpreter."""
     return [sys.executable, "-m", "fedsplit.cli", *args]

@@ -43,6 +43,7 @@ from fedsplit.simulation.deploy import (
     supernode_command,
     write_flower_config,
 )
+from tests.conftest import free_port
 
 APP_DIR = Path(__file__).resolve().parents[1]
 NODES = 3
@@ -287,12 +288,6 @@ def test_supernode_profile_from_the_run_config(fedsplit_main, tmp_path: Path) ->
 
 
 # --- the loopback lab ------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _kill_group(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
     """Terminate ``proc``'s whole process group (it was started with ``start_new_session``)."""
     if proc.poll() is None:
@@ -336,7 +331,7 @@ class Lab:
     def supernode(self, partition_id: int, key_name: str, num_partitions: int = NODES, **kwargs: object) -> subprocess.Popen:
         cmd = supernode_command(
             self.address, partition_id, num_partitions, profile="laptop", root_certificates=self.certs.ca_cert,
-            private_key=self.certs.node_key(key_name), runtime_port=(port := _free_port()), **kwargs,
+            private_key=self.certs.node_key(key_name), runtime_port=(port := free_port()), **kwargs,
         )
         self.ports.append(port)
         return self.start(cmd, f"supernode-{key_name}")
@@ -372,7 +367,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     (terminal :data:`MEASURING`'s measures its device); keys for a late node and an intruder."""
     root = tmp_path_factory.mktemp("lab")
     certs = make_lab_certificates(root / "certs", nodes=[f"node-{i}" for i in range(NODES + 1)] + ["intruder"])
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     env = deploy_env(flwr_home=root / "flwr-home")
     write_flower_config(root / "flwr-home", address, name=FEDERATION, root_certificates=certs.ca_cert)

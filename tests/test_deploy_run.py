@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 
 from fedsplit.simulation.deploy import deploy_env, superlink_command, write_flower_config
-from tests.test_deploy import APP_DIR, _free_port, _port_open
+from tests.conftest import free_port
+from tests.test_deploy import APP_DIR, _port_open
 
 FEDERATION = "lost"
 
 
 @pytest.mark.slow
 def test_deploy_run_says_so_when_the_superlink_dies_under_it(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = deploy_env(flwr_home=tmp_path / "flwr-home")
     write_flower_config(tmp_path / "flwr-home", f"127.0.0.1:{port}", name=FEDERATION)
     with open(tmp_path / "superlink.log", "wb") as log:

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from flwr.common.constant import ErrorCode
 from fedsplit.config.schema import TRANSPORTS
 from fedsplit.devices import Population, builtin_profiles
 from fedsplit.simulation.engine import ClusterTooSmallError, RayEngine, check_local_budgets, plan_pools, split_balanced, split_evenly
-from tests.conftest import REPO, fedsplit_cmd, run_child
+from tests.conftest import REPO, fedsplit_cmd, free_port, run_child
 
 
 def make_flaky_app(raise_pid: int = 1, crash_pid: int = 2) -> ClientApp:
@@ -311,12 +310,6 @@ def test_run_app_device_mix_is_checked_before_any_actor_starts(nodes, devices, m
     with pytest.raises(AppLoadError, match=re.escape(message)):
         parse_devices(devices, nodes, resolve_profiles())
     assert parse_devices("laptop=1,raspberry-pi-4=1", 2, resolve_profiles()) == {"laptop": 1, "raspberry-pi-4": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_attach_to_ray_cluster_on_loopback(tmp_path):

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 from pathlib import Path
@@ -21,7 +20,7 @@ from fedsplit.simulation import server_app
 from fedsplit.simulation.checkpoint import KILL_ENV, RESUME_FILE, ResumePointError, read_resume_point
 from fedsplit.simulation.engine import SerialEngine
 from fedsplit.simulation.runner import simulate
-from tests.conftest import REPO, fedsplit_cmd, run_child, small_overrides
+from tests.conftest import REPO, fedsplit_cmd, free_port, run_child, small_overrides
 
 ROUNDS = 3
 WALL_COLUMNS = ("wall_s",)
@@ -183,9 +182,7 @@ def test_a_run_whose_ray_cluster_is_gone_goes_on_elsewhere_as_the_same_run(tmp_p
     goes on to the same run as an uninterrupted one."""
     run_until_killed(load_config(None, overrides(tmp_path, "cut", **{"engine.name": "fedsplit"})), monkeypatch, after_checkpoint=1)
     run_dir = tmp_path / "cut"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        gone = f"127.0.0.1:{s.getsockname()[1]}"  # closed again: nothing listens there
+    gone = f"127.0.0.1:{free_port()}"  # nothing listens there
     config = run_dir / "config.toml"
     config.write_text(config.read_text().replace('ray_address = ""', f'ray_address = "{gone}"'))  # where it ran
     # a new process, as a user's command is (this one's Ray is up: the check is for starting one)
