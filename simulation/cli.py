@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fedsplit.cli_errors import print_error
-from fedsplit.config import ConfigError, iter_fields, load_config
+from fedsplit.config import ConfigError, iter_fields, load_config, parse_override
 from fedsplit.config.errors import RayUnreachableError
 from fedsplit.config.schema import ENGINES, RunConfig
 from fedsplit.output_paths import output_folder, unwritable_reason
@@ -88,7 +88,7 @@ def resume_config(run_dir: str, args: argparse.Namespace) -> RunConfig:
     from fedsplit.simulation.checkpoint import ResumePointError, check_unfinished
 
     overrides = list(args.set or [])
-    changed = [item.partition("=")[0].strip() for item in overrides]
+    changed = [".".join(parse_override(item)[0]) for item in overrides]
     if args.config or args.engine or any(key not in RESUME_PLACEMENT_KEYS for key in changed):
         raise ConfigError(
             "--resume RUN_DIR continues the run of RUN_DIR/config.toml; --config, --engine and --set cannot change it "

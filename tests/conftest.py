@@ -131,9 +131,8 @@ def fresh_interpreter_json(code: str, timeout_s: float = 300.0) -> object:
     the JSON value its last line of output prints: what a process that imported nothing before
     sees (imported modules, values read back). Fails the test, with the stderr, if it fails."""
     import json
-    import subprocess
 
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s, cwd=REPO)
+    proc = run_child([sys.executable, "-c", code], timeout_s, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

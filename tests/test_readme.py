@@ -187,10 +187,11 @@ def test_every_simulate_example_is_a_valid_configuration(command, monkeypatch, c
 @pytest.mark.parametrize("command", RESUME, ids=str)
 def test_every_resume_example_sets_only_what_resume_accepts(command):
     """A ``--resume`` example names a run folder the reader has: its ``--set`` keys are checked."""
+    from fedsplit.config import parse_override
     from fedsplit.simulation.cli import RESUME_PLACEMENT_KEYS
 
     args = fedsplit_args(command)
-    keys = [args[i + 1].partition("=")[0] for i, arg in enumerate(args) if arg in ("--set", "-s")]
+    keys = [".".join(parse_override(args[i + 1])[0]) for i, arg in enumerate(args) if arg in ("--set", "-s")]
     assert keys and set(keys) <= set(RESUME_PLACEMENT_KEYS), command
 
 
